@@ -1,0 +1,78 @@
+//! `#[derive(Tree)]` for brainstate-rs: makes a struct a tree node whose children are its
+//! fields, in declaration order. Every field's type must implement `brainstate::Tree`.
+
+use proc_macro::TokenStream;
+use quote::quote;
+use syn::{parse_macro_input, Data, DeriveInput, Fields, Index};
+
+/// Derives `brainstate::Tree` for a struct with named or positional fields.
+#[proc_macro_derive(Tree)]
+pub fn derive_tree(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    let name = &input.ident;
+    let name_str = name.to_string();
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let Data::Struct(data) = &input.data else {
+        return syn::Error::new_spanned(&input.ident, "#[derive(Tree)] supports structs only")
+            .to_compile_error()
+            .into();
+    };
+    // (accessor for `self.<field>`, field name in the TreeDef)
+    let fields: Vec<(proc_macro2::TokenStream, String)> = match &data.fields {
+        Fields::Named(named) => named
+            .named
+            .iter()
+            .map(|f| {
+                let ident = f.ident.as_ref().expect("named field");
+                (quote!(#ident), ident.to_string())
+            })
+            .collect(),
+        Fields::Unnamed(unnamed) => (0..unnamed.unnamed.len())
+            .map(|i| {
+                let index = Index::from(i);
+                (quote!(#index), i.to_string())
+            })
+            .collect(),
+        Fields::Unit => Vec::new(),
+    };
+    let accessors: Vec<_> = fields.iter().map(|(a, _)| a).collect();
+    let names: Vec<_> = fields.iter().map(|(_, n)| n).collect();
+    let positions: Vec<Index> = (0..fields.len()).map(Index::from).collect();
+    let count = fields.len();
+    let construct = match &data.fields {
+        Fields::Named(_) => quote! {
+            #name { #( #accessors: brainstate::Tree::unflatten(&fields[#positions].1, leaves)?, )* }
+        },
+        Fields::Unnamed(_) => quote! {
+            #name ( #( brainstate::Tree::unflatten(&fields[#positions].1, leaves)?, )* )
+        },
+        Fields::Unit => quote!(#name),
+    };
+    quote! {
+        impl #impl_generics brainstate::Tree for #name #ty_generics #where_clause {
+            fn flatten(&self, leaves: &mut ::std::vec::Vec<brainstate::Tensor>) {
+                #( brainstate::Tree::flatten(&self.#accessors, leaves); )*
+            }
+            fn def(&self) -> brainstate::TreeDef {
+                brainstate::TreeDef::Struct {
+                    name: #name_str,
+                    fields: ::std::vec![ #( (#names, brainstate::Tree::def(&self.#accessors)), )* ],
+                }
+            }
+            fn unflatten(
+                def: &brainstate::TreeDef,
+                leaves: &mut dyn ::std::iter::Iterator<Item = brainstate::Tensor>,
+            ) -> brainstate::Result<Self> {
+                match def {
+                    brainstate::TreeDef::Struct { name, fields }
+                        if *name == #name_str && fields.len() == #count =>
+                    {
+                        ::std::result::Result::Ok(#construct)
+                    }
+                    other => ::std::result::Result::Err(other.mismatch(concat!("struct ", #name_str))),
+                }
+            }
+        }
+    }
+    .into()
+}

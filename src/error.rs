@@ -1,0 +1,94 @@
+//! The library's one error type.
+//!
+//! Every variant names what went wrong and where: the operation, the shapes or dtypes involved,
+//! the argument or option at fault. Errors are cheap to clone because a failed operation stores
+//! its error inside the resulting tensor (see [`Tensor`](crate::Tensor)) and every later use of
+//! that tensor hands the same error on.
+
+use crate::tensor::DType;
+
+/// Everything that can go wrong in this library.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// Two operands whose shapes do not fit together.
+    #[error("{op}: incompatible shapes {lhs:?} and {rhs:?}")]
+    ShapeMismatch {
+        /// The operation.
+        op: String,
+        /// Shape of the first operand.
+        lhs: Vec<usize>,
+        /// Shape of the second operand.
+        rhs: Vec<usize>,
+    },
+    /// An operation given a shape, axis or index it cannot use.
+    #[error("{op}: {msg}")]
+    Shape {
+        /// The operation.
+        op: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// An operation or transform given a dtype it cannot use.
+    #[error("{op}: {msg} (got {dtype})")]
+    DType {
+        /// The operation or transform.
+        op: String,
+        /// What is required.
+        msg: String,
+        /// The dtype that was given.
+        dtype: DType,
+    },
+    /// An invalid `argnums`, or an option that conflicts with the function.
+    #[error("{0}")]
+    Options(String),
+    /// A call whose arguments or outputs do not have the structure expected.
+    #[error("structure mismatch: {0}")]
+    Structure(String),
+    /// A NaN or infinity found by `debug_nan`.
+    #[error(
+        "debug_nan: `{primitive}` produced a non-finite value (inputs {input_shapes:?}){}",
+        source_hint.as_ref().map(|s| format!(", from {s}")).unwrap_or_default()
+    )]
+    NonFinite {
+        /// The primitive and its parameters, as printed in programs.
+        primitive: String,
+        /// Shapes of the primitive's inputs.
+        input_shapes: Vec<Vec<usize>>,
+        /// Where in the user's source the primitive (or the operation it differentiates) was written.
+        source_hint: Option<String>,
+    },
+    /// The function panicked while it was being traced.
+    #[error("the function panicked while being traced: {0}")]
+    Panic(String),
+    /// Misuse of traced values, such as a traced tensor that escaped its transform.
+    #[error("tracing: {0}")]
+    Trace(String),
+}
+
+impl Error {
+    pub(crate) fn shape(op: &str, msg: impl Into<String>) -> Self {
+        Error::Shape {
+            op: op.to_string(),
+            msg: msg.into(),
+        }
+    }
+
+    pub(crate) fn mismatch(op: &str, lhs: &[usize], rhs: &[usize]) -> Self {
+        Error::ShapeMismatch {
+            op: op.to_string(),
+            lhs: lhs.to_vec(),
+            rhs: rhs.to_vec(),
+        }
+    }
+
+    pub(crate) fn dtype(op: &str, msg: impl Into<String>, dtype: DType) -> Self {
+        Error::DType {
+            op: op.to_string(),
+            msg: msg.into(),
+            dtype,
+        }
+    }
+}
+
+/// `Result` with this library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,128 @@
+//! Programs: the SSA form that tracing records and transforms rewrite.
+//!
+//! A [`Program`] is a list of equations `out = prim[params] in...`, each defining one new
+//! variable, over inputs and shared constants. Derivative programs are ordinary programs, so
+//! every transform applies to the output of every other. Printing follows `jax.make_jaxpr`:
+//!
+//! ```text
+//! { lambda c:f64[3] ; a:f64[3]. let
+//!     b:f64[3] = mul a a
+//!     d:f64[] = reduce_sum[axes=(0,)] b
+//!   in (d) }
+//! ```
+
+use std::fmt;
+use std::panic::Location;
+use std::sync::Arc;
+
+use crate::primitives::Prim;
+use crate::tensor::{Aval, Data};
+
+/// A variable of a program: an index into its table of shapes and dtypes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Var(u32);
+
+impl Var {
+    pub(crate) fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// One step of a program: `out = prim(inputs)`.
+#[derive(Clone, Debug)]
+pub struct Eqn {
+    pub(crate) prim: Prim,
+    pub(crate) inputs: Vec<Var>,
+    pub(crate) out: Var,
+    /// Where the user wrote the operation (for derived equations: the operation differentiated).
+    pub(crate) source: Option<&'static Location<'static>>,
+}
+
+/// A traced or derived program, printable in SSA form.
+///
+/// ```
+/// use brainstate::{make_program, Tensor};
+/// let program = make_program(|x: &Tensor| (x * x).sum(), &Tensor::from([1.0, 2.0])).unwrap();
+/// let text = program.to_string();
+/// assert!(text.contains("mul") && text.contains("reduce_sum"));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Program {
+    pub(crate) avals: Vec<Aval>,
+    pub(crate) inputs: Vec<Var>,
+    pub(crate) consts: Vec<(Var, Arc<Data>)>,
+    pub(crate) eqns: Vec<Eqn>,
+    pub(crate) outputs: Vec<Var>,
+}
+
+impl Program {
+    pub(crate) fn new_var(&mut self, aval: Aval) -> Var {
+        self.avals.push(aval);
+        Var(self.avals.len() as u32 - 1)
+    }
+
+    pub(crate) fn aval(&self, var: Var) -> &Aval {
+        &self.avals[var.index()]
+    }
+
+    /// Shapes and dtypes of the inputs.
+    pub fn input_avals(&self) -> Vec<Aval> {
+        self.inputs.iter().map(|&v| self.aval(v).clone()).collect()
+    }
+
+    /// Shapes and dtypes of the outputs.
+    pub fn output_avals(&self) -> Vec<Aval> {
+        self.outputs.iter().map(|&v| self.aval(v).clone()).collect()
+    }
+
+    /// The number of equations.
+    pub fn len(&self) -> usize {
+        self.eqns.len()
+    }
+
+    /// Whether the program has no equations.
+    pub fn is_empty(&self) -> bool {
+        self.eqns.is_empty()
+    }
+}
+
+/// Variable names `a`..`z`, `ba`, `bb`, ... as in jaxprs.
+fn var_name(var: Var) -> String {
+    let mut n = var.index();
+    let mut name = Vec::new();
+    loop {
+        name.push(b'a' + (n % 26) as u8);
+        n /= 26;
+        if n == 0 {
+            break;
+        }
+    }
+    name.reverse();
+    String::from_utf8(name).expect("ascii")
+}
+
+impl fmt::Display for Program {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let typed = |v: Var| format!("{}:{}", var_name(v), self.aval(v));
+        let consts: Vec<String> = self.consts.iter().map(|(v, _)| typed(*v)).collect();
+        let inputs: Vec<String> = self.inputs.iter().map(|&v| typed(v)).collect();
+        writeln!(
+            f,
+            "{{ lambda {} ; {}. let",
+            consts.join(" "),
+            inputs.join(" ")
+        )?;
+        for eqn in &self.eqns {
+            let args: Vec<String> = eqn.inputs.iter().map(|&v| var_name(v)).collect();
+            writeln!(
+                f,
+                "    {} = {} {}",
+                typed(eqn.out),
+                eqn.prim,
+                args.join(" ")
+            )?;
+        }
+        let outputs: Vec<String> = self.outputs.iter().map(|&v| var_name(v)).collect();
+        write!(f, "  in ({}) }}", outputs.join(", "))
+    }
+}

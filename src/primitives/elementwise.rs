@@ -1,0 +1,502 @@
+//! Elementwise primitives: unary and binary arithmetic, transcendental functions, comparisons,
+//! `select`, dtype conversion and integer powers.
+//!
+//! Binary primitives broadcast (NumPy rules) and need operands of one dtype; the user-level
+//! operations promote before calling them.
+
+use ndarray::{ArrayD, Zip};
+use num_traits::Float;
+
+use super::{broadcast_shapes, Prim};
+use crate::error::{Error, Result};
+use crate::tensor::{Aval, DType, Data, Tensor};
+
+/// Elementwise functions of one operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    /// `-x`
+    Neg,
+    /// `e^x`
+    Exp,
+    /// natural logarithm
+    Log,
+    /// `log(1 + x)`
+    Log1p,
+    /// `e^x - 1`
+    Expm1,
+    /// square root
+    Sqrt,
+    /// sine
+    Sin,
+    /// cosine
+    Cos,
+    /// tangent
+    Tan,
+    /// hyperbolic tangent
+    Tanh,
+    /// `1 / (1 + e^-x)`
+    Logistic,
+    /// `|x|`
+    Abs,
+    /// `-1`, `0` or `1`
+    Sign,
+    /// The identity, with a zero derivative (JAX's `stop_gradient`).
+    StopGradient,
+}
+
+/// Elementwise functions of two operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    /// `a + b`
+    Add,
+    /// `a - b`
+    Sub,
+    /// `a * b`
+    Mul,
+    /// `a / b`
+    Div,
+    /// larger of the two
+    Max,
+    /// smaller of the two
+    Min,
+    /// `a^b` (floats)
+    Pow,
+}
+
+/// Elementwise comparisons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CmpOp {
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+}
+
+impl UnaryOp {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Log1p => "log1p",
+            UnaryOp::Expm1 => "expm1",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
+            UnaryOp::Tan => "tan",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Logistic => "logistic",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Sign => "sign",
+            UnaryOp::StopGradient => "stop_gradient",
+        }
+    }
+
+    /// Whether the operation is defined on integers too.
+    fn takes_integers(self) -> bool {
+        matches!(
+            self,
+            UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Sign | UnaryOp::StopGradient
+        )
+    }
+
+    fn apply<F: Float>(self, x: F) -> F {
+        match self {
+            UnaryOp::Neg => -x,
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Log1p => x.ln_1p(),
+            UnaryOp::Expm1 => x.exp_m1(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Sin => x.sin(),
+            UnaryOp::Cos => x.cos(),
+            UnaryOp::Tan => x.tan(),
+            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Logistic => F::one() / (F::one() + (-x).exp()),
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::Sign => {
+                if x > F::zero() {
+                    F::one()
+                } else if x < F::zero() {
+                    -F::one()
+                } else {
+                    x // keeps 0, -0 and NaN as they are
+                }
+            }
+            UnaryOp::StopGradient => x,
+        }
+    }
+
+    /// `d out`, given the input `x`, the output `out` and the input tangent `t`.
+    fn jvp(self, x: &Tensor, out: &Tensor, t: &Tensor) -> Option<Tensor> {
+        Some(match self {
+            UnaryOp::Neg => -t,
+            UnaryOp::Exp => t * out,
+            UnaryOp::Log => t / x,
+            UnaryOp::Log1p => t / (x + 1.0),
+            UnaryOp::Expm1 => t * (out + 1.0),
+            UnaryOp::Sqrt => t / (out * 2.0),
+            UnaryOp::Sin => t * x.cos(),
+            UnaryOp::Cos => t * -x.sin(),
+            UnaryOp::Tan => t * (out * out + 1.0),
+            UnaryOp::Tanh => t * (1.0 - out * out),
+            UnaryOp::Logistic => t * (out * (1.0 - out)),
+            UnaryOp::Abs => t * x.sign(),
+            UnaryOp::Sign | UnaryOp::StopGradient => return None,
+        })
+    }
+}
+
+impl BinaryOp {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Max => "max",
+            BinaryOp::Min => "min",
+            BinaryOp::Pow => "pow",
+        }
+    }
+
+    fn apply<F: Float>(self, a: F, b: F) -> F {
+        match self {
+            BinaryOp::Add => a + b,
+            BinaryOp::Sub => a - b,
+            BinaryOp::Mul => a * b,
+            BinaryOp::Div => a / b,
+            BinaryOp::Max => nan_max(a, b),
+            BinaryOp::Min => -nan_max(-a, -b),
+            BinaryOp::Pow => a.powf(b),
+        }
+    }
+
+    fn apply_int(self, a: i64, b: i64) -> Option<i64> {
+        Some(match self {
+            BinaryOp::Add => a.wrapping_add(b),
+            BinaryOp::Sub => a.wrapping_sub(b),
+            BinaryOp::Mul => a.wrapping_mul(b),
+            BinaryOp::Max => a.max(b),
+            BinaryOp::Min => a.min(b),
+            BinaryOp::Div | BinaryOp::Pow => return None,
+        })
+    }
+
+    /// `d out` from the operands, the output and the tangents (padded to the output's rank).
+    fn jvp(
+        self,
+        a: &Tensor,
+        b: &Tensor,
+        out: &Tensor,
+        ta: Option<&Tensor>,
+        tb: Option<&Tensor>,
+    ) -> Option<Tensor> {
+        let sum = |x: Option<Tensor>, y: Option<Tensor>| match (x, y) {
+            (Some(x), Some(y)) => Some(x + y),
+            (x, y) => x.or(y),
+        };
+        match self {
+            BinaryOp::Add => sum(ta.cloned(), tb.cloned()),
+            BinaryOp::Sub => sum(ta.cloned(), tb.map(|t| -t)),
+            BinaryOp::Mul => sum(ta.map(|t| t * b), tb.map(|t| a * t)),
+            BinaryOp::Div => match ta {
+                Some(ta) => Some(tb.map_or(ta.clone(), |tb| ta - tb * out) / b),
+                None => tb.map(|tb| -(tb * out) / b),
+            },
+            BinaryOp::Max | BinaryOp::Min => {
+                // Where the operands tie, each gets half (as JAX does).
+                let wins = if self == BinaryOp::Max {
+                    a.gt(b)
+                } else {
+                    a.lt(b)
+                };
+                let weight_a = wins.cast(out.dtype()) + a.eq(b).cast(out.dtype()) * 0.5;
+                let weight_b = 1.0 - &weight_a;
+                sum(ta.map(|t| t * &weight_a), tb.map(|t| t * &weight_b))
+            }
+            BinaryOp::Pow => {
+                let da = ta.map(|t| t * (b * a.pow(&(b - 1.0))));
+                // d/db a^b = log(a) a^b, taken as 0 where a == 0 (as JAX does).
+                let log_a =
+                    crate::tensor::where_(&a.eq(0.0), &Tensor::scalar_of(0.0, a.dtype()), &a.log());
+                let db = tb.map(|t| t * (log_a * out));
+                sum(da, db)
+            }
+        }
+    }
+}
+
+/// Like `f64::max` but NaN-propagating, as NumPy's `maximum`.
+fn nan_max<F: Float>(a: F, b: F) -> F {
+    if a.is_nan() || b.is_nan() {
+        F::nan()
+    } else if a >= b {
+        a
+    } else {
+        b
+    }
+}
+
+impl CmpOp {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "eq",
+            CmpOp::Ne => "ne",
+            CmpOp::Lt => "lt",
+            CmpOp::Le => "le",
+            CmpOp::Gt => "gt",
+            CmpOp::Ge => "ge",
+        }
+    }
+
+    fn apply<T: PartialOrd>(self, a: T, b: T) -> bool {
+        match self {
+            CmpOp::Eq => a == b,
+            CmpOp::Ne => a != b,
+            CmpOp::Lt => a < b,
+            CmpOp::Le => a <= b,
+            CmpOp::Gt => a > b,
+            CmpOp::Ge => a >= b,
+        }
+    }
+}
+
+pub(super) fn infer(prim: &Prim, ins: &[Aval]) -> Result<Aval> {
+    let op = prim.name();
+    let same_dtype = |a: &Aval, b: &Aval| {
+        if a.dtype == b.dtype {
+            Ok(())
+        } else {
+            Err(Error::dtype(
+                &op,
+                format!("operands must have one dtype, the other is {}", a.dtype),
+                b.dtype,
+            ))
+        }
+    };
+    let float = |a: &Aval| {
+        if a.dtype.is_float() {
+            Ok(())
+        } else {
+            Err(Error::dtype(&op, "needs a floating-point operand", a.dtype))
+        }
+    };
+    match prim {
+        Prim::Unary(u) => {
+            if *u == UnaryOp::StopGradient {
+                return Ok(ins[0].clone());
+            }
+            if !u.takes_integers() || ins[0].dtype == DType::Bool {
+                float(&ins[0])?;
+            }
+            Ok(ins[0].clone())
+        }
+        Prim::PowI(_) => {
+            float(&ins[0])?;
+            Ok(ins[0].clone())
+        }
+        Prim::Convert(dtype) => Ok(Aval::new(&ins[0].shape, *dtype)),
+        Prim::Binary(b) => {
+            same_dtype(&ins[0], &ins[1])?;
+            if matches!(b, BinaryOp::Div | BinaryOp::Pow) || ins[0].dtype == DType::Bool {
+                float(&ins[0])?;
+            }
+            Ok(Aval::new(
+                &broadcast_shapes(&op, &ins[0].shape, &ins[1].shape)?,
+                ins[0].dtype,
+            ))
+        }
+        Prim::Compare(_) => {
+            same_dtype(&ins[0], &ins[1])?;
+            Ok(Aval::new(
+                &broadcast_shapes(&op, &ins[0].shape, &ins[1].shape)?,
+                DType::Bool,
+            ))
+        }
+        Prim::Select => {
+            if ins[0].dtype != DType::Bool {
+                return Err(Error::dtype(
+                    &op,
+                    "the condition must be bool",
+                    ins[0].dtype,
+                ));
+            }
+            same_dtype(&ins[1], &ins[2])?;
+            let shape = broadcast_shapes(&op, &ins[1].shape, &ins[2].shape)?;
+            Ok(Aval::new(
+                &broadcast_shapes(&op, &ins[0].shape, &shape)?,
+                ins[1].dtype,
+            ))
+        }
+        _ => unreachable!("not an elementwise primitive: {prim}"),
+    }
+}
+
+/// `f` over two arrays broadcast to `shape`.
+fn zip<A: Copy, B: Copy, C>(
+    a: &ArrayD<A>,
+    b: &ArrayD<B>,
+    shape: &[usize],
+    f: impl Fn(A, B) -> C,
+) -> ArrayD<C> {
+    let a = a.broadcast(shape).expect("shapes checked by infer");
+    let b = b.broadcast(shape).expect("shapes checked by infer");
+    Zip::from(&a).and(&b).map_collect(|&x, &y| f(x, y))
+}
+
+/// Runs `$body` with `$a`, `$b` bound to same-typed float arrays, rewrapping the result.
+macro_rules! float_pair {
+    ($x:expr, $y:expr, |$a:ident, $b:ident| $body:expr) => {
+        match ($x, $y) {
+            (Data::F64($a), Data::F64($b)) => Data::F64($body),
+            (Data::F32($a), Data::F32($b)) => Data::F32($body),
+            _ => unreachable!("dtypes checked by infer"),
+        }
+    };
+}
+
+pub(super) fn eval(prim: &Prim, ins: &[&Data]) -> Result<Data> {
+    Ok(match prim {
+        Prim::Unary(UnaryOp::StopGradient) => ins[0].clone(),
+        Prim::Unary(op) => match ins[0] {
+            Data::F64(a) => Data::F64(a.mapv(|x| op.apply(x))),
+            Data::F32(a) => Data::F32(a.mapv(|x| op.apply(x))),
+            Data::I64(a) => Data::I64(a.mapv(|x| match op {
+                UnaryOp::Neg => x.wrapping_neg(),
+                UnaryOp::Abs => x.wrapping_abs(),
+                _ => x.signum(),
+            })),
+            Data::Bool(_) => unreachable!("dtypes checked by infer"),
+        },
+        Prim::PowI(n) => match ins[0] {
+            Data::F64(a) => Data::F64(a.mapv(|x| x.powi(*n))),
+            Data::F32(a) => Data::F32(a.mapv(|x| x.powi(*n))),
+            _ => unreachable!("dtypes checked by infer"),
+        },
+        Prim::Convert(dtype) => ins[0].cast(*dtype),
+        Prim::Binary(op) => {
+            let shape = broadcast_shapes(op.name(), ins[0].shape(), ins[1].shape())?;
+            match (ins[0], ins[1]) {
+                (Data::I64(a), Data::I64(b)) => Data::I64(zip(a, b, &shape, |x, y| {
+                    op.apply_int(x, y).expect("checked by infer")
+                })),
+                (x, y) => float_pair!(x, y, |a, b| zip(a, b, &shape, |x, y| op.apply(x, y))),
+            }
+        }
+        Prim::Compare(op) => {
+            let shape = broadcast_shapes(op.name(), ins[0].shape(), ins[1].shape())?;
+            Data::Bool(match (ins[0], ins[1]) {
+                (Data::F64(a), Data::F64(b)) => zip(a, b, &shape, |x, y| op.apply(x, y)),
+                (Data::F32(a), Data::F32(b)) => zip(a, b, &shape, |x, y| op.apply(x, y)),
+                (Data::I64(a), Data::I64(b)) => zip(a, b, &shape, |x, y| op.apply(x, y)),
+                (Data::Bool(a), Data::Bool(b)) => zip(a, b, &shape, |x, y| op.apply(x, y)),
+                _ => unreachable!("dtypes checked by infer"),
+            })
+        }
+        Prim::Select => {
+            let Data::Bool(c) = ins[0] else {
+                unreachable!("dtypes checked by infer")
+            };
+            let shape = broadcast_shapes("select", ins[1].shape(), ins[2].shape())?;
+            let shape = broadcast_shapes("select", c.shape(), &shape)?;
+            let c = c.broadcast(shape.as_slice()).expect("checked");
+            macro_rules! select {
+                ($a:expr, $b:expr) => {{
+                    let a = $a.broadcast(shape.as_slice()).expect("checked");
+                    let b = $b.broadcast(shape.as_slice()).expect("checked");
+                    Zip::from(&c)
+                        .and(&a)
+                        .and(&b)
+                        .map_collect(|&c, &x, &y| if c { x } else { y })
+                }};
+            }
+            match (ins[1], ins[2]) {
+                (Data::F64(a), Data::F64(b)) => Data::F64(select!(a, b)),
+                (Data::F32(a), Data::F32(b)) => Data::F32(select!(a, b)),
+                (Data::I64(a), Data::I64(b)) => Data::I64(select!(a, b)),
+                (Data::Bool(a), Data::Bool(b)) => Data::Bool(select!(a, b)),
+                _ => unreachable!("dtypes checked by infer"),
+            }
+        }
+        _ => unreachable!("not an elementwise primitive: {prim}"),
+    })
+}
+
+pub(super) fn jvp(
+    prim: &Prim,
+    x: &[Tensor],
+    t: &[Option<Tensor>],
+    out: &Tensor,
+    batch: &[usize],
+) -> Option<Tensor> {
+    let tangent = match prim {
+        Prim::Unary(op) => op.jvp(&x[0], out, t[0].as_ref()?)?,
+        Prim::PowI(0) => return None,
+        Prim::PowI(n) => t[0].as_ref()? * (x[0].powi(n - 1) * f64::from(*n)),
+        Prim::Binary(op) => op.jvp(&x[0], &x[1], out, t[0].as_ref(), t[1].as_ref())?,
+        Prim::Compare(_) => return None,
+        Prim::Convert(dtype) if dtype.is_float() && x[0].dtype().is_float() => {
+            t[0].as_ref()?.cast(*dtype)
+        }
+        Prim::Convert(_) => return None,
+        Prim::Select => {
+            let zero = || Tensor::scalar_of(0.0, out.dtype());
+            let on_true = t[1].clone().unwrap_or_else(zero);
+            let on_false = t[2].clone().unwrap_or_else(zero);
+            crate::tensor::where_(&x[0], &on_true, &on_false)
+        }
+        _ => unreachable!("not an elementwise primitive: {prim}"),
+    };
+    // A tangent that did not meet every operand may still lack some broadcast axes.
+    let shape = super::concat_dims(batch, out.shape());
+    Some(if tangent.shape() == shape.as_slice() {
+        tangent
+    } else {
+        tangent.broadcast_to(&shape)
+    })
+}
+
+pub(super) fn transpose(
+    prim: &Prim,
+    ct: &Tensor,
+    x: &[Option<Tensor>],
+    in_avals: &[Aval],
+) -> Result<Vec<Option<Tensor>>> {
+    let linear = |i: usize| x[i].is_none();
+    Ok(match prim {
+        Prim::Unary(UnaryOp::Neg) => vec![Some(-ct)],
+        Prim::Binary(BinaryOp::Add) => {
+            vec![linear(0).then(|| ct.clone()), linear(1).then(|| ct.clone())]
+        }
+        Prim::Binary(BinaryOp::Sub) => vec![linear(0).then(|| ct.clone()), linear(1).then(|| -ct)],
+        Prim::Binary(BinaryOp::Mul) => match (&x[0], &x[1]) {
+            (None, Some(b)) => vec![Some(ct * b), None],
+            (Some(a), None) => vec![None, Some(a * ct)],
+            _ => return Err(prim.not_linear()),
+        },
+        Prim::Binary(BinaryOp::Div) => match &x[1] {
+            Some(b) if linear(0) => vec![Some(ct / b), None],
+            _ => return Err(prim.not_linear()),
+        },
+        Prim::Select => {
+            let cond = x[0].as_ref().ok_or_else(|| prim.not_linear())?;
+            let zero = Tensor::scalar_of(0.0, ct.dtype());
+            vec![
+                None,
+                linear(1).then(|| crate::tensor::where_(cond, ct, &zero)),
+                linear(2).then(|| crate::tensor::where_(cond, &zero, ct)),
+            ]
+        }
+        Prim::Convert(_) => vec![Some(ct.cast(in_avals[0].dtype))],
+        _ => return Err(prim.not_linear()),
+    })
+}

@@ -1,0 +1,354 @@
+//! The primitive set and its rules.
+//!
+//! Every traced program is made of these primitives; every user-level operation is either one
+//! of them or a composition of them. Each primitive family lives in one file holding, side by
+//! side, its shape/dtype inference, its reference kernel, its JVP rule and (for the linear
+//! primitives) its transpose rule. The rules are written with tensor operations, so a
+//! derivative program is a program again and can be differentiated once more.
+//!
+//! Rule conventions, shared by every family:
+//! - tangents and cotangents carry a leading *batch* of directions (`batch`, possibly empty):
+//!   a tangent of an input of shape `s` has shape `batch ++ s`; so `k` directions, or the
+//!   whole identity basis, go through one pass;
+//! - a missing tangent or cotangent (`None`) is a symbolic zero, which rules skip;
+//! - elementwise rules receive tangents already padded to the output's rank, and cotangents
+//!   returned for a broadcast operand are summed back to its shape by the driver
+//!   ([`crate::autodiff`]), so no rule repeats that bookkeeping.
+
+mod creation;
+mod elementwise;
+mod matmul;
+mod reduce;
+mod structural;
+
+use std::fmt;
+
+pub use self::elementwise::{BinaryOp, CmpOp, UnaryOp};
+pub(crate) use self::reduce::keepdims_shape;
+pub use self::reduce::ReduceOp;
+use crate::error::{Error, Result};
+use crate::tensor::{Aval, DType, Data, Tensor};
+
+/// A primitive operation with its static parameters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Prim {
+    /// Elementwise function of one operand.
+    Unary(UnaryOp),
+    /// Elementwise function of two operands, with NumPy broadcasting.
+    Binary(BinaryOp),
+    /// Elementwise comparison, giving `bool`.
+    Compare(CmpOp),
+    /// `select(cond, on_true, on_false)`, elementwise with broadcasting.
+    Select,
+    /// Conversion to another dtype.
+    Convert(DType),
+    /// `x^n` for an integer `n`.
+    PowI(i32),
+    /// Broadcast to a shape (NumPy rules).
+    Broadcast(Vec<usize>),
+    /// Same elements, another shape.
+    Reshape(Vec<usize>),
+    /// Permutation of the axes: output axis `i` is input axis `perm[i]`.
+    Transpose(Vec<usize>),
+    /// Strided slice: `start..stop` by `step` along every axis.
+    Slice {
+        /// First index per axis.
+        start: Vec<usize>,
+        /// One past the last index per axis.
+        stop: Vec<usize>,
+        /// Stride per axis (at least 1).
+        step: Vec<usize>,
+    },
+    /// Zero padding: `lo` before, `hi` after and `interior` between the elements of each axis.
+    Pad {
+        /// Zeros before, per axis.
+        lo: Vec<usize>,
+        /// Zeros after, per axis.
+        hi: Vec<usize>,
+        /// Zeros between neighbouring elements, per axis.
+        interior: Vec<usize>,
+    },
+    /// Concatenation of all inputs along `axis`.
+    Concat(usize),
+    /// Reduction over the given (sorted, distinct) axes, which are removed.
+    Reduce(ReduceOp, Vec<usize>),
+    /// Matrix product over the last two axes, broadcasting the leading ones.
+    MatMul,
+    /// `0, 1, 2, ...` along `axis` of an array of `shape`.
+    Iota {
+        /// Shape of the result.
+        shape: Vec<usize>,
+        /// Axis that counts.
+        axis: usize,
+        /// Element type.
+        dtype: DType,
+    },
+    /// `rows x cols` matrix with ones where `col - row == offset`: a slice of the identity,
+    /// generated at run time so that tangent bases are never stored as constants.
+    Eye {
+        /// Number of rows.
+        rows: usize,
+        /// Number of columns.
+        cols: usize,
+        /// Diagonal offset.
+        offset: i64,
+        /// Element type.
+        dtype: DType,
+    },
+}
+
+impl Prim {
+    /// Shape and dtype of the result, or an error naming the operation and the shapes.
+    pub(crate) fn infer(&self, ins: &[Aval]) -> Result<Aval> {
+        let arity = match self {
+            Prim::Unary(_) | Prim::Convert(_) | Prim::PowI(_) => Some(1),
+            Prim::Binary(_) | Prim::Compare(_) | Prim::MatMul => Some(2),
+            Prim::Select => Some(3),
+            Prim::Broadcast(_) | Prim::Reshape(_) | Prim::Transpose(_) => Some(1),
+            Prim::Slice { .. } | Prim::Pad { .. } | Prim::Reduce(..) => Some(1),
+            Prim::Iota { .. } | Prim::Eye { .. } => Some(0),
+            Prim::Concat(_) => None,
+        };
+        if let Some(n) = arity {
+            if ins.len() != n {
+                return Err(Error::shape(
+                    &self.name(),
+                    format!("takes {n} operands, got {}", ins.len()),
+                ));
+            }
+        }
+        match self {
+            Prim::Unary(_)
+            | Prim::Binary(_)
+            | Prim::Compare(_)
+            | Prim::Select
+            | Prim::Convert(_)
+            | Prim::PowI(_) => elementwise::infer(self, ins),
+            Prim::Broadcast(_)
+            | Prim::Reshape(_)
+            | Prim::Transpose(_)
+            | Prim::Slice { .. }
+            | Prim::Pad { .. }
+            | Prim::Concat(_) => structural::infer(self, ins),
+            Prim::Reduce(op, axes) => reduce::infer(*op, axes, &ins[0]),
+            Prim::MatMul => matmul::infer(&ins[0], &ins[1]),
+            Prim::Iota { .. } | Prim::Eye { .. } => creation::infer(self),
+        }
+    }
+
+    /// The reference kernel. Inputs have passed [`Prim::infer`].
+    pub(crate) fn eval(&self, ins: &[&Data]) -> Result<Data> {
+        match self {
+            Prim::Unary(_)
+            | Prim::Binary(_)
+            | Prim::Compare(_)
+            | Prim::Select
+            | Prim::Convert(_)
+            | Prim::PowI(_) => elementwise::eval(self, ins),
+            Prim::Broadcast(_)
+            | Prim::Reshape(_)
+            | Prim::Transpose(_)
+            | Prim::Slice { .. }
+            | Prim::Pad { .. }
+            | Prim::Concat(_) => structural::eval(self, ins),
+            Prim::Reduce(op, axes) => Ok(reduce::eval(*op, axes, ins[0])),
+            Prim::MatMul => matmul::eval(ins[0], ins[1]),
+            Prim::Iota { .. } | Prim::Eye { .. } => Ok(creation::eval(self)),
+        }
+    }
+
+    /// Whether the primitive maps elements to elements (so tangents are rank-padded for it).
+    pub(crate) fn is_elementwise(&self) -> bool {
+        matches!(
+            self,
+            Prim::Unary(_)
+                | Prim::Binary(_)
+                | Prim::Compare(_)
+                | Prim::Select
+                | Prim::Convert(_)
+                | Prim::PowI(_)
+        )
+    }
+
+    /// The tangent of the output, given the primal inputs and output and the input tangents
+    /// (at least one present; shapes `batch ++ input shape`).
+    pub(crate) fn jvp(
+        &self,
+        primals: &[Tensor],
+        tangents: &[Option<Tensor>],
+        out: &Tensor,
+        batch: &[usize],
+    ) -> Option<Tensor> {
+        match self {
+            Prim::Unary(_)
+            | Prim::Binary(_)
+            | Prim::Compare(_)
+            | Prim::Select
+            | Prim::Convert(_)
+            | Prim::PowI(_) => elementwise::jvp(self, primals, tangents, out, batch),
+            Prim::Broadcast(_)
+            | Prim::Reshape(_)
+            | Prim::Transpose(_)
+            | Prim::Slice { .. }
+            | Prim::Pad { .. }
+            | Prim::Concat(_) => structural::jvp(self, primals, tangents, batch),
+            Prim::Reduce(op, axes) => {
+                reduce::jvp(*op, axes, &primals[0], tangents[0].as_ref()?, out, batch)
+            }
+            Prim::MatMul => matmul::jvp(primals, tangents),
+            Prim::Iota { .. } | Prim::Eye { .. } => None,
+        }
+    }
+
+    /// Cotangents of the inputs that are linear (`primals[i]` is `None`), given the cotangent
+    /// of the output (shape `batch ++ output shape`). Only linear primitives have this rule.
+    pub(crate) fn transpose(
+        &self,
+        ct: &Tensor,
+        primals: &[Option<Tensor>],
+        in_avals: &[Aval],
+        batch: &[usize],
+    ) -> Result<Vec<Option<Tensor>>> {
+        match self {
+            Prim::Unary(UnaryOp::Neg)
+            | Prim::Binary(BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div)
+            | Prim::Select
+            | Prim::Convert(_) => elementwise::transpose(self, ct, primals, in_avals),
+            Prim::Broadcast(_)
+            | Prim::Reshape(_)
+            | Prim::Transpose(_)
+            | Prim::Slice { .. }
+            | Prim::Pad { .. }
+            | Prim::Concat(_) => Ok(structural::transpose(self, ct, in_avals, batch)),
+            Prim::Reduce(ReduceOp::Sum, axes) => Ok(vec![Some(reduce::transpose_sum(
+                ct,
+                axes,
+                &in_avals[0],
+                batch,
+            ))]),
+            Prim::MatMul => matmul::transpose(ct, primals),
+            _ => Err(self.not_linear()),
+        }
+    }
+
+    pub(crate) fn not_linear(&self) -> Error {
+        Error::Trace(format!(
+            "`{}` is not linear in its tangent operand, so it has no transpose rule \
+             (a JVP rule applied it to a tangent)",
+            self.name()
+        ))
+    }
+
+    /// The name as printed in programs, without parameters.
+    pub fn name(&self) -> String {
+        match self {
+            Prim::Unary(op) => op.name().to_string(),
+            Prim::Binary(op) => op.name().to_string(),
+            Prim::Compare(op) => op.name().to_string(),
+            Prim::Select => "select".into(),
+            Prim::Convert(_) => "convert".into(),
+            Prim::PowI(_) => "integer_pow".into(),
+            Prim::Broadcast(_) => "broadcast".into(),
+            Prim::Reshape(_) => "reshape".into(),
+            Prim::Transpose(_) => "transpose".into(),
+            Prim::Slice { .. } => "slice".into(),
+            Prim::Pad { .. } => "pad".into(),
+            Prim::Concat(_) => "concatenate".into(),
+            Prim::Reduce(op, _) => op.name().to_string(),
+            Prim::MatMul => "matmul".into(),
+            Prim::Iota { .. } => "iota".into(),
+            Prim::Eye { .. } => "eye".into(),
+        }
+    }
+}
+
+/// `(1,2,3)`-style list for printed parameters.
+fn tuple(values: &[usize]) -> String {
+    let items: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+    if items.len() == 1 {
+        format!("({},)", items[0])
+    } else {
+        format!("({})", items.join(","))
+    }
+}
+
+impl fmt::Display for Prim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.name();
+        match self {
+            Prim::Convert(d) => write!(f, "{name}[dtype={d}]"),
+            Prim::PowI(n) => write!(f, "{name}[y={n}]"),
+            Prim::Broadcast(s) | Prim::Reshape(s) => write!(f, "{name}[shape={}]", tuple(s)),
+            Prim::Transpose(p) => write!(f, "{name}[perm={}]", tuple(p)),
+            Prim::Slice { start, stop, step } => write!(
+                f,
+                "{name}[start={} stop={} step={}]",
+                tuple(start),
+                tuple(stop),
+                tuple(step)
+            ),
+            Prim::Pad { lo, hi, interior } => write!(
+                f,
+                "{name}[lo={} hi={} interior={}]",
+                tuple(lo),
+                tuple(hi),
+                tuple(interior)
+            ),
+            Prim::Concat(axis) => write!(f, "{name}[axis={axis}]"),
+            Prim::Reduce(_, axes) => write!(f, "{name}[axes={}]", tuple(axes)),
+            Prim::Iota { shape, axis, dtype } => {
+                write!(
+                    f,
+                    "{name}[shape={} axis={axis} dtype={dtype}]",
+                    tuple(shape)
+                )
+            }
+            Prim::Eye {
+                rows,
+                cols,
+                offset,
+                dtype,
+            } => write!(
+                f,
+                "{name}[rows={rows} cols={cols} offset={offset} dtype={dtype}]"
+            ),
+            _ => f.write_str(&name),
+        }
+    }
+}
+
+/// NumPy broadcasting of two shapes.
+pub(crate) fn broadcast_shapes(op: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let mut out = vec![0; rank];
+    for i in 0..rank {
+        let da = if i < rank - a.len() {
+            1
+        } else {
+            a[i - (rank - a.len())]
+        };
+        let db = if i < rank - b.len() {
+            1
+        } else {
+            b[i - (rank - b.len())]
+        };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return Err(Error::mismatch(op, a, b)),
+        };
+    }
+    Ok(out)
+}
+
+/// A zero of shape `batch ++ aval.shape`: a broadcast scalar, cheap in a program.
+pub(crate) fn zeros(batch: &[usize], aval: &Aval) -> Tensor {
+    let shape: Vec<usize> = batch.iter().chain(&aval.shape).copied().collect();
+    Tensor::scalar_of(0.0, aval.dtype).broadcast_to(&shape)
+}
+
+/// `[a, b, ...] ++ [c, ...]`.
+pub(crate) fn concat_dims(a: &[usize], b: &[usize]) -> Vec<usize> {
+    a.iter().chain(b).copied().collect()
+}

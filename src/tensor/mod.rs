@@ -1,0 +1,310 @@
+//! Tensors: the values users compute with, eagerly or inside a traced function.
+//!
+//! A [`Tensor`] is one of three things, and user code never needs to know which:
+//! - *concrete*: an `ndarray` array (shared, never copied on clone);
+//! - *traced*: a variable of the program being traced (see [`crate::trace`]);
+//! - *failed*: the error of the operation that should have produced it. Operations on a failed
+//!   tensor fail the same way, so `(a + b) * c` needs no `?` and a shape mismatch still reaches
+//!   the caller as an [`Error`] when the data is read or the transform returns.
+
+mod data;
+mod ops;
+
+use std::fmt;
+use std::sync::Arc;
+
+use ndarray::{ArrayD, IxDyn};
+
+pub(crate) use self::data::{array_from_vec, with_array, Data};
+pub use self::data::{DType, Element};
+pub use self::ops::{concatenate, stack, where_, AxisRange, Operand};
+use crate::error::{Error, Result};
+use crate::primitives::Prim;
+use crate::trace::{self, Var};
+
+/// The shape and dtype of a value: all that tracing knows about it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Aval {
+    /// The dimensions.
+    pub shape: Vec<usize>,
+    /// The element type.
+    pub dtype: DType,
+}
+
+impl Aval {
+    pub(crate) fn new(shape: &[usize], dtype: DType) -> Self {
+        Aval {
+            shape: shape.to_vec(),
+            dtype,
+        }
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+impl fmt::Display for Aval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dims: Vec<String> = self.shape.iter().map(|d| d.to_string()).collect();
+        write!(f, "{}[{}]", self.dtype, dims.join(","))
+    }
+}
+
+/// An n-dimensional array of `f64` (default), `f32`, `i64` or `bool`, that can be computed with
+/// eagerly or traced into a program by a transform.
+///
+/// ```
+/// use brainstate::Tensor;
+/// let x = Tensor::from([[1.0, 2.0], [3.0, 4.0]]);
+/// let y = (&x * 2.0 + 1.0).sum();
+/// assert_eq!(y.item().unwrap(), 24.0);
+/// assert_eq!(x.shape(), &[2, 2]);
+/// ```
+#[derive(Clone)]
+pub struct Tensor {
+    repr: Repr,
+}
+
+#[derive(Clone)]
+pub(crate) enum Repr {
+    Concrete(Arc<Data>),
+    Traced(Arc<Tracer>),
+    Failed(Arc<Error>),
+}
+
+/// A variable of the program being traced by trace frame `frame`.
+pub(crate) struct Tracer {
+    pub frame: u64,
+    pub var: Var,
+    pub aval: Aval,
+}
+
+impl Tensor {
+    pub(crate) fn from_data(data: Data) -> Tensor {
+        Tensor::from_shared(Arc::new(data))
+    }
+
+    pub(crate) fn from_shared(data: Arc<Data>) -> Tensor {
+        Tensor {
+            repr: Repr::Concrete(data),
+        }
+    }
+
+    pub(crate) fn traced(frame: u64, var: Var, aval: Aval) -> Tensor {
+        Tensor {
+            repr: Repr::Traced(Arc::new(Tracer { frame, var, aval })),
+        }
+    }
+
+    pub(crate) fn failed(error: Error) -> Tensor {
+        Tensor {
+            repr: Repr::Failed(Arc::new(error)),
+        }
+    }
+
+    pub(crate) fn repr(&self) -> &Repr {
+        &self.repr
+    }
+
+    /// A zero-dimensional `f64` tensor.
+    ///
+    /// ```
+    /// let x = brainstate::Tensor::scalar(3.0);
+    /// assert_eq!(x.shape(), &[] as &[usize]);
+    /// ```
+    pub fn scalar(value: f64) -> Tensor {
+        Tensor::from_data(Data::scalar(value, DType::F64))
+    }
+
+    /// A zero-dimensional tensor of `dtype` holding `value` (cast).
+    pub fn scalar_of(value: f64, dtype: DType) -> Tensor {
+        Tensor::from_data(Data::scalar(value, dtype))
+    }
+
+    /// A tensor of `shape` from row-major `values`; an error if the sizes differ.
+    ///
+    /// ```
+    /// let x = brainstate::Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
+    /// assert_eq!(x.shape(), &[2, 3]);
+    /// ```
+    pub fn from_vec<T: Element>(values: Vec<T>, shape: &[usize]) -> Result<Tensor> {
+        Ok(Tensor::from_data(T::wrap(array_from_vec(values, shape)?)))
+    }
+
+    /// A tensor that shares nothing with `array` (it is moved in).
+    ///
+    /// ```
+    /// let a = ndarray::array![[1.0, 2.0], [3.0, 4.0]];
+    /// let x = brainstate::Tensor::from_ndarray(a);
+    /// assert_eq!(x.shape(), &[2, 2]);
+    /// ```
+    pub fn from_ndarray<T: Element, D: ndarray::Dimension>(array: ndarray::Array<T, D>) -> Tensor {
+        Tensor::from_data(T::wrap(array.into_dyn()))
+    }
+
+    /// The shape and dtype; an error for a failed tensor.
+    pub fn aval(&self) -> Result<Aval> {
+        match &self.repr {
+            Repr::Concrete(d) => Ok(Aval::new(d.shape(), d.dtype())),
+            Repr::Traced(t) => Ok(t.aval.clone()),
+            Repr::Failed(e) => Err((**e).clone()),
+        }
+    }
+
+    /// The dimensions (empty for a scalar and for a failed tensor).
+    pub fn shape(&self) -> &[usize] {
+        match &self.repr {
+            Repr::Concrete(d) => d.shape(),
+            Repr::Traced(t) => &t.aval.shape,
+            Repr::Failed(_) => &[],
+        }
+    }
+
+    /// The number of dimensions.
+    pub fn ndim(&self) -> usize {
+        self.shape().len()
+    }
+
+    /// The number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape().iter().product()
+    }
+
+    /// The element type (`f64` for a failed tensor; check [`Tensor::error`]).
+    pub fn dtype(&self) -> DType {
+        match &self.repr {
+            Repr::Concrete(d) => d.dtype(),
+            Repr::Traced(t) => t.aval.dtype,
+            Repr::Failed(_) => DType::F64,
+        }
+    }
+
+    /// The error that produced this tensor, if an operation failed.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let bad = Tensor::from([1.0, 2.0]) + Tensor::from([1.0, 2.0, 3.0]);
+    /// assert!(bad.error().unwrap().to_string().contains("[2] and [3]"));
+    /// ```
+    pub fn error(&self) -> Option<&Error> {
+        match &self.repr {
+            Repr::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether this tensor is a variable of a program being traced.
+    pub fn is_traced(&self) -> bool {
+        matches!(self.repr, Repr::Traced(_))
+    }
+
+    /// The concrete values, or the error saying why there are none.
+    pub(crate) fn data(&self) -> Result<&Arc<Data>> {
+        match &self.repr {
+            Repr::Concrete(d) => Ok(d),
+            Repr::Traced(t) => Err(Error::Trace(format!(
+                "the value of a traced tensor ({}) is not known while tracing; \
+                 compute with it, and read values from the transform's result",
+                t.aval
+            ))),
+            Repr::Failed(e) => Err((**e).clone()),
+        }
+    }
+
+    /// The values in row-major order, cast to `T`.
+    ///
+    /// ```
+    /// let x = brainstate::Tensor::from([1.5, 2.5]);
+    /// assert_eq!(x.to_vec::<f64>().unwrap(), vec![1.5, 2.5]);
+    /// ```
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        Ok(T::unwrap(self.data()?).iter().copied().collect())
+    }
+
+    /// The values as an `ndarray` array, cast to `T`.
+    pub fn to_ndarray<T: Element>(&self) -> Result<ArrayD<T>> {
+        Ok(T::unwrap(self.data()?))
+    }
+
+    /// The single value of a one-element tensor, as `f64`.
+    pub fn item(&self) -> Result<f64> {
+        let data = self.data()?;
+        let values = data.to_f64_vec();
+        match values.as_slice() {
+            [v] => Ok(*v),
+            _ => Err(Error::shape(
+                "item",
+                format!("needs exactly one element, got shape {:?}", data.shape()),
+            )),
+        }
+    }
+
+    /// Applies `prim` to `inputs`: records it when tracing, computes it otherwise.
+    #[track_caller]
+    pub(crate) fn apply(prim: Prim, inputs: &[&Tensor]) -> Tensor {
+        trace::apply(prim, inputs)
+    }
+}
+
+impl<T: Element> From<T> for Tensor {
+    fn from(value: T) -> Tensor {
+        Tensor::from_data(T::wrap(ndarray::arr0(value).into_dyn()))
+    }
+}
+
+impl<T: Element> From<Vec<T>> for Tensor {
+    fn from(values: Vec<T>) -> Tensor {
+        let n = values.len();
+        Tensor::from_data(T::wrap(
+            ArrayD::from_shape_vec(IxDyn(&[n]), values).expect("1-d"),
+        ))
+    }
+}
+
+impl<T: Element> From<&[T]> for Tensor {
+    fn from(values: &[T]) -> Tensor {
+        Tensor::from(values.to_vec())
+    }
+}
+
+impl<T: Element, const N: usize> From<[T; N]> for Tensor {
+    fn from(values: [T; N]) -> Tensor {
+        Tensor::from(values.to_vec())
+    }
+}
+
+impl<T: Element, const N: usize, const M: usize> From<[[T; N]; M]> for Tensor {
+    fn from(rows: [[T; N]; M]) -> Tensor {
+        let values: Vec<T> = rows.iter().flatten().copied().collect();
+        Tensor::from_data(T::wrap(
+            ArrayD::from_shape_vec(IxDyn(&[M, N]), values).expect("M x N values"),
+        ))
+    }
+}
+
+impl<T: Element, D: ndarray::Dimension> From<ndarray::Array<T, D>> for Tensor {
+    fn from(array: ndarray::Array<T, D>) -> Tensor {
+        Tensor::from_ndarray(array)
+    }
+}
+
+impl fmt::Display for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            Repr::Concrete(d) => {
+                with_array!(&**d, a => write!(f, "{a}"))?;
+                write!(f, " ({})", Aval::new(d.shape(), d.dtype()))
+            }
+            Repr::Traced(t) => write!(f, "Traced<{}>", t.aval),
+            Repr::Failed(e) => write!(f, "Failed({e})"),
+        }
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor({self})")
+    }
+}

@@ -1,0 +1,765 @@
+//! User-level operations. Each is one primitive or a composition of primitives, so none needs
+//! derivative rules of its own. Operations never panic: a failure (a shape mismatch, a bad
+//! axis) yields a failed tensor carrying the error. They are `#[track_caller]` so that
+//! recorded equations, and `debug_nan` reports, point at the user's line.
+
+use std::ops::{Add, Bound, Div, Mul, Neg, RangeBounds, Sub};
+
+use super::{DType, Tensor};
+use crate::error::Error;
+use crate::primitives::{BinaryOp, CmpOp, Prim, ReduceOp, UnaryOp};
+
+/// A value that can stand on the other side of an operation with a tensor: a tensor, or a
+/// Rust number, which takes the tensor's dtype (JAX's weak typing) when that is a float.
+pub trait Operand {
+    /// The operand as a tensor, next to `like`.
+    fn to_tensor(&self, like: &Tensor) -> Tensor;
+}
+
+impl Operand for Tensor {
+    fn to_tensor(&self, _: &Tensor) -> Tensor {
+        self.clone()
+    }
+}
+
+impl Operand for &Tensor {
+    fn to_tensor(&self, _: &Tensor) -> Tensor {
+        (*self).clone()
+    }
+}
+
+macro_rules! weak_scalar {
+    ($($t:ty => $int:expr),*) => {$(
+        impl Operand for $t {
+            fn to_tensor(&self, like: &Tensor) -> Tensor {
+                let dtype = match like.dtype() {
+                    d if d.is_float() => d,
+                    DType::I64 | DType::Bool if $int => DType::I64,
+                    _ => DType::F64,
+                };
+                Tensor::scalar_of(*self as f64, dtype)
+            }
+        }
+    )*};
+}
+weak_scalar!(f64 => false, f32 => false, i64 => true, i32 => true);
+
+/// Error for a failed user-level operation.
+fn failed(op: &str, msg: String) -> Tensor {
+    Tensor::failed(Error::shape(op, msg))
+}
+
+/// Resolves a possibly negative axis.
+fn axis_index(op: &str, axis: isize, ndim: usize) -> Result<usize, Tensor> {
+    let resolved = if axis < 0 { axis + ndim as isize } else { axis };
+    if (0..ndim as isize).contains(&resolved) {
+        Ok(resolved as usize)
+    } else {
+        Err(failed(
+            op,
+            format!("axis {axis} is out of range for {ndim} dimensions"),
+        ))
+    }
+}
+
+/// Resolves a list of possibly negative axes to a sorted, distinct list.
+fn axes_index(op: &str, axes: &[isize], ndim: usize) -> Result<Vec<usize>, Tensor> {
+    let mut out = axes
+        .iter()
+        .map(|&a| axis_index(op, a, ndim))
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort_unstable();
+    if out.windows(2).any(|w| w[0] == w[1]) {
+        return Err(failed(op, format!("repeated axis in {axes:?}")));
+    }
+    Ok(out)
+}
+
+/// A range of indices along one axis, as Python slices take them: negative bounds count from
+/// the end, and bounds past the ends are clamped. Implemented for Rust ranges of `isize`
+/// (`1..`, `..-1`, `2..5`, `..`).
+pub trait AxisRange {
+    /// `(start, stop)` within `0..=len`.
+    fn resolve(&self, len: usize) -> (usize, usize);
+}
+
+impl<R: RangeBounds<isize>> AxisRange for R {
+    fn resolve(&self, len: usize) -> (usize, usize) {
+        let n = len as isize;
+        let clamp = |i: isize| (if i < 0 { i + n } else { i }).clamp(0, n) as usize;
+        let start = match self.start_bound() {
+            Bound::Included(&i) => clamp(i),
+            Bound::Excluded(&i) => clamp(i + 1),
+            Bound::Unbounded => 0,
+        };
+        let stop = match self.end_bound() {
+            Bound::Included(&i) => clamp(if i == -1 { n } else { i + 1 }),
+            Bound::Excluded(&i) => clamp(i),
+            Bound::Unbounded => len,
+        };
+        (start, stop.max(start))
+    }
+}
+
+impl Tensor {
+    #[track_caller]
+    fn unary(&self, op: UnaryOp) -> Tensor {
+        let x = if self.dtype().is_float() {
+            self.clone()
+        } else {
+            self.cast(DType::F64)
+        };
+        Tensor::apply(Prim::Unary(op), &[&x])
+    }
+
+    #[track_caller]
+    fn binary(&self, op: BinaryOp, other: &Tensor) -> Tensor {
+        let mut dtype = self.dtype().promote(other.dtype());
+        let needs_float = matches!(op, BinaryOp::Div | BinaryOp::Pow);
+        if needs_float && !dtype.is_float() {
+            dtype = DType::F64;
+        } else if dtype == DType::Bool {
+            dtype = DType::I64;
+        }
+        Tensor::apply(Prim::Binary(op), &[&self.cast(dtype), &other.cast(dtype)])
+    }
+
+    #[track_caller]
+    fn compare(&self, op: CmpOp, other: &Tensor) -> Tensor {
+        let dtype = self.dtype().promote(other.dtype());
+        Tensor::apply(Prim::Compare(op), &[&self.cast(dtype), &other.cast(dtype)])
+    }
+
+    /// The same values as `dtype` (no-op when the dtype already matches).
+    #[track_caller]
+    pub fn cast(&self, dtype: DType) -> Tensor {
+        if self.dtype() == dtype || self.error().is_some() {
+            return self.clone();
+        }
+        Tensor::apply(Prim::Convert(dtype), &[self])
+    }
+
+    /// `e^x`
+    #[track_caller]
+    pub fn exp(&self) -> Tensor {
+        self.unary(UnaryOp::Exp)
+    }
+    /// Natural logarithm.
+    #[track_caller]
+    pub fn log(&self) -> Tensor {
+        self.unary(UnaryOp::Log)
+    }
+    /// `log(1 + x)`, accurate near 0.
+    #[track_caller]
+    pub fn log1p(&self) -> Tensor {
+        self.unary(UnaryOp::Log1p)
+    }
+    /// `e^x - 1`, accurate near 0.
+    #[track_caller]
+    pub fn expm1(&self) -> Tensor {
+        self.unary(UnaryOp::Expm1)
+    }
+    /// Square root.
+    #[track_caller]
+    pub fn sqrt(&self) -> Tensor {
+        self.unary(UnaryOp::Sqrt)
+    }
+    /// Sine.
+    #[track_caller]
+    pub fn sin(&self) -> Tensor {
+        self.unary(UnaryOp::Sin)
+    }
+    /// Cosine.
+    #[track_caller]
+    pub fn cos(&self) -> Tensor {
+        self.unary(UnaryOp::Cos)
+    }
+    /// Tangent.
+    #[track_caller]
+    pub fn tan(&self) -> Tensor {
+        self.unary(UnaryOp::Tan)
+    }
+    /// Hyperbolic tangent.
+    #[track_caller]
+    pub fn tanh(&self) -> Tensor {
+        self.unary(UnaryOp::Tanh)
+    }
+    /// The logistic function `1 / (1 + e^-x)`.
+    #[track_caller]
+    pub fn sigmoid(&self) -> Tensor {
+        self.unary(UnaryOp::Logistic)
+    }
+    /// `|x|` (keeps integer dtypes).
+    #[track_caller]
+    pub fn abs(&self) -> Tensor {
+        Tensor::apply(Prim::Unary(UnaryOp::Abs), &[self])
+    }
+    /// `-1`, `0` or `1` by the sign of each element (keeps integer dtypes).
+    #[track_caller]
+    pub fn sign(&self) -> Tensor {
+        Tensor::apply(Prim::Unary(UnaryOp::Sign), &[self])
+    }
+    /// The same value, treated as a constant by differentiation.
+    #[track_caller]
+    pub fn stop_gradient(&self) -> Tensor {
+        Tensor::apply(Prim::Unary(UnaryOp::StopGradient), &[self])
+    }
+    /// `x^n` for an integer `n`.
+    #[track_caller]
+    pub fn powi(&self, n: i32) -> Tensor {
+        let x = if self.dtype().is_float() {
+            self.clone()
+        } else {
+            self.cast(DType::F64)
+        };
+        Tensor::apply(Prim::PowI(n), &[&x])
+    }
+    /// `x^p` for a real `p`.
+    #[track_caller]
+    pub fn powf(&self, p: f64) -> Tensor {
+        self.pow(&p)
+    }
+    /// `x^y` elementwise.
+    #[track_caller]
+    pub fn pow(&self, y: &impl Operand) -> Tensor {
+        self.binary(BinaryOp::Pow, &y.to_tensor(self))
+    }
+    /// Elementwise maximum (NaN-propagating).
+    #[track_caller]
+    pub fn maximum(&self, other: impl Operand) -> Tensor {
+        self.binary(BinaryOp::Max, &other.to_tensor(self))
+    }
+    /// Elementwise minimum (NaN-propagating).
+    #[track_caller]
+    pub fn minimum(&self, other: impl Operand) -> Tensor {
+        self.binary(BinaryOp::Min, &other.to_tensor(self))
+    }
+    /// `max(x, 0)`.
+    #[track_caller]
+    pub fn relu(&self) -> Tensor {
+        self.maximum(0.0)
+    }
+    /// `log(e^x + e^y)`, computed stably.
+    #[track_caller]
+    pub fn logaddexp(&self, other: impl Operand) -> Tensor {
+        let other = other.to_tensor(self);
+        let max = self.maximum(&other);
+        let gap = (self - &other).abs();
+        max + (-gap).exp().log1p()
+    }
+
+    /// `x == y` elementwise, as `bool`.
+    #[track_caller]
+    pub fn eq(&self, other: impl Operand) -> Tensor {
+        self.compare(CmpOp::Eq, &other.to_tensor(self))
+    }
+    /// `x != y` elementwise, as `bool`.
+    #[track_caller]
+    pub fn ne(&self, other: impl Operand) -> Tensor {
+        self.compare(CmpOp::Ne, &other.to_tensor(self))
+    }
+    /// `x < y` elementwise, as `bool`.
+    #[track_caller]
+    pub fn lt(&self, other: impl Operand) -> Tensor {
+        self.compare(CmpOp::Lt, &other.to_tensor(self))
+    }
+    /// `x <= y` elementwise, as `bool`.
+    #[track_caller]
+    pub fn le(&self, other: impl Operand) -> Tensor {
+        self.compare(CmpOp::Le, &other.to_tensor(self))
+    }
+    /// `x > y` elementwise, as `bool`.
+    #[track_caller]
+    pub fn gt(&self, other: impl Operand) -> Tensor {
+        self.compare(CmpOp::Gt, &other.to_tensor(self))
+    }
+    /// `x >= y` elementwise, as `bool`.
+    #[track_caller]
+    pub fn ge(&self, other: impl Operand) -> Tensor {
+        self.compare(CmpOp::Ge, &other.to_tensor(self))
+    }
+
+    /// `on_true` where this `bool` tensor is true, else `on_false` (see [`where_`]).
+    #[track_caller]
+    pub fn select(&self, on_true: impl Operand, on_false: impl Operand) -> Tensor {
+        let on_true = on_true.to_tensor(&on_false.to_tensor(self));
+        let on_false = on_false.to_tensor(&on_true);
+        let dtype = on_true.dtype().promote(on_false.dtype());
+        Tensor::apply(
+            Prim::Select,
+            &[self, &on_true.cast(dtype), &on_false.cast(dtype)],
+        )
+    }
+
+    #[track_caller]
+    fn reduce(&self, op: ReduceOp, axes: Option<&[isize]>, keepdims: bool) -> Tensor {
+        let name = op.name();
+        let axes = match axes {
+            Some(axes) => match axes_index(name, axes, self.ndim()) {
+                Ok(a) => a,
+                Err(e) => return e,
+            },
+            None => (0..self.ndim()).collect(),
+        };
+        let x = if self.dtype() == DType::Bool {
+            self.cast(DType::I64)
+        } else {
+            self.clone()
+        };
+        let out = Tensor::apply(Prim::Reduce(op, axes.clone()), &[&x]);
+        if keepdims {
+            out.reshape_exact(&crate::primitives::keepdims_shape(self.shape(), &axes))
+        } else {
+            out
+        }
+    }
+
+    /// Sum of all elements.
+    #[track_caller]
+    pub fn sum(&self) -> Tensor {
+        self.reduce(ReduceOp::Sum, None, false)
+    }
+    /// Sum over `axes` (negative counts from the end), keeping them as size 1 if `keepdims`.
+    #[track_caller]
+    pub fn sum_axes(&self, axes: &[isize], keepdims: bool) -> Tensor {
+        self.reduce(ReduceOp::Sum, Some(axes), keepdims)
+    }
+    /// Largest element.
+    #[track_caller]
+    pub fn max(&self) -> Tensor {
+        self.reduce(ReduceOp::Max, None, false)
+    }
+    /// Largest element over `axes`.
+    #[track_caller]
+    pub fn max_axes(&self, axes: &[isize], keepdims: bool) -> Tensor {
+        self.reduce(ReduceOp::Max, Some(axes), keepdims)
+    }
+    /// Smallest element.
+    #[track_caller]
+    pub fn min(&self) -> Tensor {
+        self.reduce(ReduceOp::Min, None, false)
+    }
+    /// Smallest element over `axes`.
+    #[track_caller]
+    pub fn min_axes(&self, axes: &[isize], keepdims: bool) -> Tensor {
+        self.reduce(ReduceOp::Min, Some(axes), keepdims)
+    }
+    /// Mean of all elements.
+    #[track_caller]
+    pub fn mean(&self) -> Tensor {
+        let n = self.numel() as f64;
+        self.cast_float().sum() / n
+    }
+    /// Mean over `axes`.
+    #[track_caller]
+    pub fn mean_axes(&self, axes: &[isize], keepdims: bool) -> Tensor {
+        let axes_resolved = match axes_index("mean", axes, self.ndim()) {
+            Ok(a) => a,
+            Err(e) => return e,
+        };
+        let n: usize = axes_resolved.iter().map(|&a| self.shape()[a]).product();
+        self.cast_float().sum_axes(axes, keepdims) / n as f64
+    }
+    /// `log(sum(exp(x)))` over all elements, computed stably.
+    #[track_caller]
+    pub fn logsumexp(&self) -> Tensor {
+        let all: Vec<isize> = (0..self.ndim() as isize).collect();
+        self.logsumexp_axes(&all, false)
+    }
+    /// `log(sum(exp(x)))` over `axes`, computed stably.
+    #[track_caller]
+    pub fn logsumexp_axes(&self, axes: &[isize], keepdims: bool) -> Tensor {
+        let shift = self.max_axes(axes, true).stop_gradient();
+        let lse = (self - &shift).exp().sum_axes(axes, true).log() + shift;
+        if keepdims {
+            lse
+        } else {
+            match axes_index("logsumexp", axes, self.ndim()) {
+                Ok(axes) => {
+                    let shape: Vec<usize> = (0..self.ndim())
+                        .filter(|i| !axes.contains(i))
+                        .map(|i| self.shape()[i])
+                        .collect();
+                    lse.reshape_exact(&shape)
+                }
+                Err(e) => e,
+            }
+        }
+    }
+    /// `exp(x) / sum(exp(x))` along `axis`, computed stably.
+    #[track_caller]
+    pub fn softmax(&self, axis: isize) -> Tensor {
+        let shifted = self - self.max_axes(&[axis], true).stop_gradient();
+        let e = shifted.exp();
+        &e / e.sum_axes(&[axis], true)
+    }
+
+    fn cast_float(&self) -> Tensor {
+        if self.dtype().is_float() {
+            self.clone()
+        } else {
+            self.cast(DType::F64)
+        }
+    }
+
+    /// Matrix product with NumPy's `matmul` rules: 1-d operands are vectors, leading axes of
+    /// higher-rank operands are batch axes and broadcast.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let a = Tensor::from([[1.0, 2.0], [3.0, 4.0]]);
+    /// let v = Tensor::from([1.0, 1.0]);
+    /// assert_eq!(a.matmul(&v).to_vec::<f64>().unwrap(), vec![3.0, 7.0]);
+    /// ```
+    #[track_caller]
+    pub fn matmul(&self, other: &Tensor) -> Tensor {
+        let (a, b) = (self.cast_float(), other.cast_float());
+        let dtype = a.dtype().promote(b.dtype());
+        let (a, b) = (a.cast(dtype), b.cast(dtype));
+        let (ra, rb) = (a.ndim(), b.ndim());
+        if ra == 0 || rb == 0 {
+            return Tensor::failed(Error::mismatch("matmul", a.shape(), b.shape()));
+        }
+        let a2 = if ra == 1 {
+            a.reshape_exact(&[1, a.shape()[0]])
+        } else {
+            a.clone()
+        };
+        let b2 = if rb == 1 {
+            b.reshape_exact(&[b.shape()[0], 1])
+        } else {
+            b.clone()
+        };
+        let out = Tensor::apply(Prim::MatMul, &[&a2, &b2]);
+        if ra > 1 && rb > 1 {
+            return out;
+        }
+        // Drop the axes that stood in for vectors.
+        let mut shape = out.shape().to_vec();
+        let r = shape.len();
+        if rb == 1 && r >= 1 {
+            shape.remove(r - 1);
+        }
+        if ra == 1 && r >= 2 {
+            shape.remove(r - 2);
+        }
+        out.reshape_exact(&shape)
+    }
+    /// Dot product of vectors, or matrix product (as [`Tensor::matmul`]).
+    #[track_caller]
+    pub fn dot(&self, other: &Tensor) -> Tensor {
+        self.matmul(other)
+    }
+
+    /// The same elements in another shape; one entry may be `-1`, inferred from the rest.
+    #[track_caller]
+    pub fn reshape(&self, shape: &[isize]) -> Tensor {
+        let known: usize = shape
+            .iter()
+            .filter(|&&d| d >= 0)
+            .map(|&d| d as usize)
+            .product();
+        let inferred = shape.iter().filter(|&&d| d < 0).count();
+        let resolved: Vec<usize> = match inferred {
+            0 => shape.iter().map(|&d| d as usize).collect(),
+            1 if shape.iter().all(|&d| d >= -1) && known > 0 && self.numel() % known == 0 => shape
+                .iter()
+                .map(|&d| {
+                    if d < 0 {
+                        self.numel() / known
+                    } else {
+                        d as usize
+                    }
+                })
+                .collect(),
+            _ => {
+                return failed(
+                    "reshape",
+                    format!("cannot reshape {:?} into {shape:?}", self.shape()),
+                )
+            }
+        };
+        self.reshape_exact(&resolved)
+    }
+
+    #[track_caller]
+    pub(crate) fn reshape_exact(&self, shape: &[usize]) -> Tensor {
+        if self.shape() == shape && self.error().is_none() {
+            return self.clone();
+        }
+        Tensor::apply(Prim::Reshape(shape.to_vec()), &[self])
+    }
+
+    /// Broadcasts to `shape` with NumPy's rules.
+    #[track_caller]
+    pub fn broadcast_to(&self, shape: &[usize]) -> Tensor {
+        if self.shape() == shape && self.error().is_none() {
+            return self.clone();
+        }
+        Tensor::apply(Prim::Broadcast(shape.to_vec()), &[self])
+    }
+
+    /// Reverses the order of the axes (NumPy's `.T`).
+    #[track_caller]
+    pub fn transpose(&self) -> Tensor {
+        let perm: Vec<usize> = (0..self.ndim()).rev().collect();
+        self.permute(&perm)
+    }
+
+    /// Reorders the axes: axis `i` of the result is axis `perm[i]` of this tensor.
+    #[track_caller]
+    pub fn permute(&self, perm: &[usize]) -> Tensor {
+        Tensor::apply(Prim::Transpose(perm.to_vec()), &[self])
+    }
+
+    /// Inserts an axis of size 1 at `axis`.
+    #[track_caller]
+    pub fn expand_dims(&self, axis: isize) -> Tensor {
+        match axis_index("expand_dims", axis, self.ndim() + 1) {
+            Ok(axis) => {
+                let mut shape = self.shape().to_vec();
+                shape.insert(axis, 1);
+                self.reshape_exact(&shape)
+            }
+            Err(e) => e,
+        }
+    }
+
+    /// Elements `range` along `axis`, every `step`-th one (Python's `x[..., a:b:step, ...]`).
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let x = Tensor::from([0.0, 1.0, 2.0, 3.0, 4.0]);
+    /// assert_eq!(x.slice_along(0, 1..-1, 1).to_vec::<f64>().unwrap(), vec![1.0, 2.0, 3.0]);
+    /// assert_eq!(x.slice_along(0, .., 2).to_vec::<f64>().unwrap(), vec![0.0, 2.0, 4.0]);
+    /// ```
+    #[track_caller]
+    pub fn slice_along(&self, axis: isize, range: impl AxisRange, step: usize) -> Tensor {
+        let axis = match axis_index("slice", axis, self.ndim()) {
+            Ok(a) => a,
+            Err(e) => return e,
+        };
+        if step == 0 {
+            return failed("slice", "step must be at least 1".into());
+        }
+        let (lo, hi) = range.resolve(self.shape()[axis]);
+        let mut start = vec![0; self.ndim()];
+        let mut stop = self.shape().to_vec();
+        let mut steps = vec![1; self.ndim()];
+        start[axis] = lo;
+        stop[axis] = hi;
+        steps[axis] = step;
+        Tensor::apply(
+            Prim::Slice {
+                start,
+                stop,
+                step: steps,
+            },
+            &[self],
+        )
+    }
+
+    /// The sub-tensor at `index` along `axis`, which is removed (Python's `x[..., i, ...]`).
+    #[track_caller]
+    pub fn index(&self, axis: isize, index: isize) -> Tensor {
+        let axis = match axis_index("index", axis, self.ndim()) {
+            Ok(a) => a,
+            Err(e) => return e,
+        };
+        let len = self.shape()[axis] as isize;
+        let i = if index < 0 { index + len } else { index };
+        if !(0..len).contains(&i) {
+            return failed(
+                "index",
+                format!(
+                    "index {index} is out of range for axis {axis} of shape {:?}",
+                    self.shape()
+                ),
+            );
+        }
+        let mut shape = self.shape().to_vec();
+        shape.remove(axis);
+        self.slice_along(axis as isize, i..i + 1, 1)
+            .reshape_exact(&shape)
+    }
+
+    /// `n` evenly spaced `f64` values from `start` to `stop` inclusive.
+    ///
+    /// ```
+    /// let x = brainstate::Tensor::linspace(-1.0, 1.0, 5);
+    /// assert_eq!(x.to_vec::<f64>().unwrap(), vec![-1.0, -0.5, 0.0, 0.5, 1.0]);
+    /// ```
+    pub fn linspace(start: f64, stop: f64, n: usize) -> Tensor {
+        let step = if n > 1 {
+            (stop - start) / (n - 1) as f64
+        } else {
+            0.0
+        };
+        let values: Vec<f64> = (0..n)
+            .map(|i| {
+                if i + 1 == n && n > 1 {
+                    stop
+                } else {
+                    start + step * i as f64
+                }
+            })
+            .collect();
+        Tensor::from(values)
+    }
+
+    /// `start, start + step, ...` below `stop` (Python's `arange`), as `f64`.
+    pub fn arange(start: f64, stop: f64, step: f64) -> Tensor {
+        if step == 0.0 || !step.is_finite() {
+            return failed(
+                "arange",
+                format!("step must be finite and non-zero, got {step}"),
+            );
+        }
+        let n = ((stop - start) / step).ceil().max(0.0) as usize;
+        Tensor::from(
+            (0..n)
+                .map(|i| start + step * i as f64)
+                .collect::<Vec<f64>>(),
+        )
+    }
+
+    /// An `f64` tensor of `shape` filled with `value`.
+    pub fn full(shape: &[usize], value: f64) -> Tensor {
+        Tensor::scalar(value).broadcast_to(shape)
+    }
+
+    /// Zeros of `shape` (`f64`).
+    pub fn zeros(shape: &[usize]) -> Tensor {
+        Tensor::full(shape, 0.0)
+    }
+
+    /// Ones of `shape` (`f64`).
+    pub fn ones(shape: &[usize]) -> Tensor {
+        Tensor::full(shape, 1.0)
+    }
+
+    /// The `n x n` identity matrix (`f64`).
+    pub fn eye(n: usize) -> Tensor {
+        Tensor::apply(
+            Prim::Eye {
+                rows: n,
+                cols: n,
+                offset: 0,
+                dtype: DType::F64,
+            },
+            &[],
+        )
+    }
+
+    /// Zeros with this tensor's shape and dtype.
+    pub fn zeros_like(&self) -> Tensor {
+        Tensor::scalar_of(0.0, self.dtype()).broadcast_to(self.shape())
+    }
+}
+
+/// `on_true` where `cond` is true, else `on_false`, elementwise with broadcasting.
+///
+/// ```
+/// use brainstate::{where_, Tensor};
+/// let x = Tensor::from([-1.0, 2.0]);
+/// let y = where_(&x.gt(0.0), &x, &Tensor::scalar(0.0));
+/// assert_eq!(y.to_vec::<f64>().unwrap(), vec![0.0, 2.0]);
+/// ```
+#[track_caller]
+pub fn where_(cond: &Tensor, on_true: &Tensor, on_false: &Tensor) -> Tensor {
+    cond.select(on_true, on_false)
+}
+
+/// Joins tensors along an existing axis.
+///
+/// ```
+/// use brainstate::{concatenate, Tensor};
+/// let x = concatenate(&[Tensor::from([1.0]), Tensor::from([2.0, 3.0])], 0);
+/// assert_eq!(x.shape(), &[3]);
+/// ```
+#[track_caller]
+pub fn concatenate(tensors: &[Tensor], axis: isize) -> Tensor {
+    let Some(first) = tensors.first() else {
+        return failed("concatenate", "needs at least one tensor".into());
+    };
+    let axis = match axis_index("concatenate", axis, first.ndim()) {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    let dtype = tensors
+        .iter()
+        .fold(first.dtype(), |d, t| d.promote(t.dtype()));
+    let cast: Vec<Tensor> = tensors.iter().map(|t| t.cast(dtype)).collect();
+    let refs: Vec<&Tensor> = cast.iter().collect();
+    Tensor::apply(Prim::Concat(axis), &refs)
+}
+
+/// Joins tensors of one shape along a new axis.
+///
+/// ```
+/// use brainstate::{stack, Tensor};
+/// let x = stack(&[Tensor::from([1.0, 2.0]), Tensor::from([3.0, 4.0])], 0);
+/// assert_eq!(x.shape(), &[2, 2]);
+/// ```
+#[track_caller]
+pub fn stack(tensors: &[Tensor], axis: isize) -> Tensor {
+    let expanded: Vec<Tensor> = tensors.iter().map(|t| t.expand_dims(axis)).collect();
+    concatenate(&expanded, axis)
+}
+
+// Arithmetic operators for every pairing of `Tensor`, `&Tensor` and Rust scalars.
+macro_rules! binary_operator {
+    ($trait:ident, $method:ident, $op:expr) => {
+        impl<R: Operand> $trait<R> for &Tensor {
+            type Output = Tensor;
+            #[track_caller]
+            fn $method(self, rhs: R) -> Tensor {
+                self.binary($op, &rhs.to_tensor(self))
+            }
+        }
+        impl<R: Operand> $trait<R> for Tensor {
+            type Output = Tensor;
+            #[track_caller]
+            fn $method(self, rhs: R) -> Tensor {
+                (&self).binary($op, &rhs.to_tensor(&self))
+            }
+        }
+        binary_operator!(@scalar $trait, $method, $op, f64, i64);
+    };
+    (@scalar $trait:ident, $method:ident, $op:expr, $($t:ty),*) => {$(
+        impl $trait<&Tensor> for $t {
+            type Output = Tensor;
+            #[track_caller]
+            fn $method(self, rhs: &Tensor) -> Tensor {
+                self.to_tensor(rhs).binary($op, rhs)
+            }
+        }
+        impl $trait<Tensor> for $t {
+            type Output = Tensor;
+            #[track_caller]
+            fn $method(self, rhs: Tensor) -> Tensor {
+                self.to_tensor(&rhs).binary($op, &rhs)
+            }
+        }
+    )*};
+}
+binary_operator!(Add, add, BinaryOp::Add);
+binary_operator!(Sub, sub, BinaryOp::Sub);
+binary_operator!(Mul, mul, BinaryOp::Mul);
+binary_operator!(Div, div, BinaryOp::Div);
+
+impl Neg for &Tensor {
+    type Output = Tensor;
+    #[track_caller]
+    fn neg(self) -> Tensor {
+        Tensor::apply(Prim::Unary(UnaryOp::Neg), &[self])
+    }
+}
+
+impl Neg for Tensor {
+    type Output = Tensor;
+    #[track_caller]
+    fn neg(self) -> Tensor {
+        -&self
+    }
+}
