@@ -1,1 +1,117 @@
-fn main() {}
+//! The standard Hessian suite of `../shared/BENCHMARKS.md`, through the public API.
+//!
+//! `cargo bench --bench suite -- --json` prints one JSON line per case (and a last line with
+//! the process's peak memory); `--cases rosen_n16,rosen_n128` runs a subset. Without `--json`
+//! it prints a readable table.
+
+use std::time::Instant;
+
+use brainstate::{hessian, Node, Tensor};
+
+const ENGINE: &str = concat!("brainstate-rs ", env!("CARGO_PKG_VERSION"));
+
+/// What one case measured.
+struct Measured {
+    first_call_s: f64,
+    median_s: f64,
+    reps: usize,
+    checksum: f64,
+    frobenius: f64,
+}
+
+/// Times `call` as the suite asks: the first call, then the median of enough further calls.
+fn measure(call: impl Fn() -> Node) -> Measured {
+    let start = Instant::now();
+    let result = call();
+    let first_call_s = start.elapsed().as_secs_f64();
+    let (checksum, frobenius) = checksums(&result);
+    let probe = Instant::now();
+    call();
+    let reps = if probe.elapsed().as_secs_f64() < 0.01 {
+        30
+    } else {
+        5
+    };
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            std::hint::black_box(call());
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    Measured {
+        first_call_s,
+        median_s: times[reps / 2],
+        reps,
+        checksum,
+        frobenius,
+    }
+}
+
+/// Sum of all entries and Frobenius norm over every block of a result.
+fn checksums(result: &Node) -> (f64, f64) {
+    let values: Vec<f64> = result
+        .leaves()
+        .iter()
+        .flat_map(|t| t.to_vec::<f64>().expect("concrete result"))
+        .collect();
+    let sum = values.iter().sum();
+    let frobenius = values.iter().map(|v| v * v).sum::<f64>().sqrt();
+    (sum, frobenius)
+}
+
+fn rosen(x: &Tensor) -> Tensor {
+    let head = x.slice_along(0, ..-1, 1);
+    let tail = x.slice_along(0, 1.., 1);
+    ((tail - head.powi(2)).powi(2) * 100.0 + (1.0 - &head).powi(2)).sum()
+}
+
+fn run_case(name: &str) -> Option<Measured> {
+    let n: usize = name.strip_prefix("rosen_n")?.parse().ok()?;
+    let x = Tensor::linspace(-1.0, 1.0, n);
+    let h = hessian(rosen);
+    Some(measure(|| h.call(&x).expect("rosen hessian")))
+}
+
+/// Peak resident memory of this process, from `/proc` (Linux).
+fn maxrss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.iter().any(|a| a == "--json");
+    let all = ["rosen_n16", "rosen_n128", "rosen_n1024", "rosen_n4096"];
+    let cases: Vec<String> = match args.iter().position(|a| a == "--cases") {
+        Some(i) => args
+            .get(i + 1)
+            .map_or(vec![], |c| c.split(',').map(String::from).collect()),
+        None => all.iter().map(|s| s.to_string()).collect(),
+    };
+    for case in &cases {
+        let Some(m) = run_case(case) else {
+            eprintln!("unknown case {case}; known: {}", all.join(", "));
+            std::process::exit(2);
+        };
+        if json {
+            println!(
+                "{{\"case\": \"{case}\", \"engine\": \"{ENGINE}\", \"first_call_s\": {:e}, \"median_s\": {:e}, \"reps\": {}, \"checksum\": {:?}, \"frobenius\": {:?}}}",
+                m.first_call_s, m.median_s, m.reps, m.checksum, m.frobenius
+            );
+        } else {
+            println!(
+                "{case:<18} first {:>10.6} s   median {:>12.9} s ({} reps)   checksum {:.12e}   frobenius {:.12e}",
+                m.first_call_s, m.median_s, m.reps, m.checksum, m.frobenius
+            );
+        }
+    }
+    if json {
+        if let Some(mb) = maxrss_mb() {
+            println!("{{\"engine\": \"{ENGINE}\", \"maxrss_mb\": {mb:.1}}}");
+        }
+    }
+}

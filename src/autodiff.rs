@@ -91,6 +91,15 @@ fn jvp_eqn(
     out: &Tensor,
     batch: &[usize],
 ) -> Option<Tensor> {
+    // A failed operand fails the tangent too; rules may then assume well-formed shapes.
+    let failed = primals
+        .iter()
+        .chain(tangents.iter().flatten())
+        .chain([out])
+        .find(|t| t.error().is_some());
+    if let Some(failed) = failed {
+        return Some(failed.clone());
+    }
     if !prim.is_elementwise() {
         return prim.jvp(primals, tangents, out, batch);
     }
@@ -207,6 +216,9 @@ fn transpose_eqn(
     in_avals: &[Aval],
     batch: &[usize],
 ) -> Result<Vec<Option<Tensor>>> {
+    if let Some(e) = ct.error() {
+        return Err(e.clone());
+    }
     let cts = prim.transpose(ct, primals, in_avals, batch)?;
     Ok(cts
         .into_iter()
@@ -258,7 +270,7 @@ fn basis(tracing: &Tracing, aval: &Aval, total: usize, offset: usize) -> Result<
 
 /// Rows `offset..offset + len` of `t` along its first axis (all of it when that is everything).
 fn rows(t: &Tensor, offset: usize, len: usize) -> Tensor {
-    if offset == 0 && len == t.shape()[0] {
+    if t.error().is_some() || (offset == 0 && t.shape().first() == Some(&len)) {
         t.clone()
     } else {
         t.slice_along(0, offset as isize..(offset + len) as isize, 1)

@@ -26,7 +26,10 @@ fn fold_constants(mut program: Program) -> Program {
     let mut known: HashMap<Var, Arc<Data>> = program.consts.iter().cloned().collect();
     let mut eqns = Vec::with_capacity(program.eqns.len());
     for eqn in std::mem::take(&mut program.eqns) {
-        let foldable = program.aval(eqn.out).numel() <= FOLD_LIMIT
+        // Creation primitives stay generators: a tangent basis is never stored as a constant.
+        let creates = matches!(eqn.prim, Prim::Eye { .. } | Prim::Iota { .. });
+        let foldable = !creates
+            && program.aval(eqn.out).numel() <= FOLD_LIMIT
             && eqn.inputs.iter().all(|v| known.contains_key(v));
         if foldable {
             let ins: Vec<&Data> = eqn.inputs.iter().map(|v| &*known[v]).collect();
@@ -145,6 +148,38 @@ impl Plan {
         Plan { program, frees }
     }
 
+    /// Evaluates an elementwise equation in the buffer of an operand that dies here, when one
+    /// has the output's shape and dtype and nothing else holds it.
+    fn in_place(&self, eqn: &Eqn, frees: &[Var], env: &mut [Option<Arc<Data>>]) -> Option<Data> {
+        if !matches!(eqn.prim, Prim::Unary(_) | Prim::Binary(_) | Prim::PowI(_)) {
+            return None;
+        }
+        let out = self.program.aval(eqn.out);
+        for (slot, &v) in eqn.inputs.iter().enumerate() {
+            let reusable = frees.contains(&v)
+                && eqn.inputs.iter().filter(|&&u| u == v).count() == 1
+                && env[v.index()].as_ref().is_some_and(|d| {
+                    Arc::strong_count(d) == 1
+                        && d.shape() == out.shape.as_slice()
+                        && d.dtype() == out.dtype
+                });
+            if !reusable {
+                continue;
+            }
+            let mut target = Arc::try_unwrap(env[v.index()].take()?).ok()?;
+            let other = eqn
+                .inputs
+                .get(1 - slot)
+                .and_then(|u| env[u.index()].as_deref());
+            if crate::primitives::eval_in_place(&eqn.prim, &mut target, slot, other) {
+                return Some(target);
+            }
+            env[v.index()] = Some(Arc::new(target));
+            return None;
+        }
+        None
+    }
+
     /// Runs the program. With `check_finite`, the first equation whose output holds a NaN or
     /// an infinity is reported as an error instead.
     pub fn run(&self, inputs: &[Arc<Data>], check_finite: bool) -> Result<Vec<Arc<Data>>> {
@@ -157,20 +192,29 @@ impl Plan {
             env[v.index()] = Some(data.clone());
         }
         for (eqn, frees) in program.eqns.iter().zip(&self.frees) {
-            let ins: Vec<&Data> = eqn
-                .inputs
-                .iter()
-                .map(|v| {
-                    &**env[v.index()]
-                        .as_ref()
-                        .expect("planned programs define before use")
-                })
-                .collect();
-            let out = eqn.prim.eval(&ins)?;
+            let out = match self.in_place(eqn, frees, &mut env) {
+                Some(out) => out,
+                None => {
+                    let ins: Vec<&Data> = eqn
+                        .inputs
+                        .iter()
+                        .map(|v| {
+                            &**env[v.index()]
+                                .as_ref()
+                                .expect("planned programs define before use")
+                        })
+                        .collect();
+                    eqn.prim.eval(&ins)?
+                }
+            };
             if check_finite && !out.all_finite() {
                 return Err(Error::NonFinite {
                     primitive: eqn.prim.to_string(),
-                    input_shapes: ins.iter().map(|d| d.shape().to_vec()).collect(),
+                    input_shapes: eqn
+                        .inputs
+                        .iter()
+                        .map(|&v| program.aval(v).shape.clone())
+                        .collect(),
                     source_hint: eqn
                         .source
                         .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),

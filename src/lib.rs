@@ -20,7 +20,7 @@
 //! ```
 //!
 //! Modules, in the order data flows through them: [`tensor`] (values and user operations),
-//! [`primitives`] (the primitive set and its rules), [`trace`] (recording programs), [`ir`]
+//! [`primitives`] (the primitive set and its rules), `trace` (recording programs), [`ir`]
 //! (programs), `autodiff` (program transforms), `exec` (simplify, plan, run), [`tree`]
 //! (pytrees), [`transform`] (the user-facing transforms).
 
@@ -35,7 +35,7 @@ mod exec;
 pub mod ir;
 pub mod primitives;
 pub mod tensor;
-pub mod trace;
+mod trace;
 pub mod transform;
 pub mod tree;
 

@@ -18,7 +18,7 @@ use crate::ir::{Eqn, Program};
 use crate::primitives::Prim;
 use crate::tensor::{Aval, Data, Repr, Tensor};
 
-pub use crate::ir::Var;
+pub(crate) use crate::ir::Var;
 
 static NEXT_FRAME: AtomicU64 = AtomicU64::new(1);
 

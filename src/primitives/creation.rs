@@ -32,7 +32,7 @@ pub(super) fn eval(prim: &Prim) -> Data {
             Data::F64(ArrayD::from_shape_fn(shape.as_slice(), |idx| {
                 idx[*axis] as f64
             }))
-            .cast(*dtype)
+            .into_dtype(*dtype)
         }
         Prim::Eye {
             rows,
@@ -47,7 +47,7 @@ pub(super) fn eval(prim: &Prim) -> Data {
                     eye[[r, c as usize]] = 1.0;
                 }
             }
-            Data::F64(eye).cast(*dtype)
+            Data::F64(eye).into_dtype(*dtype)
         }
         _ => unreachable!("not a creation primitive: {prim}"),
     }

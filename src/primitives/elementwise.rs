@@ -341,16 +341,60 @@ pub(super) fn infer(prim: &Prim, ins: &[Aval]) -> Result<Aval> {
     }
 }
 
-/// `f` over two arrays broadcast to `shape`.
+/// `f` over two arrays broadcast to `shape`. Contiguous operands of the output's shape, and
+/// scalars, take a flat loop; the rest iterate with a fixed-rank `Zip`, which is far faster
+/// than a dynamic-rank one.
 fn zip<A: Copy, B: Copy, C>(
     a: &ArrayD<A>,
     b: &ArrayD<B>,
     shape: &[usize],
     f: impl Fn(A, B) -> C,
 ) -> ArrayD<C> {
+    let flat =
+        |values: Vec<C>| ArrayD::from_shape_vec(shape, values).expect("one value per element");
+    let full = |x: &[usize]| x == shape;
+    match (a.as_slice(), b.as_slice()) {
+        (Some(x), Some(y)) if full(a.shape()) && full(b.shape()) => {
+            return flat(x.iter().zip(y).map(|(&x, &y)| f(x, y)).collect())
+        }
+        (Some(x), Some(&[y])) if full(a.shape()) => {
+            return flat(x.iter().map(|&x| f(x, y)).collect())
+        }
+        (Some(&[x]), Some(y)) if full(b.shape()) => {
+            return flat(y.iter().map(|&y| f(x, y)).collect())
+        }
+        _ => {}
+    }
     let a = a.broadcast(shape).expect("shapes checked by infer");
     let b = b.broadcast(shape).expect("shapes checked by infer");
-    Zip::from(&a).and(&b).map_collect(|&x, &y| f(x, y))
+    macro_rules! fixed_rank {
+        ($dim:ty) => {{
+            let a = a.into_dimensionality::<$dim>().expect("rank");
+            let b = b.into_dimensionality::<$dim>().expect("rank");
+            Zip::from(&a)
+                .and(&b)
+                .map_collect(|&x, &y| f(x, y))
+                .into_dyn()
+        }};
+    }
+    match shape.len() {
+        1 => fixed_rank!(ndarray::Ix1),
+        2 => fixed_rank!(ndarray::Ix2),
+        3 => fixed_rank!(ndarray::Ix3),
+        4 => fixed_rank!(ndarray::Ix4),
+        _ => Zip::from(&a).and(&b).map_collect(|&x, &y| f(x, y)),
+    }
+}
+
+/// `zip` with `op` resolved outside the loop, so that each loop body is one operation.
+fn zip_float<F: Float>(op: BinaryOp, a: &ArrayD<F>, b: &ArrayD<F>, shape: &[usize]) -> ArrayD<F> {
+    match op {
+        BinaryOp::Add => zip(a, b, shape, |x, y| x + y),
+        BinaryOp::Sub => zip(a, b, shape, |x, y| x - y),
+        BinaryOp::Mul => zip(a, b, shape, |x, y| x * y),
+        BinaryOp::Div => zip(a, b, shape, |x, y| x / y),
+        _ => zip(a, b, shape, |x, y| op.apply(x, y)),
+    }
 }
 
 /// Runs `$body` with `$a`, `$b` bound to same-typed float arrays, rewrapping the result.
@@ -389,7 +433,7 @@ pub(super) fn eval(prim: &Prim, ins: &[&Data]) -> Result<Data> {
                 (Data::I64(a), Data::I64(b)) => Data::I64(zip(a, b, &shape, |x, y| {
                     op.apply_int(x, y).expect("checked by infer")
                 })),
-                (x, y) => float_pair!(x, y, |a, b| zip(a, b, &shape, |x, y| op.apply(x, y))),
+                (x, y) => float_pair!(x, y, |a, b| zip_float(*op, a, b, &shape)),
             }
         }
         Prim::Compare(op) => {
@@ -499,4 +543,78 @@ pub(super) fn transpose(
         Prim::Convert(_) => vec![Some(ct.cast(in_avals[0].dtype))],
         _ => return Err(prim.not_linear()),
     })
+}
+
+/// Computes a float unary, integer-power or binary primitive into `target`: the buffer of
+/// operand `slot`, which already has the output's shape and dtype and is not needed after this
+/// equation. `other` is the other operand of a binary primitive. Returns `false`, leaving
+/// `target` as it was, where there is no in-place kernel. Reusing dying buffers saves an
+/// allocation (and its page faults) per equation on large arrays.
+pub(crate) fn eval_in_place(
+    prim: &Prim,
+    target: &mut Data,
+    slot: usize,
+    other: Option<&Data>,
+) -> bool {
+    match (prim, target, other) {
+        (Prim::Unary(UnaryOp::StopGradient), ..) => return false,
+        (Prim::Unary(op), Data::F64(a), None) => unary_in_place(*op, a),
+        (Prim::Unary(op), Data::F32(a), None) => unary_in_place(*op, a),
+        (Prim::PowI(n), Data::F64(a), None) => a.mapv_inplace(|x| x.powi(*n)),
+        (Prim::PowI(n), Data::F32(a), None) => a.mapv_inplace(|x| x.powi(*n)),
+        (Prim::Binary(op), Data::F64(a), Some(Data::F64(b))) => binary_in_place(*op, a, b, slot),
+        (Prim::Binary(op), Data::F32(a), Some(Data::F32(b))) => binary_in_place(*op, a, b, slot),
+        _ => return false,
+    }
+    true
+}
+
+fn unary_in_place<F: Float>(op: UnaryOp, a: &mut ArrayD<F>) {
+    match op {
+        UnaryOp::Neg => a.mapv_inplace(|x| -x),
+        _ => a.mapv_inplace(|x| op.apply(x)),
+    }
+}
+
+/// `a = op(a, b)` when `a` is the first operand (`slot` 0), else `a = op(b, a)`.
+fn binary_in_place<F: Float>(op: BinaryOp, a: &mut ArrayD<F>, b: &ArrayD<F>, slot: usize) {
+    match (op, slot) {
+        (BinaryOp::Add, _) => update(a, b, |x, y| x + y),
+        (BinaryOp::Mul, _) => update(a, b, |x, y| x * y),
+        (BinaryOp::Sub, 0) => update(a, b, |x, y| x - y),
+        (BinaryOp::Sub, _) => update(a, b, |x, y| y - x),
+        (BinaryOp::Div, 0) => update(a, b, |x, y| x / y),
+        (BinaryOp::Div, _) => update(a, b, |x, y| y / x),
+        (_, 0) => update(a, b, |x, y| op.apply(x, y)),
+        _ => update(a, b, |x, y| op.apply(y, x)),
+    }
+}
+
+/// `a[i] = f(a[i], b[i])` with `b` broadcast to `a`'s shape.
+fn update<F: Copy>(a: &mut ArrayD<F>, b: &ArrayD<F>, f: impl Fn(F, F) -> F) {
+    if a.shape() == b.shape() {
+        if let (Some(xs), Some(ys)) = (a.as_slice_mut(), b.as_slice()) {
+            xs.iter_mut().zip(ys).for_each(|(x, &y)| *x = f(*x, y));
+            return;
+        }
+    }
+    if let Some(&[y]) = b.as_slice() {
+        a.mapv_inplace(|x| f(x, y));
+        return;
+    }
+    let b = b.broadcast(a.shape()).expect("shapes checked by infer");
+    macro_rules! fixed_rank {
+        ($dim:ty) => {{
+            let mut a = a.view_mut().into_dimensionality::<$dim>().expect("rank");
+            let b = b.into_dimensionality::<$dim>().expect("rank");
+            Zip::from(&mut a).and(&b).for_each(|x, &y| *x = f(*x, y));
+        }};
+    }
+    match a.ndim() {
+        1 => fixed_rank!(ndarray::Ix1),
+        2 => fixed_rank!(ndarray::Ix2),
+        3 => fixed_rank!(ndarray::Ix3),
+        4 => fixed_rank!(ndarray::Ix4),
+        _ => Zip::from(a).and(&b).for_each(|x, &y| *x = f(*x, y)),
+    }
 }

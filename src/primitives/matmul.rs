@@ -4,7 +4,7 @@
 
 use ndarray::{linalg::general_mat_mul, ArrayD, Axis, Ix2, IxDyn};
 
-use super::{broadcast_shapes, Prim};
+use super::{broadcast_shapes, concat_dims, Prim};
 use crate::error::{Error, Result};
 use crate::tensor::{Aval, Data, Tensor};
 
@@ -83,9 +83,26 @@ fn matmul(a: &Tensor, b: &Tensor) -> Tensor {
     Tensor::apply(Prim::MatMul, &[a, b])
 }
 
-pub(super) fn jvp(x: &[Tensor], t: &[Option<Tensor>]) -> Option<Tensor> {
-    let da = t[0].as_ref().map(|ta| matmul(ta, &x[1]));
-    let db = t[1].as_ref().map(|tb| matmul(&x[0], tb));
+pub(super) fn jvp(
+    x: &[Tensor],
+    t: &[Option<Tensor>],
+    out: &Tensor,
+    batch: &[usize],
+) -> Option<Tensor> {
+    // Pad operands and tangents to the output's rank (tangents after their batch axes) so that
+    // the batch axes of the tangent never meet an operand's own leading axes.
+    let rank = batch.len() + out.ndim();
+    let primal = |x: &Tensor| x.reshape_exact(&concat_dims(&vec![1; rank - x.ndim()], x.shape()));
+    let tangent = |t: &Tensor, x: &Tensor| {
+        let ones = vec![1; out.ndim() - x.ndim()];
+        t.reshape_exact(&concat_dims(&concat_dims(batch, &ones), x.shape()))
+    };
+    let da = t[0]
+        .as_ref()
+        .map(|ta| matmul(&tangent(ta, &x[0]), &primal(&x[1])));
+    let db = t[1]
+        .as_ref()
+        .map(|tb| matmul(&primal(&x[0]), &tangent(tb, &x[1])));
     match (da, db) {
         (Some(da), Some(db)) => Some(da + db),
         (da, db) => da.or(db),

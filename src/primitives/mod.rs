@@ -13,7 +13,7 @@
 //! - a missing tangent or cotangent (`None`) is a symbolic zero, which rules skip;
 //! - elementwise rules receive tangents already padded to the output's rank, and cotangents
 //!   returned for a broadcast operand are summed back to its shape by the driver
-//!   ([`crate::autodiff`]), so no rule repeats that bookkeeping.
+//!   (`autodiff`), so no rule repeats that bookkeeping.
 
 mod creation;
 mod elementwise;
@@ -23,6 +23,7 @@ mod structural;
 
 use std::fmt;
 
+pub(crate) use self::elementwise::eval_in_place;
 pub use self::elementwise::{BinaryOp, CmpOp, UnaryOp};
 pub(crate) use self::reduce::keepdims_shape;
 pub use self::reduce::ReduceOp;
@@ -195,7 +196,7 @@ impl Prim {
             Prim::Reduce(op, axes) => {
                 reduce::jvp(*op, axes, &primals[0], tangents[0].as_ref()?, out, batch)
             }
-            Prim::MatMul => matmul::jvp(primals, tangents),
+            Prim::MatMul => matmul::jvp(primals, tangents, out, batch),
             Prim::Iota { .. } | Prim::Eye { .. } => None,
         }
     }

@@ -3,7 +3,7 @@
 //! All are linear, so each JVP applies the same primitive to the tangent (its parameters
 //! shifted past the batch axes), and each transpose is another structural primitive.
 
-use ndarray::{ArrayD, Axis, IxDyn, Slice};
+use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, Axis, Ix1, Ix2, Ix3, Ix4, IxDyn, Slice};
 
 use super::{concat_dims, zeros, Prim};
 use crate::error::{Error, Result};
@@ -117,7 +117,7 @@ pub(super) fn eval(prim: &Prim, ins: &[&Data]) -> Result<Data> {
     let x = ins[0];
     Ok(match prim {
         Prim::Broadcast(shape) => with_array!(x, a => Data::from(
-            a.broadcast(shape.as_slice()).expect("checked by infer").to_owned()
+            owned(a.broadcast(shape.as_slice()).expect("checked by infer"))
         )),
         Prim::Reshape(shape) => with_array!(x, a => Data::from(
             a.as_standard_layout()
@@ -125,9 +125,9 @@ pub(super) fn eval(prim: &Prim, ins: &[&Data]) -> Result<Data> {
                 .into_shape_with_order(IxDyn(shape))
                 .expect("checked by infer")
         )),
-        Prim::Transpose(perm) => with_array!(x, a => Data::from(
-            a.view().permuted_axes(IxDyn(perm)).as_standard_layout().into_owned()
-        )),
+        Prim::Transpose(perm) => {
+            with_array!(x, a => Data::from(owned(a.view().permuted_axes(IxDyn(perm)))))
+        }
         Prim::Slice { start, stop, step } => with_array!(x, a => {
             let mut view = a.view();
             for i in 0..start.len() {
@@ -136,7 +136,7 @@ pub(super) fn eval(prim: &Prim, ins: &[&Data]) -> Result<Data> {
                     Slice::new(start[i] as isize, Some(stop[i] as isize), step[i] as isize),
                 );
             }
-            Data::from(view.to_owned())
+            Data::from(owned(view))
         }),
         Prim::Pad { lo, hi, interior } => with_array!(x, a => {
             let shape: Vec<usize> = (0..a.ndim())
@@ -178,6 +178,60 @@ pub(super) fn eval(prim: &Prim, ins: &[&Data]) -> Result<Data> {
         }
         _ => unreachable!("not a structural primitive: {prim}"),
     })
+}
+
+/// A standard-layout copy of a view. Fixed-rank iteration is much faster than dynamic-rank,
+/// and 2-d transposes are copied in cache-sized tiles.
+fn owned<T: Copy>(view: ArrayViewD<'_, T>) -> ArrayD<T> {
+    if view.is_standard_layout() {
+        return view.to_owned();
+    }
+    match view.ndim() {
+        2 => {
+            let v = view.into_dimensionality::<Ix2>().expect("rank 2");
+            let (rows, cols) = v.dim();
+            if v.strides()[0] == 1 && rows * cols > 0 {
+                return transpose_tiled(v).into_dyn();
+            }
+            v.to_owned().into_dyn()
+        }
+        1 => view
+            .into_dimensionality::<Ix1>()
+            .expect("rank 1")
+            .to_owned()
+            .into_dyn(),
+        3 => view
+            .into_dimensionality::<Ix3>()
+            .expect("rank 3")
+            .to_owned()
+            .into_dyn(),
+        4 => view
+            .into_dimensionality::<Ix4>()
+            .expect("rank 4")
+            .to_owned()
+            .into_dyn(),
+        _ => view.to_owned(),
+    }
+}
+
+/// Copies a column-major 2-d view into row-major order, tile by tile.
+fn transpose_tiled<T: Copy>(v: ArrayView2<'_, T>) -> Array2<T> {
+    const TILE: usize = 32;
+    let (rows, cols) = v.dim();
+    let mut out = Vec::with_capacity(rows * cols);
+    let spare = out.spare_capacity_mut();
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for c in c0..(c0 + TILE).min(cols) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    spare[r * cols + c].write(v[[r, c]]);
+                }
+            }
+        }
+    }
+    // SAFETY: the loops above wrote every one of the rows * cols elements.
+    unsafe { out.set_len(rows * cols) };
+    Array2::from_shape_vec((rows, cols), out).expect("rows * cols values")
 }
 
 /// The zero of an array's element type, found from the array itself.

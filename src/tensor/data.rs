@@ -94,6 +94,15 @@ impl Data {
         Data::F64(ndarray::arr0(value).into_dyn()).cast(dtype)
     }
 
+    /// `self` as `dtype`, without a copy when it already is.
+    pub fn into_dtype(self, dtype: DType) -> Data {
+        if self.dtype() == dtype {
+            self
+        } else {
+            self.cast(dtype)
+        }
+    }
+
     /// Casts to `dtype` with `as` semantics (floats truncate toward zero into integers;
     /// non-zero is `true`).
     pub fn cast(&self, dtype: DType) -> Data {

@@ -2,7 +2,7 @@
 //!
 //! A [`Tensor`] is one of three things, and user code never needs to know which:
 //! - *concrete*: an `ndarray` array (shared, never copied on clone);
-//! - *traced*: a variable of the program being traced (see [`crate::trace`]);
+//! - *traced*: a variable of the program being traced (see [`crate::make_program`]);
 //! - *failed*: the error of the operation that should have produced it. Operations on a failed
 //!   tensor fail the same way, so `(a + b) * c` needs no `?` and a shape mismatch still reaches
 //!   the caller as an [`Error`] when the data is read or the transform returns.
