@@ -34,6 +34,7 @@ pub mod error;
 mod exec;
 pub mod ir;
 pub mod primitives;
+pub mod state;
 pub mod tensor;
 mod trace;
 pub mod transform;
@@ -42,6 +43,7 @@ pub mod tree;
 pub use brainstate_derive::Tree;
 pub use error::{Error, Result};
 pub use ir::Program;
+pub use state::{GradStates, ParamState, State, StateKind};
 pub use tensor::{concatenate, stack, where_, Aval, AxisRange, DType, Element, Operand, Tensor};
 pub use transform::{
     grad, hessian, jacfwd, jacrev, make_program, Argnums, Args, Function, GradientTransform,

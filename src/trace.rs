@@ -16,7 +16,9 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::ir::{Eqn, Program};
 use crate::primitives::Prim;
+use crate::state::StateCore;
 use crate::tensor::{Aval, Data, Repr, Tensor};
+use crate::tree::TreeDef;
 
 pub(crate) use crate::ir::Var;
 
@@ -35,9 +37,20 @@ struct Frame {
     /// The first error raised while tracing; the trace fails with it even if the failed tensor
     /// was dropped.
     error: Option<Error>,
+    /// The states this trace has touched, in first-touch order.
+    states: Vec<StateSlot>,
     /// While a transform replays an equation, the source location of that equation, so that
     /// derived equations point at the user's code rather than at a rule.
     source: Option<&'static Location<'static>>,
+}
+
+/// A state touched by a trace: the program inputs standing for the value it had when first
+/// read, and the last value written.
+#[derive(Clone)]
+pub(crate) struct StateSlot {
+    pub state: Arc<StateCore>,
+    pub read: Option<Vec<Tensor>>,
+    pub written: Option<(TreeDef, Vec<Tensor>)>,
 }
 
 /// An open trace frame. Finish it with [`Tracing::finish`]; dropping it discards the frame.
@@ -56,6 +69,7 @@ impl Tracing {
                 consts: HashMap::new(),
                 error: None,
                 source: None,
+                states: Vec::new(),
             })
         });
         Tracing { id }
@@ -99,6 +113,11 @@ impl Tracing {
     /// The frame's variable for `tensor` (a constant is added to the program if needed).
     pub fn var_of(&self, tensor: &Tensor) -> Result<Var> {
         with_frame(self.id, |frame| frame.var_of(tensor))
+    }
+
+    /// The states touched so far, in first-touch order.
+    pub fn states(&self) -> Vec<StateSlot> {
+        with_frame(self.id, |frame| frame.states.clone())
     }
 
     /// Closes the frame and returns its program, with `outputs` as the program's outputs.
@@ -166,6 +185,85 @@ fn with_frame<R>(id: u64, f: impl FnOnce(&mut Frame) -> R) -> R {
             .expect("a Tracing guard always has its frame");
         f(frame)
     })
+}
+
+/// Inside a trace, the traced value of `state`: the value last written in this trace, or the
+/// program inputs registered at its first read. `None` outside any trace.
+pub(crate) fn read_state(state: &Arc<StateCore>) -> Option<(TreeDef, Vec<Tensor>)> {
+    FRAMES.with(|frames| {
+        let mut frames = frames.borrow_mut();
+        let frame = frames.last_mut()?;
+        let pos = match frame
+            .states
+            .iter()
+            .position(|s| Arc::ptr_eq(&s.state, state))
+        {
+            Some(pos) => pos,
+            None => {
+                frame.states.push(StateSlot {
+                    state: state.clone(),
+                    read: None,
+                    written: None,
+                });
+                frame.states.len() - 1
+            }
+        };
+        let (def, current) = state.leaves();
+        if let Some(written) = &frame.states[pos].written {
+            return Some(written.clone());
+        }
+        if let Some(read) = &frame.states[pos].read {
+            return Some((def, read.clone()));
+        }
+        let mut inputs = Vec::with_capacity(current.len());
+        for leaf in &current {
+            match leaf.aval() {
+                Ok(aval) => {
+                    let var = frame.program.new_var(aval.clone());
+                    frame.program.inputs.push(var);
+                    inputs.push(Tensor::traced(frame.id, var, aval));
+                }
+                Err(e) => inputs.push(Tensor::failed(e)),
+            }
+        }
+        frame.states[pos].read = Some(inputs.clone());
+        Some((def, inputs))
+    })
+}
+
+/// Inside a trace, records a write of `state` (already checked) and returns `true`; outside
+/// any trace returns `false`, and the caller assigns the value at once.
+pub(crate) fn write_state(state: &Arc<StateCore>, def: &TreeDef, leaves: &[Tensor]) -> bool {
+    FRAMES.with(|frames| {
+        let mut frames = frames.borrow_mut();
+        let Some(frame) = frames.last_mut() else {
+            return false;
+        };
+        let written = Some((def.clone(), leaves.to_vec()));
+        match frame
+            .states
+            .iter_mut()
+            .find(|s| Arc::ptr_eq(&s.state, state))
+        {
+            Some(slot) => slot.written = written,
+            None => frame.states.push(StateSlot {
+                state: state.clone(),
+                read: None,
+                written,
+            }),
+        }
+        true
+    })
+}
+
+/// Records `error` as the innermost trace's failure (if tracing) and returns it.
+pub(crate) fn record_error(error: Error) -> Error {
+    FRAMES.with(|frames| {
+        if let Some(frame) = frames.borrow_mut().last_mut() {
+            frame.error.get_or_insert_with(|| error.clone());
+        }
+    });
+    error
 }
 
 /// Runs `f` with the equations it records in the innermost frame attributed to `source`

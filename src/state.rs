@@ -1,0 +1,304 @@
+//! States: shared, mutable values that functions read and write, as in brainstate.
+//!
+//! A [`State`] is a cheap handle (clones share one value) with a stable identity, an optional
+//! name and the source location where it was created. Outside transforms, [`State::value`] and
+//! [`State::set_value`] read and write the value directly. Inside a traced call, the first read
+//! registers the state as an input of the program being traced, and writes are recorded as
+//! outputs; the transform assigns the written values after the call has succeeded, so a
+//! failed call leaves every state as it was.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::panic::Location;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use crate::trace;
+use crate::tree::{Tree, TreeDef};
+
+static NEXT_STATE: AtomicU64 = AtomicU64::new(1);
+
+/// What a state holds in a model, as brainstate distinguishes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StateKind {
+    /// A plain state.
+    State,
+    /// A trainable parameter (`ParamState`).
+    Param,
+    /// A short-term state, such as a membrane potential (`ShortTermState`).
+    ShortTerm,
+    /// A hidden state of a recurrent model (`HiddenState`).
+    Hidden,
+}
+
+/// The type-erased part of a state that transforms work with.
+pub(crate) struct StateCore {
+    pub id: u64,
+    pub name: Mutex<Option<String>>,
+    pub kind: StateKind,
+    pub created: &'static Location<'static>,
+    /// The value, flattened.
+    pub value: Mutex<(TreeDef, Vec<Tensor>)>,
+}
+
+impl StateCore {
+    pub fn leaves(&self) -> (TreeDef, Vec<Tensor>) {
+        self.value.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How error messages name the state: its name or kind, and where it was created.
+    pub fn describe(&self) -> String {
+        let name = match &*self.name.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(n) => format!("{n:?}"),
+            None => format!("#{}", self.id),
+        };
+        format!(
+            "{:?} state {name} (created at {}:{})",
+            self.kind,
+            self.created.file(),
+            self.created.line()
+        )
+    }
+
+    /// Checks that `leaves` fit the state's structure, shapes and dtypes.
+    pub fn check_write(&self, def: &TreeDef, leaves: &[Tensor]) -> Result<()> {
+        let (own_def, own) = self.leaves();
+        if *def != own_def || leaves.len() != own.len() {
+            return Err(Error::Structure(format!(
+                "writing {}: the new value has another structure",
+                self.describe()
+            )));
+        }
+        for (new, old) in leaves.iter().zip(&own) {
+            let (new, old) = (new.aval()?, old.aval()?);
+            if new != old {
+                return Err(Error::Shape {
+                    op: "set_value".into(),
+                    msg: format!(
+                        "writing {}: the new value is {new} but the state holds {old}",
+                        self.describe()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Assigns concrete leaves (already checked).
+    pub fn assign(&self, leaves: Vec<Tensor>) {
+        self.value.lock().unwrap_or_else(|e| e.into_inner()).1 = leaves;
+    }
+}
+
+/// A shared, mutable value holding a tensor (or any [`Tree`] of tensors).
+///
+/// ```
+/// use brainstate::{State, Tensor};
+/// let counter = State::new(Tensor::scalar(0.0)).with_name("counter");
+/// let alias = counter.clone(); // the same state
+/// alias.set_value(&counter.value() + 1.0).unwrap();
+/// assert_eq!(counter.value().item().unwrap(), 1.0);
+/// ```
+pub struct State<T: Tree = Tensor> {
+    core: Arc<StateCore>,
+    _value: PhantomData<fn() -> T>,
+}
+
+/// A trainable parameter: a [`State`] of kind [`StateKind::Param`].
+///
+/// ```
+/// use brainstate::{ParamState, Tensor};
+/// let w = ParamState::new(Tensor::from([1.0, 2.0]));
+/// assert_eq!(w.value().shape(), &[2]);
+/// ```
+pub struct ParamState;
+
+impl ParamState {
+    /// A new parameter state.
+    #[track_caller]
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new<T: Tree>(value: T) -> State<T> {
+        State::of_kind(value, StateKind::Param)
+    }
+}
+
+impl<T: Tree> Clone for State<T> {
+    fn clone(&self) -> Self {
+        State {
+            core: self.core.clone(),
+            _value: PhantomData,
+        }
+    }
+}
+
+impl<T: Tree> State<T> {
+    /// A new plain state.
+    #[track_caller]
+    pub fn new(value: T) -> State<T> {
+        State::of_kind(value, StateKind::State)
+    }
+
+    /// A new state of the given kind.
+    #[track_caller]
+    pub fn of_kind(value: T, kind: StateKind) -> State<T> {
+        let mut leaves = Vec::new();
+        value.flatten(&mut leaves);
+        State {
+            core: Arc::new(StateCore {
+                id: NEXT_STATE.fetch_add(1, Ordering::Relaxed),
+                name: Mutex::new(None),
+                kind,
+                created: Location::caller(),
+                value: Mutex::new((value.def(), leaves)),
+            }),
+            _value: PhantomData,
+        }
+    }
+
+    /// Names the state (every handle sees the name); used in error messages.
+    pub fn with_name(self, name: &str) -> State<T> {
+        *self.core.name.lock().unwrap_or_else(|e| e.into_inner()) = Some(name.to_string());
+        self
+    }
+
+    /// The name, if one was given.
+    pub fn name(&self) -> Option<String> {
+        self.core
+            .name
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The kind of state.
+    pub fn kind(&self) -> StateKind {
+        self.core.kind
+    }
+
+    /// The current value; inside a traced call, its traced stand-in.
+    pub fn value(&self) -> T {
+        let (def, leaves) = match trace::read_state(&self.core) {
+            Some(traced) => traced,
+            None => self.core.leaves(),
+        };
+        match T::unflatten(&def, &mut leaves.into_iter()) {
+            Ok(value) => value,
+            Err(_) => unreachable!("a state's structure never changes: writes are checked"),
+        }
+    }
+
+    /// Writes a new value of the same structure, shapes and dtypes; otherwise an error naming
+    /// the state, and the value is kept. Inside a traced call the write is recorded and applied
+    /// when the call succeeds (an invalid write also fails that call).
+    pub fn set_value(&self, value: T) -> Result<()> {
+        let mut leaves = Vec::new();
+        value.flatten(&mut leaves);
+        let def = value.def();
+        if let Some(e) = leaves.iter().find_map(|t| t.error()) {
+            return Err(e.clone());
+        }
+        self.core
+            .check_write(&def, &leaves)
+            .map_err(|e| trace::record_error(e))?;
+        if !trace::write_state(&self.core, &def, &leaves) {
+            self.core.assign(leaves);
+        }
+        Ok(())
+    }
+}
+
+impl<T: Tree> fmt::Debug for State<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.core.describe())
+    }
+}
+
+/// The states to differentiate with respect to (`grad_states`): one state (`&w`), a sequence
+/// (`[&a, &b]`, a `Vec`), or a string-keyed map (`[("a", &a), ("b", &b)]`, a `BTreeMap`).
+/// The derivatives mirror this structure.
+#[derive(Clone)]
+pub struct GradStates(Selection);
+
+#[derive(Clone)]
+enum Selection {
+    /// One state: its blocks directly.
+    One(Arc<StateCore>),
+    /// A sequence: `h[i][j]`.
+    Seq(Vec<Arc<StateCore>>),
+    /// A map: `h["a"]["b"]`, in key order.
+    Map(Vec<(String, Arc<StateCore>)>),
+}
+
+impl GradStates {
+    /// The states, in order.
+    pub(crate) fn states(&self) -> Vec<Arc<StateCore>> {
+        match &self.0 {
+            Selection::One(s) => vec![s.clone()],
+            Selection::Seq(v) => v.clone(),
+            Selection::Map(m) => m.iter().map(|(_, s)| s.clone()).collect(),
+        }
+    }
+
+    /// The structure of the states' values, nested as this selection.
+    pub(crate) fn def(&self) -> TreeDef {
+        let def = |s: &Arc<StateCore>| s.leaves().0;
+        match &self.0 {
+            Selection::One(s) => def(s),
+            Selection::Seq(v) => TreeDef::List(v.iter().map(def).collect()),
+            Selection::Map(m) => TreeDef::Map(m.iter().map(|(k, s)| (k.clone(), def(s))).collect()),
+        }
+    }
+}
+
+impl<T: Tree> From<&State<T>> for GradStates {
+    fn from(s: &State<T>) -> Self {
+        GradStates(Selection::One(s.core.clone()))
+    }
+}
+
+impl<T: Tree> From<&[State<T>]> for GradStates {
+    fn from(v: &[State<T>]) -> Self {
+        GradStates(Selection::Seq(v.iter().map(|s| s.core.clone()).collect()))
+    }
+}
+
+impl<T: Tree> From<Vec<State<T>>> for GradStates {
+    fn from(v: Vec<State<T>>) -> Self {
+        GradStates::from(v.as_slice())
+    }
+}
+
+impl<T: Tree> From<Vec<&State<T>>> for GradStates {
+    fn from(v: Vec<&State<T>>) -> Self {
+        GradStates(Selection::Seq(v.iter().map(|s| s.core.clone()).collect()))
+    }
+}
+
+impl<T: Tree, const N: usize> From<[&State<T>; N]> for GradStates {
+    fn from(v: [&State<T>; N]) -> Self {
+        GradStates::from(v.to_vec())
+    }
+}
+
+impl<K: AsRef<str>, T: Tree> From<std::collections::BTreeMap<K, State<T>>> for GradStates {
+    fn from(m: std::collections::BTreeMap<K, State<T>>) -> Self {
+        GradStates(Selection::Map(
+            m.iter()
+                .map(|(k, s)| (k.as_ref().to_string(), s.core.clone()))
+                .collect(),
+        ))
+    }
+}
+
+impl<K: AsRef<str>, T: Tree, const N: usize> From<[(K, &State<T>); N]> for GradStates {
+    fn from(entries: [(K, &State<T>); N]) -> Self {
+        let mut m: Vec<(String, Arc<StateCore>)> = entries
+            .iter()
+            .map(|(k, s)| (k.as_ref().to_string(), s.core.clone()))
+            .collect();
+        m.sort_by(|a, b| a.0.cmp(&b.0));
+        GradStates(Selection::Map(m))
+    }
+}

@@ -1,0 +1,143 @@
+//! Functions that transforms can trace, and their arguments.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::error::{Error, Result};
+use crate::ir::Program;
+use crate::tensor::{Aval, Tensor};
+use crate::trace::{StateSlot, Tracing};
+use crate::tree::{Tree, TreeDef};
+
+/// A Rust function that transforms can trace: any `Fn(&A0, &A1, ...) -> O` of up to six
+/// [`Tree`] arguments returning a [`Tree`]. `Sig` is the tuple of argument types.
+pub trait Function<Sig> {
+    /// What the function returns.
+    type Output: Tree;
+    /// The number of positional arguments.
+    const ARITY: usize;
+    /// Calls the function on arguments rebuilt from their structures and leaves.
+    fn call_flat(&self, defs: &[TreeDef], leaves: Vec<Tensor>) -> Result<Self::Output>;
+}
+
+/// Arguments for a call of a transformed function of signature `Sig`: `&x` for one argument,
+/// `(&x, &y, ...)` for several.
+pub trait Args<Sig> {
+    /// Each argument's structure and leaves.
+    fn flatten_args(&self) -> Vec<(TreeDef, Vec<Tensor>)>;
+}
+
+fn flatten_one<T: Tree>(x: &T) -> (TreeDef, Vec<Tensor>) {
+    let mut leaves = Vec::new();
+    x.flatten(&mut leaves);
+    (x.def(), leaves)
+}
+
+impl<A0: Tree> Args<(A0,)> for &A0 {
+    fn flatten_args(&self) -> Vec<(TreeDef, Vec<Tensor>)> {
+        vec![flatten_one(*self)]
+    }
+}
+
+macro_rules! arity {
+    ($n:expr; $($a:ident $x:ident $i:tt),+) => {
+        impl<Func, Out, $($a),+> Function<($($a,)+)> for Func
+        where
+            Func: Fn($(&$a),+) -> Out,
+            Out: Tree,
+            $($a: Tree),+
+        {
+            type Output = Out;
+            const ARITY: usize = $n;
+            fn call_flat(&self, defs: &[TreeDef], leaves: Vec<Tensor>) -> Result<Out> {
+                let mut leaves = leaves.into_iter();
+                $(let $x = $a::unflatten(&defs[$i], &mut leaves)?;)+
+                Ok(self($(&$x),+))
+            }
+        }
+
+        impl<$($a: Tree),+> Args<($($a,)+)> for ($(&$a,)+) {
+            fn flatten_args(&self) -> Vec<(TreeDef, Vec<Tensor>)> {
+                vec![$(flatten_one(self.$i)),+]
+            }
+        }
+    };
+}
+arity!(1; A0 x0 0);
+arity!(2; A0 x0 0, A1 x1 1);
+arity!(3; A0 x0 0, A1 x1 1, A2 x2 2);
+arity!(4; A0 x0 0, A1 x1 1, A2 x2 2, A3 x3 3);
+arity!(5; A0 x0 0, A1 x1 1, A2 x2 2, A3 x3 3, A4 x4 4);
+arity!(6; A0 x0 0, A1 x1 1, A2 x2 2, A3 x3 3, A4 x4 4, A5 x5 5);
+
+/// Flattened arguments: their structures, all leaves' avals, and the leaves.
+pub(crate) fn signature(
+    args: &[(TreeDef, Vec<Tensor>)],
+) -> Result<(Vec<TreeDef>, Vec<Aval>, Vec<Tensor>)> {
+    let defs = args.iter().map(|(d, _)| d.clone()).collect();
+    let leaves: Vec<Tensor> = args.iter().flat_map(|(_, l)| l.iter().cloned()).collect();
+    let avals = leaves.iter().map(Tensor::aval).collect::<Result<_>>()?;
+    Ok((defs, avals, leaves))
+}
+
+/// How a function's output divides into the differentiated value and the aux data.
+pub(crate) type Split = (Vec<Tensor>, TreeDef, Vec<Tensor>, Option<TreeDef>);
+
+pub(crate) fn split_plain<O: Tree>(out: &O) -> Split {
+    let mut leaves = Vec::new();
+    out.flatten(&mut leaves);
+    (leaves, out.def(), Vec::new(), None)
+}
+
+pub(crate) fn split_aux<O: Tree, A: Tree>(out: &(O, A)) -> Split {
+    let (value, value_def, ..) = split_plain(&out.0);
+    let (aux, aux_def, ..) = split_plain(&out.1);
+    (value, value_def, aux, Some(aux_def))
+}
+
+/// A traced user function.
+pub(crate) struct Traced {
+    /// Inputs: the argument leaves, then the leaves of the states read (first-read order).
+    /// Outputs: the value leaves, the aux leaves, then the leaves of the states written.
+    pub program: Program,
+    pub value_def: TreeDef,
+    pub aux_def: Option<TreeDef>,
+    pub n_value: usize,
+    /// The states the function read or wrote.
+    pub states: Vec<StateSlot>,
+}
+
+/// Traces `f` on fresh inputs of the given avals.
+pub(crate) fn trace_function<F: Function<Sig>, Sig>(
+    f: &F,
+    defs: &[TreeDef],
+    avals: &[Aval],
+    op: &str,
+    split: fn(&F::Output) -> Split,
+) -> Result<Traced> {
+    let tracing = Tracing::new();
+    let inputs: Vec<Tensor> = avals.iter().map(|a| tracing.input(a)).collect();
+    let output =
+        catch_unwind(AssertUnwindSafe(|| f.call_flat(defs, inputs))).map_err(|payload| {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            Error::Panic(format!("{op}: {msg}"))
+        })??;
+    let (value, value_def, aux, aux_def) = split(&output);
+    let n_value = value.len();
+    let states = tracing.states();
+    let written = states
+        .iter()
+        .filter_map(|s| s.written.as_ref())
+        .flat_map(|(_, leaves)| leaves.iter().cloned());
+    let outputs: Vec<Tensor> = value.into_iter().chain(aux).chain(written).collect();
+    Ok(Traced {
+        program: tracing.finish(&outputs)?,
+        value_def,
+        aux_def,
+        n_value,
+        states,
+    })
+}
