@@ -201,7 +201,7 @@ impl<T: Tree> State<T> {
         }
         self.core
             .check_write(&def, &leaves)
-            .map_err(|e| trace::record_error(e))?;
+            .map_err(trace::record_error)?;
         if !trace::write_state(&self.core, &def, &leaves) {
             self.core.assign(leaves);
         }

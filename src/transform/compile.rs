@@ -122,8 +122,8 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
     let mut arg_wrt = Vec::new();
     if let Some(argnums) = spec.argnums {
         for a in check_argnums(name, argnums, F::ARITY)? {
-            for i in starts[a]..starts[a + 1] {
-                check_differentiable(name, &format!("argument {a}"), &avals[i], spec.holomorphic)?;
+            for (i, aval) in avals.iter().enumerate().take(starts[a + 1]).skip(starts[a]) {
+                check_differentiable(name, &format!("argument {a}"), aval, spec.holomorphic)?;
                 arg_wrt.push(i);
             }
         }

@@ -219,6 +219,9 @@ impl Kind {
 /// read (checked on lookup), it selects the plan.
 type Signature = (Vec<TreeDef>, Vec<Aval>);
 
+/// Marks the type parameters a transform only uses at the type level.
+type Typestate<Sig, C, L> = PhantomData<fn() -> (Sig, C, L)>;
+
 /// A transformed function (the reference's `GradientTransform`): call it with
 /// [`call`](GradientTransform::call) as often as needed. The derivative program is built once
 /// per signature (argument structure, shapes and dtypes, and the shapes and dtypes of the
@@ -246,7 +249,7 @@ pub struct GradientTransform<F: Function<Sig>, Sig, C = case::Args, L = Plain> {
     check_states: bool,
     debug_nan: bool,
     cache: Mutex<HashMap<Signature, Vec<Arc<Compiled>>>>,
-    _marker: PhantomData<fn() -> (Sig, C, L)>,
+    _marker: Typestate<Sig, C, L>,
 }
 
 fn transform<F: Function<Sig>, Sig>(f: F, kind: Kind) -> GradientTransform<F, Sig> {
