@@ -6,7 +6,10 @@
 
 use std::time::Instant;
 
-use brainstate::{hessian, Node, Tensor};
+mod cases;
+
+use brainstate::Node;
+use cases::checksums;
 
 const ENGINE: &str = concat!("brainstate-rs ", env!("CARGO_PKG_VERSION"));
 
@@ -49,31 +52,6 @@ fn measure(call: impl Fn() -> Node) -> Measured {
     }
 }
 
-/// Sum of all entries and Frobenius norm over every block of a result.
-fn checksums(result: &Node) -> (f64, f64) {
-    let values: Vec<f64> = result
-        .leaves()
-        .iter()
-        .flat_map(|t| t.to_vec::<f64>().expect("concrete result"))
-        .collect();
-    let sum = values.iter().sum();
-    let frobenius = values.iter().map(|v| v * v).sum::<f64>().sqrt();
-    (sum, frobenius)
-}
-
-fn rosen(x: &Tensor) -> Tensor {
-    let head = x.slice_along(0, ..-1, 1);
-    let tail = x.slice_along(0, 1.., 1);
-    ((tail - head.powi(2)).powi(2) * 100.0 + (1.0 - &head).powi(2)).sum()
-}
-
-fn run_case(name: &str) -> Option<Measured> {
-    let n: usize = name.strip_prefix("rosen_n")?.parse().ok()?;
-    let x = Tensor::linspace(-1.0, 1.0, n);
-    let h = hessian(rosen);
-    Some(measure(|| h.call(&x).expect("rosen hessian")))
-}
-
 /// Peak resident memory of this process, from `/proc` (Linux).
 fn maxrss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -85,7 +63,7 @@ fn maxrss_mb() -> Option<f64> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let json = args.iter().any(|a| a == "--json");
-    let all = ["rosen_n16", "rosen_n128", "rosen_n1024", "rosen_n4096"];
+    let all: Vec<&str> = cases::REFERENCE.iter().map(|r| r.0).collect();
     let cases: Vec<String> = match args.iter().position(|a| a == "--cases") {
         Some(i) => args
             .get(i + 1)
@@ -93,10 +71,16 @@ fn main() {
         None => all.iter().map(|s| s.to_string()).collect(),
     };
     for case in &cases {
-        let Some(m) = run_case(case) else {
+        let Some(m) = cases::build(case).map(measure) else {
             eprintln!("unknown case {case}; known: {}", all.join(", "));
             std::process::exit(2);
         };
+        if let Some((_, sum, frob)) = cases::REFERENCE.iter().find(|r| r.0 == case) {
+            let off = |a: f64, b: f64| (a - b).abs() / b.abs();
+            if off(m.checksum, *sum) > 1e-9 || off(m.frobenius, *frob) > 1e-9 {
+                eprintln!("warning: {case} differs from the reference ({sum}, {frob})");
+            }
+        }
         if json {
             println!(
                 "{{\"case\": \"{case}\", \"engine\": \"{ENGINE}\", \"first_call_s\": {:e}, \"median_s\": {:e}, \"reps\": {}, \"checksum\": {:?}, \"frobenius\": {:?}}}",

@@ -1,0 +1,126 @@
+//! The cases of the standard Hessian suite (`../shared/BENCHMARKS.md`), shared by the benchmark
+//! runner (`benches/suite.rs`) and the test that checks their reference checksums.
+
+use std::collections::BTreeMap;
+
+use brainstate::{hessian, Node, ParamState, State, Tensor};
+
+/// A case ready to run.
+pub type Case = Box<dyn Fn() -> Node>;
+
+/// Every case, in the order of the suite, with its reference checksum and Frobenius norm (JAX 0.10.2, float64).
+pub const REFERENCE: [(&str, f64, f64); 7] = [
+    ("rosen_n16", 9483.333333333334, 3075.704291522332),
+    ("rosen_n128", 76860.29921259843, 9063.19649059404),
+    ("rosen_n1024", 616246.7820136853, 25785.33903507017),
+    ("rosen_n4096", 2465590.1953601954, 51603.51426019164),
+    ("logreg_d64_m512", 86.03919643917087, 2896.729032029705),
+    ("mlp_177", 155.0730197800209, 19.335259374751804),
+    ("rnn_n10_t50", 26.128710259876808, 14.91770277689367),
+];
+
+fn rosen(x: &Tensor) -> Tensor {
+    let head = x.slice_along(0, ..-1, 1);
+    let tail = x.slice_along(0, 1.., 1);
+    ((tail - head.powi(2)).powi(2) * 100.0 + (1.0 - &head).powi(2)).sum()
+}
+
+/// A `rows x cols` matrix with entries `f(i, j)`.
+fn matrix(rows: usize, cols: usize, f: impl Fn(f64, f64) -> f64) -> Tensor {
+    let values = (0..rows * cols)
+        .map(|k| f((k / cols) as f64, (k % cols) as f64))
+        .collect();
+    Tensor::from_vec(values, &[rows, cols]).expect("rows * cols values")
+}
+
+/// A vector with entries `f(i)`.
+fn vector(n: usize, f: impl Fn(f64) -> f64) -> Tensor {
+    Tensor::from((0..n).map(|i| f(i as f64)).collect::<Vec<f64>>())
+}
+
+fn logreg() -> Case {
+    let x = matrix(512, 64, |i, j| (1.3 * i + 0.7 * j + 0.1).sin());
+    let y = vector(512, |i| if (0.9 * i).cos() > 0.0 { 1.0 } else { 0.0 });
+    let w = ParamState::new(vector(64, |j| 0.01 * (0.5 * j).cos()));
+    let weights = w.clone();
+    let loss = move |x: &Tensor, y: &Tensor| {
+        let logits = x.matmul(&weights.value());
+        (logits.logaddexp(0.0) - y * &logits).sum()
+    };
+    let h = hessian(loss).grad_states(&w);
+    Box::new(move || h.call((&x, &y)).expect("logreg hessian"))
+}
+
+fn mlp() -> Case {
+    let params: BTreeMap<&str, State> = BTreeMap::from([
+        (
+            "W1",
+            ParamState::new(matrix(8, 16, |i, j| 0.3 * (0.5 * i + 0.3 * j + 0.2).sin())),
+        ),
+        ("b1", ParamState::new(vector(16, |j| 0.1 * j.cos()))),
+        (
+            "W2",
+            ParamState::new(matrix(16, 1, |i, _| 0.3 * (0.4 * i + 0.1).cos())),
+        ),
+        ("b2", ParamState::new(Tensor::from([0.05]))),
+    ]);
+    let xb = matrix(32, 8, |i, j| (0.7 * i - 0.2 * j).sin());
+    let yb = matrix(32, 1, |i, _| (0.3 * i).cos());
+    let p = params.clone();
+    let loss = move |x: &Tensor, y: &Tensor| {
+        let hidden = (x.matmul(&p["W1"].value()) + p["b1"].value()).tanh();
+        (hidden.matmul(&p["W2"].value()) + p["b2"].value() - y)
+            .powi(2)
+            .mean()
+    };
+    let h = hessian(loss).grad_states(params);
+    Box::new(move || h.call((&xb, &yb)).expect("mlp hessian"))
+}
+
+fn rnn() -> Case {
+    let n = 10;
+    let w = ParamState::new(matrix(n, n, |i, j| {
+        0.5 / (n as f64).sqrt() * (1.1 * i + 0.6 * j + 0.3).sin()
+    }));
+    let input = vector(n, |i| (0.8 * i).cos());
+    let target = vector(n, |i| 0.1 * (0.5 * i).sin());
+    let (dt, tau) = (0.1, 1.0);
+    let state = w.clone();
+    let loss = move |input: &Tensor, target: &Tensor| {
+        let weights = state.value();
+        let mut r = Tensor::zeros(&[n]);
+        for _ in 0..50 {
+            r = &r + (-&r + (weights.matmul(&r) + input).tanh()) * (dt / tau);
+        }
+        (r - target).powi(2).sum()
+    };
+    let h = hessian(loss).grad_states(&w);
+    Box::new(move || h.call((&input, &target)).expect("rnn hessian"))
+}
+
+/// The case called `name`, ready to run: each call computes its Hessian with one transform
+/// object, so the first call traces and plans and later calls only run.
+pub fn build(name: &str) -> Option<Case> {
+    match name {
+        "logreg_d64_m512" => return Some(logreg()),
+        "mlp_177" => return Some(mlp()),
+        "rnn_n10_t50" => return Some(rnn()),
+        _ => {}
+    }
+    let n: usize = name.strip_prefix("rosen_n")?.parse().ok()?;
+    let x = Tensor::linspace(-1.0, 1.0, n);
+    let h = hessian(rosen);
+    Some(Box::new(move || h.call(&x).expect("rosen hessian")))
+}
+
+/// Sum of all entries and Frobenius norm over every block of a result.
+pub fn checksums(result: &Node) -> (f64, f64) {
+    let values: Vec<f64> = result
+        .leaves()
+        .iter()
+        .flat_map(|t| t.to_vec::<f64>().expect("concrete result"))
+        .collect();
+    let sum = values.iter().sum();
+    let frobenius = values.iter().map(|v| v * v).sum::<f64>().sqrt();
+    (sum, frobenius)
+}
