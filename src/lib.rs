@@ -41,6 +41,11 @@ pub mod transform;
 pub mod tree;
 
 pub use brainstate_derive::Tree;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 pub use error::{Error, Result};
 pub use ir::Program;
 pub use state::{GradStates, ParamState, State, StateKind};

@@ -113,16 +113,18 @@ def main():
 
     # Case 3 (states and an argument) from plain JAX: the joint Hessian over (params, X).
     jh = jax.hessian(lambda p, xx: loss_of(p, xx, y), argnums=(0, 1))(values, x)
+    # jax.hessian nests (row variable, column variable): jh[0][a] = (d2/dp_a dp, d2/dp_a dX),
+    # jh[1] = (d2/dX dp, d2/dX2). Regroup as the 2 x 2 joint blocks.
     joint = {
-        "params_params": jh[0][0],
-        "params_x": jh[0][1],
+        "params_params": {a: jh[0][a][0] for a in order},
+        "params_x": {a: jh[0][a][1] for a in order},
         "x_params": jh[1][0],
         "x_x": jh[1][1],
     }
     # The reference's state-state blocks agree with plain JAX's.
     for a in order:
         for b in order:
-            np.testing.assert_allclose(h_dict[a][b], jh[0][0][a][b], rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(h_dict[a][b], jh[0][a][0][b], rtol=1e-12, atol=1e-14)
 
     doc = {
         "generator": "tools/golden_states.py",
