@@ -151,6 +151,13 @@ impl Drop for Tracing {
 }
 
 impl Frame {
+    /// Whether a state with these leaves was created inside this trace (its value is traced here).
+    fn created_here(&self, leaves: &[Tensor]) -> bool {
+        leaves
+            .iter()
+            .any(|t| matches!(t.repr(), Repr::Traced(tr) if tr.frame == self.id))
+    }
+
     fn var_of(&mut self, tensor: &Tensor) -> Result<Var> {
         match tensor.repr() {
             Repr::Traced(t) if t.frame == self.id => Ok(t.var),
@@ -193,6 +200,11 @@ pub(crate) fn read_state(state: &Arc<StateCore>) -> Option<(TreeDef, Vec<Tensor>
     FRAMES.with(|frames| {
         let mut frames = frames.borrow_mut();
         let frame = frames.last_mut()?;
+        let (def, current) = state.leaves();
+        if frame.created_here(&current) {
+            // A state made inside this trace is a temporary: its value is already traced.
+            return Some((def, current));
+        }
         let pos = match frame
             .states
             .iter()
@@ -208,7 +220,6 @@ pub(crate) fn read_state(state: &Arc<StateCore>) -> Option<(TreeDef, Vec<Tensor>
                 frame.states.len() - 1
             }
         };
-        let (def, current) = state.leaves();
         if let Some(written) = &frame.states[pos].written {
             return Some(written.clone());
         }
@@ -239,6 +250,11 @@ pub(crate) fn write_state(state: &Arc<StateCore>, def: &TreeDef, leaves: &[Tenso
         let Some(frame) = frames.last_mut() else {
             return false;
         };
+        if frame.created_here(&state.leaves().1) {
+            // A temporary state simply takes the new traced value.
+            state.assign(leaves.to_vec());
+            return true;
+        }
         let written = Some((def.clone(), leaves.to_vec()));
         match frame
             .states
