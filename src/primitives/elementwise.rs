@@ -344,7 +344,7 @@ pub(super) fn infer(prim: &Prim, ins: &[Aval]) -> Result<Aval> {
 /// `f` over two arrays broadcast to `shape`. Contiguous operands of the output's shape, and
 /// scalars, take a flat loop; the rest iterate with a fixed-rank `Zip`, which is far faster
 /// than a dynamic-rank one.
-fn zip<A: Copy, B: Copy, C>(
+pub(super) fn zip<A: Copy, B: Copy, C>(
     a: &ArrayD<A>,
     b: &ArrayD<B>,
     shape: &[usize],

@@ -2,7 +2,7 @@
 //!
 //! Bilinear: `d(A B) = dA B + A dB`, and each operand's transpose is a product with the other.
 
-use ndarray::{linalg::general_mat_mul, ArrayD, Axis, Ix2, IxDyn};
+use ndarray::{linalg::general_mat_mul, Array2, ArrayD, ArrayView2, ArrayViewD, Axis, Ix2, IxDyn};
 
 use super::{broadcast_shapes, concat_dims, Prim};
 use crate::error::{Error, Result};
@@ -32,35 +32,104 @@ pub(super) fn infer(a: &Aval, b: &Aval) -> Result<Aval> {
     Ok(Aval::new(&shape, a.dtype))
 }
 
+/// `a @ b` over the last two axes, batch axes broadcast. When one operand has no batch (the
+/// common case in derivative programs, where a tangent batch meets a plain matrix), the whole
+/// product is one large matrix product instead of many small ones.
 fn batched_matmul<T>(a: &ArrayD<T>, b: &ArrayD<T>) -> ArrayD<T>
 where
     T: ndarray::LinalgScalar,
 {
     let (ra, rb) = (a.ndim(), b.ndim());
     let (m, k, n) = (a.shape()[ra - 2], a.shape()[ra - 1], b.shape()[rb - 1]);
-    let batch = broadcast_shapes("matmul", &a.shape()[..ra - 2], &b.shape()[..rb - 2])
-        .expect("checked by infer");
-    let count: usize = batch.iter().product();
+    let (a_batch, b_batch) = (&a.shape()[..ra - 2], &b.shape()[..rb - 2]);
+    let batch = broadcast_shapes("matmul", a_batch, b_batch).expect("checked by infer");
     let with = |dims: &[usize]| -> Vec<usize> { batch.iter().chain(dims).copied().collect() };
-    let a = a.broadcast(with(&[m, k])).expect("checked by infer");
-    let b = b.broadcast(with(&[k, n])).expect("checked by infer");
-    let a = a.to_shape(IxDyn(&[count, m, k])).expect("reshape");
-    let b = b.to_shape(IxDyn(&[count, k, n])).expect("reshape");
+    let (ca, cb): (usize, usize) = (a_batch.iter().product(), b_batch.iter().product());
+    let count: usize = batch.iter().product();
+    let a = a.as_standard_layout();
+    let b = b.as_standard_layout();
+    if k == 1 {
+        // An outer product: elementwise, with no matrix kernel's packing overhead.
+        return super::elementwise::zip(&a.to_owned(), &b.to_owned(), &with(&[m, n]), |x, y| x * y);
+    }
+    let gemm = |x: ArrayView2<T>, y: ArrayView2<T>| {
+        if y.ncols() == 1 {
+            // Matrix-vector products go faster through a dot-product loop than through gemm.
+            return x.dot(&y.column(0)).insert_axis(Axis(1));
+        }
+        let mut out = Array2::<T>::zeros((x.nrows(), y.ncols()));
+        general_mat_mul(T::one(), &x, &y, T::zero(), &mut out);
+        out
+    };
+    fn matrix<T>(x: ArrayViewD<'_, T>, rows: usize, cols: usize) -> ArrayView2<'_, T> {
+        x.into_shape_with_order((rows, cols)).expect("contiguous")
+    }
+    if cb == 1 && ca == count {
+        // [count * m, k] @ [k, n]
+        let out = gemm(matrix(a.view(), ca * m, k), matrix(b.view(), k, n));
+        return out
+            .into_shape_with_order(IxDyn(&with(&[m, n])))
+            .expect("reshape");
+    }
+    if ca == 1 && cb == count {
+        // [m, k] @ [k, count * n], then the batch axis moves to the front.
+        let b_cols = b
+            .view()
+            .into_shape_with_order((cb, k, n))
+            .expect("contiguous")
+            .permuted_axes([1, 0, 2])
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order((k, cb * n))
+            .expect("contiguous");
+        let out = gemm(matrix(a.view(), m, k), b_cols.view());
+        let out = out
+            .into_shape_with_order((m, cb, n))
+            .expect("reshape")
+            .permuted_axes([1, 0, 2]);
+        return out
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order(IxDyn(&with(&[m, n])))
+            .expect("reshape");
+    }
+    // General broadcasting: one product per batch element.
+    let a3 = a
+        .view()
+        .into_shape_with_order((ca, m, k))
+        .expect("contiguous");
+    let b3 = b
+        .view()
+        .into_shape_with_order((cb, k, n))
+        .expect("contiguous");
     let mut out = ArrayD::<T>::zeros(IxDyn(&[count, m, n]));
     for (i, mut o) in out.axis_iter_mut(Axis(0)).enumerate() {
-        let ai = a
-            .index_axis(Axis(0), i)
-            .into_dimensionality::<Ix2>()
-            .expect("2-d");
-        let bi = b
-            .index_axis(Axis(0), i)
-            .into_dimensionality::<Ix2>()
-            .expect("2-d");
+        let ai = a3.index_axis(Axis(0), broadcast_index(i, &batch, a_batch));
+        let bi = b3.index_axis(Axis(0), broadcast_index(i, &batch, b_batch));
         let mut oi = o.view_mut().into_dimensionality::<Ix2>().expect("2-d");
         general_mat_mul(T::one(), &ai, &bi, T::zero(), &mut oi);
     }
     out.into_shape_with_order(IxDyn(&with(&[m, n])))
         .expect("reshape")
+}
+
+/// The flat index into an operand of batch shape `own` (right-aligned, size-1 axes broadcast)
+/// of the element at flat index `i` of the full batch shape `batch`.
+fn broadcast_index(mut i: usize, batch: &[usize], own: &[usize]) -> usize {
+    let lead = batch.len() - own.len();
+    let (mut index, mut stride) = (0, 1);
+    for d in (0..batch.len()).rev() {
+        let coordinate = i % batch[d];
+        i /= batch[d];
+        if d >= lead {
+            let size = own[d - lead];
+            if size != 1 {
+                index += coordinate * stride;
+            }
+            stride *= size;
+        }
+    }
+    index
 }
 
 pub(super) fn eval(a: &Data, b: &Data) -> Result<Data> {

@@ -67,7 +67,7 @@ where
     let mut out = a.clone();
     for &axis in axes.iter().rev() {
         out = match op {
-            ReduceOp::Sum => out.sum_axis(Axis(axis)),
+            ReduceOp::Sum => sum_axis(&out, axis),
             ReduceOp::Max | ReduceOp::Min => {
                 let mut acc = out.index_axis(Axis(axis), 0).to_owned();
                 for lane in out.axis_iter(Axis(axis)).skip(1) {
@@ -88,6 +88,29 @@ where
         };
     }
     out
+}
+
+/// Sum along one axis, with fixed-rank iteration where possible (much faster than dynamic).
+fn sum_axis<T>(a: &ArrayD<T>, axis: usize) -> ArrayD<T>
+where
+    T: Copy + num_traits::Zero + std::ops::Add<Output = T>,
+{
+    macro_rules! fixed_rank {
+        ($dim:ty) => {
+            a.view()
+                .into_dimensionality::<$dim>()
+                .expect("rank")
+                .sum_axis(Axis(axis))
+                .into_dyn()
+        };
+    }
+    match a.ndim() {
+        1 => fixed_rank!(ndarray::Ix1),
+        2 => fixed_rank!(ndarray::Ix2),
+        3 => fixed_rank!(ndarray::Ix3),
+        4 => fixed_rank!(ndarray::Ix4),
+        _ => a.sum_axis(Axis(axis)),
+    }
 }
 
 /// `v != v`: true only for a floating-point NaN.
