@@ -3,20 +3,30 @@
 
 use std::collections::BTreeMap;
 
-use brainstate::{hessian, Node, ParamState, State, Tensor};
+use brainstate::{hessian, Complex64, Node, ParamState, State, Tensor};
 
 /// A case ready to run.
 pub type Case = Box<dyn Fn() -> Node>;
 
-/// Every case, in the order of the suite, with its reference checksum and Frobenius norm (JAX 0.10.2, float64).
-pub const REFERENCE: [(&str, f64, f64); 7] = [
-    ("rosen_n16", 9483.333333333334, 3075.704291522332),
-    ("rosen_n128", 76860.29921259843, 9063.19649059404),
-    ("rosen_n1024", 616246.7820136853, 25785.33903507017),
-    ("rosen_n4096", 2465590.1953601954, 51603.51426019164),
-    ("logreg_d64_m512", 86.03919643917087, 2896.729032029705),
-    ("mlp_177", 155.0730197800209, 19.335259374751804),
-    ("rnn_n10_t50", 26.128710259876808, 14.91770277689367),
+/// Every case, in the order of the suite, with its reference checksum (`[re, im]`) and
+/// Frobenius norm (JAX 0.10.2, float64 and complex128).
+pub const REFERENCE: [(&str, [f64; 2], f64); 8] = [
+    ("rosen_n16", [9483.333333333334, 0.0], 3075.704291522332),
+    ("rosen_n128", [76860.29921259843, 0.0], 9063.19649059404),
+    ("rosen_n1024", [616246.7820136853, 0.0], 25785.33903507017),
+    ("rosen_n4096", [2465590.1953601954, 0.0], 51603.51426019164),
+    (
+        "logreg_d64_m512",
+        [86.03919643917087, 0.0],
+        2896.729032029705,
+    ),
+    ("mlp_177", [155.0730197800209, 0.0], 19.335259374751804),
+    ("rnn_n10_t50", [26.128710259876808, 0.0], 14.91770277689367),
+    (
+        "holo_n64",
+        [189.46254282939532, 0.5719909958350442],
+        66.07975684671489,
+    ),
 ];
 
 fn rosen(x: &Tensor) -> Tensor {
@@ -98,6 +108,15 @@ fn rnn() -> Case {
     Box::new(move || h.call((&input, &target)).expect("rnn hessian"))
 }
 
+fn holo() -> Case {
+    let values: Vec<Complex64> = (0..64)
+        .map(|k| Complex64::new((0.3 * k as f64).cos(), 0.5 * (0.7 * k as f64).sin()))
+        .collect();
+    let z = Tensor::from(values);
+    let h = hessian(|z: &Tensor| (z.powi(3) + z.exp() * z).sum()).holomorphic(true);
+    Box::new(move || h.call(&z).expect("holomorphic hessian"))
+}
+
 /// The case called `name`, ready to run: each call computes its Hessian with one transform
 /// object, so the first call traces and plans and later calls only run.
 pub fn build(name: &str) -> Option<Case> {
@@ -105,6 +124,7 @@ pub fn build(name: &str) -> Option<Case> {
         "logreg_d64_m512" => return Some(logreg()),
         "mlp_177" => return Some(mlp()),
         "rnn_n10_t50" => return Some(rnn()),
+        "holo_n64" => return Some(holo()),
         _ => {}
     }
     let n: usize = name.strip_prefix("rosen_n")?.parse().ok()?;
@@ -113,14 +133,14 @@ pub fn build(name: &str) -> Option<Case> {
     Some(Box::new(move || h.call(&x).expect("rosen hessian")))
 }
 
-/// Sum of all entries and Frobenius norm over every block of a result.
-pub fn checksums(result: &Node) -> (f64, f64) {
-    let values: Vec<f64> = result
+/// Sum of all entries (complex) and Frobenius norm over every block of a result.
+pub fn checksums(result: &Node) -> (Complex64, f64) {
+    let values: Vec<Complex64> = result
         .leaves()
         .iter()
-        .flat_map(|t| t.to_vec::<f64>().expect("concrete result"))
+        .flat_map(|t| t.to_vec::<Complex64>().expect("concrete result"))
         .collect();
     let sum = values.iter().sum();
-    let frobenius = values.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let frobenius = values.iter().map(|v| v.norm_sqr()).sum::<f64>().sqrt();
     (sum, frobenius)
 }

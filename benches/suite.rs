@@ -8,7 +8,7 @@ use std::time::Instant;
 
 mod cases;
 
-use brainstate::Node;
+use brainstate::{Complex64, Node};
 use cases::checksums;
 
 const ENGINE: &str = concat!("brainstate-rs ", env!("CARGO_PKG_VERSION"));
@@ -18,7 +18,8 @@ struct Measured {
     first_call_s: f64,
     median_s: f64,
     reps: usize,
-    checksum: f64,
+    checksum: Complex64,
+    complex: bool,
     frobenius: f64,
 }
 
@@ -28,6 +29,7 @@ fn measure(call: impl Fn() -> Node) -> Measured {
     let result = call();
     let first_call_s = start.elapsed().as_secs_f64();
     let (checksum, frobenius) = checksums(&result);
+    let complex = result.leaves().iter().any(|t| t.dtype().is_complex());
     let probe = Instant::now();
     call();
     let reps = if probe.elapsed().as_secs_f64() < 0.01 {
@@ -48,6 +50,7 @@ fn measure(call: impl Fn() -> Node) -> Measured {
         median_s: times[reps / 2],
         reps,
         checksum,
+        complex,
         frobenius,
     }
 }
@@ -76,20 +79,27 @@ fn main() {
             std::process::exit(2);
         };
         if let Some((_, sum, frob)) = cases::REFERENCE.iter().find(|r| r.0 == case) {
-            let off = |a: f64, b: f64| (a - b).abs() / b.abs();
-            if off(m.checksum, *sum) > 1e-9 || off(m.frobenius, *frob) > 1e-9 {
+            let sum = Complex64::new(sum[0], sum[1]);
+            if (m.checksum - sum).norm() > 1e-9 * sum.norm()
+                || (m.frobenius - frob).abs() > 1e-9 * frob
+            {
                 eprintln!("warning: {case} differs from the reference ({sum}, {frob})");
             }
         }
+        let checksum_json = if m.complex {
+            format!("[{:?}, {:?}]", m.checksum.re, m.checksum.im)
+        } else {
+            format!("{:?}", m.checksum.re)
+        };
         if json {
             println!(
-                "{{\"case\": \"{case}\", \"engine\": \"{ENGINE}\", \"first_call_s\": {:e}, \"median_s\": {:e}, \"reps\": {}, \"checksum\": {:?}, \"frobenius\": {:?}}}",
-                m.first_call_s, m.median_s, m.reps, m.checksum, m.frobenius
+                "{{\"case\": \"{case}\", \"engine\": \"{ENGINE}\", \"first_call_s\": {:e}, \"median_s\": {:e}, \"reps\": {}, \"checksum\": {}, \"frobenius\": {:?}}}",
+                m.first_call_s, m.median_s, m.reps, checksum_json, m.frobenius
             );
         } else {
             println!(
-                "{case:<18} first {:>10.6} s   median {:>12.9} s ({} reps)   checksum {:.12e}   frobenius {:.12e}",
-                m.first_call_s, m.median_s, m.reps, m.checksum, m.frobenius
+                "{case:<18} first {:>10.6} s   median {:>12.9} s ({} reps)   checksum {checksum_json}   frobenius {:.12e}",
+                m.first_call_s, m.median_s, m.reps, m.frobenius
             );
         }
     }

@@ -48,6 +48,7 @@ pub use brainstate_derive::Tree;
 pub struct ReadmeDoctests;
 pub use error::{Error, Result};
 pub use ir::Program;
+pub use num_complex::{Complex32, Complex64};
 pub use state::{GradStates, ParamState, State, StateKind};
 pub use tensor::{concatenate, stack, where_, Aval, AxisRange, DType, Element, Operand, Tensor};
 pub use transform::{

@@ -5,6 +5,7 @@
 //! operations promote before calling them.
 
 use ndarray::{ArrayD, Zip};
+use num_complex::Complex;
 use num_traits::Float;
 
 use super::{broadcast_shapes, Prim};
@@ -42,6 +43,12 @@ pub enum UnaryOp {
     Sign,
     /// The identity, with a zero derivative (JAX's `stop_gradient`).
     StopGradient,
+    /// Complex conjugate (the identity on reals).
+    Conj,
+    /// Real part, as a real dtype.
+    Real,
+    /// Imaginary part, as a real dtype.
+    Imag,
 }
 
 /// Elementwise functions of two operands.
@@ -59,8 +66,12 @@ pub enum BinaryOp {
     Max,
     /// smaller of the two
     Min,
-    /// `a^b` (floats)
+    /// `a^b`
     Pow,
+    /// `a + i b` from real parts
+    Complex,
+    /// The angle of the point `(b, a)`: `atan2(a, b)` (reals)
+    Atan2,
 }
 
 /// Elementwise comparisons.
@@ -97,6 +108,9 @@ impl UnaryOp {
             UnaryOp::Abs => "abs",
             UnaryOp::Sign => "sign",
             UnaryOp::StopGradient => "stop_gradient",
+            UnaryOp::Conj => "conj",
+            UnaryOp::Real => "real",
+            UnaryOp::Imag => "imag",
         }
     }
 
@@ -131,7 +145,31 @@ impl UnaryOp {
                     x // keeps 0, -0 and NaN as they are
                 }
             }
-            UnaryOp::StopGradient => x,
+            UnaryOp::StopGradient | UnaryOp::Conj | UnaryOp::Real => x,
+            UnaryOp::Imag => F::zero(),
+        }
+    }
+
+    /// The operation on a complex number, for the operations whose result is complex.
+    fn apply_complex<F: Float>(self, z: Complex<F>) -> Complex<F> {
+        let one = Complex::new(F::one(), F::zero());
+        match self {
+            UnaryOp::Neg => -z,
+            UnaryOp::Exp => z.exp(),
+            UnaryOp::Log => z.ln(),
+            UnaryOp::Log1p => (z + one).ln(),
+            UnaryOp::Expm1 => z.exp() - one,
+            UnaryOp::Sqrt => z.sqrt(),
+            UnaryOp::Sin => z.sin(),
+            UnaryOp::Cos => z.cos(),
+            UnaryOp::Tan => z.tan(),
+            UnaryOp::Tanh => z.tanh(),
+            UnaryOp::Logistic => one / (one + (-z).exp()),
+            UnaryOp::Sign if z.norm() == F::zero() => z,
+            UnaryOp::Sign => z / z.norm(),
+            UnaryOp::Conj => z.conj(),
+            UnaryOp::StopGradient => z,
+            UnaryOp::Abs | UnaryOp::Real | UnaryOp::Imag => unreachable!("real-valued, see eval"),
         }
     }
 
@@ -149,7 +187,11 @@ impl UnaryOp {
             UnaryOp::Tan => t * (out * out + 1.0),
             UnaryOp::Tanh => t * (1.0 - out * out),
             UnaryOp::Logistic => t * (out * (1.0 - out)),
+            UnaryOp::Abs if x.dtype().is_complex() => (x.conj() * t).real() / out,
             UnaryOp::Abs => t * x.sign(),
+            UnaryOp::Conj => t.conj(),
+            UnaryOp::Real => t.real(),
+            UnaryOp::Imag => t.imag(),
             UnaryOp::Sign | UnaryOp::StopGradient => return None,
         })
     }
@@ -165,6 +207,8 @@ impl BinaryOp {
             BinaryOp::Max => "max",
             BinaryOp::Min => "min",
             BinaryOp::Pow => "pow",
+            BinaryOp::Complex => "complex",
+            BinaryOp::Atan2 => "atan2",
         }
     }
 
@@ -177,6 +221,19 @@ impl BinaryOp {
             BinaryOp::Max => nan_max(a, b),
             BinaryOp::Min => -nan_max(-a, -b),
             BinaryOp::Pow => a.powf(b),
+            BinaryOp::Atan2 => a.atan2(b),
+            BinaryOp::Complex => unreachable!("complex-valued, see eval"),
+        }
+    }
+
+    fn apply_complex<F: Float>(self, a: Complex<F>, b: Complex<F>) -> Complex<F> {
+        match self {
+            BinaryOp::Add => a + b,
+            BinaryOp::Sub => a - b,
+            BinaryOp::Mul => a * b,
+            BinaryOp::Div => a / b,
+            BinaryOp::Pow => a.powc(b),
+            _ => unreachable!("not defined on complex numbers, see infer"),
         }
     }
 
@@ -187,7 +244,7 @@ impl BinaryOp {
             BinaryOp::Mul => a.wrapping_mul(b),
             BinaryOp::Max => a.max(b),
             BinaryOp::Min => a.min(b),
-            BinaryOp::Div | BinaryOp::Pow => return None,
+            BinaryOp::Div | BinaryOp::Pow | BinaryOp::Complex | BinaryOp::Atan2 => return None,
         })
     }
 
@@ -222,6 +279,17 @@ impl BinaryOp {
                 let weight_a = wins.cast(out.dtype()) + a.eq(b).cast(out.dtype()) * 0.5;
                 let weight_b = 1.0 - &weight_a;
                 sum(ta.map(|t| t * &weight_a), tb.map(|t| t * &weight_b))
+            }
+            BinaryOp::Complex => {
+                let zero = || Tensor::scalar_of(0.0, a.dtype());
+                let re = ta.cloned().unwrap_or_else(zero);
+                let im = tb.cloned().unwrap_or_else(zero);
+                Some(Tensor::apply(Prim::Binary(BinaryOp::Complex), &[&re, &im]))
+            }
+            BinaryOp::Atan2 => {
+                // d atan2(a, b) = (b da - a db) / (a^2 + b^2)
+                let norm = a * a + b * b;
+                sum(ta.map(|t| t * (b / &norm)), tb.map(|t| t * (-a / &norm)))
             }
             BinaryOp::Pow => {
                 let da = ta.map(|t| t * (b * a.pow(&(b - 1.0))));
@@ -283,59 +351,78 @@ pub(super) fn infer(prim: &Prim, ins: &[Aval]) -> Result<Aval> {
             ))
         }
     };
-    let float = |a: &Aval| {
-        if a.dtype.is_float() {
+    let require = |ok: bool, what: &str, a: &Aval| {
+        if ok {
             Ok(())
         } else {
-            Err(Error::dtype(&op, "needs a floating-point operand", a.dtype))
+            Err(Error::dtype(&op, format!("needs {what} operand"), a.dtype))
         }
     };
+    let x = &ins[0];
+    let shape = |dtype: DType| -> Result<Aval> {
+        let mut shape = x.shape.clone();
+        for other in &ins[1..] {
+            shape = broadcast_shapes(&op, &shape, &other.shape)?;
+        }
+        Ok(Aval::new(&shape, dtype))
+    };
     match prim {
+        Prim::Unary(UnaryOp::StopGradient) => Ok(x.clone()),
+        Prim::Unary(UnaryOp::Real | UnaryOp::Imag) => {
+            require(x.dtype.is_inexact(), "a floating-point or complex", x)?;
+            shape(x.dtype.real())
+        }
+        Prim::Unary(UnaryOp::Abs) if x.dtype.is_complex() => shape(x.dtype.real()),
         Prim::Unary(u) => {
-            if *u == UnaryOp::StopGradient {
-                return Ok(ins[0].clone());
-            }
-            if !u.takes_integers() || ins[0].dtype == DType::Bool {
-                float(&ins[0])?;
-            }
-            Ok(ins[0].clone())
+            let integer = u.takes_integers() && x.dtype == DType::I64;
+            require(
+                integer || x.dtype.is_inexact(),
+                "a floating-point or complex",
+                x,
+            )?;
+            shape(x.dtype)
         }
         Prim::PowI(_) => {
-            float(&ins[0])?;
-            Ok(ins[0].clone())
+            require(x.dtype.is_inexact(), "a floating-point or complex", x)?;
+            shape(x.dtype)
         }
-        Prim::Convert(dtype) => Ok(Aval::new(&ins[0].shape, *dtype)),
+        Prim::Convert(dtype) => Ok(Aval::new(&x.shape, *dtype)),
         Prim::Binary(b) => {
-            same_dtype(&ins[0], &ins[1])?;
-            if matches!(b, BinaryOp::Div | BinaryOp::Pow) || ins[0].dtype == DType::Bool {
-                float(&ins[0])?;
+            same_dtype(x, &ins[1])?;
+            match b {
+                BinaryOp::Complex => {
+                    require(x.dtype.is_float(), "a real floating-point", x)?;
+                    return shape(x.dtype.complex());
+                }
+                BinaryOp::Atan2 => require(x.dtype.is_float(), "a real floating-point", x)?,
+                BinaryOp::Max | BinaryOp::Min => require(
+                    matches!(x.dtype, DType::I64 | DType::F32 | DType::F64),
+                    "a real",
+                    x,
+                )?,
+                BinaryOp::Div | BinaryOp::Pow => {
+                    require(x.dtype.is_inexact(), "a floating-point or complex", x)?
+                }
+                _ => require(x.dtype != DType::Bool, "a numeric", x)?,
             }
-            Ok(Aval::new(
-                &broadcast_shapes(&op, &ins[0].shape, &ins[1].shape)?,
-                ins[0].dtype,
-            ))
+            shape(x.dtype)
         }
-        Prim::Compare(_) => {
-            same_dtype(&ins[0], &ins[1])?;
-            Ok(Aval::new(
-                &broadcast_shapes(&op, &ins[0].shape, &ins[1].shape)?,
-                DType::Bool,
-            ))
+        Prim::Compare(c) => {
+            same_dtype(x, &ins[1])?;
+            let ordered = !matches!(c, CmpOp::Eq | CmpOp::Ne);
+            require(
+                !(ordered && x.dtype.is_complex()),
+                "an ordered (not complex)",
+                x,
+            )?;
+            shape(DType::Bool)
         }
         Prim::Select => {
-            if ins[0].dtype != DType::Bool {
-                return Err(Error::dtype(
-                    &op,
-                    "the condition must be bool",
-                    ins[0].dtype,
-                ));
+            if x.dtype != DType::Bool {
+                return Err(Error::dtype(&op, "the condition must be bool", x.dtype));
             }
             same_dtype(&ins[1], &ins[2])?;
-            let shape = broadcast_shapes(&op, &ins[1].shape, &ins[2].shape)?;
-            Ok(Aval::new(
-                &broadcast_shapes(&op, &ins[0].shape, &shape)?,
-                ins[1].dtype,
-            ))
+            shape(ins[1].dtype)
         }
         _ => unreachable!("not an elementwise primitive: {prim}"),
     }
@@ -397,6 +484,21 @@ fn zip_float<F: Float>(op: BinaryOp, a: &ArrayD<F>, b: &ArrayD<F>, shape: &[usiz
     }
 }
 
+/// A unary operation on complex numbers; `real` and `complex` wrap real and complex results.
+fn complex_unary<F: Float>(
+    op: UnaryOp,
+    a: &ArrayD<Complex<F>>,
+    real: fn(ArrayD<F>) -> Data,
+    complex: fn(ArrayD<Complex<F>>) -> Data,
+) -> Data {
+    match op {
+        UnaryOp::Abs => real(a.mapv(|z| z.norm())),
+        UnaryOp::Real => real(a.mapv(|z| z.re)),
+        UnaryOp::Imag => real(a.mapv(|z| z.im)),
+        _ => complex(a.mapv(|z| op.apply_complex(z))),
+    }
+}
+
 /// Runs `$body` with `$a`, `$b` bound to same-typed float arrays, rewrapping the result.
 macro_rules! float_pair {
     ($x:expr, $y:expr, |$a:ident, $b:ident| $body:expr) => {
@@ -414,6 +516,8 @@ pub(super) fn eval(prim: &Prim, ins: &[&Data]) -> Result<Data> {
         Prim::Unary(op) => match ins[0] {
             Data::F64(a) => Data::F64(a.mapv(|x| op.apply(x))),
             Data::F32(a) => Data::F32(a.mapv(|x| op.apply(x))),
+            Data::C128(a) => complex_unary(*op, a, Data::F64, Data::C128),
+            Data::C64(a) => complex_unary(*op, a, Data::F32, Data::C64),
             Data::I64(a) => Data::I64(a.mapv(|x| match op {
                 UnaryOp::Neg => x.wrapping_neg(),
                 UnaryOp::Abs => x.wrapping_abs(),
@@ -424,6 +528,8 @@ pub(super) fn eval(prim: &Prim, ins: &[&Data]) -> Result<Data> {
         Prim::PowI(n) => match ins[0] {
             Data::F64(a) => Data::F64(a.mapv(|x| x.powi(*n))),
             Data::F32(a) => Data::F32(a.mapv(|x| x.powi(*n))),
+            Data::C128(a) => Data::C128(a.mapv(|x| x.powi(*n))),
+            Data::C64(a) => Data::C64(a.mapv(|x| x.powi(*n))),
             _ => unreachable!("dtypes checked by infer"),
         },
         Prim::Convert(dtype) => ins[0].cast(*dtype),
@@ -433,6 +539,18 @@ pub(super) fn eval(prim: &Prim, ins: &[&Data]) -> Result<Data> {
                 (Data::I64(a), Data::I64(b)) => Data::I64(zip(a, b, &shape, |x, y| {
                     op.apply_int(x, y).expect("checked by infer")
                 })),
+                (Data::F64(a), Data::F64(b)) if *op == BinaryOp::Complex => {
+                    Data::C128(zip(a, b, &shape, Complex::new))
+                }
+                (Data::F32(a), Data::F32(b)) if *op == BinaryOp::Complex => {
+                    Data::C64(zip(a, b, &shape, Complex::new))
+                }
+                (Data::C128(a), Data::C128(b)) => {
+                    Data::C128(zip(a, b, &shape, |x, y| op.apply_complex(x, y)))
+                }
+                (Data::C64(a), Data::C64(b)) => {
+                    Data::C64(zip(a, b, &shape, |x, y| op.apply_complex(x, y)))
+                }
                 (x, y) => float_pair!(x, y, |a, b| zip_float(*op, a, b, &shape)),
             }
         }
@@ -443,6 +561,12 @@ pub(super) fn eval(prim: &Prim, ins: &[&Data]) -> Result<Data> {
                 (Data::F32(a), Data::F32(b)) => zip(a, b, &shape, |x, y| op.apply(x, y)),
                 (Data::I64(a), Data::I64(b)) => zip(a, b, &shape, |x, y| op.apply(x, y)),
                 (Data::Bool(a), Data::Bool(b)) => zip(a, b, &shape, |x, y| op.apply(x, y)),
+                (Data::C128(a), Data::C128(b)) => {
+                    zip(a, b, &shape, |x, y| (x == y) == (*op == CmpOp::Eq))
+                }
+                (Data::C64(a), Data::C64(b)) => {
+                    zip(a, b, &shape, |x, y| (x == y) == (*op == CmpOp::Eq))
+                }
                 _ => unreachable!("dtypes checked by infer"),
             })
         }
@@ -468,6 +592,8 @@ pub(super) fn eval(prim: &Prim, ins: &[&Data]) -> Result<Data> {
                 (Data::F32(a), Data::F32(b)) => Data::F32(select!(a, b)),
                 (Data::I64(a), Data::I64(b)) => Data::I64(select!(a, b)),
                 (Data::Bool(a), Data::Bool(b)) => Data::Bool(select!(a, b)),
+                (Data::C128(a), Data::C128(b)) => Data::C128(select!(a, b)),
+                (Data::C64(a), Data::C64(b)) => Data::C64(select!(a, b)),
                 _ => unreachable!("dtypes checked by infer"),
             }
         }
@@ -488,7 +614,7 @@ pub(super) fn jvp(
         Prim::PowI(n) => t[0].as_ref()? * (x[0].powi(n - 1) * f64::from(*n)),
         Prim::Binary(op) => op.jvp(&x[0], &x[1], out, t[0].as_ref(), t[1].as_ref())?,
         Prim::Compare(_) => return None,
-        Prim::Convert(dtype) if dtype.is_float() && x[0].dtype().is_float() => {
+        Prim::Convert(dtype) if dtype.is_inexact() && x[0].dtype().is_inexact() => {
             t[0].as_ref()?.cast(*dtype)
         }
         Prim::Convert(_) => return None,
@@ -518,6 +644,18 @@ pub(super) fn transpose(
     let linear = |i: usize| x[i].is_none();
     Ok(match prim {
         Prim::Unary(UnaryOp::Neg) => vec![Some(-ct)],
+        // Transposes pair values by Re(a b), as JAX does, so real-to-complex maps and
+        // conjugation transpose as below.
+        Prim::Unary(UnaryOp::Conj) => vec![Some(ct.conj())],
+        Prim::Unary(UnaryOp::Real) => vec![Some(ct.cast(in_avals[0].dtype))],
+        Prim::Unary(UnaryOp::Imag) => {
+            let minus_i =
+                Tensor::from(num_complex::Complex64::new(0.0, -1.0)).cast(in_avals[0].dtype);
+            vec![Some(ct.cast(in_avals[0].dtype) * minus_i)]
+        }
+        Prim::Binary(BinaryOp::Complex) => {
+            vec![linear(0).then(|| ct.real()), linear(1).then(|| -ct.imag())]
+        }
         Prim::Binary(BinaryOp::Add) => {
             vec![linear(0).then(|| ct.clone()), linear(1).then(|| ct.clone())]
         }

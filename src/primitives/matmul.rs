@@ -15,7 +15,7 @@ pub(super) fn infer(a: &Aval, b: &Aval) -> Result<Aval> {
     {
         return Err(Error::mismatch("matmul", &a.shape, &b.shape));
     }
-    if a.dtype != b.dtype || !a.dtype.is_float() {
+    if a.dtype != b.dtype || !a.dtype.is_inexact() {
         return Err(Error::dtype(
             "matmul",
             format!(
@@ -136,6 +136,8 @@ pub(super) fn eval(a: &Data, b: &Data) -> Result<Data> {
     Ok(match (a, b) {
         (Data::F64(a), Data::F64(b)) => Data::F64(batched_matmul(a, b)),
         (Data::F32(a), Data::F32(b)) => Data::F32(batched_matmul(a, b)),
+        (Data::C128(a), Data::C128(b)) => Data::C128(batched_matmul(a, b)),
+        (Data::C64(a), Data::C64(b)) => Data::C64(batched_matmul(a, b)),
         _ => unreachable!("dtypes checked by infer"),
     })
 }

@@ -211,8 +211,10 @@ impl Prim {
         batch: &[usize],
     ) -> Result<Vec<Option<Tensor>>> {
         match self {
-            Prim::Unary(UnaryOp::Neg)
-            | Prim::Binary(BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div)
+            Prim::Unary(UnaryOp::Neg | UnaryOp::Conj | UnaryOp::Real | UnaryOp::Imag)
+            | Prim::Binary(
+                BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Complex,
+            )
             | Prim::Select
             | Prim::Convert(_) => elementwise::transpose(self, ct, primals, in_avals),
             Prim::Broadcast(_)

@@ -35,8 +35,12 @@ pub(crate) fn keepdims_shape(shape: &[usize], axes: &[usize]) -> Vec<usize> {
 }
 
 pub(super) fn infer(op: ReduceOp, axes: &[usize], x: &Aval) -> Result<Aval> {
-    if x.dtype == DType::Bool {
-        return Err(Error::dtype(op.name(), "needs a numeric operand", x.dtype));
+    if x.dtype == DType::Bool || (op != ReduceOp::Sum && x.dtype.is_complex()) {
+        return Err(Error::dtype(
+            op.name(),
+            "needs a numeric operand (and an ordered one for max and min)",
+            x.dtype,
+        ));
     }
     if axes.windows(2).any(|w| w[0] >= w[1]) || axes.iter().any(|&a| a >= x.shape.len()) {
         return Err(Error::shape(
@@ -124,6 +128,17 @@ pub(super) fn eval(op: ReduceOp, axes: &[usize], x: &Data) -> Data {
         Data::F64(a) => Data::F64(reduce_array(a, axes, op)),
         Data::F32(a) => Data::F32(reduce_array(a, axes, op)),
         Data::I64(a) => Data::I64(reduce_array(a, axes, op)),
+        // Only sums are defined on complex numbers (infer checks).
+        Data::C128(a) => Data::C128(
+            axes.iter()
+                .rev()
+                .fold(a.clone(), |acc, &axis| sum_axis(&acc, axis)),
+        ),
+        Data::C64(a) => Data::C64(
+            axes.iter()
+                .rev()
+                .fold(a.clone(), |acc, &axis| sum_axis(&acc, axis)),
+        ),
         Data::Bool(_) => unreachable!("dtype checked by infer"),
     }
 }

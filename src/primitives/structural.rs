@@ -174,6 +174,8 @@ pub(super) fn eval(prim: &Prim, ins: &[&Data]) -> Result<Data> {
                 Data::I64(_) => concat!(I64),
                 Data::F32(_) => concat!(F32),
                 Data::F64(_) => concat!(F64),
+                Data::C64(_) => concat!(C64),
+                Data::C128(_) => concat!(C128),
             }
         }
         _ => unreachable!("not a structural primitive: {prim}"),

@@ -6,13 +6,16 @@
 use std::fmt;
 
 use ndarray::ArrayD;
+use num_complex::{Complex32, Complex64};
 
+use self::sealed::Storage as _;
 use crate::error::{Error, Result};
 
 /// The element type of a tensor.
 ///
-/// Promotion follows NumPy/JAX: `bool < i64 < f32 < f64`; a Rust scalar combined with a tensor
-/// takes the tensor's dtype (it is "weakly typed"), so `x_f32 * 2.0` stays `f32`.
+/// Promotion follows NumPy/JAX: `bool < i64 < f32 < f64`, and a complex dtype wide enough
+/// for both (`f64` with `c64` gives `c128`). A Rust scalar combined with a tensor takes the
+/// tensor's dtype (it is "weakly typed"), so `x_f32 * 2.0` stays `f32`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DType {
     /// Booleans, for masks.
@@ -23,26 +26,63 @@ pub enum DType {
     F32,
     /// 64-bit floats, the default.
     F64,
+    /// Complex numbers of two 32-bit floats.
+    C64,
+    /// Complex numbers of two 64-bit floats.
+    C128,
 }
 
 impl DType {
-    /// Whether this is a floating-point dtype (the dtypes that can be differentiated).
+    /// Whether this is a real floating-point dtype.
     pub fn is_float(self) -> bool {
         matches!(self, DType::F32 | DType::F64)
     }
 
-    /// The smallest dtype that holds both (NumPy promotion).
-    pub fn promote(self, other: DType) -> DType {
-        self.max(other)
+    /// Whether this is a complex dtype.
+    pub fn is_complex(self) -> bool {
+        matches!(self, DType::C64 | DType::C128)
     }
 
-    /// The short name used in printed programs: `bool`, `i64`, `f32`, `f64`.
+    /// Whether this is a floating-point or complex dtype: the dtypes that can be differentiated.
+    pub fn is_inexact(self) -> bool {
+        self.is_float() || self.is_complex()
+    }
+
+    /// The real dtype of the parts of a complex dtype (the dtype itself otherwise).
+    pub fn real(self) -> DType {
+        match self {
+            DType::C64 => DType::F32,
+            DType::C128 => DType::F64,
+            other => other,
+        }
+    }
+
+    /// The complex dtype whose parts have this (real) dtype's precision.
+    pub fn complex(self) -> DType {
+        match self {
+            DType::F32 | DType::C64 => DType::C64,
+            _ => DType::C128,
+        }
+    }
+
+    /// The smallest dtype that holds both (NumPy promotion).
+    pub fn promote(self, other: DType) -> DType {
+        if self.is_complex() || other.is_complex() {
+            self.real().max(other.real()).max(DType::F32).complex()
+        } else {
+            self.max(other)
+        }
+    }
+
+    /// The short name used in printed programs: `bool`, `i64`, `f32`, `f64`, `c64`, `c128`.
     pub fn name(self) -> &'static str {
         match self {
             DType::Bool => "bool",
             DType::I64 => "i64",
             DType::F32 => "f32",
             DType::F64 => "f64",
+            DType::C64 => "c64",
+            DType::C128 => "c128",
         }
     }
 }
@@ -60,6 +100,8 @@ pub(crate) enum Data {
     I64(ArrayD<i64>),
     F32(ArrayD<f32>),
     F64(ArrayD<f64>),
+    C64(ArrayD<Complex32>),
+    C128(ArrayD<Complex64>),
 }
 
 /// Applies `$body` to the array inside a `Data`, whatever its dtype.
@@ -70,6 +112,8 @@ macro_rules! with_array {
             Data::I64($a) => $body,
             Data::F32($a) => $body,
             Data::F64($a) => $body,
+            Data::C64($a) => $body,
+            Data::C128($a) => $body,
         }
     };
 }
@@ -82,6 +126,8 @@ impl Data {
             Data::I64(_) => DType::I64,
             Data::F32(_) => DType::F32,
             Data::F64(_) => DType::F64,
+            Data::C64(_) => DType::C64,
+            Data::C128(_) => DType::C128,
         }
     }
 
@@ -104,22 +150,27 @@ impl Data {
     }
 
     /// Casts to `dtype` with `as` semantics (floats truncate toward zero into integers;
-    /// non-zero is `true`).
+    /// non-zero is `true`; a complex number cast to a real dtype keeps its real part).
     pub fn cast(&self, dtype: DType) -> Data {
         if self.dtype() == dtype {
             return self.clone();
         }
+        fn convert<S: Element, T: Element>(a: &ArrayD<S>) -> ArrayD<T> {
+            a.mapv(|v| T::from_complex(v.to_complex()))
+        }
         match dtype {
-            DType::Bool => Data::Bool(with_array!(self, a => a.mapv(|v| v.to_f64() != 0.0))),
-            DType::I64 => Data::I64(with_array!(self, a => a.mapv(|v| v.to_f64() as i64))),
-            DType::F32 => Data::F32(with_array!(self, a => a.mapv(|v| v.to_f64() as f32))),
-            DType::F64 => Data::F64(with_array!(self, a => a.mapv(|v| v.to_f64()))),
+            DType::Bool => Data::Bool(with_array!(self, a => convert(a))),
+            DType::I64 => Data::I64(with_array!(self, a => convert(a))),
+            DType::F32 => Data::F32(with_array!(self, a => convert(a))),
+            DType::F64 => Data::F64(with_array!(self, a => convert(a))),
+            DType::C64 => Data::C64(with_array!(self, a => convert(a))),
+            DType::C128 => Data::C128(with_array!(self, a => convert(a))),
         }
     }
 
-    /// The values as `f64`, in row-major order.
-    pub fn to_f64_vec(&self) -> Vec<f64> {
-        with_array!(self, a => a.iter().map(|v| v.to_f64()).collect())
+    /// The values as complex numbers, in row-major order.
+    pub fn to_complex_vec(&self) -> Vec<Complex64> {
+        with_array!(self, a => a.iter().map(|v| v.to_complex()).collect())
     }
 
     /// Whether every value is finite (always true for integers and booleans).
@@ -127,37 +178,43 @@ impl Data {
         match self {
             Data::F32(a) => a.iter().all(|v| v.is_finite()),
             Data::F64(a) => a.iter().all(|v| v.is_finite()),
+            Data::C64(a) => a.iter().all(|v| v.is_finite()),
+            Data::C128(a) => a.iter().all(|v| v.is_finite()),
             _ => true,
         }
     }
 }
 
 mod sealed {
-    use super::{ArrayD, Data};
+    use super::{ArrayD, Complex64, Data};
 
     /// Moving arrays in and out of [`Data`]; private, so that only this crate adds elements.
     pub trait Storage: Sized {
         fn wrap(array: ArrayD<Self>) -> Data;
         /// The array, cast to this type.
         fn unwrap(data: &Data) -> ArrayD<Self>;
+        /// The value as a complex number.
+        fn to_complex(self) -> Complex64;
+        /// A value of this type from a complex number (see [`Data::cast`]).
+        fn from_complex(c: Complex64) -> Self;
     }
 }
 
-/// A Rust element type that a tensor can hold: `f64`, `f32`, `i64` or `bool`.
+/// A Rust element type that a tensor can hold: `f64`, `f32`, `i64`, `bool`,
+/// `num_complex::Complex64` or `num_complex::Complex32`.
 pub trait Element: sealed::Storage + Copy + 'static {
     /// The dtype of tensors made of this type.
     const DTYPE: DType;
-    /// The value as `f64` (`true` is 1).
-    fn to_f64(self) -> f64;
+    /// The value as `f64` (`true` is 1; the real part of a complex number).
+    fn to_f64(self) -> f64 {
+        self.to_complex().re
+    }
 }
 
 macro_rules! element {
-    ($t:ty, $variant:ident, $to_f64:expr) => {
+    ($t:ty, $variant:ident, $to:expr, $from:expr) => {
         impl Element for $t {
             const DTYPE: DType = DType::$variant;
-            fn to_f64(self) -> f64 {
-                $to_f64(self)
-            }
         }
         impl sealed::Storage for $t {
             fn wrap(array: ArrayD<Self>) -> Data {
@@ -169,13 +226,42 @@ macro_rules! element {
                     _ => unreachable!("cast returns the requested dtype"),
                 }
             }
+            fn to_complex(self) -> Complex64 {
+                $to(self)
+            }
+            fn from_complex(c: Complex64) -> Self {
+                $from(c)
+            }
         }
     };
 }
-element!(bool, Bool, |v: bool| if v { 1.0 } else { 0.0 });
-element!(i64, I64, |v: i64| v as f64);
-element!(f32, F32, |v: f32| v as f64);
-element!(f64, F64, |v: f64| v);
+element!(
+    bool,
+    Bool,
+    |v: bool| Complex64::new(if v { 1.0 } else { 0.0 }, 0.0),
+    |c: Complex64| c.re != 0.0 || c.im != 0.0
+);
+element!(
+    i64,
+    I64,
+    |v: i64| Complex64::new(v as f64, 0.0),
+    |c: Complex64| c.re as i64
+);
+element!(
+    f32,
+    F32,
+    |v: f32| Complex64::new(v as f64, 0.0),
+    |c: Complex64| c.re as f32
+);
+element!(f64, F64, |v: f64| Complex64::new(v, 0.0), |c: Complex64| c
+    .re);
+element!(
+    Complex32,
+    C64,
+    |v: Complex32| Complex64::new(v.re as f64, v.im as f64),
+    |c: Complex64| Complex32::new(c.re as f32, c.im as f32)
+);
+element!(Complex64, C128, |v: Complex64| v, |c: Complex64| c);
 
 /// Builds an array of `shape` from row-major `values`, with an error naming the sizes.
 pub(crate) fn array_from_vec<T>(values: Vec<T>, shape: &[usize]) -> Result<ArrayD<T>> {

@@ -228,11 +228,30 @@ impl Tensor {
         Ok(T::unwrap(self.data()?))
     }
 
-    /// The single value of a one-element tensor, as `f64`.
+    /// The single value of a one-element real tensor, as `f64`.
     pub fn item(&self) -> Result<f64> {
+        let dtype = self.dtype();
+        if dtype.is_complex() {
+            return Err(Error::dtype(
+                "item",
+                "needs a real tensor (use item_complex)",
+                dtype,
+            ));
+        }
+        Ok(self.item_complex()?.re)
+    }
+
+    /// The single value of a one-element tensor, as a complex number.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// use brainstate::Complex64;
+    /// let z = Tensor::from(Complex64::new(1.0, 2.0));
+    /// assert_eq!(z.item_complex().unwrap(), Complex64::new(1.0, 2.0));
+    /// ```
+    pub fn item_complex(&self) -> Result<num_complex::Complex64> {
         let data = self.data()?;
-        let values = data.to_f64_vec();
-        match values.as_slice() {
+        match data.to_complex_vec().as_slice() {
             [v] => Ok(*v),
             _ => Err(Error::shape(
                 "item",

@@ -5,6 +5,8 @@
 
 use std::ops::{Add, Bound, Div, Mul, Neg, RangeBounds, Sub};
 
+use num_complex::Complex64;
+
 use super::{DType, Tensor};
 use crate::error::Error;
 use crate::primitives::{BinaryOp, CmpOp, Prim, ReduceOp, UnaryOp};
@@ -33,7 +35,7 @@ macro_rules! weak_scalar {
         impl Operand for $t {
             fn to_tensor(&self, like: &Tensor) -> Tensor {
                 let dtype = match like.dtype() {
-                    d if d.is_float() => d,
+                    d if d.is_inexact() => d,
                     DType::I64 | DType::Bool if $int => DType::I64,
                     _ => DType::F64,
                 };
@@ -43,6 +45,17 @@ macro_rules! weak_scalar {
     )*};
 }
 weak_scalar!(f64 => false, f32 => false, i64 => true, i32 => true);
+
+impl Operand for Complex64 {
+    /// A complex scalar takes the precision of a floating-point tensor next to it.
+    fn to_tensor(&self, like: &Tensor) -> Tensor {
+        let dtype = match like.dtype() {
+            d if d.is_inexact() => d.complex(),
+            _ => DType::C128,
+        };
+        Tensor::from(*self).cast(dtype)
+    }
+}
 
 /// Error for a failed user-level operation.
 fn failed(op: &str, msg: String) -> Tensor {
@@ -104,7 +117,7 @@ impl<R: RangeBounds<isize>> AxisRange for R {
 impl Tensor {
     #[track_caller]
     fn unary(&self, op: UnaryOp) -> Tensor {
-        let x = if self.dtype().is_float() {
+        let x = if self.dtype().is_inexact() {
             self.clone()
         } else {
             self.cast(DType::F64)
@@ -116,7 +129,7 @@ impl Tensor {
     fn binary(&self, op: BinaryOp, other: &Tensor) -> Tensor {
         let mut dtype = self.dtype().promote(other.dtype());
         let needs_float = matches!(op, BinaryOp::Div | BinaryOp::Pow);
-        if needs_float && !dtype.is_float() {
+        if needs_float && !dtype.is_inexact() {
             dtype = DType::F64;
         } else if dtype == DType::Bool {
             dtype = DType::I64;
@@ -189,7 +202,52 @@ impl Tensor {
     pub fn sigmoid(&self) -> Tensor {
         self.unary(UnaryOp::Logistic)
     }
-    /// `|x|` (keeps integer dtypes).
+    /// The complex conjugate (the identity on real tensors).
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// use brainstate::Complex64;
+    /// let z = Tensor::from(vec![Complex64::new(1.0, 2.0)]);
+    /// assert_eq!(z.conj().to_vec::<Complex64>().unwrap(), vec![Complex64::new(1.0, -2.0)]);
+    /// ```
+    #[track_caller]
+    pub fn conj(&self) -> Tensor {
+        self.unary(UnaryOp::Conj)
+    }
+    /// The real part, as a real dtype (`c128` gives `f64`).
+    #[track_caller]
+    pub fn real(&self) -> Tensor {
+        self.unary(UnaryOp::Real)
+    }
+    /// The imaginary part, as a real dtype (zeros for a real tensor).
+    #[track_caller]
+    pub fn imag(&self) -> Tensor {
+        self.unary(UnaryOp::Imag)
+    }
+    /// The argument of each complex number, in `(-pi, pi]` (`atan2(imag, real)`).
+    #[track_caller]
+    pub fn angle(&self) -> Tensor {
+        let (im, re) = (self.imag(), self.real());
+        Tensor::apply(Prim::Binary(BinaryOp::Atan2), &[&im, &re])
+    }
+    /// The complex tensor `re + i im` from real parts (broadcast).
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// use brainstate::Complex64;
+    /// let z = Tensor::complex(&Tensor::from([1.0, 2.0]), &Tensor::scalar(0.5));
+    /// assert_eq!(z.to_vec::<Complex64>().unwrap()[1], Complex64::new(2.0, 0.5));
+    /// ```
+    #[track_caller]
+    pub fn complex(re: &Tensor, im: &Tensor) -> Tensor {
+        let dtype = re.cast_float().dtype().promote(im.cast_float().dtype());
+        Tensor::apply(
+            Prim::Binary(BinaryOp::Complex),
+            &[&re.cast(dtype), &im.cast(dtype)],
+        )
+    }
+
+    /// `|x|` (keeps integer dtypes; real for complex).
     #[track_caller]
     pub fn abs(&self) -> Tensor {
         Tensor::apply(Prim::Unary(UnaryOp::Abs), &[self])
@@ -207,7 +265,7 @@ impl Tensor {
     /// `x^n` for an integer `n`.
     #[track_caller]
     pub fn powi(&self, n: i32) -> Tensor {
-        let x = if self.dtype().is_float() {
+        let x = if self.dtype().is_inexact() {
             self.clone()
         } else {
             self.cast(DType::F64)
@@ -401,7 +459,7 @@ impl Tensor {
     }
 
     fn cast_float(&self) -> Tensor {
-        if self.dtype().is_float() {
+        if self.dtype().is_inexact() {
             self.clone()
         } else {
             self.cast(DType::F64)

@@ -60,23 +60,52 @@ impl Compiled {
     }
 }
 
+/// The input dtype rules of `jax.hessian` (its `jacfwd` and `jacrev` checks), in its order.
 fn check_differentiable(name: &str, what: &str, aval: &Aval, holomorphic: bool) -> Result<()> {
-    if !aval.dtype.is_float() {
+    let dtype = aval.dtype;
+    let fail = |msg: String| {
+        Err(Error::dtype(
+            name,
+            format!("{msg} ({what}, shape {:?})", aval.shape),
+            dtype,
+        ))
+    };
+    if !dtype.is_inexact() {
+        return fail("differentiated inputs must be floating point or complex; integer and boolean inputs cannot be differentiated".into());
+    }
+    if holomorphic && !dtype.is_complex() {
+        return fail("holomorphic=true requires inputs with a complex dtype".into());
+    }
+    if !holomorphic && dtype.is_complex() {
+        return fail("real inputs are required; for a holomorphic function of complex inputs set holomorphic(true)".into());
+    }
+    Ok(())
+}
+
+/// The output dtype rules: `jacrev` (so `grad` and `hessian`) needs real outputs, or complex
+/// ones with `holomorphic`; `jacfwd` allows complex outputs of real inputs.
+fn check_output(kind: Kind, aval: &Aval, holomorphic: bool) -> Result<()> {
+    let name = kind.name();
+    let dtype = aval.dtype;
+    if !dtype.is_inexact() {
         return Err(Error::dtype(
             name,
-            format!(
-                "differentiated inputs must be floating point ({what} has a leaf of shape {:?}); \
-                 integer and boolean inputs cannot be differentiated",
-                aval.shape
-            ),
-            aval.dtype,
+            "the function's output must be floating point or complex",
+            dtype,
         ));
     }
-    if holomorphic {
+    if holomorphic && !dtype.is_complex() {
         return Err(Error::dtype(
             name,
-            format!("holomorphic=true requires inputs with a complex dtype ({what})"),
-            aval.dtype,
+            "holomorphic=true requires outputs with a complex dtype",
+            dtype,
+        ));
+    }
+    if !holomorphic && dtype.is_complex() && kind != Kind::JacFwd {
+        return Err(Error::dtype(
+            name,
+            "real outputs are required; for a holomorphic function set holomorphic(true)",
+            dtype,
         ));
     }
     Ok(())
@@ -142,13 +171,7 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
     let mut program = traced.program;
     let out_avals = program.output_avals();
     for aval in &out_avals[..traced.n_value] {
-        if !aval.dtype.is_float() {
-            return Err(Error::dtype(
-                name,
-                "the function's output must be floating point",
-                aval.dtype,
-            ));
-        }
+        check_output(spec.kind, aval, spec.holomorphic)?;
     }
     if spec.kind == Kind::Grad && (traced.n_value != 1 || !out_avals[0].shape.is_empty()) {
         let shapes: Vec<_> = out_avals[..traced.n_value]
