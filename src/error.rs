@@ -38,6 +38,14 @@ pub enum Error {
         /// The dtype that was given.
         dtype: DType,
     },
+    /// Quantities whose units do not fit the operation.
+    #[error("{op}: {msg}")]
+    Units {
+        /// The operation.
+        op: String,
+        /// What is wrong, naming the units.
+        msg: String,
+    },
     /// An invalid `argnums`, or an option that conflicts with the function.
     #[error("{0}")]
     Options(String),

@@ -39,6 +39,7 @@ pub mod tensor;
 mod trace;
 pub mod transform;
 pub mod tree;
+pub mod unit;
 
 pub use brainstate_derive::Tree;
 
@@ -55,3 +56,4 @@ pub use transform::{
     grad, hessian, jacfwd, jacrev, make_program, Argnums, Args, Function, GradientTransform,
 };
 pub use tree::{Node, Tree, TreeDef};
+pub use unit::{units, Unit};

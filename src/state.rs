@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::trace;
 use crate::tree::{Tree, TreeDef};
+use crate::unit::Unit;
 
 static NEXT_STATE: AtomicU64 = AtomicU64::new(1);
 
@@ -72,6 +73,17 @@ impl StateCore {
             )));
         }
         for (new, old) in leaves.iter().zip(&own) {
+            let one = Unit::ONE;
+            let (new_unit, old_unit) = (new.unit().unwrap_or(one), old.unit().unwrap_or(one));
+            if !new_unit.same_dimension(&old_unit) {
+                return Err(Error::Units {
+                    op: "set_value".into(),
+                    msg: format!(
+                        "writing {}: the new value is in {new_unit} but the state holds {old_unit}",
+                        self.describe()
+                    ),
+                });
+            }
             let (new, old) = (new.aval()?, old.aval()?);
             if new != old {
                 return Err(Error::Shape {

@@ -15,10 +15,11 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::ir::{Eqn, Program};
-use crate::primitives::Prim;
+use crate::primitives::{BinaryOp, Prim};
 use crate::state::StateCore;
 use crate::tensor::{Aval, Data, Repr, Tensor};
 use crate::tree::TreeDef;
+use crate::unit::Unit;
 
 pub(crate) use crate::ir::Var;
 
@@ -232,7 +233,7 @@ pub(crate) fn read_state(state: &Arc<StateCore>) -> Option<(TreeDef, Vec<Tensor>
                 Ok(aval) => {
                     let var = frame.program.new_var(aval.clone());
                     frame.program.inputs.push(var);
-                    inputs.push(Tensor::traced(frame.id, var, aval));
+                    inputs.push(Tensor::traced(frame.id, var, aval).with_unit(leaf.unit()));
                 }
                 Err(e) => inputs.push(Tensor::failed(e)),
             }
@@ -309,7 +310,12 @@ pub(crate) fn with_source<R>(
 #[track_caller]
 pub(crate) fn apply(prim: Prim, inputs: &[&Tensor]) -> Tensor {
     let caller = Location::caller();
-    match try_apply(&prim, inputs, caller) {
+    let result = if inputs.iter().any(|t| t.unit().is_some()) {
+        apply_with_units(&prim, inputs, caller)
+    } else {
+        try_apply(&prim, inputs, caller)
+    };
+    match result {
         Ok(t) => t,
         Err(e) => {
             FRAMES.with(|f| {
@@ -319,6 +325,36 @@ pub(crate) fn apply(prim: Prim, inputs: &[&Tensor]) -> Tensor {
             });
             Tensor::failed(e)
         }
+    }
+}
+
+/// Applies `prim` to quantities: its unit rule says how to rescale each operand's values and
+/// what unit the result has; the primitive itself only ever sees plain values. A dimensionless
+/// result has its scale folded into its values.
+fn apply_with_units(
+    prim: &Prim,
+    inputs: &[&Tensor],
+    caller: &'static Location<'static>,
+) -> Result<Tensor> {
+    let units: Vec<Option<Unit>> = inputs.iter().map(|t| t.unit()).collect();
+    let (factors, unit) = prim.unit_rule(&units, inputs)?;
+    let rescale = |t: Tensor, factor: f64| -> Result<Tensor> {
+        if factor == 1.0 {
+            return Ok(t);
+        }
+        let factor = Tensor::scalar_of(factor, t.dtype());
+        try_apply(&Prim::Binary(BinaryOp::Mul), &[&t, &factor], caller)
+    };
+    let plain = inputs
+        .iter()
+        .zip(factors)
+        .map(|(t, factor)| rescale(t.mantissa(), factor))
+        .collect::<Result<Vec<_>>>()?;
+    let refs: Vec<&Tensor> = plain.iter().collect();
+    let out = try_apply(prim, &refs, caller)?;
+    match unit {
+        Some(u) if u.is_dimensionless() => rescale(out, u.scale()),
+        unit => Ok(out.with_unit(unit)),
     }
 }
 

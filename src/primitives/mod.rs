@@ -29,6 +29,7 @@ pub(crate) use self::reduce::keepdims_shape;
 pub use self::reduce::ReduceOp;
 use crate::error::{Error, Result};
 use crate::tensor::{Aval, DType, Data, Tensor};
+use crate::unit::Unit;
 
 /// A primitive operation with its static parameters.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -240,6 +241,93 @@ impl Prim {
              (a JVP rule applied it to a tangent)",
             self.name()
         ))
+    }
+
+    /// The unit rule: the factor each operand's values are multiplied by before the primitive
+    /// sees them, and the unit of the result (`None`: dimensionless). Operands without a unit
+    /// are dimensionless. Errors name the operation and the units.
+    pub(crate) fn unit_rule(
+        &self,
+        units: &[Option<Unit>],
+        inputs: &[&Tensor],
+    ) -> Result<(Vec<f64>, Option<Unit>)> {
+        let name = self.name();
+        let unit = |i: usize| units[i].unwrap_or(Unit::ONE);
+        let unchanged = vec![1.0; units.len()];
+        // Operands of one dimension are expressed in the unit of the first one that has a unit.
+        let common = |operands: &[usize]| -> Result<(Vec<f64>, Unit)> {
+            let target = operands.iter().find_map(|&i| units[i]).unwrap_or(Unit::ONE);
+            let mut factors = unchanged.clone();
+            for &i in operands {
+                factors[i] = unit(i).factor_to(&target, &name)?;
+            }
+            Ok((factors, target))
+        };
+        // Transcendental functions take dimensionless values, with any scale folded in.
+        let dimensionless = |i: usize| -> Result<f64> {
+            if unit(i).is_dimensionless() {
+                Ok(unit(i).scale())
+            } else {
+                Err(Error::Units {
+                    op: name.clone(),
+                    msg: format!("needs a dimensionless argument, got {}", unit(i)),
+                })
+            }
+        };
+        Ok(match self {
+            Prim::Unary(UnaryOp::Sqrt) => (unchanged, Some(unit(0).sqrt())),
+            Prim::Unary(UnaryOp::Sign) => (unchanged, None),
+            Prim::Unary(
+                UnaryOp::Exp
+                | UnaryOp::Log
+                | UnaryOp::Log1p
+                | UnaryOp::Expm1
+                | UnaryOp::Sin
+                | UnaryOp::Cos
+                | UnaryOp::Tan
+                | UnaryOp::Tanh
+                | UnaryOp::Logistic,
+            ) => (vec![dimensionless(0)?], None),
+            Prim::Unary(_)
+            | Prim::Convert(_)
+            | Prim::Broadcast(_)
+            | Prim::Reshape(_)
+            | Prim::Transpose(_)
+            | Prim::Slice { .. }
+            | Prim::Pad { .. }
+            | Prim::Reduce(..) => (unchanged, units[0]),
+            Prim::PowI(n) => (unchanged, Some(unit(0).powi(*n))),
+            Prim::Binary(BinaryOp::Mul) | Prim::MatMul => (unchanged, Some(unit(0) * unit(1))),
+            Prim::Binary(BinaryOp::Div) => (unchanged, Some(unit(0) / unit(1))),
+            Prim::Binary(BinaryOp::Pow) if unit(0).is_dimensionless() => {
+                (vec![dimensionless(0)?, dimensionless(1)?], None)
+            }
+            Prim::Binary(BinaryOp::Pow) => {
+                // A quantity's power needs a known, dimensionless exponent.
+                let exponent = dimensionless(1)
+                    .and_then(|scale| Ok(inputs[1].item()? * scale))
+                    .map_err(|_| Error::Units {
+                        op: name.clone(),
+                        msg: format!("the power of a quantity in {} needs a constant dimensionless scalar exponent", unit(0)),
+                    })?;
+                (unchanged, Some(unit(0).powf(exponent)?))
+            }
+            Prim::Binary(BinaryOp::Atan2) | Prim::Compare(_) => (common(&[0, 1])?.0, None),
+            Prim::Binary(_) => {
+                let (factors, target) = common(&[0, 1])?;
+                (factors, Some(target))
+            }
+            Prim::Select => {
+                let (factors, target) = common(&[1, 2])?;
+                (factors, Some(target))
+            }
+            Prim::Concat(_) => {
+                let all: Vec<usize> = (0..units.len()).collect();
+                let (factors, target) = common(&all)?;
+                (factors, Some(target))
+            }
+            Prim::Iota { .. } | Prim::Eye { .. } => (unchanged, None),
+        })
     }
 
     /// The name as printed in programs, without parameters.

@@ -6,6 +6,9 @@
 //! - *failed*: the error of the operation that should have produced it. Operations on a failed
 //!   tensor fail the same way, so `(a + b) * c` needs no `?` and a shape mismatch still reaches
 //!   the caller as an [`Error`] when the data is read or the transform returns.
+//!
+//! A tensor may also carry a physical [`Unit`]: its values are then counted in that unit (see
+//! [`crate::unit`]).
 
 mod data;
 mod ops;
@@ -21,6 +24,7 @@ pub use self::ops::{concatenate, stack, where_, AxisRange, Operand};
 use crate::error::{Error, Result};
 use crate::primitives::Prim;
 use crate::trace::{self, Var};
+use crate::unit::Unit;
 
 /// The shape and dtype of a value: all that tracing knows about it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -65,6 +69,8 @@ impl fmt::Display for Aval {
 #[derive(Clone)]
 pub struct Tensor {
     repr: Repr,
+    /// The physical unit the values are counted in; `None` for a plain (dimensionless) tensor.
+    unit: Option<Unit>,
 }
 
 #[derive(Clone)]
@@ -89,18 +95,21 @@ impl Tensor {
     pub(crate) fn from_shared(data: Arc<Data>) -> Tensor {
         Tensor {
             repr: Repr::Concrete(data),
+            unit: None,
         }
     }
 
     pub(crate) fn traced(frame: u64, var: Var, aval: Aval) -> Tensor {
         Tensor {
             repr: Repr::Traced(Arc::new(Tracer { frame, var, aval })),
+            unit: None,
         }
     }
 
     pub(crate) fn failed(error: Error) -> Tensor {
         Tensor {
             repr: Repr::Failed(Arc::new(error)),
+            unit: None,
         }
     }
 
@@ -260,6 +269,56 @@ impl Tensor {
         }
     }
 
+    /// The physical unit the values are counted in (`None` for a plain tensor).
+    pub fn unit(&self) -> Option<Unit> {
+        self.unit
+    }
+
+    /// The same values counted in `unit` (a dimensionless unit of scale 1 gives a plain
+    /// tensor). Also written `tensor * unit`.
+    pub fn with_unit(&self, unit: Option<Unit>) -> Tensor {
+        Tensor {
+            repr: self.repr.clone(),
+            unit: unit.filter(|u| *u != Unit::ONE),
+        }
+    }
+
+    /// The values without their unit (the numbers as counted in it).
+    pub fn mantissa(&self) -> Tensor {
+        self.with_unit(None)
+    }
+
+    /// The values counted in `unit`, as a plain tensor; an error if the dimensions differ.
+    ///
+    /// ```
+    /// use brainstate::units::{ms, second};
+    /// use brainstate::Tensor;
+    /// let t = Tensor::from([1.5, 2.0]) * second;
+    /// assert_eq!(t.value_in(ms).unwrap().to_vec::<f64>().unwrap(), vec![1500.0, 2000.0]);
+    /// assert!(t.value_in(brainstate::units::mV).is_err());
+    /// ```
+    #[track_caller]
+    pub fn value_in(&self, unit: Unit) -> Result<Tensor> {
+        if let Some(e) = self.error() {
+            return Err(e.clone());
+        }
+        let factor = self
+            .unit
+            .unwrap_or(Unit::ONE)
+            .factor_to(&unit, "value_in")?;
+        let plain = self.mantissa();
+        Ok(if factor == 1.0 { plain } else { plain * factor })
+    }
+
+    /// The same quantity counted in `unit`; a failed tensor if the dimensions differ.
+    #[track_caller]
+    pub fn to_unit(&self, unit: Unit) -> Tensor {
+        match self.value_in(unit) {
+            Ok(values) => values.with_unit(Some(unit)),
+            Err(e) => Tensor::failed(e),
+        }
+    }
+
     /// Applies `prim` to `inputs`: records it when tracing, computes it otherwise.
     #[track_caller]
     pub(crate) fn apply(prim: Prim, inputs: &[&Tensor]) -> Tensor {
@@ -314,9 +373,15 @@ impl fmt::Display for Tensor {
         match &self.repr {
             Repr::Concrete(d) => {
                 with_array!(&**d, a => write!(f, "{a}"))?;
+                if let Some(unit) = self.unit {
+                    write!(f, " {unit}")?;
+                }
                 write!(f, " ({})", Aval::new(d.shape(), d.dtype()))
             }
-            Repr::Traced(t) => write!(f, "Traced<{}>", t.aval),
+            Repr::Traced(t) => match self.unit {
+                Some(unit) => write!(f, "Traced<{}> {unit}", t.aval),
+                None => write!(f, "Traced<{}>", t.aval),
+            },
             Repr::Failed(e) => write!(f, "Failed({e})"),
         }
     }

@@ -10,6 +10,7 @@ use num_complex::Complex64;
 use super::{DType, Tensor};
 use crate::error::Error;
 use crate::primitives::{BinaryOp, CmpOp, Prim, ReduceOp, UnaryOp};
+use crate::unit::Unit;
 
 /// A value that can stand on the other side of an operation with a tensor: a tensor, or a
 /// Rust number, which takes the tensor's dtype (JAX's weak typing) when that is a float.
@@ -811,6 +812,30 @@ binary_operator!(Add, add, BinaryOp::Add);
 binary_operator!(Sub, sub, BinaryOp::Sub);
 binary_operator!(Mul, mul, BinaryOp::Mul);
 binary_operator!(Div, div, BinaryOp::Div);
+
+impl Mul<Unit> for Tensor {
+    type Output = Tensor;
+    /// Attaches a unit (or multiplies an existing one).
+    fn mul(self, unit: Unit) -> Tensor {
+        &self * unit
+    }
+}
+
+impl Mul<Unit> for &Tensor {
+    type Output = Tensor;
+    fn mul(self, unit: Unit) -> Tensor {
+        let unit = self.unit().map_or(unit, |u| u * unit);
+        self.with_unit(Some(unit))
+    }
+}
+
+impl Div<Unit> for Tensor {
+    type Output = Tensor;
+    /// Divides the unit (`x / ms` counts `x` per millisecond).
+    fn div(self, unit: Unit) -> Tensor {
+        &self * unit.powi(-1)
+    }
+}
 
 impl Neg for &Tensor {
     type Output = Tensor;

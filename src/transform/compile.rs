@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::function::{trace_function, Function, Split};
+use super::function::{trace_function, Function, Signature, Split};
 use super::{Argnums, Kind};
 use crate::autodiff::{hessian_program, jacfwd_program, jacrev_program, jvp_program};
 use crate::error::{Error, Result};
@@ -17,6 +17,7 @@ use crate::state::{GradStates, StateCore};
 use crate::tensor::{Aval, Data, Tensor};
 use crate::trace;
 use crate::tree::{Node, TreeDef};
+use crate::unit::Unit;
 
 /// What a transform differentiates, beyond the function itself.
 pub(crate) struct Spec<'a> {
@@ -35,8 +36,12 @@ pub(crate) struct Compiled {
     pub aux_def: Option<TreeDef>,
     pub arg_defs: Vec<TreeDef>,
     /// States whose current values follow the argument leaves as inputs (those the function
-    /// read, then grad states it did not read), with the avals the plan was built for.
-    pub state_inputs: Vec<(Arc<StateCore>, Vec<Aval>)>,
+    /// read, then grad states it did not read), with the leaf types the plan was built for.
+    pub state_inputs: Vec<(Arc<StateCore>, Vec<LeafType>)>,
+    /// Units of the function's outputs: value leaves, aux leaves, written state leaves.
+    pub output_units: Vec<Option<Unit>>,
+    /// Units of the differentiated leaves, in the order of `W`.
+    pub wrt_units: Vec<Option<Unit>>,
     /// States the function writes, in output order, with their structure and leaf count.
     pub writes: Vec<(Arc<StateCore>, TreeDef, usize)>,
     /// Differentiated leaves: how many belong to grad states (they come first in `W`).
@@ -45,18 +50,20 @@ pub(crate) struct Compiled {
     pub n_arg_leaves: usize,
 }
 
+/// Shape, dtype and unit of a leaf: what a plan depends on.
+pub(crate) type LeafType = (Aval, Option<Unit>);
+
+fn leaf_types(leaves: &[Tensor]) -> Result<Vec<LeafType>> {
+    leaves.iter().map(|t| Ok((t.aval()?, t.unit()))).collect()
+}
+
 impl Compiled {
-    /// Whether the states this plan reads still have the shapes and dtypes it was built for.
+    /// Whether the states this plan reads still have the shapes, dtypes and units it was
+    /// built for.
     pub fn fits_states(&self) -> bool {
-        self.state_inputs.iter().all(|(s, avals)| {
-            s.leaves()
-                .1
-                .iter()
-                .map(Tensor::aval)
-                .collect::<Result<Vec<_>>>()
-                .as_ref()
-                == Ok(avals)
-        })
+        self.state_inputs
+            .iter()
+            .all(|(s, types)| leaf_types(&s.leaves().1).as_ref() == Ok(types))
     }
 }
 
@@ -139,9 +146,9 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
     f: &F,
     split: fn(&F::Output) -> Split,
     spec: &Spec,
-    defs: &[TreeDef],
-    avals: &[Aval],
+    signature: &Signature,
 ) -> Result<Compiled> {
+    let (defs, avals) = (&signature.defs, &signature.avals);
     let name = spec.kind.name();
     // Differentiated argument leaves, in argnums order.
     let mut starts = vec![0];
@@ -167,7 +174,7 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
         }
     }
 
-    let traced = trace_function(f, defs, avals, name, split)?;
+    let traced = trace_function(f, signature, name, split)?;
     let mut program = traced.program;
     let out_avals = program.output_avals();
     for aval in &out_avals[..traced.n_value] {
@@ -185,17 +192,15 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
     }
 
     // State inputs follow the argument leaves: first those read, in first-read order.
-    let mut state_inputs: Vec<(Arc<StateCore>, Vec<Aval>)> = Vec::new();
+    let mut state_inputs: Vec<(Arc<StateCore>, Vec<LeafType>)> = Vec::new();
     for slot in &traced.states {
         if let Some(read) = &slot.read {
-            state_inputs.push((
-                slot.state.clone(),
-                read.iter().map(Tensor::aval).collect::<Result<_>>()?,
-            ));
+            state_inputs.push((slot.state.clone(), leaf_types(read)?));
         }
     }
     // Then the grad states never read (zero blocks), or an error under check_states.
     let mut state_wrt = Vec::new();
+    let mut wrt_units = Vec::new();
     for s in &grad_states {
         let pos = match state_inputs.iter().position(|(t, _)| Arc::ptr_eq(s, t)) {
             Some(pos) => pos,
@@ -207,13 +212,8 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
                 )))
             }
             None => {
-                let current = s
-                    .leaves()
-                    .1
-                    .iter()
-                    .map(Tensor::aval)
-                    .collect::<Result<Vec<_>>>()?;
-                for aval in &current {
+                let current = leaf_types(&s.leaves().1)?;
+                for (aval, _) in &current {
                     let var = program.new_var(aval.clone());
                     program.inputs.push(var);
                 }
@@ -226,9 +226,10 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
                 .iter()
                 .map(|(_, a)| a.len())
                 .sum::<usize>();
-        for (k, aval) in state_inputs[pos].1.iter().enumerate() {
+        for (k, (aval, unit)) in state_inputs[pos].1.iter().enumerate() {
             check_differentiable(name, &s.describe(), aval, spec.holomorphic)?;
             state_wrt.push(first + k);
+            wrt_units.push(*unit);
         }
     }
     let writes = traced
@@ -240,6 +241,7 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
         })
         .collect();
 
+    wrt_units.extend(arg_wrt.iter().map(|&i| signature.units[i]));
     let wrt: Vec<usize> = state_wrt.iter().chain(&arg_wrt).copied().collect();
     let of: Vec<usize> = (0..traced.n_value).collect();
     let mut derived = match spec.kind {
@@ -262,6 +264,8 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
         aux_def: traced.aux_def,
         arg_defs: defs.to_vec(),
         state_inputs,
+        output_units: traced.output_units,
+        wrt_units,
         writes,
         n_state_leaves: state_wrt.len(),
         n_arg_leaves: arg_wrt.len(),
@@ -302,7 +306,13 @@ pub(crate) fn run(compiled: &Compiled, leaves: Vec<Tensor>, debug_nan: bool) -> 
     };
     let n_value = compiled.value_def.num_leaves();
     let n_aux = compiled.aux_def.as_ref().map_or(0, TreeDef::num_leaves);
-    let mut outputs = outputs.into_iter();
+    // The function's own outputs keep the units they had when traced.
+    let units = compiled
+        .output_units
+        .iter()
+        .copied()
+        .chain(std::iter::repeat(None));
+    let mut outputs = outputs.into_iter().zip(units).map(|(t, u)| t.with_unit(u));
     let value: Vec<Tensor> = outputs.by_ref().take(n_value).collect();
     let aux: Vec<Tensor> = outputs.by_ref().take(n_aux).collect();
     let mut writes = Vec::new();
@@ -335,61 +345,87 @@ pub(crate) enum Part {
     Args,
 }
 
-/// Arranges derivative blocks into trees: output tree / `rows` tree (/ `cols` tree for
-/// Hessians). Argument trees follow `argnums` (no tuple level for an integer); state trees
-/// follow `grad_states`.
-pub(crate) fn assemble(
-    kind: Kind,
-    compiled: &Compiled,
-    argnums: &Argnums,
-    grad_states: Option<&GradStates>,
-    blocks: &[Tensor],
-    rows: Part,
-    cols: Part,
-) -> Node {
-    let w = compiled.n_state_leaves + compiled.n_arg_leaves;
-    let states_def = grad_states.map(GradStates::def);
-    let tree = |part: Part, leaf: &mut dyn FnMut() -> Node| -> Node {
-        match (part, argnums) {
-            (Part::States, _) => states_def.as_ref().expect("grad_states given").build(leaf),
-            (Part::Args, Argnums::One(a)) => compiled.arg_defs[*a].build(leaf),
-            (Part::Args, Argnums::Many(v)) => Node::Tuple(
-                v.iter()
-                    .map(|&a| compiled.arg_defs[a].build(leaf))
-                    .collect(),
-            ),
-        }
-    };
-    let start = |part: Part| {
-        if part == Part::States {
-            0
-        } else {
-            compiled.n_state_leaves
-        }
-    };
-    let for_output = |o: usize| -> Node {
-        let mut p = start(rows);
-        tree(rows, &mut || {
-            let row = p;
-            p += 1;
-            if kind != Kind::Hessian {
-                return Node::Leaf(blocks[o * w + row].clone());
+/// Derivative blocks of one call, with what is needed to arrange them into trees.
+pub(crate) struct Blocks<'a> {
+    pub kind: Kind,
+    pub compiled: &'a Compiled,
+    pub argnums: &'a Argnums,
+    pub grad_states: Option<&'a GradStates>,
+    pub unit_aware: bool,
+    pub blocks: &'a [Tensor],
+}
+
+impl Blocks<'_> {
+    /// The blocks over `rows` (and `cols`, for Hessians) as trees: output tree / `rows` tree
+    /// (/ `cols` tree). Argument trees follow `argnums` (no tuple level for an integer); state
+    /// trees follow `grad_states`.
+    pub fn part(&self, rows: Part, cols: Part) -> Node {
+        let w = self.compiled.n_state_leaves + self.compiled.n_arg_leaves;
+        let states_def = self.grad_states.map(GradStates::def);
+        let tree = |part: Part, leaf: &mut dyn FnMut() -> Node| -> Node {
+            match (part, self.argnums) {
+                (Part::States, _) => states_def.as_ref().expect("grad_states given").build(leaf),
+                (Part::Args, Argnums::One(a)) => self.compiled.arg_defs[*a].build(leaf),
+                (Part::Args, Argnums::Many(v)) => Node::Tuple(
+                    v.iter()
+                        .map(|&a| self.compiled.arg_defs[a].build(leaf))
+                        .collect(),
+                ),
             }
-            let mut q = start(cols);
-            tree(cols, &mut || {
-                let col = q;
-                q += 1;
-                Node::Leaf(blocks[(o * w + row) * w + col].clone())
+        };
+        // With unit_aware, d^k out / d w_p (d w_q) carries unit(out) / (unit(w_p) unit(w_q)).
+        let block = |o: usize, index: usize, wrt: &[usize]| -> Node {
+            let tensor = &self.blocks[index];
+            if !self.unit_aware {
+                return Node::Leaf(tensor.clone());
+            }
+            let one = Unit::ONE;
+            let unit = wrt
+                .iter()
+                .fold(self.compiled.output_units[o].unwrap_or(one), |u, &p| {
+                    u / self.compiled.wrt_units[p].unwrap_or(one)
+                });
+            Node::Leaf(if unit.is_dimensionless() {
+                if unit.scale() == 1.0 {
+                    tensor.clone()
+                } else {
+                    tensor * unit.scale()
+                }
+            } else {
+                tensor.with_unit(Some(unit))
             })
+        };
+        let start = |part: Part| {
+            if part == Part::States {
+                0
+            } else {
+                self.compiled.n_state_leaves
+            }
+        };
+        let for_output = |o: usize| -> Node {
+            let mut p = start(rows);
+            tree(rows, &mut || {
+                let row = p;
+                p += 1;
+                if self.kind != Kind::Hessian {
+                    return block(o, o * w + row, &[row]);
+                }
+                let mut q = start(cols);
+                tree(cols, &mut || {
+                    let col = q;
+                    q += 1;
+                    block(o, (o * w + row) * w + col, &[row, col])
+                })
+            })
+        };
+        if self.kind == Kind::Grad {
+            return for_output(0);
+        }
+        let mut o = 0;
+        self.compiled.value_def.build(&mut || {
+            let node = for_output(o);
+            o += 1;
+            node
         })
-    };
-    if kind == Kind::Grad {
-        return for_output(0);
     }
-    let mut o = 0;
-    compiled.value_def.build(&mut || {
-        let node = for_output(o);
-        o += 1;
-        node
-    })
 }

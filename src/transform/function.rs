@@ -7,6 +7,7 @@ use crate::ir::Program;
 use crate::tensor::{Aval, Tensor};
 use crate::trace::{StateSlot, Tracing};
 use crate::tree::{Tree, TreeDef};
+use crate::unit::Unit;
 
 /// A Rust function that transforms can trace: any `Fn(&A0, &A1, ...) -> O` of up to six
 /// [`Tree`] arguments returning a [`Tree`]. `Sig` is the tuple of argument types.
@@ -69,14 +70,22 @@ arity!(4; A0 x0 0, A1 x1 1, A2 x2 2, A3 x3 3);
 arity!(5; A0 x0 0, A1 x1 1, A2 x2 2, A3 x3 3, A4 x4 4);
 arity!(6; A0 x0 0, A1 x1 1, A2 x2 2, A3 x3 3, A4 x4 4, A5 x5 5);
 
-/// Flattened arguments: their structures, all leaves' avals, and the leaves.
-pub(crate) fn signature(
-    args: &[(TreeDef, Vec<Tensor>)],
-) -> Result<(Vec<TreeDef>, Vec<Aval>, Vec<Tensor>)> {
+/// Flattened arguments: their signature, and the leaves.
+pub(crate) fn signature(args: &[(TreeDef, Vec<Tensor>)]) -> Result<(Signature, Vec<Tensor>)> {
     let defs = args.iter().map(|(d, _)| d.clone()).collect();
     let leaves: Vec<Tensor> = args.iter().flat_map(|(_, l)| l.iter().cloned()).collect();
     let avals = leaves.iter().map(Tensor::aval).collect::<Result<_>>()?;
-    Ok((defs, avals, leaves))
+    let units = leaves.iter().map(Tensor::unit).collect();
+    Ok((Signature { defs, avals, units }, leaves))
+}
+
+/// What a call's arguments look like to tracing: structure, shapes and dtypes, and units (the
+/// conversions between units are part of the traced program).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Signature {
+    pub defs: Vec<TreeDef>,
+    pub avals: Vec<Aval>,
+    pub units: Vec<Option<Unit>>,
 }
 
 /// How a function's output divides into the differentiated value and the aux data.
@@ -104,18 +113,25 @@ pub(crate) struct Traced {
     pub n_value: usize,
     /// The states the function read or wrote.
     pub states: Vec<StateSlot>,
+    /// Units of the outputs (value, aux, written states).
+    pub output_units: Vec<Option<Unit>>,
 }
 
 /// Traces `f` on fresh inputs of the given avals.
 pub(crate) fn trace_function<F: Function<Sig>, Sig>(
     f: &F,
-    defs: &[TreeDef],
-    avals: &[Aval],
+    signature: &Signature,
     op: &str,
     split: fn(&F::Output) -> Split,
 ) -> Result<Traced> {
     let tracing = Tracing::new();
-    let inputs: Vec<Tensor> = avals.iter().map(|a| tracing.input(a)).collect();
+    let defs = &signature.defs;
+    let inputs: Vec<Tensor> = signature
+        .avals
+        .iter()
+        .zip(&signature.units)
+        .map(|(a, u)| tracing.input(a).with_unit(*u))
+        .collect();
     let output =
         catch_unwind(AssertUnwindSafe(|| f.call_flat(defs, inputs))).map_err(|payload| {
             let msg = payload
@@ -133,7 +149,9 @@ pub(crate) fn trace_function<F: Function<Sig>, Sig>(
         .filter_map(|s| s.written.as_ref())
         .flat_map(|(_, leaves)| leaves.iter().cloned());
     let outputs: Vec<Tensor> = value.into_iter().chain(aux).chain(written).collect();
+    let output_units = outputs.iter().map(Tensor::unit).collect();
     Ok(Traced {
+        output_units,
         program: tracing.finish(&outputs)?,
         value_def,
         aux_def,

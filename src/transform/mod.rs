@@ -24,15 +24,15 @@ use std::sync::{Arc, Mutex};
 mod compile;
 mod function;
 
-use self::compile::{assemble, compile, run, Compiled, Outputs, Part, Spec};
-use self::function::{signature, split_aux, split_plain, trace_function, Split};
+use self::compile::{compile, run, Blocks, Compiled, Outputs, Part, Spec};
+use self::function::{signature, split_aux, split_plain, trace_function, Signature, Split};
 pub use self::function::{Args, Function};
 use crate::error::Result;
 use crate::exec::simplify;
 use crate::ir::Program;
 use crate::state::GradStates;
-use crate::tensor::Aval;
-use crate::tree::{Node, Tree, TreeDef};
+
+use crate::tree::{Node, Tree};
 
 /// Which positional arguments to differentiate: one index (the result has no tuple level for
 /// arguments, as in JAX) or a sequence (the result has one entry per index, in that order).
@@ -215,10 +215,6 @@ impl Kind {
     }
 }
 
-/// Structure, shapes and dtypes of a call's arguments. With the shapes of the states each plan
-/// read (checked on lookup), it selects the plan.
-type Signature = (Vec<TreeDef>, Vec<Aval>);
-
 /// Marks the type parameters a transform only uses at the type level.
 type Typestate<Sig, C, L> = PhantomData<fn() -> (Sig, C, L)>;
 
@@ -247,7 +243,9 @@ pub struct GradientTransform<F: Function<Sig>, Sig, C = case::Args, L = Plain> {
     grad_states: Option<GradStates>,
     holomorphic: bool,
     check_states: bool,
+    unit_aware: bool,
     debug_nan: bool,
+    /// Plans by argument signature; each also checks the states it read (see `fits_states`).
     cache: Mutex<HashMap<Signature, Vec<Arc<Compiled>>>>,
     _marker: Typestate<Sig, C, L>,
 }
@@ -261,6 +259,7 @@ fn transform<F: Function<Sig>, Sig>(f: F, kind: Kind) -> GradientTransform<F, Si
         grad_states: None,
         holomorphic: false,
         check_states: true,
+        unit_aware: false,
         debug_nan: false,
         cache: Mutex::new(HashMap::new()),
         _marker: PhantomData,
@@ -330,8 +329,8 @@ pub fn jacfwd<F: Function<Sig>, Sig>(f: F) -> GradientTransform<F, Sig> {
 /// assert_eq!(p.len(), 2);
 /// ```
 pub fn make_program<F: Function<Sig>, Sig>(f: F, args: impl Args<Sig>) -> Result<Program> {
-    let (defs, avals, _) = signature(&args.flatten_args())?;
-    let traced = trace_function(&f, &defs, &avals, "make_program", split_plain::<F::Output>)?;
+    let (signature, _) = signature(&args.flatten_args())?;
+    let traced = trace_function(&f, &signature, "make_program", split_plain::<F::Output>)?;
     Ok(simplify(traced.program))
 }
 
@@ -348,6 +347,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
             grad_states: self.grad_states,
             holomorphic: self.holomorphic,
             check_states: self.check_states,
+            unit_aware: self.unit_aware,
             debug_nan: self.debug_nan,
             cache: Mutex::new(HashMap::new()),
             _marker: PhantomData,
@@ -414,6 +414,26 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
         self
     }
 
+    /// With `true`, each derivative block carries its physical unit: `unit(f) / (unit(x_i)
+    /// unit(x_j))` for Hessians and `unit(f) / unit(x)` for first derivatives, a dimensionless
+    /// block being a plain tensor with its scale folded in. With `false` (the default) the
+    /// blocks are the derivatives of the values as counted in their units, without a unit.
+    /// The value and aux keep their units either way.
+    ///
+    /// ```
+    /// use brainstate::units::ms;
+    /// use brainstate::{hessian, Tensor};
+    /// let f = |t: &Tensor| t.powi(3).sum();
+    /// let h = hessian(f).unit_aware(true).call(&(Tensor::from([2.0]) * ms)).unwrap();
+    /// let block = h.tensor().unwrap();
+    /// assert_eq!(block.unit(), Some(ms));
+    /// assert_eq!(block.mantissa().to_vec::<f64>().unwrap(), vec![12.0]);
+    /// ```
+    pub fn unit_aware(mut self, unit_aware: bool) -> Self {
+        self.unit_aware = unit_aware;
+        self
+    }
+
     /// When on, a NaN or infinity produced while computing the result is an error naming the
     /// first primitive that produced one, its input shapes and the source line it comes from.
     /// Off by default, and then free.
@@ -431,16 +451,15 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
     /// assert!(program.to_string().contains("sin"));
     /// ```
     pub fn program(&self, args: impl Args<Sig>) -> Result<Program> {
-        let (defs, avals, _) = signature(&args.flatten_args())?;
-        Ok(self.compiled(&defs, &avals)?.plan.program.clone())
+        let (signature, _) = signature(&args.flatten_args())?;
+        Ok(self.compiled(&signature)?.plan.program.clone())
     }
 
     /// The plan for this signature, from the cache or newly built.
-    fn compiled(&self, defs: &[TreeDef], avals: &[Aval]) -> Result<Arc<Compiled>> {
-        let key = (defs.to_vec(), avals.to_vec());
+    fn compiled(&self, signature: &Signature) -> Result<Arc<Compiled>> {
         let cache = || self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(found) = cache()
-            .get(&key)
+            .get(signature)
             .and_then(|plans| plans.iter().find(|c| c.fits_states()).cloned())
         {
             return Ok(found);
@@ -456,27 +475,32 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
             holomorphic: self.holomorphic,
             check_states: self.check_states,
         };
-        let compiled = Arc::new(compile(&self.f, self.split, &spec, defs, avals)?);
-        cache().entry(key).or_default().push(compiled.clone());
+        let compiled = Arc::new(compile(&self.f, self.split, &spec, signature)?);
+        cache()
+            .entry(signature.clone())
+            .or_default()
+            .push(compiled.clone());
         Ok(compiled)
+    }
+
+    fn blocks<'a>(&'a self, compiled: &'a Compiled, outputs: &'a Outputs) -> Blocks<'a> {
+        Blocks {
+            kind: self.kind,
+            compiled,
+            argnums: &self.argnums,
+            grad_states: self.grad_states.as_ref(),
+            unit_aware: self.unit_aware,
+            blocks: &outputs.blocks,
+        }
     }
 
     /// Runs the transform: the derivatives in this case's structure, and the raw outputs.
     fn run(&self, args: &impl Args<Sig>) -> Result<(C::Grads, Outputs, Arc<Compiled>)> {
-        let (defs, avals, leaves) = signature(&args.flatten_args())?;
-        let compiled = self.compiled(&defs, &avals)?;
+        let (signature, leaves) = signature(&args.flatten_args())?;
+        let compiled = self.compiled(&signature)?;
         let outputs = run(&compiled, leaves, self.debug_nan)?;
-        let part = |rows, cols| {
-            assemble(
-                self.kind,
-                &compiled,
-                &self.argnums,
-                self.grad_states.as_ref(),
-                &outputs.blocks,
-                rows,
-                cols,
-            )
-        };
+        let blocks = self.blocks(&compiled, &outputs);
+        let part = |rows, cols| blocks.part(rows, cols);
         let var_grads = C::STATES.then(|| part(Part::States, Part::States));
         let arg_grads = C::ARGS.then(|| part(Part::Args, Part::Args));
         Ok((C::grads(var_grads, arg_grads), outputs, compiled))
@@ -498,17 +522,8 @@ impl<F: Function<Sig>, Sig, L: Layout> GradientTransform<F, Sig, case::StatesArg
     /// ```
     pub fn joint(&self, args: impl Args<Sig>) -> Result<Node> {
         let (_, outputs, compiled) = self.run(&args)?;
-        let part = |rows, cols| {
-            assemble(
-                self.kind,
-                &compiled,
-                &self.argnums,
-                self.grad_states.as_ref(),
-                &outputs.blocks,
-                rows,
-                cols,
-            )
-        };
+        let blocks = self.blocks(&compiled, &outputs);
+        let part = |rows, cols| blocks.part(rows, cols);
         Ok(if self.kind == Kind::Hessian {
             Node::Tuple(vec![
                 Node::Tuple(vec![

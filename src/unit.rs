@@ -1,0 +1,380 @@
+//! Physical units: static metadata of tensors, checked and propagated when an operation is
+//! applied (at trace time inside transforms), never at run time.
+//!
+//! A [`Unit`] is a product of powers of the seven SI base dimensions with rational exponents,
+//! times a scale to SI (`ms` is `s` with scale `1e-3`). A tensor with a unit is a quantity whose
+//! values are counted in that unit: `Tensor::from([1.0, 2.0]) * ms` holds `1, 2` and means
+//! `0.001 s, 0.002 s`. Operations that combine quantities of one dimension (addition,
+//! comparison, `maximum`, `where_`, concatenation) express the others in the first one's unit;
+//! products and quotients combine units; powers and roots transform exponents; transcendental
+//! functions need dimensionless arguments.
+//!
+//! ```
+//! use brainstate::units::{mV, ms, nS};
+//! use brainstate::Tensor;
+//! let v = Tensor::from([-65.0, -50.0]) * mV;
+//! let g = Tensor::scalar(2.0) * nS;
+//! let current = &v * &g; // mV nS, a current
+//! let pa = current.value_in(brainstate::units::pA).unwrap().to_vec::<f64>().unwrap();
+//! assert!((pa[0] + 130.0).abs() < 1e-9 && (pa[1] + 100.0).abs() < 1e-9);
+//! assert_eq!(current.unit().unwrap().to_string(), "pA");
+//! let bad = &v + Tensor::scalar(1.0) * ms;
+//! assert!(bad.error().unwrap().to_string().contains("mV"));
+//! ```
+
+use std::fmt;
+use std::ops::{Div, Mul};
+
+use crate::error::{Error, Result};
+
+/// A rational exponent `num / den`, kept reduced with `den > 0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Ratio {
+    num: i32,
+    den: i32,
+}
+
+impl Ratio {
+    const ZERO: Ratio = Ratio { num: 0, den: 1 };
+
+    const fn int(n: i32) -> Ratio {
+        Ratio { num: n, den: 1 }
+    }
+
+    fn new(num: i32, den: i32) -> Ratio {
+        fn gcd(a: i32, b: i32) -> i32 {
+            if b == 0 {
+                a.abs().max(1)
+            } else {
+                gcd(b, a % b)
+            }
+        }
+        let g = gcd(num, den) * den.signum();
+        Ratio {
+            num: num / g,
+            den: den / g,
+        }
+    }
+
+    fn add(self, other: Ratio) -> Ratio {
+        Ratio::new(
+            self.num * other.den + other.num * self.den,
+            self.den * other.den,
+        )
+    }
+
+    fn mul(self, other: Ratio) -> Ratio {
+        Ratio::new(self.num * other.num, self.den * other.den)
+    }
+
+    fn as_f64(self) -> f64 {
+        self.num as f64 / self.den as f64
+    }
+}
+
+impl fmt::Display for Ratio {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.den == 1 {
+            write!(f, "{}", self.num)
+        } else {
+            write!(f, "{}/{}", self.num, self.den)
+        }
+    }
+}
+
+/// `x` rounded to 12 significant digits, so that products of scales land on the same double
+/// however they were formed (`ms^3 / ms^2` is exactly `ms`), keeping units comparable.
+fn tidy(x: f64) -> f64 {
+    format!("{x:.11e}").parse().unwrap_or(x)
+}
+
+/// Base dimensions, in the order of [`Unit`]'s exponents, with their SI symbols.
+const BASE: [&str; 7] = ["m", "kg", "s", "A", "K", "mol", "cd"];
+
+/// A physical unit: powers of the SI base dimensions times a scale to SI. Build one from the
+/// named [`units`] with `*`, `/`, [`Unit::powi`], [`Unit::powf`] and [`Unit::sqrt`].
+///
+/// ```
+/// use brainstate::units::{mV, ms, second, volt};
+/// assert!((mV / ms).same_dimension(&(volt / second)));
+/// assert_eq!(ms.powi(2).sqrt(), ms);
+/// assert_eq!(mV.to_string(), "mV");
+/// assert_eq!(ms.powi(3).to_string(), "ms^3");
+/// assert_eq!((volt / second).to_string(), "m^2 kg s^-4 A^-1");
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Unit {
+    /// Exponents of metre, kilogram, second, ampere, kelvin, mole, candela.
+    dims: [Ratio; 7],
+    /// Value of one of this unit in SI units.
+    scale: f64,
+}
+
+impl PartialEq for Unit {
+    fn eq(&self, other: &Unit) -> bool {
+        self.dims == other.dims && self.scale.to_bits() == other.scale.to_bits()
+    }
+}
+
+impl Eq for Unit {}
+
+impl std::hash::Hash for Unit {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.dims.hash(state);
+        self.scale.to_bits().hash(state);
+    }
+}
+
+impl Unit {
+    /// The dimensionless unit `1`.
+    pub const ONE: Unit = Unit {
+        dims: [Ratio::ZERO; 7],
+        scale: 1.0,
+    };
+
+    const fn base(index: usize, scale: f64) -> Unit {
+        let mut dims = [Ratio::ZERO; 7];
+        dims[index] = Ratio::int(1);
+        Unit { dims, scale }
+    }
+
+    const fn derived(exponents: [i32; 7], scale: f64) -> Unit {
+        let mut dims = [Ratio::ZERO; 7];
+        let mut i = 0;
+        while i < 7 {
+            dims[i] = Ratio::int(exponents[i]);
+            i += 1;
+        }
+        Unit { dims, scale }
+    }
+
+    /// The same dimension with another scale: `volt.scaled(1e-3)` is `mV`.
+    pub const fn scaled(self, factor: f64) -> Unit {
+        Unit {
+            dims: self.dims,
+            scale: self.scale * factor,
+        }
+    }
+
+    /// Whether the unit has no dimension (its scale may still differ from 1, as `ms / s`).
+    pub fn is_dimensionless(&self) -> bool {
+        self.dims.iter().all(|d| d.num == 0)
+    }
+
+    /// Whether both units measure the same dimension.
+    pub fn same_dimension(&self, other: &Unit) -> bool {
+        self.dims == other.dims
+    }
+
+    /// The value of one of this unit in SI units.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// This unit to the integer power `n`.
+    pub fn powi(&self, n: i32) -> Unit {
+        self.pow_ratio(Ratio::int(n))
+    }
+
+    /// This unit to the power `p`, which must be a fraction with a small denominator (up to 12)
+    /// when the unit has a dimension.
+    pub fn powf(&self, p: f64) -> Result<Unit> {
+        if self.is_dimensionless() {
+            return Ok(Unit {
+                dims: self.dims,
+                scale: self.scale.powf(p),
+            });
+        }
+        (1..=12)
+            .find_map(|den| {
+                let num = p * den as f64;
+                ((num - num.round()).abs() < 1e-9).then(|| Ratio::new(num.round() as i32, den))
+            })
+            .map(|r| self.pow_ratio(r))
+            .ok_or_else(|| Error::Units {
+                op: "pow".into(),
+                msg: format!(
+                    "cannot raise {self} to the power {p}: exponents must be simple fractions"
+                ),
+            })
+    }
+
+    fn pow_ratio(&self, p: Ratio) -> Unit {
+        Unit {
+            dims: self.dims.map(|d| d.mul(p)),
+            scale: tidy(self.scale.powf(p.as_f64())),
+        }
+    }
+
+    /// The square root.
+    pub fn sqrt(&self) -> Unit {
+        self.pow_ratio(Ratio::new(1, 2))
+    }
+
+    /// The factor that converts values counted in this unit into values counted in `target`,
+    /// or an error naming `op` and both units when their dimensions differ.
+    pub(crate) fn factor_to(&self, target: &Unit, op: &str) -> Result<f64> {
+        if self.same_dimension(target) {
+            Ok(self.scale / target.scale)
+        } else {
+            Err(Error::Units {
+                op: op.to_string(),
+                msg: format!("incompatible units {target} and {self}"),
+            })
+        }
+    }
+}
+
+impl Mul for Unit {
+    type Output = Unit;
+    fn mul(self, other: Unit) -> Unit {
+        let mut dims = self.dims;
+        for (d, o) in dims.iter_mut().zip(other.dims) {
+            *d = d.add(o);
+        }
+        Unit {
+            dims,
+            scale: tidy(self.scale * other.scale),
+        }
+    }
+}
+
+impl Div for Unit {
+    type Output = Unit;
+    fn div(self, other: Unit) -> Unit {
+        self * other.powi(-1)
+    }
+}
+
+impl fmt::Display for Unit {
+    /// A named unit (`mV`), a named unit's power (`ms^3`), else SI base units with a scale.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let close = |u: &Unit| u.dims == self.dims && (u.scale / self.scale - 1.0).abs() < 1e-12;
+        for k in [1, 2, 3, 4, -1, -2, -3, -4] {
+            if let Some((name, _)) = NAMED.iter().find(|(_, u)| close(&u.powi(k))) {
+                return match k {
+                    1 => f.write_str(name),
+                    _ => write!(f, "{name}^{k}"),
+                };
+            }
+        }
+        let mut parts = Vec::new();
+        if self.scale != 1.0 {
+            parts.push(format!("{:e}", self.scale));
+        }
+        for (symbol, d) in BASE.iter().zip(self.dims) {
+            match (d.num, d.den) {
+                (0, _) => {}
+                (1, 1) => parts.push(symbol.to_string()),
+                _ => parts.push(format!("{symbol}^{d}")),
+            }
+        }
+        if parts.is_empty() {
+            f.write_str("1")
+        } else {
+            f.write_str(&parts.join(" "))
+        }
+    }
+}
+
+/// The named units of neuroscience and their SI bases, with prefixes. Lower-case names follow
+/// the symbols (`mV`, `nS`), as brainunit's do.
+#[allow(non_upper_case_globals)]
+pub mod units {
+    use super::Unit;
+
+    /// metre
+    pub const meter: Unit = Unit::base(0, 1.0);
+    /// centimetre
+    pub const cm: Unit = meter.scaled(1e-2);
+    /// millimetre
+    pub const mm: Unit = meter.scaled(1e-3);
+    /// micrometre
+    pub const um: Unit = meter.scaled(1e-6);
+    /// kilogram
+    pub const kg: Unit = Unit::base(1, 1.0);
+    /// gram
+    pub const gram: Unit = kg.scaled(1e-3);
+    /// second
+    pub const second: Unit = Unit::base(2, 1.0);
+    /// millisecond
+    pub const ms: Unit = second.scaled(1e-3);
+    /// microsecond
+    pub const us: Unit = second.scaled(1e-6);
+    /// ampere
+    pub const amp: Unit = Unit::base(3, 1.0);
+    /// milliampere
+    pub const mA: Unit = amp.scaled(1e-3);
+    /// nanoampere
+    pub const nA: Unit = amp.scaled(1e-9);
+    /// picoampere
+    pub const pA: Unit = amp.scaled(1e-12);
+    /// kelvin
+    pub const kelvin: Unit = Unit::base(4, 1.0);
+    /// mole
+    pub const mole: Unit = Unit::base(5, 1.0);
+    /// molar, mol/L
+    pub const molar: Unit = Unit::derived([-3, 0, 0, 0, 0, 1, 0], 1e3);
+    /// millimolar
+    pub const mM: Unit = molar.scaled(1e-3);
+    /// micromolar
+    pub const uM: Unit = molar.scaled(1e-6);
+    /// candela
+    pub const candela: Unit = Unit::base(6, 1.0);
+    /// hertz, 1/s
+    pub const hertz: Unit = Unit::derived([0, 0, -1, 0, 0, 0, 0], 1.0);
+    /// volt, kg m^2 s^-3 A^-1
+    pub const volt: Unit = Unit::derived([2, 1, -3, -1, 0, 0, 0], 1.0);
+    /// millivolt
+    pub const mV: Unit = volt.scaled(1e-3);
+    /// siemens, kg^-1 m^-2 s^3 A^2
+    pub const siemens: Unit = Unit::derived([-2, -1, 3, 2, 0, 0, 0], 1.0);
+    /// millisiemens
+    pub const mS: Unit = siemens.scaled(1e-3);
+    /// nanosiemens
+    pub const nS: Unit = siemens.scaled(1e-9);
+    /// ohm, kg m^2 s^-3 A^-2
+    pub const ohm: Unit = Unit::derived([2, 1, -3, -2, 0, 0, 0], 1.0);
+    /// megaohm
+    pub const Mohm: Unit = ohm.scaled(1e6);
+    /// farad, kg^-1 m^-2 s^4 A^2
+    pub const farad: Unit = Unit::derived([-2, -1, 4, 2, 0, 0, 0], 1.0);
+    /// microfarad
+    pub const uF: Unit = farad.scaled(1e-6);
+    /// picofarad
+    pub const pF: Unit = farad.scaled(1e-12);
+}
+
+/// Units printed by name when a unit equals one exactly.
+const NAMED: [(&str, Unit); 30] = [
+    ("m", units::meter),
+    ("cm", units::cm),
+    ("mm", units::mm),
+    ("um", units::um),
+    ("kg", units::kg),
+    ("g", units::gram),
+    ("s", units::second),
+    ("ms", units::ms),
+    ("us", units::us),
+    ("A", units::amp),
+    ("mA", units::mA),
+    ("nA", units::nA),
+    ("pA", units::pA),
+    ("K", units::kelvin),
+    ("mol", units::mole),
+    ("M", units::molar),
+    ("mM", units::mM),
+    ("uM", units::uM),
+    ("cd", units::candela),
+    ("Hz", units::hertz),
+    ("V", units::volt),
+    ("mV", units::mV),
+    ("S", units::siemens),
+    ("mS", units::mS),
+    ("nS", units::nS),
+    ("ohm", units::ohm),
+    ("Mohm", units::Mohm),
+    ("F", units::farad),
+    ("uF", units::uF),
+    ("pF", units::pF),
+];
