@@ -40,7 +40,9 @@ pub(super) fn eval(prim: &Prim) -> Data {
             offset,
             dtype,
         } => {
-            let mut eye = ArrayD::<f64>::zeros(vec![*rows, *cols]);
+            let mut buffer = crate::exec::pool::take(rows * cols);
+            buffer.resize(rows * cols, 0.0);
+            let mut eye = ArrayD::from_shape_vec(vec![*rows, *cols], buffer).expect("rows x cols");
             for r in 0..*rows {
                 let c = r as i64 + offset;
                 if (0..*cols as i64).contains(&c) {

@@ -10,6 +10,7 @@ use num_traits::Float;
 
 use super::{broadcast_shapes, Prim};
 use crate::error::{Error, Result};
+use crate::exec::pool;
 use crate::tensor::{Aval, DType, Data, Tensor};
 
 /// Elementwise functions of one operand.
@@ -431,24 +432,27 @@ pub(super) fn infer(prim: &Prim, ins: &[Aval]) -> Result<Aval> {
 /// `f` over two arrays broadcast to `shape`. Contiguous operands of the output's shape, and
 /// scalars, take a flat loop; the rest iterate with a fixed-rank `Zip`, which is far faster
 /// than a dynamic-rank one.
-pub(super) fn zip<A: Copy, B: Copy, C>(
+pub(super) fn zip<A: Copy, B: Copy, C: 'static>(
     a: &ArrayD<A>,
     b: &ArrayD<B>,
     shape: &[usize],
     f: impl Fn(A, B) -> C,
 ) -> ArrayD<C> {
-    let flat =
-        |values: Vec<C>| ArrayD::from_shape_vec(shape, values).expect("one value per element");
+    let collect = |values: &mut dyn Iterator<Item = C>| {
+        let mut buffer = pool::take(shape.iter().product());
+        buffer.extend(values);
+        ArrayD::from_shape_vec(shape, buffer).expect("one value per element")
+    };
     let full = |x: &[usize]| x == shape;
     match (a.as_slice(), b.as_slice()) {
         (Some(x), Some(y)) if full(a.shape()) && full(b.shape()) => {
-            return flat(x.iter().zip(y).map(|(&x, &y)| f(x, y)).collect())
+            return collect(&mut x.iter().zip(y).map(|(&x, &y)| f(x, y)))
         }
         (Some(x), Some(&[y])) if full(a.shape()) => {
-            return flat(x.iter().map(|&x| f(x, y)).collect())
+            return collect(&mut x.iter().map(|&x| f(x, y)))
         }
         (Some(&[x]), Some(y)) if full(b.shape()) => {
-            return flat(y.iter().map(|&y| f(x, y)).collect())
+            return collect(&mut y.iter().map(|&y| f(x, y)))
         }
         _ => {}
     }
@@ -458,10 +462,7 @@ pub(super) fn zip<A: Copy, B: Copy, C>(
         ($dim:ty) => {{
             let a = a.into_dimensionality::<$dim>().expect("rank");
             let b = b.into_dimensionality::<$dim>().expect("rank");
-            Zip::from(&a)
-                .and(&b)
-                .map_collect(|&x, &y| f(x, y))
-                .into_dyn()
+            collect(&mut a.iter().zip(b.iter()).map(|(&x, &y)| f(x, y)))
         }};
     }
     match shape.len() {
@@ -469,12 +470,29 @@ pub(super) fn zip<A: Copy, B: Copy, C>(
         2 => fixed_rank!(ndarray::Ix2),
         3 => fixed_rank!(ndarray::Ix3),
         4 => fixed_rank!(ndarray::Ix4),
-        _ => Zip::from(&a).and(&b).map_collect(|&x, &y| f(x, y)),
+        _ => collect(&mut a.iter().zip(b.iter()).map(|(&x, &y)| f(x, y))),
+    }
+}
+
+/// `f` over every element, in a pooled buffer when the array is contiguous.
+fn map<A: Copy, C: 'static>(a: &ArrayD<A>, f: impl Fn(A) -> C) -> ArrayD<C> {
+    match a.as_slice() {
+        Some(values) => {
+            let mut buffer = pool::take(values.len());
+            buffer.extend(values.iter().map(|&x| f(x)));
+            ArrayD::from_shape_vec(a.shape(), buffer).expect("one value per element")
+        }
+        None => a.mapv(f),
     }
 }
 
 /// `zip` with `op` resolved outside the loop, so that each loop body is one operation.
-fn zip_float<F: Float>(op: BinaryOp, a: &ArrayD<F>, b: &ArrayD<F>, shape: &[usize]) -> ArrayD<F> {
+fn zip_float<F: Float + 'static>(
+    op: BinaryOp,
+    a: &ArrayD<F>,
+    b: &ArrayD<F>,
+    shape: &[usize],
+) -> ArrayD<F> {
     match op {
         BinaryOp::Add => zip(a, b, shape, |x, y| x + y),
         BinaryOp::Sub => zip(a, b, shape, |x, y| x - y),
@@ -485,7 +503,7 @@ fn zip_float<F: Float>(op: BinaryOp, a: &ArrayD<F>, b: &ArrayD<F>, shape: &[usiz
 }
 
 /// A unary operation on complex numbers; `real` and `complex` wrap real and complex results.
-fn complex_unary<F: Float>(
+fn complex_unary<F: Float + 'static>(
     op: UnaryOp,
     a: &ArrayD<Complex<F>>,
     real: fn(ArrayD<F>) -> Data,
@@ -514,8 +532,8 @@ pub(super) fn eval(prim: &Prim, ins: &[&Data]) -> Result<Data> {
     Ok(match prim {
         Prim::Unary(UnaryOp::StopGradient) => ins[0].clone(),
         Prim::Unary(op) => match ins[0] {
-            Data::F64(a) => Data::F64(a.mapv(|x| op.apply(x))),
-            Data::F32(a) => Data::F32(a.mapv(|x| op.apply(x))),
+            Data::F64(a) => Data::F64(map(a, |x| op.apply(x))),
+            Data::F32(a) => Data::F32(map(a, |x| op.apply(x))),
             Data::C128(a) => complex_unary(*op, a, Data::F64, Data::C128),
             Data::C64(a) => complex_unary(*op, a, Data::F32, Data::C64),
             Data::I64(a) => Data::I64(a.mapv(|x| match op {
@@ -526,8 +544,8 @@ pub(super) fn eval(prim: &Prim, ins: &[&Data]) -> Result<Data> {
             Data::Bool(_) => unreachable!("dtypes checked by infer"),
         },
         Prim::PowI(n) => match ins[0] {
-            Data::F64(a) => Data::F64(a.mapv(|x| x.powi(*n))),
-            Data::F32(a) => Data::F32(a.mapv(|x| x.powi(*n))),
+            Data::F64(a) => Data::F64(map(a, |x| x.powi(*n))),
+            Data::F32(a) => Data::F32(map(a, |x| x.powi(*n))),
             Data::C128(a) => Data::C128(a.mapv(|x| x.powi(*n))),
             Data::C64(a) => Data::C64(a.mapv(|x| x.powi(*n))),
             _ => unreachable!("dtypes checked by infer"),

@@ -7,6 +7,7 @@ use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, Axis, Ix1, Ix2, Ix3, Ix4, 
 
 use super::{concat_dims, zeros, Prim};
 use crate::error::{Error, Result};
+use crate::exec::pool;
 use crate::tensor::{with_array, Aval, Data, Tensor};
 
 pub(super) fn infer(prim: &Prim, ins: &[Aval]) -> Result<Aval> {
@@ -142,7 +143,9 @@ pub(super) fn eval(prim: &Prim, ins: &[&Data]) -> Result<Data> {
             let shape: Vec<usize> = (0..a.ndim())
                 .map(|i| lo[i] + hi[i] + a.shape()[i] + a.shape()[i].saturating_sub(1) * interior[i])
                 .collect();
-            let mut out = ArrayD::from_elem(shape, zero_like(a));
+            let mut buffer = pool::take(shape.iter().product());
+            buffer.resize(buffer.capacity().min(shape.iter().product()), zero_like(a));
+            let mut out = ArrayD::from_shape_vec(shape, buffer).expect("one value per element");
             let mut view = out.view_mut();
             for i in 0..a.ndim() {
                 let end = lo[i] + a.shape()[i] + a.shape()[i].saturating_sub(1) * interior[i];
@@ -184,9 +187,15 @@ pub(super) fn eval(prim: &Prim, ins: &[&Data]) -> Result<Data> {
 
 /// A standard-layout copy of a view. Fixed-rank iteration is much faster than dynamic-rank,
 /// and 2-d transposes are copied in cache-sized tiles.
-fn owned<T: Copy>(view: ArrayViewD<'_, T>) -> ArrayD<T> {
-    if view.is_standard_layout() {
-        return view.to_owned();
+fn owned<T: Copy + 'static>(view: ArrayViewD<'_, T>) -> ArrayD<T> {
+    let shape = view.shape().to_vec();
+    let collect = |values: &mut dyn Iterator<Item = T>| {
+        let mut buffer = pool::take(shape.iter().product());
+        buffer.extend(values);
+        ArrayD::from_shape_vec(shape.as_slice(), buffer).expect("one value per element")
+    };
+    if let Some(values) = view.as_slice() {
+        return collect(&mut values.iter().copied());
     }
     match view.ndim() {
         2 => {
@@ -195,32 +204,38 @@ fn owned<T: Copy>(view: ArrayViewD<'_, T>) -> ArrayD<T> {
             if v.strides()[0] == 1 && rows * cols > 0 {
                 return transpose_tiled(v).into_dyn();
             }
-            v.to_owned().into_dyn()
+            collect(&mut v.iter().copied())
         }
-        1 => view
-            .into_dimensionality::<Ix1>()
-            .expect("rank 1")
-            .to_owned()
-            .into_dyn(),
-        3 => view
-            .into_dimensionality::<Ix3>()
-            .expect("rank 3")
-            .to_owned()
-            .into_dyn(),
-        4 => view
-            .into_dimensionality::<Ix4>()
-            .expect("rank 4")
-            .to_owned()
-            .into_dyn(),
-        _ => view.to_owned(),
+        1 => collect(
+            &mut view
+                .into_dimensionality::<Ix1>()
+                .expect("rank 1")
+                .iter()
+                .copied(),
+        ),
+        3 => collect(
+            &mut view
+                .into_dimensionality::<Ix3>()
+                .expect("rank 3")
+                .iter()
+                .copied(),
+        ),
+        4 => collect(
+            &mut view
+                .into_dimensionality::<Ix4>()
+                .expect("rank 4")
+                .iter()
+                .copied(),
+        ),
+        _ => collect(&mut view.iter().copied()),
     }
 }
 
 /// Copies a column-major 2-d view into row-major order, tile by tile.
-fn transpose_tiled<T: Copy>(v: ArrayView2<'_, T>) -> Array2<T> {
+fn transpose_tiled<T: Copy + 'static>(v: ArrayView2<'_, T>) -> Array2<T> {
     const TILE: usize = 32;
     let (rows, cols) = v.dim();
-    let mut out = Vec::with_capacity(rows * cols);
+    let mut out = pool::take(rows * cols);
     let spare = out.spare_capacity_mut();
     for r0 in (0..rows).step_by(TILE) {
         for c0 in (0..cols).step_by(TILE) {

@@ -5,6 +5,8 @@
 //! equation, the buffers that die after it, so that running frees memory as early as possible.
 //! The transforms never look inside this module: they produce programs, and this runs them.
 
+pub(crate) mod pool;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -222,7 +224,11 @@ impl Plan {
             }
             env[eqn.out.index()] = Some(Arc::new(out));
             for v in frees {
-                env[v.index()] = None;
+                if let Some(dead) = env[v.index()].take() {
+                    if let Ok(data) = Arc::try_unwrap(dead) {
+                        pool::recycle(data);
+                    }
+                }
             }
         }
         Ok(program
