@@ -4,10 +4,26 @@
 //! the argument or option at fault. Errors are cheap to clone because a failed operation stores
 //! its error inside the resulting tensor (see [`Tensor`](crate::Tensor)) and every later use of
 //! that tensor hands the same error on.
+//!
+//! ```
+//! use brainstate::{Error, Tensor};
+//! let y = Tensor::from([1.0, 2.0]).reshape(&[3]) + 1.0; // no `?` needed on the way
+//! let err = y.item().unwrap_err();
+//! assert!(matches!(err, Error::ShapeMismatch { ref op, .. } if op == "reshape"));
+//! assert_eq!(err.to_string(), "reshape: incompatible shapes [2] and [3]");
+//! ```
 
 use crate::tensor::DType;
 
 /// Everything that can go wrong in this library.
+///
+/// ```
+/// use brainstate::{Error, Tensor};
+/// let bad = Tensor::from([1.0, 2.0]) + Tensor::from([1.0, 2.0, 3.0]);
+/// let err = bad.to_vec::<f64>().unwrap_err();
+/// assert!(matches!(&err, Error::ShapeMismatch { op, .. } if op == "add"));
+/// assert_eq!(err.to_string(), "add: incompatible shapes [2] and [3]");
+/// ```
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
     /// Two operands whose shapes do not fit together.
@@ -62,7 +78,8 @@ pub enum Error {
         primitive: String,
         /// Shapes of the primitive's inputs.
         input_shapes: Vec<Vec<usize>>,
-        /// Where in the user's source the primitive (or the operation it differentiates) was written.
+        /// Where in the user's source the primitive (or the operation it differentiates) was
+        /// written.
         source_hint: Option<String>,
     },
     /// The function panicked while it was being traced.
@@ -99,4 +116,12 @@ impl Error {
 }
 
 /// `Result` with this library's [`Error`].
+///
+/// ```
+/// use brainstate::Tensor;
+/// fn total(x: &Tensor) -> brainstate::Result<f64> {
+///     x.sum().item()
+/// }
+/// assert_eq!(total(&Tensor::from([1.0, 2.0])).unwrap(), 3.0);
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;

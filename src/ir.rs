@@ -10,6 +10,12 @@
 //!     d:f64[] = reduce_sum[axes=(0,)] b
 //!   in (d) }
 //! ```
+//!
+//! ```
+//! use brainstate::{make_program, Tensor};
+//! let p = make_program(|x: &Tensor| (x * x).sum(), &Tensor::from([1.0, 2.0, 3.0])).unwrap();
+//! assert!(p.to_string().contains("= reduce_sum[axes=(0,)]"));
+//! ```
 
 use std::fmt;
 use std::panic::Location;
@@ -19,6 +25,13 @@ use crate::primitives::Prim;
 use crate::tensor::{Aval, Data};
 
 /// A variable of a program: an index into its table of shapes and dtypes.
+///
+/// ```
+/// use brainstate::{make_program, Tensor};
+/// let p = make_program(|x: &Tensor| x * 2.0, &Tensor::from([1.0, 2.0])).unwrap();
+/// // variables print as `name:dtype[shape]`: the constant `b`, the input `a`, the product `c`
+/// assert!(p.to_string().contains("c:f64[2] = mul a b"));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Var(u32);
 
@@ -29,6 +42,13 @@ impl Var {
 }
 
 /// One step of a program: `out = prim(inputs)`.
+///
+/// ```
+/// use brainstate::{make_program, Tensor};
+/// let p = make_program(|x: &Tensor| (x * x).sum(), &Tensor::from([1.0, 2.0])).unwrap();
+/// assert_eq!(p.len(), 2); // one equation per line between `let` and `in`
+/// assert_eq!(p.to_string().lines().filter(|l| l.contains(" = ")).count(), 2);
+/// ```
 #[derive(Clone, Debug)]
 pub struct Eqn {
     pub(crate) prim: Prim,
@@ -66,21 +86,44 @@ impl Program {
     }
 
     /// Shapes and dtypes of the inputs.
+    ///
+    /// ```
+    /// use brainstate::{make_program, Aval, DType, Tensor};
+    /// let p = make_program(|x: &Tensor| x.sum(), &Tensor::from([1.0, 2.0])).unwrap();
+    /// assert_eq!(p.input_avals(), vec![Aval { shape: vec![2], dtype: DType::F64 }]);
+    /// ```
     pub fn input_avals(&self) -> Vec<Aval> {
         self.inputs.iter().map(|&v| self.aval(v).clone()).collect()
     }
 
     /// Shapes and dtypes of the outputs.
+    ///
+    /// ```
+    /// use brainstate::{make_program, Aval, DType, Tensor};
+    /// let p = make_program(|x: &Tensor| x.sum(), &Tensor::from([1.0, 2.0])).unwrap();
+    /// assert_eq!(p.output_avals(), vec![Aval { shape: vec![], dtype: DType::F64 }]);
+    /// ```
     pub fn output_avals(&self) -> Vec<Aval> {
         self.outputs.iter().map(|&v| self.aval(v).clone()).collect()
     }
 
     /// The number of equations.
+    ///
+    /// ```
+    /// use brainstate::{make_program, Tensor};
+    /// let p = make_program(|x: &Tensor| x.sin().cos(), &Tensor::from([1.0])).unwrap();
+    /// assert_eq!(p.len(), 2);
+    /// ```
     pub fn len(&self) -> usize {
         self.eqns.len()
     }
 
     /// Whether the program has no equations.
+    ///
+    /// ```
+    /// use brainstate::{make_program, Tensor};
+    /// assert!(make_program(|x: &Tensor| x.clone(), &Tensor::from([1.0])).unwrap().is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.eqns.is_empty()
     }

@@ -6,6 +6,17 @@
 //! registers the state as an input of the program being traced, and writes are recorded as
 //! outputs; the transform assigns the written values after the call has succeeded, so a
 //! failed call leaves every state as it was.
+//!
+//! ```
+//! use brainstate::{grad, State, Tensor};
+//! let calls = State::new(Tensor::scalar(0.0));
+//! let f = |x: &Tensor| {
+//!     calls.set_value(calls.value() + 1.0).unwrap(); // recorded, assigned after success
+//!     x.powi(2).sum()
+//! };
+//! grad(f).call(&Tensor::from([1.0])).unwrap();
+//! assert_eq!(calls.value().item().unwrap(), 1.0);
+//! ```
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -22,6 +33,12 @@ use crate::unit::Unit;
 static NEXT_STATE: AtomicU64 = AtomicU64::new(1);
 
 /// What a state holds in a model, as brainstate distinguishes them.
+///
+/// ```
+/// use brainstate::{ParamState, State, StateKind, Tensor};
+/// assert_eq!(ParamState::new(Tensor::scalar(1.0)).kind(), StateKind::Param);
+/// assert_eq!(State::of_kind(Tensor::zeros(&[3]), StateKind::Hidden).kind(), StateKind::Hidden);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum StateKind {
     /// A plain state.
@@ -129,6 +146,13 @@ pub struct ParamState;
 
 impl ParamState {
     /// A new parameter state.
+    ///
+    /// ```
+    /// use brainstate::{ParamState, StateKind, Tensor};
+    /// let w = ParamState::new(Tensor::from([1.0, 2.0]));
+    /// assert_eq!(w.kind(), StateKind::Param);
+    /// assert_eq!(w.value().to_vec::<f64>().unwrap(), vec![1.0, 2.0]);
+    /// ```
     #[track_caller]
     #[allow(clippy::new_ret_no_self)]
     pub fn new<T: Tree>(value: T) -> State<T> {
@@ -147,12 +171,24 @@ impl<T: Tree> Clone for State<T> {
 
 impl<T: Tree> State<T> {
     /// A new plain state.
+    ///
+    /// ```
+    /// use brainstate::{State, StateKind, Tensor};
+    /// let s = State::new(Tensor::scalar(1.0));
+    /// assert_eq!((s.kind(), s.value().item().unwrap()), (StateKind::State, 1.0));
+    /// ```
     #[track_caller]
     pub fn new(value: T) -> State<T> {
         State::of_kind(value, StateKind::State)
     }
 
     /// A new state of the given kind.
+    ///
+    /// ```
+    /// use brainstate::{State, StateKind, Tensor};
+    /// let v = State::of_kind(Tensor::zeros(&[3]), StateKind::ShortTerm);
+    /// assert_eq!(v.kind(), StateKind::ShortTerm);
+    /// ```
     #[track_caller]
     pub fn of_kind(value: T, kind: StateKind) -> State<T> {
         let mut leaves = Vec::new();
@@ -170,12 +206,24 @@ impl<T: Tree> State<T> {
     }
 
     /// Names the state (every handle sees the name); used in error messages.
+    ///
+    /// ```
+    /// use brainstate::{State, Tensor};
+    /// let v = State::new(Tensor::scalar(0.0)).with_name("v");
+    /// assert_eq!(v.name().as_deref(), Some("v"));
+    /// assert!(format!("{v:?}").contains("\"v\"")); // as error messages name it
+    /// ```
     pub fn with_name(self, name: &str) -> State<T> {
         *self.core.name.lock().unwrap_or_else(|e| e.into_inner()) = Some(name.to_string());
         self
     }
 
     /// The name, if one was given.
+    ///
+    /// ```
+    /// use brainstate::{State, Tensor};
+    /// assert_eq!(State::new(Tensor::scalar(0.0)).name(), None);
+    /// ```
     pub fn name(&self) -> Option<String> {
         self.core
             .name
@@ -185,11 +233,23 @@ impl<T: Tree> State<T> {
     }
 
     /// The kind of state.
+    ///
+    /// ```
+    /// use brainstate::{State, StateKind, Tensor};
+    /// assert_eq!(State::new(Tensor::scalar(0.0)).kind(), StateKind::State);
+    /// ```
     pub fn kind(&self) -> StateKind {
         self.core.kind
     }
 
     /// The current value; inside a traced call, its traced stand-in.
+    ///
+    /// ```
+    /// use brainstate::{State, Tensor};
+    /// let s = State::new((Tensor::scalar(1.0), Tensor::from([2.0, 3.0])));
+    /// let (a, b) = s.value();
+    /// assert_eq!((a.item().unwrap(), b.shape()), (1.0, &[2][..]));
+    /// ```
     pub fn value(&self) -> T {
         let (def, leaves) = match trace::read_state(&self.core) {
             Some(traced) => traced,
@@ -204,6 +264,14 @@ impl<T: Tree> State<T> {
     /// Writes a new value of the same structure, shapes and dtypes; otherwise an error naming
     /// the state, and the value is kept. Inside a traced call the write is recorded and applied
     /// when the call succeeds (an invalid write also fails that call).
+    ///
+    /// ```
+    /// use brainstate::{State, Tensor};
+    /// let s = State::new(Tensor::from([0.0, 0.0]));
+    /// s.set_value(Tensor::from([1.0, 2.0])).unwrap();
+    /// assert!(s.set_value(Tensor::from([1.0])).is_err()); // another shape: kept
+    /// assert_eq!(s.value().to_vec::<f64>().unwrap(), vec![1.0, 2.0]);
+    /// ```
     pub fn set_value(&self, value: T) -> Result<()> {
         let mut leaves = Vec::new();
         value.flatten(&mut leaves);
@@ -230,6 +298,14 @@ impl<T: Tree> fmt::Debug for State<T> {
 /// The states to differentiate with respect to (`grad_states`): one state (`&w`), a sequence
 /// (`[&a, &b]`, a `Vec`), or a string-keyed map (`[("a", &a), ("b", &b)]`, a `BTreeMap`).
 /// The derivatives mirror this structure.
+///
+/// ```
+/// use brainstate::{hessian, State, Tensor};
+/// let (a, b) = (State::new(Tensor::scalar(1.0)), State::new(Tensor::scalar(2.0)));
+/// let f = |x: &Tensor| (a.value() * b.value() * x).sum();
+/// let h = hessian(f).grad_states([("a", &a), ("b", &b)]).call(&Tensor::scalar(3.0)).unwrap();
+/// assert_eq!(h["a"]["b"].tensor().unwrap().item().unwrap(), 3.0); // d2f / da db = x
+/// ```
 #[derive(Clone)]
 pub struct GradStates(Selection);
 

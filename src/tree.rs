@@ -5,6 +5,15 @@
 //! `#[derive(Tree)]`. A tree flattens to its leaves plus a [`TreeDef`] describing its structure,
 //! and is rebuilt from the two. Results whose structure is only known at run time (a Hessian
 //! nests output tree / input tree / input tree) are returned as a [`Node`].
+//!
+//! ```
+//! use brainstate::{jacrev, Tensor};
+//! use std::collections::BTreeMap;
+//! let f = |p: &BTreeMap<String, Tensor>| &p["a"] * &p["b"];
+//! let p = BTreeMap::from([("a".into(), Tensor::scalar(2.0)), ("b".into(), Tensor::scalar(3.0))]);
+//! let j = jacrev(f).call(&p).unwrap(); // one block per input leaf, under its key
+//! assert_eq!(j["a"].tensor().unwrap().item().unwrap(), 3.0);
+//! ```
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -13,6 +22,13 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 /// The structure of a tree, without its leaves.
+///
+/// ```
+/// use brainstate::{Tensor, Tree, TreeDef};
+/// let x = (Tensor::scalar(1.0), vec![Tensor::scalar(2.0)]);
+/// let list = TreeDef::List(vec![TreeDef::Leaf]);
+/// assert_eq!(x.def(), TreeDef::Tuple(vec![TreeDef::Leaf, list]));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TreeDef {
     /// A tensor.
@@ -34,6 +50,12 @@ pub enum TreeDef {
 
 impl TreeDef {
     /// The number of leaves.
+    ///
+    /// ```
+    /// use brainstate::{Tensor, Tree};
+    /// let x = (Tensor::scalar(1.0), vec![Tensor::scalar(2.0), Tensor::scalar(3.0)]);
+    /// assert_eq!(x.def().num_leaves(), 3);
+    /// ```
     pub fn num_leaves(&self) -> usize {
         match self {
             TreeDef::Leaf => 1,
@@ -44,6 +66,14 @@ impl TreeDef {
     }
 
     /// A [`Node`] of this structure whose leaves, in order, are produced by `leaf`.
+    ///
+    /// ```
+    /// use brainstate::{Node, Tensor, TreeDef};
+    /// let def = TreeDef::Tuple(vec![TreeDef::Leaf, TreeDef::Leaf]);
+    /// let mut n = 0.0;
+    /// let node = def.build(&mut || { n += 1.0; Node::Leaf(Tensor::scalar(n)) });
+    /// assert_eq!(node[1].tensor().unwrap().item().unwrap(), 2.0);
+    /// ```
     pub fn build(&self, leaf: &mut dyn FnMut() -> Node) -> Node {
         match self {
             TreeDef::Leaf => leaf(),
@@ -71,6 +101,12 @@ impl TreeDef {
     }
 
     /// The error for a structure that is not the one expected.
+    ///
+    /// ```
+    /// use brainstate::TreeDef;
+    /// let e = TreeDef::Leaf.mismatch("a list");
+    /// assert_eq!(e.to_string(), "structure mismatch: expected a list, found a tensor");
+    /// ```
     pub fn mismatch(&self, expected: &str) -> Error {
         Error::Structure(format!("expected {expected}, found {}", self.kind()))
     }
@@ -93,10 +129,31 @@ impl TreeDef {
 /// ```
 pub trait Tree: Sized {
     /// Appends the leaves, in order.
+    ///
+    /// ```
+    /// use brainstate::{Tensor, Tree};
+    /// let mut leaves = Vec::new();
+    /// (Tensor::scalar(1.0), [Tensor::scalar(2.0), Tensor::scalar(3.0)]).flatten(&mut leaves);
+    /// assert_eq!(leaves[2].item().unwrap(), 3.0);
+    /// ```
     fn flatten(&self, leaves: &mut Vec<Tensor>);
     /// The structure.
+    ///
+    /// ```
+    /// use brainstate::{Tensor, Tree, TreeDef};
+    /// assert_eq!(vec![Tensor::scalar(1.0)].def(), TreeDef::List(vec![TreeDef::Leaf]));
+    /// ```
     fn def(&self) -> TreeDef;
     /// Rebuilds a value from its structure and leaves taken in order.
+    ///
+    /// ```
+    /// use brainstate::{Tensor, Tree};
+    /// let def = (Tensor::scalar(0.0), Tensor::scalar(0.0)).def();
+    /// let mut leaves = vec![Tensor::scalar(1.0), Tensor::scalar(2.0)].into_iter();
+    /// let (_, b) = <(Tensor, Tensor)>::unflatten(&def, &mut leaves).unwrap();
+    /// assert_eq!(b.item().unwrap(), 2.0);
+    /// assert!(Vec::<Tensor>::unflatten(&def, &mut std::iter::empty()).is_err()); // not a list
+    /// ```
     fn unflatten(def: &TreeDef, leaves: &mut dyn Iterator<Item = Tensor>) -> Result<Self>;
 }
 
@@ -256,6 +313,12 @@ pub enum Node {
 
 impl Node {
     /// The tensor at a leaf.
+    ///
+    /// ```
+    /// use brainstate::{Node, Tensor};
+    /// assert_eq!(Node::Leaf(Tensor::scalar(1.0)).tensor().unwrap().item().unwrap(), 1.0);
+    /// assert!(Node::List(vec![]).tensor().is_err());
+    /// ```
     pub fn tensor(&self) -> Result<&Tensor> {
         match self {
             Node::Leaf(t) => Ok(t),
@@ -264,6 +327,13 @@ impl Node {
     }
 
     /// The `i`-th child of a tuple, list, map or struct.
+    ///
+    /// ```
+    /// use brainstate::{Node, Tensor};
+    /// let n = Node::List(vec![Node::Leaf(Tensor::scalar(5.0))]);
+    /// assert_eq!(n.get(0).unwrap().tensor().unwrap().item().unwrap(), 5.0);
+    /// assert!(n.get(1).is_err());
+    /// ```
     pub fn get(&self, i: usize) -> Result<&Node> {
         let child = match self {
             Node::Tuple(c) | Node::List(c) => c.get(i),
@@ -275,6 +345,13 @@ impl Node {
     }
 
     /// The child under `key` of a map or struct.
+    ///
+    /// ```
+    /// use brainstate::{Node, Tensor};
+    /// let n = Node::Map(vec![("w".to_string(), Node::Leaf(Tensor::scalar(5.0)))]);
+    /// assert_eq!(n.key("w").unwrap().tensor().unwrap().item().unwrap(), 5.0);
+    /// assert!(n.key("b").is_err());
+    /// ```
     pub fn key(&self, key: &str) -> Result<&Node> {
         let child = match self {
             Node::Map(c) => c.iter().find(|(k, _)| k == key).map(|(_, n)| n),
@@ -285,6 +362,15 @@ impl Node {
     }
 
     /// The leaves, depth first.
+    ///
+    /// ```
+    /// use brainstate::{hessian, Tensor};
+    /// let f = |x: &Tensor, y: &Tensor| (x * y).sum();
+    /// let (x, y) = (Tensor::scalar(1.0), Tensor::scalar(2.0));
+    /// let h = hessian(f).argnums([0, 1]).call((&x, &y)).unwrap();
+    /// let blocks: Vec<f64> = h.leaves().iter().map(|t| t.item().unwrap()).collect();
+    /// assert_eq!(blocks, vec![0.0, 1.0, 1.0, 0.0]);
+    /// ```
     pub fn leaves(&self) -> Vec<Tensor> {
         let mut leaves = Vec::new();
         self.flatten(&mut leaves);
@@ -298,7 +384,8 @@ impl Node {
     /// ```
     /// use brainstate::{hessian, Tensor};
     /// let f = |x: &Tensor, y: &Tensor| (x * x * y).sum();
-    /// let h = hessian(f).argnums([0, 1]).call((&Tensor::from([1.0, 2.0]), &Tensor::scalar(3.0))).unwrap();
+    /// let (x, y) = (Tensor::from([1.0, 2.0]), Tensor::scalar(3.0));
+    /// let h = hessian(f).argnums([0, 1]).call((&x, &y)).unwrap();
     /// let m = h.flat_matrix().unwrap();
     /// assert_eq!(m.shape(), &[3, 3]);
     /// ```

@@ -127,6 +127,13 @@ impl std::hash::Hash for Unit {
 
 impl Unit {
     /// The dimensionless unit `1`.
+    ///
+    /// ```
+    /// use brainstate::{Tensor, Unit};
+    /// assert!(Unit::ONE.is_dimensionless());
+    /// assert_eq!(Unit::ONE.to_string(), "1");
+    /// assert_eq!((Tensor::scalar(2.0) * Unit::ONE).unit(), None); // a plain tensor
+    /// ```
     pub const ONE: Unit = Unit {
         dims: [Ratio::ZERO; 7],
         scale: 1.0,
@@ -149,6 +156,11 @@ impl Unit {
     }
 
     /// The same dimension with another scale: `volt.scaled(1e-3)` is `mV`.
+    ///
+    /// ```
+    /// use brainstate::units::{mV, volt};
+    /// assert_eq!(volt.scaled(1e-3), mV);
+    /// ```
     pub const fn scaled(self, factor: f64) -> Unit {
         Unit {
             dims: self.dims,
@@ -157,27 +169,57 @@ impl Unit {
     }
 
     /// Whether the unit has no dimension (its scale may still differ from 1, as `ms / s`).
+    ///
+    /// ```
+    /// use brainstate::units::{ms, second};
+    /// assert!((ms / second).is_dimensionless());
+    /// assert!(!ms.is_dimensionless());
+    /// ```
     pub fn is_dimensionless(&self) -> bool {
         self.dims.iter().all(|d| d.num == 0)
     }
 
     /// Whether both units measure the same dimension.
+    ///
+    /// ```
+    /// use brainstate::units::{mV, ms, second};
+    /// assert!(ms.same_dimension(&second));
+    /// assert!(!ms.same_dimension(&mV));
+    /// ```
     pub fn same_dimension(&self, other: &Unit) -> bool {
         self.dims == other.dims
     }
 
     /// The value of one of this unit in SI units.
+    ///
+    /// ```
+    /// use brainstate::units::{mV, ms, second};
+    /// assert_eq!(mV.scale(), 1e-3);
+    /// assert_eq!((ms / second).scale(), 1e-3);
+    /// ```
     pub fn scale(&self) -> f64 {
         self.scale
     }
 
     /// This unit to the integer power `n`.
+    ///
+    /// ```
+    /// use brainstate::units::{hertz, ms, second};
+    /// assert_eq!(ms.powi(2).to_string(), "ms^2");
+    /// assert_eq!(second.powi(-1), hertz);
+    /// ```
     pub fn powi(&self, n: i32) -> Unit {
         self.pow_ratio(Ratio::int(n))
     }
 
     /// This unit to the power `p`, which must be a fraction with a small denominator (up to 12)
     /// when the unit has a dimension.
+    ///
+    /// ```
+    /// use brainstate::units::ms;
+    /// assert_eq!(ms.powi(2).powf(0.5).unwrap(), ms);
+    /// assert!(ms.powf(std::f64::consts::PI).is_err());
+    /// ```
     pub fn powf(&self, p: f64) -> Result<Unit> {
         if self.is_dimensionless() {
             return Ok(Unit {
@@ -207,6 +249,11 @@ impl Unit {
     }
 
     /// The square root.
+    ///
+    /// ```
+    /// use brainstate::units::mV;
+    /// assert_eq!((mV * mV).sqrt(), mV);
+    /// ```
     pub fn sqrt(&self) -> Unit {
         self.pow_ratio(Ratio::new(1, 2))
     }
@@ -279,69 +326,236 @@ impl fmt::Display for Unit {
 
 /// The named units of neuroscience and their SI bases, with prefixes. Lower-case names follow
 /// the symbols (`mV`, `nS`), as brainunit's do.
+///
+/// ```
+/// use brainstate::units::{mV, volt};
+/// use brainstate::Tensor;
+/// let v = Tensor::from([-65.0]) * mV;
+/// assert!((v.value_in(volt).unwrap().item().unwrap() + 0.065).abs() < 1e-12);
+/// ```
 #[allow(non_upper_case_globals)]
 pub mod units {
     use super::Unit;
 
     /// metre
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert_eq!((meter.to_string(), meter.scale()), ("m".to_string(), 1.0));
+    /// ```
     pub const meter: Unit = Unit::base(0, 1.0);
     /// centimetre
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(cm.same_dimension(&meter) && cm.scale() == 1e-2);
+    /// ```
     pub const cm: Unit = meter.scaled(1e-2);
     /// millimetre
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(mm.same_dimension(&meter) && mm.scale() == 1e-3);
+    /// ```
     pub const mm: Unit = meter.scaled(1e-3);
     /// micrometre
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(um.same_dimension(&meter) && um.scale() == 1e-6);
+    /// ```
     pub const um: Unit = meter.scaled(1e-6);
     /// kilogram
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert_eq!((kg.to_string(), kg.scale()), ("kg".to_string(), 1.0));
+    /// ```
     pub const kg: Unit = Unit::base(1, 1.0);
     /// gram
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(gram.same_dimension(&kg) && gram.scale() == 1e-3);
+    /// assert_eq!(gram.to_string(), "g");
+    /// ```
     pub const gram: Unit = kg.scaled(1e-3);
     /// second
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert_eq!((second.to_string(), second.scale()), ("s".to_string(), 1.0));
+    /// ```
     pub const second: Unit = Unit::base(2, 1.0);
     /// millisecond
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(ms.same_dimension(&second) && ms.scale() == 1e-3);
+    /// ```
     pub const ms: Unit = second.scaled(1e-3);
     /// microsecond
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(us.same_dimension(&second) && us.scale() == 1e-6);
+    /// assert_eq!((Mohm * pF).to_string(), "us"); // a membrane time constant
+    /// ```
     pub const us: Unit = second.scaled(1e-6);
     /// ampere
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert_eq!((amp.to_string(), amp.scale()), ("A".to_string(), 1.0));
+    /// ```
     pub const amp: Unit = Unit::base(3, 1.0);
     /// milliampere
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(mA.same_dimension(&amp) && mA.scale() == 1e-3);
+    /// ```
     pub const mA: Unit = amp.scaled(1e-3);
     /// nanoampere
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(nA.same_dimension(&amp) && nA.scale() == 1e-9);
+    /// ```
     pub const nA: Unit = amp.scaled(1e-9);
     /// picoampere
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(pA.same_dimension(&amp) && pA.scale() == 1e-12);
+    /// assert_eq!((mV * nS).to_string(), "pA");
+    /// ```
     pub const pA: Unit = amp.scaled(1e-12);
     /// kelvin
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert_eq!(kelvin.to_string(), "K");
+    /// ```
     pub const kelvin: Unit = Unit::base(4, 1.0);
     /// mole
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert_eq!(mole.to_string(), "mol");
+    /// ```
     pub const mole: Unit = Unit::base(5, 1.0);
     /// molar, mol/L
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(molar.same_dimension(&(mole / meter.powi(3))));
+    /// assert_eq!(molar.scale(), 1e3); // 1 mol/L is 1000 mol/m^3
+    /// ```
     pub const molar: Unit = Unit::derived([-3, 0, 0, 0, 0, 1, 0], 1e3);
     /// millimolar
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(mM.same_dimension(&molar) && (mM.scale() - 1.0).abs() < 1e-12);
+    /// ```
     pub const mM: Unit = molar.scaled(1e-3);
     /// micromolar
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(uM.same_dimension(&molar) && (uM.scale() - 1e-3).abs() < 1e-15);
+    /// ```
     pub const uM: Unit = molar.scaled(1e-6);
     /// candela
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert_eq!(candela.to_string(), "cd");
+    /// ```
     pub const candela: Unit = Unit::base(6, 1.0);
     /// hertz, 1/s
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert_eq!(hertz, second.powi(-1));
+    /// assert_eq!(hertz.to_string(), "Hz");
+    /// ```
     pub const hertz: Unit = Unit::derived([0, 0, -1, 0, 0, 0, 0], 1.0);
     /// volt, kg m^2 s^-3 A^-1
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(volt.same_dimension(&(amp * ohm)));
+    /// assert_eq!(volt.to_string(), "V");
+    /// ```
     pub const volt: Unit = Unit::derived([2, 1, -3, -1, 0, 0, 0], 1.0);
     /// millivolt
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(mV.same_dimension(&volt) && mV.scale() == 1e-3);
+    /// ```
     pub const mV: Unit = volt.scaled(1e-3);
     /// siemens, kg^-1 m^-2 s^3 A^2
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert_eq!(siemens, ohm.powi(-1));
+    /// assert_eq!(siemens.to_string(), "S");
+    /// ```
     pub const siemens: Unit = Unit::derived([-2, -1, 3, 2, 0, 0, 0], 1.0);
     /// millisiemens
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(mS.same_dimension(&siemens) && mS.scale() == 1e-3);
+    /// ```
     pub const mS: Unit = siemens.scaled(1e-3);
     /// nanosiemens
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(nS.same_dimension(&siemens) && nS.scale() == 1e-9);
+    /// ```
     pub const nS: Unit = siemens.scaled(1e-9);
     /// ohm, kg m^2 s^-3 A^-2
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(ohm.same_dimension(&(volt / amp)));
+    /// assert_eq!(ohm.to_string(), "ohm");
+    /// ```
     pub const ohm: Unit = Unit::derived([2, 1, -3, -2, 0, 0, 0], 1.0);
     /// megaohm
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(Mohm.same_dimension(&ohm) && Mohm.scale() == 1e6);
+    /// ```
     pub const Mohm: Unit = ohm.scaled(1e6);
     /// farad, kg^-1 m^-2 s^4 A^2
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(farad.same_dimension(&(second / ohm)));
+    /// assert_eq!(farad.to_string(), "F");
+    /// ```
     pub const farad: Unit = Unit::derived([-2, -1, 4, 2, 0, 0, 0], 1.0);
     /// microfarad
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(uF.same_dimension(&farad) && uF.scale() == 1e-6);
+    /// assert_eq!((Mohm * uF).to_string(), "s");
+    /// ```
     pub const uF: Unit = farad.scaled(1e-6);
     /// picofarad
+    ///
+    /// ```
+    /// use brainstate::units::*;
+    /// assert!(pF.same_dimension(&farad) && pF.scale() == 1e-12);
+    /// ```
     pub const pF: Unit = farad.scaled(1e-12);
 }
 

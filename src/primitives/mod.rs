@@ -32,6 +32,14 @@ use crate::tensor::{Aval, DType, Data, Tensor};
 use crate::unit::Unit;
 
 /// A primitive operation with its static parameters.
+///
+/// ```
+/// use brainstate::primitives::Prim;
+/// use brainstate::{make_program, Tensor};
+/// assert_eq!(Prim::PowI(3).to_string(), "integer_pow[y=3]");
+/// let p = make_program(|x: &Tensor| x.powi(3).sum(), &Tensor::from([1.0, 2.0])).unwrap();
+/// assert!(p.to_string().contains("integer_pow[y=3]"));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Prim {
     /// Elementwise function of one operand.

@@ -16,6 +16,14 @@ use crate::error::{Error, Result};
 /// Promotion follows NumPy/JAX: `bool < i64 < f32 < f64`, and a complex dtype wide enough
 /// for both (`f64` with `c64` gives `c128`). A Rust scalar combined with a tensor takes the
 /// tensor's dtype (it is "weakly typed"), so `x_f32 * 2.0` stays `f32`.
+///
+/// ```
+/// use brainstate::{DType, Tensor};
+/// let x = Tensor::from([1.0f32, 2.0]);
+/// assert_eq!(x.dtype(), DType::F32);
+/// assert_eq!((&x * 2.0).dtype(), DType::F32); // weakly typed scalar
+/// assert_eq!((&x + Tensor::from([1.0])).dtype(), DType::F64); // promoted
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DType {
     /// Booleans, for masks.
@@ -34,21 +42,42 @@ pub enum DType {
 
 impl DType {
     /// Whether this is a real floating-point dtype.
+    ///
+    /// ```
+    /// use brainstate::DType;
+    /// assert!(DType::F32.is_float() && !DType::C64.is_float() && !DType::I64.is_float());
+    /// ```
     pub fn is_float(self) -> bool {
         matches!(self, DType::F32 | DType::F64)
     }
 
     /// Whether this is a complex dtype.
+    ///
+    /// ```
+    /// use brainstate::DType;
+    /// assert!(DType::C128.is_complex() && !DType::F64.is_complex());
+    /// ```
     pub fn is_complex(self) -> bool {
         matches!(self, DType::C64 | DType::C128)
     }
 
     /// Whether this is a floating-point or complex dtype: the dtypes that can be differentiated.
+    ///
+    /// ```
+    /// use brainstate::DType;
+    /// assert!(DType::F64.is_inexact() && DType::C64.is_inexact() && !DType::I64.is_inexact());
+    /// ```
     pub fn is_inexact(self) -> bool {
         self.is_float() || self.is_complex()
     }
 
     /// The real dtype of the parts of a complex dtype (the dtype itself otherwise).
+    ///
+    /// ```
+    /// use brainstate::DType;
+    /// assert_eq!(DType::C128.real(), DType::F64);
+    /// assert_eq!(DType::F32.real(), DType::F32);
+    /// ```
     pub fn real(self) -> DType {
         match self {
             DType::C64 => DType::F32,
@@ -58,6 +87,12 @@ impl DType {
     }
 
     /// The complex dtype whose parts have this (real) dtype's precision.
+    ///
+    /// ```
+    /// use brainstate::DType;
+    /// assert_eq!(DType::F32.complex(), DType::C64);
+    /// assert_eq!(DType::F64.complex(), DType::C128);
+    /// ```
     pub fn complex(self) -> DType {
         match self {
             DType::F32 | DType::C64 => DType::C64,
@@ -66,6 +101,12 @@ impl DType {
     }
 
     /// The smallest dtype that holds both (NumPy promotion).
+    ///
+    /// ```
+    /// use brainstate::DType;
+    /// assert_eq!(DType::I64.promote(DType::F32), DType::F32);
+    /// assert_eq!(DType::F64.promote(DType::C64), DType::C128);
+    /// ```
     pub fn promote(self, other: DType) -> DType {
         if self.is_complex() || other.is_complex() {
             self.real().max(other.real()).max(DType::F32).complex()
@@ -75,6 +116,12 @@ impl DType {
     }
 
     /// The short name used in printed programs: `bool`, `i64`, `f32`, `f64`, `c64`, `c128`.
+    ///
+    /// ```
+    /// use brainstate::DType;
+    /// assert_eq!(DType::C128.name(), "c128");
+    /// assert_eq!(DType::F64.to_string(), "f64");
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             DType::Bool => "bool",
@@ -202,10 +249,28 @@ mod sealed {
 
 /// A Rust element type that a tensor can hold: `f64`, `f32`, `i64`, `bool`,
 /// `num_complex::Complex64` or `num_complex::Complex32`.
+///
+/// ```
+/// use brainstate::{DType, Element, Tensor};
+/// assert_eq!(<f32 as Element>::DTYPE, DType::F32);
+/// assert_eq!(Tensor::from([1_i64, 2]).to_vec::<f64>().unwrap(), vec![1.0, 2.0]);
+/// ```
 pub trait Element: sealed::Storage + Copy + 'static {
     /// The dtype of tensors made of this type.
+    ///
+    /// ```
+    /// use brainstate::{Complex64, DType, Element};
+    /// assert_eq!(<bool as Element>::DTYPE, DType::Bool);
+    /// assert_eq!(<Complex64 as Element>::DTYPE, DType::C128);
+    /// ```
     const DTYPE: DType;
     /// The value as `f64` (`true` is 1; the real part of a complex number).
+    ///
+    /// ```
+    /// use brainstate::{Complex64, Element};
+    /// assert_eq!(true.to_f64(), 1.0);
+    /// assert_eq!(Complex64::new(2.0, 3.0).to_f64(), 2.0);
+    /// ```
     fn to_f64(self) -> f64 {
         self.to_complex().re
     }

@@ -9,6 +9,16 @@
 //!
 //! A tensor may also carry a physical [`Unit`]: its values are then counted in that unit (see
 //! [`crate::unit`]).
+//!
+//! ```
+//! use brainstate::{grad, Tensor};
+//! let x = Tensor::from([1.0, 2.0]); // concrete
+//! let bad = &x + Tensor::from([1.0, 2.0, 3.0]); // failed: the error travels with the tensor
+//! assert!((bad * 2.0).to_vec::<f64>().is_err());
+//! // traced: inside a transform, the same code records a program
+//! let g = grad(|x: &Tensor| x.powi(2).sum()).call(&x).unwrap();
+//! assert_eq!(g.tensor().unwrap().to_vec::<f64>().unwrap(), vec![2.0, 4.0]);
+//! ```
 
 mod data;
 mod ops;
@@ -27,6 +37,13 @@ use crate::trace::{self, Var};
 use crate::unit::Unit;
 
 /// The shape and dtype of a value: all that tracing knows about it.
+///
+/// ```
+/// use brainstate::{Aval, DType, Tensor};
+/// let aval = Tensor::from([[1.0f32, 2.0]]).aval().unwrap();
+/// assert_eq!(aval, Aval { shape: vec![1, 2], dtype: DType::F32 });
+/// assert_eq!(aval.to_string(), "f32[1,2]");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Aval {
     /// The dimensions.
@@ -44,6 +61,11 @@ impl Aval {
     }
 
     /// Number of elements.
+    ///
+    /// ```
+    /// use brainstate::{Aval, DType};
+    /// assert_eq!(Aval { shape: vec![2, 3], dtype: DType::F64 }.numel(), 6);
+    /// ```
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -128,6 +150,12 @@ impl Tensor {
     }
 
     /// A zero-dimensional tensor of `dtype` holding `value` (cast).
+    ///
+    /// ```
+    /// use brainstate::{DType, Tensor};
+    /// let x = Tensor::scalar_of(2.7, DType::I64);
+    /// assert_eq!((x.dtype(), x.item().unwrap()), (DType::I64, 2.0));
+    /// ```
     pub fn scalar_of(value: f64, dtype: DType) -> Tensor {
         Tensor::from_data(Data::scalar(value, dtype))
     }
@@ -154,6 +182,12 @@ impl Tensor {
     }
 
     /// The shape and dtype; an error for a failed tensor.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// assert_eq!(Tensor::zeros(&[3]).aval().unwrap().to_string(), "f64[3]");
+    /// assert!((Tensor::zeros(&[2]) + Tensor::zeros(&[3])).aval().is_err());
+    /// ```
     pub fn aval(&self) -> Result<Aval> {
         match &self.repr {
             Repr::Concrete(d) => Ok(Aval::new(d.shape(), d.dtype())),
@@ -163,6 +197,11 @@ impl Tensor {
     }
 
     /// The dimensions (empty for a scalar and for a failed tensor).
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// assert_eq!(Tensor::zeros(&[2, 3]).shape(), &[2, 3]);
+    /// ```
     pub fn shape(&self) -> &[usize] {
         match &self.repr {
             Repr::Concrete(d) => d.shape(),
@@ -172,16 +211,34 @@ impl Tensor {
     }
 
     /// The number of dimensions.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// assert_eq!(Tensor::zeros(&[2, 3]).ndim(), 2);
+    /// assert_eq!(Tensor::scalar(1.0).ndim(), 0);
+    /// ```
     pub fn ndim(&self) -> usize {
         self.shape().len()
     }
 
     /// The number of elements.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// assert_eq!(Tensor::zeros(&[2, 3]).numel(), 6);
+    /// assert_eq!(Tensor::scalar(1.0).numel(), 1);
+    /// ```
     pub fn numel(&self) -> usize {
         self.shape().iter().product()
     }
 
     /// The element type (`f64` for a failed tensor; check [`Tensor::error`]).
+    ///
+    /// ```
+    /// use brainstate::{DType, Tensor};
+    /// assert_eq!(Tensor::from([1.0f32]).dtype(), DType::F32);
+    /// assert_eq!(Tensor::from([true]).dtype(), DType::Bool);
+    /// ```
     pub fn dtype(&self) -> DType {
         match &self.repr {
             Repr::Concrete(d) => d.dtype(),
@@ -205,6 +262,16 @@ impl Tensor {
     }
 
     /// Whether this tensor is a variable of a program being traced.
+    ///
+    /// ```
+    /// use brainstate::{grad, Tensor};
+    /// assert!(!Tensor::scalar(1.0).is_traced());
+    /// let g = grad(|x: &Tensor| {
+    ///     assert!(x.is_traced()); // a panic here would make `call` fail
+    ///     x.sum()
+    /// });
+    /// assert!(g.call(&Tensor::from([1.0])).is_ok());
+    /// ```
     pub fn is_traced(&self) -> bool {
         matches!(self.repr, Repr::Traced(_))
     }
@@ -233,11 +300,23 @@ impl Tensor {
     }
 
     /// The values as an `ndarray` array, cast to `T`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let a = Tensor::from([[1_i64, 2]]).to_ndarray::<f64>().unwrap();
+    /// assert_eq!(a, ndarray::array![[1.0, 2.0]].into_dyn());
+    /// ```
     pub fn to_ndarray<T: Element>(&self) -> Result<ArrayD<T>> {
         Ok(T::unwrap(self.data()?))
     }
 
     /// The single value of a one-element real tensor, as `f64`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// assert_eq!(Tensor::from([1.0, 2.0]).sum().item().unwrap(), 3.0);
+    /// assert!(Tensor::from([1.0, 2.0]).item().is_err());
+    /// ```
     pub fn item(&self) -> Result<f64> {
         let dtype = self.dtype();
         if dtype.is_complex() {
@@ -270,12 +349,24 @@ impl Tensor {
     }
 
     /// The physical unit the values are counted in (`None` for a plain tensor).
+    ///
+    /// ```
+    /// use brainstate::{units::ms, Tensor};
+    /// assert_eq!((Tensor::scalar(1.0) * ms).unit(), Some(ms));
+    /// assert_eq!(Tensor::scalar(1.0).unit(), None);
+    /// ```
     pub fn unit(&self) -> Option<Unit> {
         self.unit
     }
 
     /// The same values counted in `unit` (a dimensionless unit of scale 1 gives a plain
     /// tensor). Also written `tensor * unit`.
+    ///
+    /// ```
+    /// use brainstate::{units::mV, Tensor, Unit};
+    /// assert_eq!(Tensor::scalar(2.0).with_unit(Some(mV)).unit(), Some(mV));
+    /// assert_eq!(Tensor::scalar(2.0).with_unit(Some(Unit::ONE)).unit(), None);
+    /// ```
     pub fn with_unit(&self, unit: Option<Unit>) -> Tensor {
         Tensor {
             repr: self.repr.clone(),
@@ -284,6 +375,12 @@ impl Tensor {
     }
 
     /// The values without their unit (the numbers as counted in it).
+    ///
+    /// ```
+    /// use brainstate::{units::ms, Tensor};
+    /// let m = (Tensor::scalar(3.0) * ms).mantissa();
+    /// assert_eq!((m.unit(), m.item().unwrap()), (None, 3.0));
+    /// ```
     pub fn mantissa(&self) -> Tensor {
         self.with_unit(None)
     }
@@ -311,6 +408,13 @@ impl Tensor {
     }
 
     /// The same quantity counted in `unit`; a failed tensor if the dimensions differ.
+    ///
+    /// ```
+    /// use brainstate::units::{ms, second};
+    /// use brainstate::Tensor;
+    /// let t = (Tensor::scalar(1.5) * second).to_unit(ms);
+    /// assert_eq!((t.unit(), t.mantissa().item().unwrap()), (Some(ms), 1500.0));
+    /// ```
     #[track_caller]
     pub fn to_unit(&self, unit: Unit) -> Tensor {
         match self.value_in(unit) {

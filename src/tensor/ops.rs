@@ -14,8 +14,22 @@ use crate::unit::Unit;
 
 /// A value that can stand on the other side of an operation with a tensor: a tensor, or a
 /// Rust number, which takes the tensor's dtype (JAX's weak typing) when that is a float.
+///
+/// ```
+/// use brainstate::{DType, Tensor};
+/// let x = Tensor::from([1.0f32, 2.0]);
+/// assert_eq!((&x * 2.0).dtype(), DType::F32); // the scalar takes the tensor's dtype
+/// assert_eq!((&x + &x).to_vec::<f32>().unwrap(), vec![2.0, 4.0]);
+/// ```
 pub trait Operand {
     /// The operand as a tensor, next to `like`.
+    ///
+    /// ```
+    /// use brainstate::{DType, Operand, Tensor};
+    /// let ints = Tensor::from([1_i64, 2]);
+    /// assert_eq!(3_i64.to_tensor(&ints).dtype(), DType::I64);
+    /// assert_eq!(0.5_f64.to_tensor(&ints).dtype(), DType::F64);
+    /// ```
     fn to_tensor(&self, like: &Tensor) -> Tensor;
 }
 
@@ -92,8 +106,22 @@ fn axes_index(op: &str, axes: &[isize], ndim: usize) -> Result<Vec<usize>, Tenso
 /// A range of indices along one axis, as Python slices take them: negative bounds count from
 /// the end, and bounds past the ends are clamped. Implemented for Rust ranges of `isize`
 /// (`1..`, `..-1`, `2..5`, `..`).
+///
+/// ```
+/// use brainstate::Tensor;
+/// let x = Tensor::from([0.0, 1.0, 2.0, 3.0]);
+/// assert_eq!(x.slice_along(0, -2.., 1).to_vec::<f64>().unwrap(), vec![2.0, 3.0]);
+/// assert_eq!(x.slice_along(0, 1..=2, 1).to_vec::<f64>().unwrap(), vec![1.0, 2.0]);
+/// ```
 pub trait AxisRange {
     /// `(start, stop)` within `0..=len`.
+    ///
+    /// ```
+    /// use brainstate::AxisRange;
+    /// assert_eq!((1..-1).resolve(5), (1, 4));
+    /// assert_eq!((-2..).resolve(5), (3, 5));
+    /// assert_eq!((2..100).resolve(5), (2, 5)); // clamped, as in Python
+    /// ```
     fn resolve(&self, len: usize) -> (usize, usize);
 }
 
@@ -145,6 +173,13 @@ impl Tensor {
     }
 
     /// The same values as `dtype` (no-op when the dtype already matches).
+    ///
+    /// ```
+    /// use brainstate::{DType, Tensor};
+    /// let x = Tensor::from([1.7, -2.5]).cast(DType::I64);
+    /// assert_eq!(x.dtype(), DType::I64);
+    /// assert_eq!(x.to_vec::<i64>().unwrap(), vec![1, -2]);
+    /// ```
     #[track_caller]
     pub fn cast(&self, dtype: DType) -> Tensor {
         if self.dtype() == dtype || self.error().is_some() {
@@ -154,51 +189,112 @@ impl Tensor {
     }
 
     /// `e^x`
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::from([0.0, 1.0]).exp().to_vec::<f64>().unwrap();
+    /// assert_eq!(y[0], 1.0);
+    /// assert!((y[1] - std::f64::consts::E).abs() < 1e-12);
+    /// ```
     #[track_caller]
     pub fn exp(&self) -> Tensor {
         self.unary(UnaryOp::Exp)
     }
     /// Natural logarithm.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::from([1.0, std::f64::consts::E]).log().to_vec::<f64>().unwrap();
+    /// assert!(y[0].abs() < 1e-12 && (y[1] - 1.0).abs() < 1e-12);
+    /// ```
     #[track_caller]
     pub fn log(&self) -> Tensor {
         self.unary(UnaryOp::Log)
     }
     /// `log(1 + x)`, accurate near 0.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::scalar(1e-20).log1p().item().unwrap();
+    /// assert!((y - 1e-20).abs() < 1e-32); // `(1.0 + x).log()` would give 0
+    /// ```
     #[track_caller]
     pub fn log1p(&self) -> Tensor {
         self.unary(UnaryOp::Log1p)
     }
     /// `e^x - 1`, accurate near 0.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::scalar(1e-20).expm1().item().unwrap();
+    /// assert!((y - 1e-20).abs() < 1e-32); // `x.exp() - 1.0` would give 0
+    /// ```
     #[track_caller]
     pub fn expm1(&self) -> Tensor {
         self.unary(UnaryOp::Expm1)
     }
     /// Square root.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// assert_eq!(Tensor::from([4.0, 9.0]).sqrt().to_vec::<f64>().unwrap(), vec![2.0, 3.0]);
+    /// ```
     #[track_caller]
     pub fn sqrt(&self) -> Tensor {
         self.unary(UnaryOp::Sqrt)
     }
     /// Sine.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::from([0.0, std::f64::consts::FRAC_PI_2]).sin().to_vec::<f64>().unwrap();
+    /// assert!(y[0].abs() < 1e-12 && (y[1] - 1.0).abs() < 1e-12);
+    /// ```
     #[track_caller]
     pub fn sin(&self) -> Tensor {
         self.unary(UnaryOp::Sin)
     }
     /// Cosine.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::from([0.0, std::f64::consts::PI]).cos().to_vec::<f64>().unwrap();
+    /// assert!((y[0] - 1.0).abs() < 1e-12 && (y[1] + 1.0).abs() < 1e-12);
+    /// ```
     #[track_caller]
     pub fn cos(&self) -> Tensor {
         self.unary(UnaryOp::Cos)
     }
     /// Tangent.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::scalar(std::f64::consts::FRAC_PI_4).tan().item().unwrap();
+    /// assert!((y - 1.0).abs() < 1e-12);
+    /// ```
     #[track_caller]
     pub fn tan(&self) -> Tensor {
         self.unary(UnaryOp::Tan)
     }
     /// Hyperbolic tangent.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::from([0.0, 20.0]).tanh().to_vec::<f64>().unwrap();
+    /// assert!(y[0].abs() < 1e-12 && (y[1] - 1.0).abs() < 1e-12);
+    /// ```
     #[track_caller]
     pub fn tanh(&self) -> Tensor {
         self.unary(UnaryOp::Tanh)
     }
     /// The logistic function `1 / (1 + e^-x)`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::from([0.0, 2.0]).sigmoid().to_vec::<f64>().unwrap();
+    /// assert_eq!(y[0], 0.5);
+    /// assert!((y[1] - 1.0 / (1.0 + (-2.0f64).exp())).abs() < 1e-12);
+    /// ```
     #[track_caller]
     pub fn sigmoid(&self) -> Tensor {
         self.unary(UnaryOp::Logistic)
@@ -216,16 +312,38 @@ impl Tensor {
         self.unary(UnaryOp::Conj)
     }
     /// The real part, as a real dtype (`c128` gives `f64`).
+    ///
+    /// ```
+    /// use brainstate::{Complex64, DType, Tensor};
+    /// let z = Tensor::from(vec![Complex64::new(1.0, 2.0)]);
+    /// assert_eq!(z.real().dtype(), DType::F64);
+    /// assert_eq!(z.real().to_vec::<f64>().unwrap(), vec![1.0]);
+    /// ```
     #[track_caller]
     pub fn real(&self) -> Tensor {
         self.unary(UnaryOp::Real)
     }
     /// The imaginary part, as a real dtype (zeros for a real tensor).
+    ///
+    /// ```
+    /// use brainstate::{Complex64, Tensor};
+    /// let z = Tensor::from(vec![Complex64::new(1.0, 2.0)]);
+    /// assert_eq!(z.imag().to_vec::<f64>().unwrap(), vec![2.0]);
+    /// assert_eq!(Tensor::from([3.0]).imag().to_vec::<f64>().unwrap(), vec![0.0]);
+    /// ```
     #[track_caller]
     pub fn imag(&self) -> Tensor {
         self.unary(UnaryOp::Imag)
     }
     /// The argument of each complex number, in `(-pi, pi]` (`atan2(imag, real)`).
+    ///
+    /// ```
+    /// use brainstate::{Complex64, Tensor};
+    /// let z = Tensor::from(vec![Complex64::new(0.0, 2.0), Complex64::new(-1.0, 0.0)]);
+    /// let a = z.angle().to_vec::<f64>().unwrap();
+    /// assert!((a[0] - std::f64::consts::FRAC_PI_2).abs() < 1e-12);
+    /// assert!((a[1] - std::f64::consts::PI).abs() < 1e-12);
+    /// ```
     #[track_caller]
     pub fn angle(&self) -> Tensor {
         let (im, re) = (self.imag(), self.real());
@@ -249,21 +367,46 @@ impl Tensor {
     }
 
     /// `|x|` (keeps integer dtypes; real for complex).
+    ///
+    /// ```
+    /// use brainstate::{DType, Tensor};
+    /// assert_eq!(Tensor::from([-1.5, 2.0]).abs().to_vec::<f64>().unwrap(), vec![1.5, 2.0]);
+    /// assert_eq!(Tensor::from([-3_i64]).abs().dtype(), DType::I64);
+    /// ```
     #[track_caller]
     pub fn abs(&self) -> Tensor {
         Tensor::apply(Prim::Unary(UnaryOp::Abs), &[self])
     }
     /// `-1`, `0` or `1` by the sign of each element (keeps integer dtypes).
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let s = Tensor::from([-2.0, 0.0, 3.0]).sign();
+    /// assert_eq!(s.to_vec::<f64>().unwrap(), vec![-1.0, 0.0, 1.0]);
+    /// ```
     #[track_caller]
     pub fn sign(&self) -> Tensor {
         Tensor::apply(Prim::Unary(UnaryOp::Sign), &[self])
     }
     /// The same value, treated as a constant by differentiation.
+    ///
+    /// ```
+    /// use brainstate::{grad, Tensor};
+    /// // Only the first factor is differentiated: d/dx (x * c) with c = x held constant.
+    /// let g = grad(|x: &Tensor| (x * x.stop_gradient()).sum());
+    /// let g = g.call(&Tensor::from([3.0])).unwrap();
+    /// assert_eq!(g.tensor().unwrap().to_vec::<f64>().unwrap(), vec![3.0]);
+    /// ```
     #[track_caller]
     pub fn stop_gradient(&self) -> Tensor {
         Tensor::apply(Prim::Unary(UnaryOp::StopGradient), &[self])
     }
     /// `x^n` for an integer `n`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// assert_eq!(Tensor::from([2.0, 3.0]).powi(3).to_vec::<f64>().unwrap(), vec![8.0, 27.0]);
+    /// ```
     #[track_caller]
     pub fn powi(&self, n: i32) -> Tensor {
         let x = if self.dtype().is_inexact() {
@@ -280,31 +423,66 @@ impl Tensor {
         Tensor::apply(Prim::PowI(n), &[&x])
     }
     /// `x^p` for a real `p`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::from([4.0, 9.0]).powf(0.5).to_vec::<f64>().unwrap();
+    /// assert!((y[0] - 2.0).abs() < 1e-12 && (y[1] - 3.0).abs() < 1e-12);
+    /// ```
     #[track_caller]
     pub fn powf(&self, p: f64) -> Tensor {
         self.pow(&p)
     }
     /// `x^y` elementwise.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::from([2.0, 3.0]).pow(&Tensor::from([3.0, 2.0])).to_vec::<f64>().unwrap();
+    /// assert!((y[0] - 8.0).abs() < 1e-12 && (y[1] - 9.0).abs() < 1e-12);
+    /// ```
     #[track_caller]
     pub fn pow(&self, y: &impl Operand) -> Tensor {
         self.binary(BinaryOp::Pow, &y.to_tensor(self))
     }
     /// Elementwise maximum (NaN-propagating).
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::from([1.0, 5.0]).maximum(3.0);
+    /// assert_eq!(y.to_vec::<f64>().unwrap(), vec![3.0, 5.0]);
+    /// ```
     #[track_caller]
     pub fn maximum(&self, other: impl Operand) -> Tensor {
         self.binary(BinaryOp::Max, &other.to_tensor(self))
     }
     /// Elementwise minimum (NaN-propagating).
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::from([1.0, 5.0]).minimum(&Tensor::from([2.0, 4.0]));
+    /// assert_eq!(y.to_vec::<f64>().unwrap(), vec![1.0, 4.0]);
+    /// ```
     #[track_caller]
     pub fn minimum(&self, other: impl Operand) -> Tensor {
         self.binary(BinaryOp::Min, &other.to_tensor(self))
     }
     /// `max(x, 0)`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// assert_eq!(Tensor::from([-1.0, 2.0]).relu().to_vec::<f64>().unwrap(), vec![0.0, 2.0]);
+    /// ```
     #[track_caller]
     pub fn relu(&self) -> Tensor {
         self.maximum(0.0)
     }
     /// `log(e^x + e^y)`, computed stably.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::scalar(1000.0).logaddexp(1000.0).item().unwrap(); // no overflow
+    /// assert!((y - 1000.0 - 2f64.ln()).abs() < 1e-9);
+    /// ```
     #[track_caller]
     pub fn logaddexp(&self, other: impl Operand) -> Tensor {
         let other = other.to_tensor(self);
@@ -314,37 +492,79 @@ impl Tensor {
     }
 
     /// `x == y` elementwise, as `bool`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let m = Tensor::from([1.0, 2.0]).eq(2.0);
+    /// assert_eq!(m.to_vec::<bool>().unwrap(), vec![false, true]);
+    /// ```
     #[track_caller]
     pub fn eq(&self, other: impl Operand) -> Tensor {
         self.compare(CmpOp::Eq, &other.to_tensor(self))
     }
     /// `x != y` elementwise, as `bool`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let m = Tensor::from([1.0, 2.0]).ne(2.0);
+    /// assert_eq!(m.to_vec::<bool>().unwrap(), vec![true, false]);
+    /// ```
     #[track_caller]
     pub fn ne(&self, other: impl Operand) -> Tensor {
         self.compare(CmpOp::Ne, &other.to_tensor(self))
     }
     /// `x < y` elementwise, as `bool`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let m = Tensor::from([1.0, 2.0, 3.0]).lt(2.0);
+    /// assert_eq!(m.to_vec::<bool>().unwrap(), vec![true, false, false]);
+    /// ```
     #[track_caller]
     pub fn lt(&self, other: impl Operand) -> Tensor {
         self.compare(CmpOp::Lt, &other.to_tensor(self))
     }
     /// `x <= y` elementwise, as `bool`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let m = Tensor::from([1.0, 2.0, 3.0]).le(2.0);
+    /// assert_eq!(m.to_vec::<bool>().unwrap(), vec![true, true, false]);
+    /// ```
     #[track_caller]
     pub fn le(&self, other: impl Operand) -> Tensor {
         self.compare(CmpOp::Le, &other.to_tensor(self))
     }
     /// `x > y` elementwise, as `bool`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let m = Tensor::from([1.0, 2.0, 3.0]).gt(2.0);
+    /// assert_eq!(m.to_vec::<bool>().unwrap(), vec![false, false, true]);
+    /// ```
     #[track_caller]
     pub fn gt(&self, other: impl Operand) -> Tensor {
         self.compare(CmpOp::Gt, &other.to_tensor(self))
     }
     /// `x >= y` elementwise, as `bool`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let m = Tensor::from([1.0, 2.0, 3.0]).ge(2.0);
+    /// assert_eq!(m.to_vec::<bool>().unwrap(), vec![false, true, true]);
+    /// ```
     #[track_caller]
     pub fn ge(&self, other: impl Operand) -> Tensor {
         self.compare(CmpOp::Ge, &other.to_tensor(self))
     }
 
     /// `on_true` where this `bool` tensor is true, else `on_false` (see [`where_`]).
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::from([true, false]).select(1.0, -1.0);
+    /// assert_eq!(y.to_vec::<f64>().unwrap(), vec![1.0, -1.0]);
+    /// ```
     #[track_caller]
     pub fn select(&self, on_true: impl Operand, on_false: impl Operand) -> Tensor {
         let on_true = on_true.to_tensor(&on_false.to_tensor(self));
@@ -380,42 +600,88 @@ impl Tensor {
     }
 
     /// Sum of all elements.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// assert_eq!(Tensor::from([[1.0, 2.0], [3.0, 4.0]]).sum().item().unwrap(), 10.0);
+    /// ```
     #[track_caller]
     pub fn sum(&self) -> Tensor {
         self.reduce(ReduceOp::Sum, None, false)
     }
     /// Sum over `axes` (negative counts from the end), keeping them as size 1 if `keepdims`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let x = Tensor::from([[1.0, 2.0], [3.0, 4.0]]);
+    /// assert_eq!(x.sum_axes(&[0], false).to_vec::<f64>().unwrap(), vec![4.0, 6.0]);
+    /// assert_eq!(x.sum_axes(&[-1], true).shape(), &[2, 1]);
+    /// ```
     #[track_caller]
     pub fn sum_axes(&self, axes: &[isize], keepdims: bool) -> Tensor {
         self.reduce(ReduceOp::Sum, Some(axes), keepdims)
     }
     /// Largest element.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// assert_eq!(Tensor::from([[1.0, 4.0], [3.0, 2.0]]).max().item().unwrap(), 4.0);
+    /// ```
     #[track_caller]
     pub fn max(&self) -> Tensor {
         self.reduce(ReduceOp::Max, None, false)
     }
     /// Largest element over `axes`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let x = Tensor::from([[1.0, 4.0], [3.0, 2.0]]);
+    /// assert_eq!(x.max_axes(&[1], false).to_vec::<f64>().unwrap(), vec![4.0, 3.0]);
+    /// ```
     #[track_caller]
     pub fn max_axes(&self, axes: &[isize], keepdims: bool) -> Tensor {
         self.reduce(ReduceOp::Max, Some(axes), keepdims)
     }
     /// Smallest element.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// assert_eq!(Tensor::from([[1.0, 4.0], [3.0, 2.0]]).min().item().unwrap(), 1.0);
+    /// ```
     #[track_caller]
     pub fn min(&self) -> Tensor {
         self.reduce(ReduceOp::Min, None, false)
     }
     /// Smallest element over `axes`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let x = Tensor::from([[1.0, 4.0], [3.0, 2.0]]).min_axes(&[0], true);
+    /// assert_eq!((x.shape(), x.to_vec::<f64>().unwrap()), (&[1, 2][..], vec![1.0, 2.0]));
+    /// ```
     #[track_caller]
     pub fn min_axes(&self, axes: &[isize], keepdims: bool) -> Tensor {
         self.reduce(ReduceOp::Min, Some(axes), keepdims)
     }
     /// Mean of all elements.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// assert_eq!(Tensor::from([[1.0, 2.0], [3.0, 4.0]]).mean().item().unwrap(), 2.5);
+    /// assert_eq!(Tensor::from([1_i64, 2]).mean().item().unwrap(), 1.5); // integers give floats
+    /// ```
     #[track_caller]
     pub fn mean(&self) -> Tensor {
         let n = self.numel() as f64;
         self.cast_float().sum() / n
     }
     /// Mean over `axes`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let x = Tensor::from([[1.0, 2.0], [3.0, 4.0]]);
+    /// assert_eq!(x.mean_axes(&[0], false).to_vec::<f64>().unwrap(), vec![2.0, 3.0]);
+    /// ```
     #[track_caller]
     pub fn mean_axes(&self, axes: &[isize], keepdims: bool) -> Tensor {
         let axes_resolved = match axes_index("mean", axes, self.ndim()) {
@@ -426,12 +692,25 @@ impl Tensor {
         self.cast_float().sum_axes(axes, keepdims) / n as f64
     }
     /// `log(sum(exp(x)))` over all elements, computed stably.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::from([1000.0, 1000.0]).logsumexp().item().unwrap(); // no overflow
+    /// assert!((y - 1000.0 - 2f64.ln()).abs() < 1e-9);
+    /// ```
     #[track_caller]
     pub fn logsumexp(&self) -> Tensor {
         let all: Vec<isize> = (0..self.ndim() as isize).collect();
         self.logsumexp_axes(&all, false)
     }
     /// `log(sum(exp(x)))` over `axes`, computed stably.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::zeros(&[2, 3]).logsumexp_axes(&[1], false);
+    /// assert_eq!(y.shape(), &[2]);
+    /// assert!(y.to_vec::<f64>().unwrap().iter().all(|v| (v - 3f64.ln()).abs() < 1e-12));
+    /// ```
     #[track_caller]
     pub fn logsumexp_axes(&self, axes: &[isize], keepdims: bool) -> Tensor {
         let shift = self.max_axes(axes, true).stop_gradient();
@@ -452,6 +731,12 @@ impl Tensor {
         }
     }
     /// `exp(x) / sum(exp(x))` along `axis`, computed stably.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let p = Tensor::from([1.0, 2.0, 3.0]).softmax(0).to_vec::<f64>().unwrap();
+    /// assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12 && p[0] < p[1] && p[1] < p[2]);
+    /// ```
     #[track_caller]
     pub fn softmax(&self, axis: isize) -> Tensor {
         let shifted = self - self.max_axes(&[axis], true).stop_gradient();
@@ -511,12 +796,25 @@ impl Tensor {
         out.reshape_exact(&shape)
     }
     /// Dot product of vectors, or matrix product (as [`Tensor::matmul`]).
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let d = Tensor::from([1.0, 2.0, 3.0]).dot(&Tensor::from([4.0, 5.0, 6.0]));
+    /// assert_eq!(d.item().unwrap(), 32.0);
+    /// ```
     #[track_caller]
     pub fn dot(&self, other: &Tensor) -> Tensor {
         self.matmul(other)
     }
 
     /// The same elements in another shape; one entry may be `-1`, inferred from the rest.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let x = Tensor::arange(0.0, 6.0, 1.0).reshape(&[2, -1]);
+    /// assert_eq!(x.shape(), &[2, 3]);
+    /// assert!(Tensor::zeros(&[5]).reshape(&[2, -1]).error().is_some());
+    /// ```
     #[track_caller]
     pub fn reshape(&self, shape: &[isize]) -> Tensor {
         let known: usize = shape
@@ -556,6 +854,12 @@ impl Tensor {
     }
 
     /// Broadcasts to `shape` with NumPy's rules.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let x = Tensor::from([1.0, 2.0]).broadcast_to(&[2, 2]);
+    /// assert_eq!(x.to_vec::<f64>().unwrap(), vec![1.0, 2.0, 1.0, 2.0]);
+    /// ```
     #[track_caller]
     pub fn broadcast_to(&self, shape: &[usize]) -> Tensor {
         if self.shape() == shape && self.error().is_none() {
@@ -565,6 +869,12 @@ impl Tensor {
     }
 
     /// Reverses the order of the axes (NumPy's `.T`).
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let t = Tensor::from([[1.0, 2.0], [3.0, 4.0]]).transpose();
+    /// assert_eq!(t.to_vec::<f64>().unwrap(), vec![1.0, 3.0, 2.0, 4.0]);
+    /// ```
     #[track_caller]
     pub fn transpose(&self) -> Tensor {
         let perm: Vec<usize> = (0..self.ndim()).rev().collect();
@@ -572,12 +882,24 @@ impl Tensor {
     }
 
     /// Reorders the axes: axis `i` of the result is axis `perm[i]` of this tensor.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// assert_eq!(Tensor::zeros(&[2, 3, 4]).permute(&[2, 0, 1]).shape(), &[4, 2, 3]);
+    /// ```
     #[track_caller]
     pub fn permute(&self, perm: &[usize]) -> Tensor {
         Tensor::apply(Prim::Transpose(perm.to_vec()), &[self])
     }
 
     /// Inserts an axis of size 1 at `axis`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let x = Tensor::from([1.0, 2.0]);
+    /// assert_eq!(x.expand_dims(0).shape(), &[1, 2]);
+    /// assert_eq!(x.expand_dims(-1).shape(), &[2, 1]);
+    /// ```
     #[track_caller]
     pub fn expand_dims(&self, axis: isize) -> Tensor {
         match axis_index("expand_dims", axis, self.ndim() + 1) {
@@ -625,6 +947,13 @@ impl Tensor {
     }
 
     /// The sub-tensor at `index` along `axis`, which is removed (Python's `x[..., i, ...]`).
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let x = Tensor::from([[1.0, 2.0], [3.0, 4.0]]);
+    /// assert_eq!(x.index(0, -1).to_vec::<f64>().unwrap(), vec![3.0, 4.0]);
+    /// assert_eq!(x.index(1, 0).to_vec::<f64>().unwrap(), vec![1.0, 3.0]);
+    /// ```
     #[track_caller]
     pub fn index(&self, axis: isize, index: isize) -> Tensor {
         let axis = match axis_index("index", axis, self.ndim()) {
@@ -673,6 +1002,12 @@ impl Tensor {
     }
 
     /// `start, start + step, ...` below `stop` (Python's `arange`), as `f64`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let x = Tensor::arange(0.0, 1.0, 0.25);
+    /// assert_eq!(x.to_vec::<f64>().unwrap(), vec![0.0, 0.25, 0.5, 0.75]);
+    /// ```
     pub fn arange(start: f64, stop: f64, step: f64) -> Tensor {
         if step == 0.0 || !step.is_finite() {
             return failed(
@@ -689,21 +1024,42 @@ impl Tensor {
     }
 
     /// An `f64` tensor of `shape` filled with `value`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// assert_eq!(Tensor::full(&[2], 7.0).to_vec::<f64>().unwrap(), vec![7.0, 7.0]);
+    /// ```
     pub fn full(shape: &[usize], value: f64) -> Tensor {
         Tensor::scalar(value).broadcast_to(shape)
     }
 
     /// Zeros of `shape` (`f64`).
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let z = Tensor::zeros(&[2, 3]);
+    /// assert_eq!((z.shape(), z.sum().item().unwrap()), (&[2, 3][..], 0.0));
+    /// ```
     pub fn zeros(shape: &[usize]) -> Tensor {
         Tensor::full(shape, 0.0)
     }
 
     /// Ones of `shape` (`f64`).
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// assert_eq!(Tensor::ones(&[3]).sum().item().unwrap(), 3.0);
+    /// ```
     pub fn ones(shape: &[usize]) -> Tensor {
         Tensor::full(shape, 1.0)
     }
 
     /// The `n x n` identity matrix (`f64`).
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// assert_eq!(Tensor::eye(2).to_vec::<f64>().unwrap(), vec![1.0, 0.0, 0.0, 1.0]);
+    /// ```
     pub fn eye(n: usize) -> Tensor {
         Tensor::apply(
             Prim::Eye {
@@ -717,6 +1073,12 @@ impl Tensor {
     }
 
     /// Zeros with this tensor's shape and dtype.
+    ///
+    /// ```
+    /// use brainstate::{DType, Tensor};
+    /// let z = Tensor::from([1_i64, 2]).zeros_like();
+    /// assert_eq!((z.dtype(), z.to_vec::<i64>().unwrap()), (DType::I64, vec![0, 0]));
+    /// ```
     pub fn zeros_like(&self) -> Tensor {
         Tensor::scalar_of(0.0, self.dtype()).broadcast_to(self.shape())
     }

@@ -11,19 +11,67 @@ use crate::unit::Unit;
 
 /// A Rust function that transforms can trace: any `Fn(&A0, &A1, ...) -> O` of up to six
 /// [`Tree`] arguments returning a [`Tree`]. `Sig` is the tuple of argument types.
+///
+/// ```
+/// use brainstate::{grad, Tensor};
+/// let f = |x: &Tensor, (a, b): &(Tensor, Tensor)| (x * a + b).sum(); // a tuple argument
+/// let x = Tensor::from([1.0, 2.0]);
+/// let g = grad(f).call((&x, &(Tensor::scalar(3.0), Tensor::scalar(0.0)))).unwrap();
+/// assert_eq!(g.tensor().unwrap().to_vec::<f64>().unwrap(), vec![3.0, 3.0]);
+/// ```
 pub trait Function<Sig> {
     /// What the function returns.
+    ///
+    /// ```
+    /// use brainstate::{Function, Tensor, Tree};
+    /// let f = |x: &Tensor| (x.sum(), x.max()); // Output = (Tensor, Tensor)
+    /// let x = Tensor::from([1.0, 3.0]);
+    /// let out = Function::<(Tensor,)>::call_flat(&f, &[x.def()], vec![x.clone()]).unwrap();
+    /// assert_eq!((out.0.item().unwrap(), out.1.item().unwrap()), (4.0, 3.0));
+    /// ```
     type Output: Tree;
     /// The number of positional arguments.
+    ///
+    /// ```
+    /// use brainstate::{Function, Tensor};
+    /// fn arity<F: Function<Sig>, Sig>(_: &F) -> usize {
+    ///     F::ARITY
+    /// }
+    /// assert_eq!(arity(&|x: &Tensor, y: &Tensor| x + y), 2);
+    /// ```
     const ARITY: usize;
     /// Calls the function on arguments rebuilt from their structures and leaves.
+    ///
+    /// ```
+    /// use brainstate::{Function, Tensor, Tree};
+    /// let f = |x: &Tensor| x.sum();
+    /// let x = Tensor::from([1.0, 2.0]);
+    /// let y = Function::<(Tensor,)>::call_flat(&f, &[x.def()], vec![x.clone()]).unwrap();
+    /// assert_eq!(y.item().unwrap(), 3.0);
+    /// ```
     fn call_flat(&self, defs: &[TreeDef], leaves: Vec<Tensor>) -> Result<Self::Output>;
 }
 
 /// Arguments for a call of a transformed function of signature `Sig`: `&x` for one argument,
 /// `(&x, &y, ...)` for several.
+///
+/// ```
+/// use brainstate::{hessian, Tensor};
+/// let f = |x: &Tensor, y: &Tensor| (x * y).sum();
+/// let (x, y) = (Tensor::scalar(2.0), Tensor::scalar(3.0));
+/// let h = hessian(f).argnums(1).call((&x, &y)).unwrap(); // two arguments: a tuple
+/// assert_eq!(h.tensor().unwrap().item().unwrap(), 0.0);
+/// ```
 pub trait Args<Sig> {
     /// Each argument's structure and leaves.
+    ///
+    /// ```
+    /// use brainstate::{Args, Tensor, TreeDef};
+    /// let pair = (Tensor::scalar(1.0), Tensor::scalar(2.0));
+    /// let flat = Args::<((Tensor, Tensor),)>::flatten_args(&&pair);
+    /// assert_eq!(flat[0].0, TreeDef::Tuple(vec![TreeDef::Leaf, TreeDef::Leaf]));
+    /// assert_eq!(flat[0].1.len(), 2);
+    /// ```
     fn flatten_args(&self) -> Vec<(TreeDef, Vec<Tensor>)>;
 }
 

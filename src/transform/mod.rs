@@ -16,6 +16,15 @@
 //! | `check_states=False` | `.check_states(false)` |
 //! | `debug_nan=True` (through `**kwargs`) | `.debug_nan(true)` |
 //! | `h(x, y)` | `h.call((&x, &y))?` |
+//!
+//! ```
+//! use brainstate::{hessian, Tensor};
+//! let h = hessian(|x: &Tensor, y: &Tensor| (x * y).sum()).argnums([0, 1]);
+//! let out = h.call((&Tensor::scalar(1.0), &Tensor::scalar(2.0))).unwrap(); // builds the plan
+//! let again = h.call((&Tensor::scalar(5.0), &Tensor::scalar(7.0))).unwrap(); // only runs it
+//! assert_eq!(out[0][1].tensor().unwrap().item().unwrap(), 1.0);
+//! assert_eq!(again[1][0].tensor().unwrap().item().unwrap(), 1.0);
+//! ```
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -36,6 +45,12 @@ use crate::tree::{Node, Tree};
 
 /// Which positional arguments to differentiate: one index (the result has no tuple level for
 /// arguments, as in JAX) or a sequence (the result has one entry per index, in that order).
+///
+/// ```
+/// use brainstate::Argnums;
+/// assert_eq!(Argnums::from(1), Argnums::One(1));
+/// assert_eq!(Argnums::from([0, 1]), Argnums::Many(vec![0, 1]));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Argnums {
     /// A single argument.
@@ -76,25 +91,87 @@ impl<const N: usize> From<[usize; N]> for Argnums {
 
 /// What a call returns besides the derivatives (typestate, so that a wrong destructuring is a
 /// compile error): set by [`GradientTransform::has_aux`] and [`GradientTransform::return_value`].
+///
+/// ```
+/// use brainstate::{grad, Tensor};
+/// let g = grad(|x: &Tensor| ((x * x).sum(), x.max())).has_aux().return_value();
+/// let (grads, value, aux) = g.call(&Tensor::from([1.0, 2.0])).unwrap(); // layout::ValueAux
+/// assert_eq!(grads.tensor().unwrap().to_vec::<f64>().unwrap(), vec![2.0, 4.0]);
+/// assert_eq!((value.item().unwrap(), aux.item().unwrap()), (5.0, 2.0));
+/// ```
 pub mod layout {
     /// Derivatives only.
+    ///
+    /// ```
+    /// use brainstate::transform::{case, layout::Plain};
+    /// use brainstate::{grad, GradientTransform, Tensor};
+    /// let g: GradientTransform<_, (Tensor,), case::Args, Plain> = grad(|x: &Tensor| x.sum());
+    /// let grads = g.call(&Tensor::from([1.0, 2.0])).unwrap(); // the derivatives only
+    /// assert_eq!(grads.tensor().unwrap().to_vec::<f64>().unwrap(), vec![1.0, 1.0]);
+    /// ```
     #[derive(Debug)]
     pub struct Plain;
     /// `(derivatives, aux)`.
+    ///
+    /// ```
+    /// use brainstate::transform::{case, layout::Aux};
+    /// use brainstate::{grad, GradientTransform, Tensor};
+    /// let g: GradientTransform<_, (Tensor,), case::Args, Aux> =
+    ///     grad(|x: &Tensor| (x.sum(), x.max())).has_aux();
+    /// let (_grads, aux) = g.call(&Tensor::from([1.0, 2.0])).unwrap();
+    /// assert_eq!(aux.item().unwrap(), 2.0);
+    /// ```
     #[derive(Debug)]
     pub struct Aux;
     /// `(derivatives, value)`.
+    ///
+    /// ```
+    /// use brainstate::transform::{case, layout::Value};
+    /// use brainstate::{grad, GradientTransform, Tensor};
+    /// let g: GradientTransform<_, (Tensor,), case::Args, Value> =
+    ///     grad(|x: &Tensor| x.sum()).return_value();
+    /// let (_grads, value) = g.call(&Tensor::from([1.0, 2.0])).unwrap();
+    /// assert_eq!(value.item().unwrap(), 3.0);
+    /// ```
     #[derive(Debug)]
     pub struct Value;
     /// `(derivatives, value, aux)`.
+    ///
+    /// ```
+    /// use brainstate::transform::{case, layout::ValueAux};
+    /// use brainstate::{grad, GradientTransform, Tensor};
+    /// let g: GradientTransform<_, (Tensor,), case::Args, ValueAux> =
+    ///     grad(|x: &Tensor| (x.sum(), x.max())).has_aux().return_value();
+    /// let (_grads, value, aux) = g.call(&Tensor::from([1.0, 2.0])).unwrap();
+    /// assert_eq!((value.item().unwrap(), aux.item().unwrap()), (3.0, 2.0));
+    /// ```
     #[derive(Debug)]
     pub struct ValueAux;
 
     /// How the layout changes when aux data or the value is also asked for.
+    ///
+    /// ```
+    /// use brainstate::transform::layout::{Aux, Layout, Plain, ValueAux};
+    /// use std::any::TypeId;
+    /// assert_eq!(TypeId::of::<<Plain as Layout>::WithAux>(), TypeId::of::<Aux>());
+    /// assert_eq!(TypeId::of::<<Aux as Layout>::WithValue>(), TypeId::of::<ValueAux>());
+    /// ```
     pub trait Layout {
         /// The layout after `.has_aux()`.
+        ///
+        /// ```
+        /// use brainstate::transform::layout::{Layout, Value, ValueAux};
+        /// use std::any::TypeId;
+        /// assert_eq!(TypeId::of::<<Value as Layout>::WithAux>(), TypeId::of::<ValueAux>());
+        /// ```
         type WithAux;
         /// The layout after `.return_value()`.
+        ///
+        /// ```
+        /// use brainstate::transform::layout::{Layout, Plain, Value};
+        /// use std::any::TypeId;
+        /// assert_eq!(TypeId::of::<<Plain as Layout>::WithValue>(), TypeId::of::<Value>());
+        /// ```
         type WithValue;
     }
     impl Layout for Plain {
@@ -118,33 +195,120 @@ use layout::{Aux, Layout, Plain, Value, ValueAux};
 
 /// Which of the specification's three cases a transform is in (typestate): what it
 /// differentiates and so what its derivatives are.
+///
+/// ```
+/// use brainstate::{hessian, State, Tensor};
+/// let w = State::new(Tensor::scalar(2.0));
+/// let f = |x: &Tensor| (w.value() * x * x).sum();
+/// let x = Tensor::scalar(3.0);
+/// let arg_grads = hessian(f).call(&x).unwrap(); // case 1: d2f / dx2 = 2w
+/// let var_grads = hessian(f).grad_states(&w).call(&x).unwrap(); // case 2: d2f / dw2 = 0
+/// let (_, both) = hessian(f).grad_states(&w).argnums(0).call(&x).unwrap(); // case 3
+/// assert_eq!(arg_grads.tensor().unwrap().item().unwrap(), 4.0);
+/// assert_eq!(var_grads.tensor().unwrap().item().unwrap(), 0.0);
+/// assert_eq!(both.tensor().unwrap().item().unwrap(), 4.0);
+/// ```
 pub mod case {
     use crate::tree::Node;
 
     /// Case 1, `argnums` left at its default `0`: `arg_grads`.
+    ///
+    /// ```
+    /// use brainstate::transform::case;
+    /// use brainstate::{hessian, GradientTransform, Tensor};
+    /// let h: GradientTransform<_, (Tensor,), case::Args> = hessian(|x: &Tensor| x.powi(3).sum());
+    /// let arg_grads = h.call(&Tensor::from([1.0])).unwrap();
+    /// assert_eq!(arg_grads.tensor().unwrap().to_vec::<f64>().unwrap(), vec![6.0]);
+    /// ```
     #[derive(Debug)]
     pub struct Args;
     /// Case 1 with `argnums` given: `arg_grads`.
+    ///
+    /// ```
+    /// use brainstate::transform::case;
+    /// use brainstate::{grad, GradientTransform, Tensor};
+    /// let f = |x: &Tensor, y: &Tensor| (x * y).sum();
+    /// let g: GradientTransform<_, (Tensor, Tensor), case::ArgsGiven> = grad(f).argnums(1);
+    /// let arg_grads = g.call((&Tensor::scalar(2.0), &Tensor::scalar(5.0))).unwrap();
+    /// assert_eq!(arg_grads.tensor().unwrap().item().unwrap(), 2.0);
+    /// ```
     #[derive(Debug)]
     pub struct ArgsGiven;
     /// Case 2, `grad_states` without `argnums`: `var_grads`.
+    ///
+    /// ```
+    /// use brainstate::transform::case;
+    /// use brainstate::{grad, GradientTransform, State, Tensor};
+    /// let w = State::new(Tensor::scalar(2.0));
+    /// let f = |x: &Tensor| (w.value() * x).sum();
+    /// let g: GradientTransform<_, (Tensor,), case::States> = grad(f).grad_states(&w);
+    /// assert_eq!(g.call(&Tensor::scalar(5.0)).unwrap().tensor().unwrap().item().unwrap(), 5.0);
+    /// ```
     #[derive(Debug)]
     pub struct States;
     /// Case 3, `grad_states` and `argnums`: `(var_grads, arg_grads)`.
+    ///
+    /// ```
+    /// use brainstate::transform::case;
+    /// use brainstate::{grad, GradientTransform, State, Tensor};
+    /// let w = State::new(Tensor::scalar(2.0));
+    /// let f = |x: &Tensor| (w.value() * x).sum();
+    /// let g: GradientTransform<_, (Tensor,), case::StatesArgs> =
+    ///     grad(f).grad_states(&w).argnums(0);
+    /// let (var_grads, arg_grads) = g.call(&Tensor::scalar(5.0)).unwrap();
+    /// assert_eq!(var_grads.tensor().unwrap().item().unwrap(), 5.0); // d/dw = x
+    /// assert_eq!(arg_grads.tensor().unwrap().item().unwrap(), 2.0); // d/dx = w
+    /// ```
     #[derive(Debug)]
     pub struct StatesArgs;
 
     /// What each case differentiates and returns.
+    ///
+    /// ```
+    /// use brainstate::transform::case::{Args, Case, States, StatesArgs};
+    /// use std::any::TypeId;
+    /// assert_eq!(TypeId::of::<<Args as Case>::WithStates>(), TypeId::of::<States>());
+    /// assert_eq!(TypeId::of::<<States as Case>::WithArgnums>(), TypeId::of::<StatesArgs>());
+    /// ```
     pub trait Case {
         /// The derivatives a call returns.
+        ///
+        /// ```
+        /// use brainstate::transform::case::{Case, StatesArgs};
+        /// use brainstate::Node;
+        /// use std::any::TypeId;
+        /// assert_eq!(TypeId::of::<<StatesArgs as Case>::Grads>(), TypeId::of::<(Node, Node)>());
+        /// ```
         type Grads;
         /// The case after `.argnums(..)`.
+        ///
+        /// ```
+        /// use brainstate::transform::case::{Args, ArgsGiven, Case};
+        /// use std::any::TypeId;
+        /// assert_eq!(TypeId::of::<<Args as Case>::WithArgnums>(), TypeId::of::<ArgsGiven>());
+        /// ```
         type WithArgnums;
         /// The case after `.grad_states(..)`.
+        ///
+        /// ```
+        /// use brainstate::transform::case::{ArgsGiven, Case, StatesArgs};
+        /// use std::any::TypeId;
+        /// assert_eq!(TypeId::of::<<ArgsGiven as Case>::WithStates>(), TypeId::of::<StatesArgs>());
+        /// ```
         type WithStates;
         /// Whether arguments are differentiated.
+        ///
+        /// ```
+        /// use brainstate::transform::case::{Args, Case, States};
+        /// assert!(<Args as Case>::ARGS && !<States as Case>::ARGS);
+        /// ```
         const ARGS: bool;
         /// Whether states are differentiated.
+        ///
+        /// ```
+        /// use brainstate::transform::case::{Args, Case, StatesArgs};
+        /// assert!(<StatesArgs as Case>::STATES && !<Args as Case>::STATES);
+        /// ```
         const STATES: bool;
         #[doc(hidden)]
         fn grads(var_grads: Option<Node>, arg_grads: Option<Node>) -> Self::Grads;
@@ -356,6 +520,16 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
 
     /// Which positional arguments to differentiate (default `0`): an index, or a sequence
     /// such as `[0, 1]`. With `grad_states`, both are differentiated (case 3).
+    ///
+    /// ```
+    /// use brainstate::{grad, Tensor};
+    /// let f = |x: &Tensor, y: &Tensor| (x * y).sum();
+    /// let (x, y) = (Tensor::from([2.0]), Tensor::from([5.0]));
+    /// let dy = grad(f).argnums(1).call((&x, &y)).unwrap();
+    /// assert_eq!(dy.tensor().unwrap().to_vec::<f64>().unwrap(), vec![2.0]);
+    /// let both = grad(f).argnums([0, 1]).call((&x, &y)).unwrap();
+    /// assert_eq!(both[0].tensor().unwrap().to_vec::<f64>().unwrap(), vec![5.0]);
+    /// ```
     pub fn argnums(
         mut self,
         argnums: impl Into<Argnums>,
@@ -385,6 +559,14 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
     }
 
     /// Also return the function's value (`return_value=True`).
+    ///
+    /// ```
+    /// use brainstate::{grad, Tensor};
+    /// let g = grad(|x: &Tensor| (x * x).sum()).return_value();
+    /// let (grads, value) = g.call(&Tensor::from([3.0])).unwrap();
+    /// assert_eq!(value.item().unwrap(), 9.0);
+    /// assert_eq!(grads.tensor().unwrap().to_vec::<f64>().unwrap(), vec![6.0]);
+    /// ```
     pub fn return_value(self) -> GradientTransform<F, Sig, C, L::WithValue> {
         let split = self.split;
         self.into_typestate(split)
@@ -392,6 +574,14 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
 
     /// Also return auxiliary data (`has_aux=True`): the function returns `(output, aux)` and
     /// only `output` is differentiated. A function that returns no pair does not compile.
+    ///
+    /// ```
+    /// use brainstate::{grad, Tensor};
+    /// let f = |x: &Tensor| ((x * x).sum(), x.max()); // (output, aux)
+    /// let (grads, aux) = grad(f).has_aux().call(&Tensor::from([1.0, 3.0])).unwrap();
+    /// assert_eq!(aux.item().unwrap(), 3.0);
+    /// assert_eq!(grads.tensor().unwrap().to_vec::<f64>().unwrap(), vec![2.0, 6.0]);
+    /// ```
     pub fn has_aux<O: Tree, A: Tree>(self) -> GradientTransform<F, Sig, C, L::WithAux>
     where
         F: Function<Sig, Output = (O, A)>,
@@ -399,9 +589,19 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
         self.into_typestate(split_aux::<O, A>)
     }
 
-    /// Promise that the function is holomorphic (default `false`). Differentiated inputs must
-    /// then be complex; this version of the library has no complex dtypes yet, so `true`
-    /// makes every call fail with a clear error, as JAX does for real inputs.
+    /// Promise that the function is holomorphic (default `false`). Differentiated inputs and
+    /// the outputs must then be complex; without it they must be real (`jacfwd` alone allows
+    /// complex outputs of real inputs). A call that breaks these rules fails with an error
+    /// naming the input or output, as JAX's does.
+    ///
+    /// ```
+    /// use brainstate::{hessian, Complex64, Tensor};
+    /// let z = Tensor::from(vec![Complex64::new(1.0, 1.0)]);
+    /// let h = hessian(|z: &Tensor| z.powi(3).sum()).holomorphic(true).call(&z).unwrap();
+    /// let block = h.tensor().unwrap().to_vec::<Complex64>().unwrap();
+    /// assert_eq!(block, vec![Complex64::new(6.0, 6.0)]); // 6z
+    /// assert!(hessian(|z: &Tensor| z.powi(3).sum()).call(&z).is_err()); // needs the promise
+    /// ```
     pub fn holomorphic(mut self, holomorphic: bool) -> Self {
         self.holomorphic = holomorphic;
         self
@@ -409,6 +609,15 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
 
     /// Whether a state in `grad_states` that the function never reads is an error (default
     /// `true`); with `false` its blocks are zeros.
+    ///
+    /// ```
+    /// use brainstate::{grad, State, Tensor};
+    /// let unread = State::new(Tensor::scalar(1.0));
+    /// let f = |x: &Tensor| x.sum();
+    /// assert!(grad(f).grad_states(&unread).call(&Tensor::scalar(2.0)).is_err());
+    /// let g = grad(f).grad_states(&unread).check_states(false).call(&Tensor::scalar(2.0));
+    /// assert_eq!(g.unwrap().tensor().unwrap().item().unwrap(), 0.0);
+    /// ```
     pub fn check_states(mut self, check_states: bool) -> Self {
         self.check_states = check_states;
         self
@@ -437,6 +646,14 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
     /// When on, a NaN or infinity produced while computing the result is an error naming the
     /// first primitive that produced one, its input shapes and the source line it comes from.
     /// Off by default, and then free.
+    ///
+    /// ```
+    /// use brainstate::{grad, Tensor};
+    /// let g = grad(|x: &Tensor| x.sqrt().sum()).debug_nan(true);
+    /// assert!(g.call(&Tensor::from([4.0])).is_ok());
+    /// let err = g.call(&Tensor::from([0.0])).unwrap_err(); // d sqrt(x) / dx is infinite at 0
+    /// assert!(err.to_string().starts_with("debug_nan:"));
+    /// ```
     pub fn debug_nan(mut self, debug_nan: bool) -> Self {
         self.debug_nan = debug_nan;
         self
@@ -546,6 +763,13 @@ impl<F: Function<Sig>, Sig, L: Layout> GradientTransform<F, Sig, case::StatesArg
 
 impl<F: Function<Sig>, Sig, C: Case> GradientTransform<F, Sig, C, Plain> {
     /// The derivatives: `arg_grads`, `var_grads` or `(var_grads, arg_grads)` by case.
+    ///
+    /// ```
+    /// use brainstate::{hessian, Tensor};
+    /// let f = |x: &Tensor, y: &Tensor| (x * x * y).sum();
+    /// let h = hessian(f).call((&Tensor::scalar(1.0), &Tensor::scalar(3.0))).unwrap();
+    /// assert_eq!(h.tensor().unwrap().item().unwrap(), 6.0); // d2f / dx2 = 2y
+    /// ```
     pub fn call(&self, args: impl Args<Sig>) -> Result<C::Grads> {
         Ok(self.run(&args)?.0)
     }
@@ -553,6 +777,13 @@ impl<F: Function<Sig>, Sig, C: Case> GradientTransform<F, Sig, C, Plain> {
 
 impl<F: Function<Sig>, Sig, C: Case> GradientTransform<F, Sig, C, Value> {
     /// `(grads, value)`.
+    ///
+    /// ```
+    /// use brainstate::{hessian, Tensor};
+    /// let h = hessian(|x: &Tensor| x.powi(3).sum()).return_value();
+    /// let (hess, value) = h.call(&Tensor::scalar(2.0)).unwrap();
+    /// assert_eq!((hess.tensor().unwrap().item().unwrap(), value.item().unwrap()), (12.0, 8.0));
+    /// ```
     pub fn call(&self, args: impl Args<Sig>) -> Result<(C::Grads, F::Output)> {
         let (grads, outputs, compiled) = self.run(&args)?;
         let value = F::Output::unflatten(&compiled.value_def, &mut outputs.value.into_iter())?;
@@ -565,6 +796,13 @@ where
     F: Function<Sig, Output = (O, A)>,
 {
     /// `(grads, aux)`.
+    ///
+    /// ```
+    /// use brainstate::{hessian, Tensor};
+    /// let h = hessian(|x: &Tensor| (x.powi(3).sum(), x * 10.0)).has_aux();
+    /// let (hess, aux) = h.call(&Tensor::scalar(2.0)).unwrap();
+    /// assert_eq!((hess.tensor().unwrap().item().unwrap(), aux.item().unwrap()), (12.0, 20.0));
+    /// ```
     pub fn call(&self, args: impl Args<Sig>) -> Result<(C::Grads, A)> {
         let (grads, outputs, compiled) = self.run(&args)?;
         let aux_def = compiled.aux_def.as_ref().expect("traced with aux");
@@ -577,6 +815,14 @@ where
     F: Function<Sig, Output = (O, A)>,
 {
     /// `(grads, value, aux)`.
+    ///
+    /// ```
+    /// use brainstate::{grad, Tensor};
+    /// let g = grad(|x: &Tensor| (x.powi(2).sum(), x.max())).has_aux().return_value();
+    /// let (grads, value, aux) = g.call(&Tensor::from([1.0, 2.0])).unwrap();
+    /// assert_eq!(grads.tensor().unwrap().to_vec::<f64>().unwrap(), vec![2.0, 4.0]);
+    /// assert_eq!((value.item().unwrap(), aux.item().unwrap()), (5.0, 2.0));
+    /// ```
     pub fn call(&self, args: impl Args<Sig>) -> Result<(C::Grads, O, A)> {
         let (grads, outputs, compiled) = self.run(&args)?;
         let aux_def = compiled.aux_def.as_ref().expect("traced with aux");
