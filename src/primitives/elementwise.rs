@@ -188,7 +188,12 @@ impl UnaryOp {
             UnaryOp::Tan => t * (out * out + 1.0),
             UnaryOp::Tanh => t * (1.0 - out * out),
             UnaryOp::Logistic => t * (out * (1.0 - out)),
-            UnaryOp::Abs if x.dtype().is_complex() => (x.conj() * t).real() / out,
+            UnaryOp::Abs if x.dtype().is_complex() => {
+                // d|z| = Re(conj(z) dz) / |z|, taken as 0 at z = 0 (as JAX does).
+                let safe =
+                    crate::tensor::where_(&out.eq(0.0), &Tensor::scalar_of(1.0, out.dtype()), out);
+                (x.conj() * t).real() / safe
+            }
             UnaryOp::Abs => t * x.sign(),
             UnaryOp::Conj => t.conj(),
             UnaryOp::Real => t.real(),

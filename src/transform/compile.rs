@@ -70,21 +70,21 @@ impl Compiled {
 /// The input dtype rules of `jax.hessian` (its `jacfwd` and `jacrev` checks), in its order.
 fn check_differentiable(name: &str, what: &str, aval: &Aval, holomorphic: bool) -> Result<()> {
     let dtype = aval.dtype;
-    let fail = |msg: String| {
+    let fail = |msg: &str| {
         Err(Error::dtype(
             name,
             format!("{msg} ({what}, shape {:?})", aval.shape),
             dtype,
         ))
     };
-    if !dtype.is_inexact() {
-        return fail("differentiated inputs must be floating point or complex; integer and boolean inputs cannot be differentiated".into());
-    }
     if holomorphic && !dtype.is_complex() {
-        return fail("holomorphic=true requires inputs with a complex dtype".into());
+        return fail("holomorphic=true requires inputs with a complex dtype");
+    }
+    if !dtype.is_inexact() {
+        return fail("differentiated inputs must be floating point or complex; integer and boolean inputs cannot be differentiated");
     }
     if !holomorphic && dtype.is_complex() {
-        return fail("real inputs are required; for a holomorphic function of complex inputs set holomorphic(true)".into());
+        return fail("real inputs are required; for a holomorphic function of complex inputs set holomorphic(true)");
     }
     Ok(())
 }
@@ -94,17 +94,17 @@ fn check_differentiable(name: &str, what: &str, aval: &Aval, holomorphic: bool) 
 fn check_output(kind: Kind, aval: &Aval, holomorphic: bool) -> Result<()> {
     let name = kind.name();
     let dtype = aval.dtype;
-    if !dtype.is_inexact() {
-        return Err(Error::dtype(
-            name,
-            "the function's output must be floating point or complex",
-            dtype,
-        ));
-    }
     if holomorphic && !dtype.is_complex() {
         return Err(Error::dtype(
             name,
             "holomorphic=true requires outputs with a complex dtype",
+            dtype,
+        ));
+    }
+    if !dtype.is_inexact() {
+        return Err(Error::dtype(
+            name,
+            "the function's output must be floating point or complex",
             dtype,
         ));
     }
@@ -150,6 +150,22 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
 ) -> Result<Compiled> {
     let (defs, avals) = (&signature.defs, &signature.avals);
     let name = spec.kind.name();
+    let grad_states = spec.grad_states.map(GradStates::states).unwrap_or_default();
+    for (k, s) in grad_states.iter().enumerate() {
+        if grad_states[..k].iter().any(|t| Arc::ptr_eq(s, t)) {
+            return Err(Error::Options(format!(
+                "{name}: grad_states lists {} twice",
+                s.describe()
+            )));
+        }
+    }
+    // brainstate passes the states to JAX ahead of the arguments, so their dtypes are checked first.
+    for s in &grad_states {
+        for leaf in s.leaves().1 {
+            check_differentiable(name, &s.describe(), &leaf.aval()?, spec.holomorphic)?;
+        }
+    }
+
     // Differentiated argument leaves, in argnums order.
     let mut starts = vec![0];
     for d in defs {
@@ -164,16 +180,6 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
             }
         }
     }
-    let grad_states = spec.grad_states.map(GradStates::states).unwrap_or_default();
-    for (k, s) in grad_states.iter().enumerate() {
-        if grad_states[..k].iter().any(|t| Arc::ptr_eq(s, t)) {
-            return Err(Error::Options(format!(
-                "{name}: grad_states lists {} twice",
-                s.describe()
-            )));
-        }
-    }
-
     let traced = trace_function(f, signature, name, split)?;
     let mut program = traced.program;
     let out_avals = program.output_avals();
@@ -226,8 +232,7 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
                 .iter()
                 .map(|(_, a)| a.len())
                 .sum::<usize>();
-        for (k, (aval, unit)) in state_inputs[pos].1.iter().enumerate() {
-            check_differentiable(name, &s.describe(), aval, spec.holomorphic)?;
+        for (k, (_, unit)) in state_inputs[pos].1.iter().enumerate() {
             state_wrt.push(first + k);
             wrt_units.push(*unit);
         }
