@@ -78,8 +78,8 @@ impl fmt::Display for Aval {
     }
 }
 
-/// An n-dimensional array of `f64` (default), `f32`, `i64` or `bool`, that can be computed with
-/// eagerly or traced into a program by a transform.
+/// An n-dimensional array of `f64` (default), `f32`, `i64`, `bool` or complex numbers (`c64`,
+/// `c128`), that can be computed with eagerly or traced into a program by a transform.
 ///
 /// ```
 /// use brainstate::Tensor;
