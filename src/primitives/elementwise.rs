@@ -467,15 +467,19 @@ pub(super) fn zip<A: Copy, B: Copy, C: 'static>(
         ($dim:ty) => {{
             let a = a.into_dimensionality::<$dim>().expect("rank");
             let b = b.into_dimensionality::<$dim>().expect("rank");
-            collect(&mut a.iter().zip(b.iter()).map(|(&x, &y)| f(x, y)))
+            Zip::from(&a)
+                .and(&b)
+                .map_collect(|&x, &y| f(x, y))
+                .into_dyn()
         }};
     }
+    // Broadcasting operands: Zip's strided inner loops beat element iterators here.
     match shape.len() {
         1 => fixed_rank!(ndarray::Ix1),
         2 => fixed_rank!(ndarray::Ix2),
         3 => fixed_rank!(ndarray::Ix3),
         4 => fixed_rank!(ndarray::Ix4),
-        _ => collect(&mut a.iter().zip(b.iter()).map(|(&x, &y)| f(x, y))),
+        _ => Zip::from(&a).and(&b).map_collect(|&x, &y| f(x, y)),
     }
 }
 

@@ -46,12 +46,12 @@ where
     let with = |dims: &[usize]| -> Vec<usize> { batch.iter().chain(dims).copied().collect() };
     let (ca, cb): (usize, usize) = (a_batch.iter().product(), b_batch.iter().product());
     let count: usize = batch.iter().product();
-    let a = a.as_standard_layout();
-    let b = b.as_standard_layout();
     if k == 1 {
         // An outer product: elementwise, with no matrix kernel's packing overhead.
-        return super::elementwise::zip(&a.to_owned(), &b.to_owned(), &with(&[m, n]), |x, y| x * y);
+        return super::elementwise::zip(a, b, &with(&[m, n]), |x, y| x * y);
     }
+    let a = a.as_standard_layout();
+    let b = b.as_standard_layout();
     let gemm = |x: ArrayView2<T>, y: ArrayView2<T>| {
         if y.ncols() == 1 {
             // Matrix-vector products go faster through a dot-product loop than through gemm.
