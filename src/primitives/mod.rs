@@ -107,6 +107,16 @@ pub enum Prim {
     },
 }
 
+/// The primitive families, one file each.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Elementwise,
+    Structural,
+    Reduce,
+    MatMul,
+    Creation,
+}
+
 impl Prim {
     /// Shape and dtype of the result, or an error naming the operation and the shapes.
     pub(crate) fn infer(&self, ins: &[Aval]) -> Result<Aval> {
@@ -127,57 +137,50 @@ impl Prim {
                 ));
             }
         }
-        match self {
-            Prim::Unary(_)
-            | Prim::Binary(_)
-            | Prim::Compare(_)
-            | Prim::Select
-            | Prim::Convert(_)
-            | Prim::PowI(_) => elementwise::infer(self, ins),
-            Prim::Broadcast(_)
-            | Prim::Reshape(_)
-            | Prim::Transpose(_)
-            | Prim::Slice { .. }
-            | Prim::Pad { .. }
-            | Prim::Concat(_) => structural::infer(self, ins),
-            Prim::Reduce(op, axes) => reduce::infer(*op, axes, &ins[0]),
-            Prim::MatMul => matmul::infer(&ins[0], &ins[1]),
-            Prim::Iota { .. } | Prim::Eye { .. } => creation::infer(self),
+        match (self.family(), self) {
+            (Family::Elementwise, _) => elementwise::infer(self, ins),
+            (Family::Structural, _) => structural::infer(self, ins),
+            (_, Prim::Reduce(op, axes)) => reduce::infer(*op, axes, &ins[0]),
+            (_, Prim::MatMul) => matmul::infer(&ins[0], &ins[1]),
+            _ => creation::infer(self),
         }
     }
 
     /// The reference kernel. Inputs have passed [`Prim::infer`].
     pub(crate) fn eval(&self, ins: &[&Data]) -> Result<Data> {
+        match (self.family(), self) {
+            (Family::Elementwise, _) => elementwise::eval(self, ins),
+            (Family::Structural, _) => structural::eval(self, ins),
+            (_, Prim::Reduce(op, axes)) => Ok(reduce::eval(*op, axes, ins[0])),
+            (_, Prim::MatMul) => matmul::eval(ins[0], ins[1]),
+            _ => Ok(creation::eval(self)),
+        }
+    }
+
+    /// The file, and so the rule set, a primitive belongs to.
+    fn family(&self) -> Family {
         match self {
             Prim::Unary(_)
             | Prim::Binary(_)
             | Prim::Compare(_)
             | Prim::Select
             | Prim::Convert(_)
-            | Prim::PowI(_) => elementwise::eval(self, ins),
+            | Prim::PowI(_) => Family::Elementwise,
             Prim::Broadcast(_)
             | Prim::Reshape(_)
             | Prim::Transpose(_)
             | Prim::Slice { .. }
             | Prim::Pad { .. }
-            | Prim::Concat(_) => structural::eval(self, ins),
-            Prim::Reduce(op, axes) => Ok(reduce::eval(*op, axes, ins[0])),
-            Prim::MatMul => matmul::eval(ins[0], ins[1]),
-            Prim::Iota { .. } | Prim::Eye { .. } => Ok(creation::eval(self)),
+            | Prim::Concat(_) => Family::Structural,
+            Prim::Reduce(..) => Family::Reduce,
+            Prim::MatMul => Family::MatMul,
+            Prim::Iota { .. } | Prim::Eye { .. } => Family::Creation,
         }
     }
 
     /// Whether the primitive maps elements to elements (so tangents are rank-padded for it).
     pub(crate) fn is_elementwise(&self) -> bool {
-        matches!(
-            self,
-            Prim::Unary(_)
-                | Prim::Binary(_)
-                | Prim::Compare(_)
-                | Prim::Select
-                | Prim::Convert(_)
-                | Prim::PowI(_)
-        )
+        self.family() == Family::Elementwise
     }
 
     /// The tangent of the output, given the primal inputs and output and the input tangents
@@ -189,24 +192,14 @@ impl Prim {
         out: &Tensor,
         batch: &[usize],
     ) -> Option<Tensor> {
-        match self {
-            Prim::Unary(_)
-            | Prim::Binary(_)
-            | Prim::Compare(_)
-            | Prim::Select
-            | Prim::Convert(_)
-            | Prim::PowI(_) => elementwise::jvp(self, primals, tangents, out, batch),
-            Prim::Broadcast(_)
-            | Prim::Reshape(_)
-            | Prim::Transpose(_)
-            | Prim::Slice { .. }
-            | Prim::Pad { .. }
-            | Prim::Concat(_) => structural::jvp(self, primals, tangents, batch),
-            Prim::Reduce(op, axes) => {
+        match (self.family(), self) {
+            (Family::Elementwise, _) => elementwise::jvp(self, primals, tangents, out, batch),
+            (Family::Structural, _) => structural::jvp(self, primals, tangents, batch),
+            (_, Prim::Reduce(op, axes)) => {
                 reduce::jvp(*op, axes, &primals[0], tangents[0].as_ref()?, out, batch)
             }
-            Prim::MatMul => matmul::jvp(primals, tangents, out, batch),
-            Prim::Iota { .. } | Prim::Eye { .. } => None,
+            (_, Prim::MatMul) => matmul::jvp(primals, tangents, out, batch),
+            _ => None,
         }
     }
 
@@ -226,12 +219,9 @@ impl Prim {
             )
             | Prim::Select
             | Prim::Convert(_) => elementwise::transpose(self, ct, primals, in_avals),
-            Prim::Broadcast(_)
-            | Prim::Reshape(_)
-            | Prim::Transpose(_)
-            | Prim::Slice { .. }
-            | Prim::Pad { .. }
-            | Prim::Concat(_) => Ok(structural::transpose(self, ct, in_avals, batch)),
+            _ if self.family() == Family::Structural => {
+                Ok(structural::transpose(self, ct, in_avals, batch))
+            }
             Prim::Reduce(ReduceOp::Sum, axes) => Ok(vec![Some(reduce::transpose_sum(
                 ct,
                 axes,
