@@ -336,6 +336,10 @@ fn apply_with_units(
     inputs: &[&Tensor],
     caller: &'static Location<'static>,
 ) -> Result<Tensor> {
+    // A failed operand has no unit; its own error comes first.
+    if let Some(e) = inputs.iter().find_map(|t| t.error()) {
+        return Err(e.clone());
+    }
     let units: Vec<Option<Unit>> = inputs.iter().map(|t| t.unit()).collect();
     let (factors, unit) = prim.unit_rule(&units, inputs)?;
     let rescale = |t: Tensor, factor: f64| -> Result<Tensor> {

@@ -77,6 +77,18 @@ fn failed(op: &str, msg: String) -> Tensor {
     Tensor::failed(Error::shape(op, msg))
 }
 
+/// Returns the first failed operand as it is: an operation that reads shapes must not read a
+/// failed tensor's (meaningless) shape and replace its error with a misleading one.
+macro_rules! propagate_failure {
+    ($($t:expr),+) => {
+        $(
+            if $t.error().is_some() {
+                return $t.clone();
+            }
+        )+
+    };
+}
+
 /// Resolves a possibly negative axis.
 fn axis_index(op: &str, axis: isize, ndim: usize) -> Result<usize, Tensor> {
     let resolved = if axis < 0 { axis + ndim as isize } else { axis };
@@ -578,6 +590,7 @@ impl Tensor {
 
     #[track_caller]
     fn reduce(&self, op: ReduceOp, axes: Option<&[isize]>, keepdims: bool) -> Tensor {
+        propagate_failure!(self);
         let name = op.name();
         let axes = match axes {
             Some(axes) => match axes_index(name, axes, self.ndim()) {
@@ -684,6 +697,7 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn mean_axes(&self, axes: &[isize], keepdims: bool) -> Tensor {
+        propagate_failure!(self);
         let axes_resolved = match axes_index("mean", axes, self.ndim()) {
             Ok(a) => a,
             Err(e) => return e,
@@ -713,6 +727,7 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn logsumexp_axes(&self, axes: &[isize], keepdims: bool) -> Tensor {
+        propagate_failure!(self);
         let shift = self.max_axes(axes, true).stop_gradient();
         let lse = (self - &shift).exp().sum_axes(axes, true).log() + shift;
         if keepdims {
@@ -763,6 +778,7 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn matmul(&self, other: &Tensor) -> Tensor {
+        propagate_failure!(self, other);
         let (a, b) = (self.cast_float(), other.cast_float());
         let dtype = a.dtype().promote(b.dtype());
         let (a, b) = (a.cast(dtype), b.cast(dtype));
@@ -817,6 +833,7 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn reshape(&self, shape: &[isize]) -> Tensor {
+        propagate_failure!(self);
         let known: usize = shape
             .iter()
             .filter(|&&d| d >= 0)
@@ -902,6 +919,7 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn expand_dims(&self, axis: isize) -> Tensor {
+        propagate_failure!(self);
         match axis_index("expand_dims", axis, self.ndim() + 1) {
             Ok(axis) => {
                 let mut shape = self.shape().to_vec();
@@ -922,6 +940,7 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn slice_along(&self, axis: isize, range: impl AxisRange, step: usize) -> Tensor {
+        propagate_failure!(self);
         let axis = match axis_index("slice", axis, self.ndim()) {
             Ok(a) => a,
             Err(e) => return e,
@@ -956,6 +975,7 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn index(&self, axis: isize, index: isize) -> Tensor {
+        propagate_failure!(self);
         let axis = match axis_index("index", axis, self.ndim()) {
             Ok(a) => a,
             Err(e) => return e,
@@ -1072,7 +1092,7 @@ impl Tensor {
         )
     }
 
-    /// Zeros with this tensor's shape and dtype.
+    /// Zeros with this tensor's shape, dtype and unit.
     ///
     /// ```
     /// use brainstate::{DType, Tensor};
@@ -1080,7 +1100,9 @@ impl Tensor {
     /// assert_eq!((z.dtype(), z.to_vec::<i64>().unwrap()), (DType::I64, vec![0, 0]));
     /// ```
     pub fn zeros_like(&self) -> Tensor {
-        Tensor::scalar_of(0.0, self.dtype()).broadcast_to(self.shape())
+        Tensor::scalar_of(0.0, self.dtype())
+            .broadcast_to(self.shape())
+            .with_unit(self.unit())
     }
 }
 
@@ -1109,6 +1131,9 @@ pub fn concatenate(tensors: &[Tensor], axis: isize) -> Tensor {
     let Some(first) = tensors.first() else {
         return failed("concatenate", "needs at least one tensor".into());
     };
+    if let Some(failed) = tensors.iter().find(|t| t.error().is_some()) {
+        return failed.clone();
+    }
     let axis = match axis_index("concatenate", axis, first.ndim()) {
         Ok(a) => a,
         Err(e) => return e,
@@ -1196,6 +1221,13 @@ impl Div<Unit> for Tensor {
     /// Divides the unit (`x / ms` counts `x` per millisecond).
     fn div(self, unit: Unit) -> Tensor {
         &self * unit.powi(-1)
+    }
+}
+
+impl Div<Unit> for &Tensor {
+    type Output = Tensor;
+    fn div(self, unit: Unit) -> Tensor {
+        self * unit.powi(-1)
     }
 }
 
