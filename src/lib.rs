@@ -50,7 +50,7 @@ pub struct ReadmeDoctests;
 pub use error::{Error, Result};
 pub use ir::Program;
 pub use num_complex::{Complex32, Complex64};
-pub use state::{GradStates, ParamState, State, StateKind};
+pub use state::{GradStates, HiddenState, ParamState, ShortTermState, State, StateKind};
 pub use tensor::{concatenate, stack, where_, Aval, AxisRange, DType, Element, Operand, Tensor};
 pub use transform::{
     grad, hessian, jacfwd, jacrev, make_program, Argnums, Args, Function, GradientTransform,

@@ -135,30 +135,42 @@ pub struct State<T: Tree = Tensor> {
     _value: PhantomData<fn() -> T>,
 }
 
-/// A trainable parameter: a [`State`] of kind [`StateKind::Param`].
-///
-/// ```
-/// use brainstate::{ParamState, Tensor};
-/// let w = ParamState::new(Tensor::from([1.0, 2.0]));
-/// assert_eq!(w.value().shape(), &[2]);
-/// ```
-pub struct ParamState;
+/// Constructors of the state kinds a brain model uses, as brainstate names them: each
+/// `new` gives a [`State`] of that [`StateKind`].
+macro_rules! state_kind {
+    ($(#[$doc:meta])* $name:ident => $kind:ident, $example:literal) => {
+        $(#[$doc])*
+        pub struct $name;
 
-impl ParamState {
-    /// A new parameter state.
-    ///
-    /// ```
-    /// use brainstate::{ParamState, StateKind, Tensor};
-    /// let w = ParamState::new(Tensor::from([1.0, 2.0]));
-    /// assert_eq!(w.kind(), StateKind::Param);
-    /// assert_eq!(w.value().to_vec::<f64>().unwrap(), vec![1.0, 2.0]);
-    /// ```
-    #[track_caller]
-    #[allow(clippy::new_ret_no_self)]
-    pub fn new<T: Tree>(value: T) -> State<T> {
-        State::of_kind(value, StateKind::Param)
-    }
+        impl $name {
+            #[doc = concat!("A new state of kind [`StateKind::", stringify!($kind), "`].")]
+            ///
+            /// ```
+            #[doc = concat!("use brainstate::{", stringify!($name), ", StateKind, Tensor};")]
+            #[doc = concat!("let s = ", stringify!($name), "::new(Tensor::from(", $example, "));")]
+            #[doc = concat!("assert_eq!(s.kind(), StateKind::", stringify!($kind), ");")]
+            /// ```
+            #[track_caller]
+            #[allow(clippy::new_ret_no_self)]
+            pub fn new<T: Tree>(value: T) -> State<T> {
+                State::of_kind(value, StateKind::$kind)
+            }
+        }
+    };
 }
+
+state_kind!(
+    /// A trainable parameter, such as a weight.
+    ParamState => Param, "[1.0, 2.0]"
+);
+state_kind!(
+    /// A short-term dynamical variable, such as a membrane potential.
+    ShortTermState => ShortTerm, "[-65.0]"
+);
+state_kind!(
+    /// The hidden state of a recurrent model.
+    HiddenState => Hidden, "[0.0, 0.0]"
+);
 
 impl<T: Tree> Clone for State<T> {
     fn clone(&self) -> Self {
