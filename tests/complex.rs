@@ -19,15 +19,15 @@
 //!    `tests/fixtures/golden_complex.json`), including a complex state in cases 2 and 3 and the
 //!    mixed blocks of `joint`.
 
-use std::cell::Cell;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+mod common;
+
 use std::rc::Rc;
-use std::sync::Once;
 
 use brainstate::{
     concatenate, grad, hessian, jacfwd, jacrev, stack, where_, Complex32, Complex64, DType, Node,
     State, Tensor,
 };
+use common::{cat, close, guarded, json_numbers, json_shape, run_table, seed_of, Lcg, TableRow};
 use serde_json::Value;
 
 fn c(re: f64, im: f64) -> Complex64 {
@@ -572,43 +572,6 @@ fn comparisons_and_orderings() {
 // 2 and 3. The finite-difference harness.
 // =============================================================================================
 
-/// A 64-bit linear congruential generator (Knuth's MMIX constants), high bits as output.
-struct Lcg(u64);
-
-impl Lcg {
-    fn new(seed: u64) -> Self {
-        let mut rng = Lcg(seed ^ 0x9E37_79B9_7F4A_7C15);
-        rng.next_u64();
-        rng
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        self.0
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.unit()
-    }
-}
-
-/// FNV-1a, to give each row its own seed.
-fn seed_of(name: &str, case: usize) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes().chain(case.to_le_bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 /// A real interval inputs are drawn from.
 #[derive(Clone, Copy, Debug)]
 enum Dom {
@@ -699,6 +662,20 @@ impl Row {
 
     fn input(&self, i: usize) -> In {
         self.ins[i.min(self.ins.len() - 1)]
+    }
+}
+
+impl TableRow for Row {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn cases(&self) -> &[Vec<Vec<usize>>] {
+        &self.cases
+    }
+
+    fn check(&self, case: usize, shapes: &[Vec<usize>]) -> Result<(), String> {
+        check_case(self, case, shapes)
     }
 }
 
@@ -1136,36 +1113,6 @@ macro_rules! compile {
     }};
 }
 
-fn close(what: &str, got: &[Complex64], want: &[Complex64], tol: f64) -> Result<(), String> {
-    if got.len() != want.len() {
-        return Err(format!(
-            "{what}: {} values, expected {}",
-            got.len(),
-            want.len()
-        ));
-    }
-    let mut worst: Option<(usize, f64)> = None;
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).norm() / (1.0 + w.norm());
-        let err = if err.is_nan() { f64::INFINITY } else { err };
-        if worst.map_or(true, |(_, e)| err > e) {
-            worst = Some((i, err));
-        }
-    }
-    match worst {
-        Some((i, err)) if err > tol => Err(format!(
-            "{what}: worst mismatch at flat index {i}: got {:.12e}, expected {:.12e} \
-             (relative error {err:.2e}, tolerance {tol:.0e})",
-            got[i], want[i]
-        )),
-        _ => Ok(()),
-    }
-}
-
-fn cat(a: &[usize], b: &[usize]) -> Vec<usize> {
-    a.iter().chain(b).copied().collect()
-}
-
 /// Blocks of the expected shapes and dtype, as complex values.
 fn blocks(
     got: Vec<Tensor>,
@@ -1389,59 +1336,6 @@ fn check_case(row: &Row, case: usize, shapes: &[Vec<usize>]) -> Result<(), Strin
     } else {
         Err(errors.join("; "))
     }
-}
-
-thread_local! {
-    static QUIET: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Runs a check, turning a panic into an error (the panic hook is silenced meanwhile).
-fn guarded(check: &dyn Fn() -> Result<(), String>) -> Result<(), String> {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !QUIET.with(Cell::get) {
-                default(info);
-            }
-        }));
-    });
-    let was_quiet = QUIET.with(|q| q.replace(true));
-    let outcome = catch_unwind(AssertUnwindSafe(check));
-    QUIET.with(|q| q.set(was_quiet));
-    match outcome {
-        Ok(result) => result,
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(format!("panicked: {msg}"))
-        }
-    }
-}
-
-fn run_table(rows: Vec<Row>) {
-    let mut failures = Vec::new();
-    let mut checked = 0;
-    for row in &rows {
-        for (case, shapes) in row.cases.iter().enumerate() {
-            checked += 1;
-            if let Err(message) = guarded(&|| check_case(row, case, shapes)) {
-                failures.push(format!(
-                    "  {} with input shapes {:?}: {message}",
-                    row.name, shapes
-                ));
-            }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {checked} (operation, shape case) pairs failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
 }
 
 #[test]
@@ -1806,33 +1700,15 @@ const RTOL: f64 = 1e-12;
 const ATOL: f64 = 1e-12;
 
 fn fixture() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/golden_complex.json"
-    );
-    let text = std::fs::read_to_string(path).expect("read the golden fixture");
-    serde_json::from_str(&text).expect("parse the golden fixture")
+    common::fixture("golden_complex.json")
 }
 
 /// `{"shape", "re", "im"}` as a `c128` tensor.
 fn leaf(json: &Value) -> Tensor {
-    let numbers = |key: &str| -> Vec<f64> {
-        json[key]
-            .as_array()
-            .unwrap_or_else(|| panic!("expected an array leaf, got {json}"))
-            .iter()
-            .map(|v| v.as_f64().expect("number"))
-            .collect()
-    };
-    let shape: Vec<usize> = json["shape"]
-        .as_array()
-        .expect("shape")
-        .iter()
-        .map(|d| d.as_u64().expect("dimension") as usize)
-        .collect();
-    let values: Vec<Complex64> = numbers("re")
+    let shape = json_shape(json);
+    let values: Vec<Complex64> = json_numbers(json, "re")
         .into_iter()
-        .zip(numbers("im"))
+        .zip(json_numbers(json, "im"))
         .map(|(re, im)| c(re, im))
         .collect();
     ctensor(&values, &shape)

@@ -3,9 +3,12 @@
 //! library, run with the case's `argnums` / `has_aux` / `return_value`, and the whole returned
 //! structure (nesting, shapes, values) is compared with the fixture, as are value and aux.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use brainstate::{concatenate, hessian, stack, where_, Argnums, Node, Tensor, Tree};
+use common::{json_numbers, json_shape};
 use serde_json::Value;
 
 /// Relative and absolute tolerance: JAX's mixed blocks differ from ours in the last bits.
@@ -13,12 +16,7 @@ const RTOL: f64 = 1e-12;
 const ATOL: f64 = 1e-12;
 
 fn fixture() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/golden_hessian.json"
-    );
-    let text = std::fs::read_to_string(path).expect("read the golden fixture");
-    serde_json::from_str(&text).expect("parse the golden fixture")
+    common::fixture("golden_hessian.json")
 }
 
 fn cases(doc: &Value) -> &Vec<Value> {
@@ -69,18 +67,8 @@ impl<'a> Case<'a> {
 
 /// An array `{"shape", "data"}` as an `f64` tensor.
 fn leaf(json: &Value) -> Tensor {
-    let shape: Vec<usize> = json["shape"]
-        .as_array()
-        .unwrap_or_else(|| panic!("expected an array leaf, got {json}"))
-        .iter()
-        .map(|d| d.as_u64().expect("dimension") as usize)
-        .collect();
-    let data: Vec<f64> = json["data"]
-        .as_array()
-        .expect("data")
-        .iter()
-        .map(|v| v.as_f64().expect("number"))
-        .collect();
+    let shape = json_shape(json);
+    let data = json_numbers(json, "data");
     Tensor::from_vec(data, &shape).expect("data fits shape")
 }
 

@@ -1,32 +1,16 @@
 //! Hessians against closed forms, the call layouts and `argnums` nesting, the plan cache,
 //! printed programs, errors for bad input, and agreement of grad / jacrev / jacfwd / hessian.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use brainstate::{grad, hessian, jacfwd, jacrev, make_program, DType, Error, Node, Tensor};
+use common::{assert_close, assert_mentions, leaf, vals};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 // ---------------------------------------------------------------------------------------------
-
-fn vals(t: &Tensor) -> Vec<f64> {
-    t.to_vec::<f64>().expect("concrete values")
-}
-
-fn leaf(node: &Node) -> &Tensor {
-    node.tensor().expect("a leaf")
-}
-
-#[track_caller]
-fn assert_close(got: &[f64], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "lengths differ");
-    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (a - b).abs() <= tol * (1.0 + b.abs()),
-            "index {i}: got {a}, expected {b} (tolerance {tol})\n got: {got:?}\nwant: {want:?}"
-        );
-    }
-}
 
 /// Asserts that a tensor of shape `out ++ [n] ++ [n]` (or a flattened `[.., m, m]` view of it)
 /// is symmetric in its last two halves, for each leading index.
@@ -95,14 +79,6 @@ fn expect_err<T: std::fmt::Debug>(result: brainstate::Result<T>) -> Error {
     match result {
         Ok(v) => panic!("expected an error, got {v:?}"),
         Err(e) => e,
-    }
-}
-
-#[track_caller]
-fn assert_mentions(e: &Error, parts: &[&str]) {
-    let msg = e.to_string();
-    for p in parts {
-        assert!(msg.contains(p), "error {msg:?} should mention {p:?}");
     }
 }
 

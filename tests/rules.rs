@@ -20,61 +20,15 @@
 //! Rows marked `zero` (sign, stop_gradient, comparisons) must instead give derivatives that are
 //! exactly zero.
 
-use std::cell::Cell;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+mod common;
+
 use std::rc::Rc;
-use std::sync::Once;
 
 use brainstate::{concatenate, grad, hessian, jacfwd, jacrev, stack, where_, DType, Node, Tensor};
+use common::{cat, close, guarded, run_table, seed_of, Lcg, TableRow};
 
 // ---------------------------------------------------------------------------------------------
 // Deterministic inputs.
-
-/// A 64-bit linear congruential generator (Knuth's MMIX constants), high bits as output.
-struct Lcg(u64);
-
-impl Lcg {
-    fn new(seed: u64) -> Self {
-        let mut rng = Lcg(seed ^ 0x9E37_79B9_7F4A_7C15);
-        rng.next_u64();
-        rng
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        self.0
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.unit()
-    }
-
-    fn sign(&mut self) -> f64 {
-        if self.unit() < 0.5 {
-            -1.0
-        } else {
-            1.0
-        }
-    }
-}
-
-/// FNV-1a, to give each row its own seed.
-fn seed_of(name: &str, case: usize) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes().chain(case.to_le_bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
 
 /// Where the inputs of an argument are drawn from.
 #[derive(Clone, Copy, Debug)]
@@ -185,6 +139,20 @@ impl Row {
     fn fd(mut self, h: f64, tol: f64) -> Row {
         self.expect = Expect::FiniteDiff { h, tol };
         self
+    }
+}
+
+impl TableRow for Row {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn cases(&self) -> &[Vec<Vec<usize>>] {
+        &self.cases
+    }
+
+    fn check(&self, case: usize, shapes: &[Vec<usize>]) -> Result<(), String> {
+        check_case(self, case, shapes)
     }
 }
 
@@ -597,33 +565,6 @@ macro_rules! compile {
 // ---------------------------------------------------------------------------------------------
 // Checks.
 
-/// Compares `got` with `want`, reporting the worst mismatch.
-fn close(what: &str, got: &[f64], want: &[f64], tol: f64) -> Result<(), String> {
-    if got.len() != want.len() {
-        return Err(format!(
-            "{what}: {} values, expected {}",
-            got.len(),
-            want.len()
-        ));
-    }
-    let mut worst: Option<(usize, f64)> = None;
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).abs() / (1.0 + w.abs());
-        let err = if err.is_nan() { f64::INFINITY } else { err };
-        if worst.map_or(true, |(_, e)| err > e) {
-            worst = Some((i, err));
-        }
-    }
-    match worst {
-        Some((i, err)) if err > tol => Err(format!(
-            "{what}: worst mismatch at flat index {i}: got {:.12e}, expected {:.12e} \
-             (relative error {err:.2e}, tolerance {tol:.0e})",
-            got[i], want[i]
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// Checks that a transform returned `shapes.len()` blocks of these shapes, and returns their
 /// values.
 fn blocks(got: Vec<Tensor>, shapes: &[Vec<usize>]) -> Result<Vec<Vec<f64>>, String> {
@@ -646,10 +587,6 @@ fn blocks(got: Vec<Tensor>, shapes: &[Vec<usize>]) -> Result<Vec<Vec<f64>>, Stri
             t.to_vec::<f64>().map_err(|e| format!("block {k}: {e}"))
         })
         .collect()
-}
-
-fn cat(a: &[usize], b: &[usize]) -> Vec<usize> {
-    a.iter().chain(b).copied().collect()
 }
 
 /// A function of the arguments with a flat vector of values.
@@ -857,63 +794,6 @@ fn check_case(row: &Row, case: usize, shapes: &[Vec<usize>]) -> Result<(), Strin
     } else {
         Err(errors.join("; "))
     }
-}
-
-thread_local! {
-    /// Whether the panic hook stays silent on this thread (inside [`guarded`]).
-    static QUIET: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Runs a check, turning a panic into an error (reported with the failures, so the panic hook
-/// is silenced meanwhile on this thread).
-fn guarded(check: &dyn Fn() -> Result<(), String>) -> Result<(), String> {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !QUIET.with(Cell::get) {
-                default(info);
-            }
-        }));
-    });
-    let was_quiet = QUIET.with(|q| q.replace(true));
-    let outcome = catch_unwind(AssertUnwindSafe(check));
-    QUIET.with(|q| q.set(was_quiet));
-    match outcome {
-        Ok(result) => result,
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(format!("panicked: {msg}"))
-        }
-    }
-}
-
-/// Runs every row on every shape case and fails with the list of all failures.
-fn run_table(rows: Vec<Row>) {
-    let mut failures = Vec::new();
-    let mut checked = 0;
-    for row in &rows {
-        for (case, shapes) in row.cases.iter().enumerate() {
-            checked += 1;
-            let Err(message) = guarded(&|| check_case(row, case, shapes)) else {
-                continue;
-            };
-            failures.push(format!(
-                "  {} with input shapes {:?}: {message}",
-                row.name, shapes
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {checked} (operation, shape case) pairs failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
 }
 
 #[test]

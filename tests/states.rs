@@ -7,39 +7,22 @@
 //! The first section ports brainstate 0.5.4's own Hessian tests
 //! (`brainstate/transform/_grad_hessian_test.py`) one by one.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use brainstate::{grad, hessian, DType, Error, Node, ParamState, State, StateKind, Tensor};
+use common::{assert_close, assert_mentions, json_numbers, json_shape, leaf, vals};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 // ---------------------------------------------------------------------------------------------
 
-fn vals(t: &Tensor) -> Vec<f64> {
-    t.to_vec::<f64>().expect("concrete values")
-}
-
-#[track_caller]
-fn leaf(node: &Node) -> &Tensor {
-    node.tensor().expect("a leaf")
-}
-
 #[track_caller]
 fn item(node: &Node) -> f64 {
     leaf(node).item().expect("one value")
-}
-
-#[track_caller]
-fn assert_close(got: &[f64], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "lengths differ: {got:?} vs {want:?}");
-    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (a - b).abs() <= tol * (1.0 + b.abs()),
-            "index {i}: got {a}, expected {b} (tolerance {tol})\n got: {got:?}\nwant: {want:?}"
-        );
-    }
 }
 
 /// Asserts a leaf's shape and values.
@@ -56,14 +39,6 @@ fn expect_err<T>(result: brainstate::Result<T>) -> Error {
     match result {
         Ok(_) => panic!("expected an error, got a result"),
         Err(e) => e,
-    }
-}
-
-#[track_caller]
-fn assert_mentions(e: &Error, parts: &[&str]) {
-    let msg = e.to_string();
-    for p in parts {
-        assert!(msg.contains(p), "error {msg:?} should mention {p:?}");
     }
 }
 
@@ -1076,29 +1051,13 @@ const RTOL: f64 = 1e-12;
 const ATOL: f64 = 1e-12;
 
 fn fixture() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/golden_states.json"
-    );
-    let text = std::fs::read_to_string(path).expect("read the golden fixture");
-    serde_json::from_str(&text).expect("parse the golden fixture")
+    common::fixture("golden_states.json")
 }
 
 /// An array `{"shape", "data"}` of the fixture.
 fn json_array(json: &Value) -> (Vec<usize>, Vec<f64>) {
-    let shape = json["shape"]
-        .as_array()
-        .unwrap_or_else(|| panic!("expected an array, got {json}"))
-        .iter()
-        .map(|d| d.as_u64().expect("dimension") as usize)
-        .collect();
-    let data = json["data"]
-        .as_array()
-        .expect("data")
-        .iter()
-        .map(|v| v.as_f64().expect("number"))
-        .collect();
-    (shape, data)
+    let shape = json_shape(json);
+    (shape, json_numbers(json, "data"))
 }
 
 /// Compares a result tree with a fixture tree (structure, keys, shapes, values).
