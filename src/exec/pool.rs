@@ -13,11 +13,15 @@ use crate::tensor::Data;
 
 /// Buffers smaller than this many elements are left to the allocator.
 const MIN_LEN: usize = 1 << 15;
-/// At most this many buffers are kept per thread.
-const MAX_BUFFERS: usize = 64;
+/// At most this many bytes of buffers are kept per thread.
+const MAX_BYTES: usize = 1 << 30;
 
 thread_local! {
     static POOL: RefCell<Vec<Vec<f64>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn bytes(buffer: &Vec<f64>) -> usize {
+    buffer.capacity() * std::mem::size_of::<f64>()
 }
 
 /// An empty vector with room for `len` elements, from the pool when `T` is `f64` and a pooled
@@ -49,7 +53,7 @@ pub(crate) fn recycle(data: Data) {
             buffer.clear();
             POOL.with(|pool| {
                 let mut pool = pool.borrow_mut();
-                if pool.len() < MAX_BUFFERS {
+                if pool.iter().map(bytes).sum::<usize>() + bytes(&buffer) <= MAX_BYTES {
                     pool.push(buffer);
                 }
             });
