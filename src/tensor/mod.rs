@@ -22,6 +22,7 @@
 
 mod data;
 mod ops;
+mod shape;
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,7 +31,8 @@ use ndarray::{ArrayD, IxDyn};
 
 pub(crate) use self::data::{array_from_vec, with_array, Data};
 pub use self::data::{DType, Element};
-pub use self::ops::{concatenate, stack, where_, AxisRange, Operand};
+pub use self::ops::{where_, Operand};
+pub use self::shape::{concatenate, stack, AxisRange};
 use crate::error::{Error, Result};
 use crate::primitives::Prim;
 use crate::trace::{self, Var};
