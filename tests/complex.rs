@@ -38,6 +38,19 @@ fn ctensor(values: &[Complex64], shape: &[usize]) -> Tensor {
     Tensor::from_vec(values.to_vec(), shape).expect("values fit the shape")
 }
 
+/// A fixed complex matrix of six entries, shaped `[3, 2]` or `[2, 3]`.
+fn six_entry_matrix(shape: &[usize]) -> Tensor {
+    let values = [
+        c(1.0, 0.5),
+        c(-0.3, 0.2),
+        c(0.0, 1.0),
+        c(0.7, -0.4),
+        c(1.1, 0.0),
+        c(-0.2, -0.9),
+    ];
+    ctensor(&values, shape)
+}
+
 /// The values of a tensor that must be `dtype` (and not failed), as complex numbers.
 fn values_of(t: &Tensor, dtype: DType) -> Vec<Complex64> {
     if let Some(e) = t.error() {
@@ -908,17 +921,7 @@ fn pair_rows() -> Vec<Row> {
         &[In::R(Dom::Any)],
         &[&[&[3], &[3]], &[&[2, 3], &[2, 3]]],
         move |x| {
-            let a = ctensor(
-                &[
-                    c(1.0, 0.5),
-                    c(-0.3, 0.2),
-                    c(0.0, 1.0),
-                    c(0.7, -0.4),
-                    c(1.1, 0.0),
-                    c(-0.2, -0.9),
-                ],
-                &[3, 2],
-            );
+            let a = six_entry_matrix(&[3, 2]);
             parts(Tensor::complex(&x[0], &x[1]).matmul(&a).tanh())
         },
     ));
@@ -996,17 +999,7 @@ fn real_pair_rows() -> Vec<Row> {
             &[R(Any)],
             &[&[&[3], &[3]], &[&[3, 2], &[3, 2]]],
             |x| {
-                let a = ctensor(
-                    &[
-                        c(1.0, 0.5),
-                        c(-0.3, 0.2),
-                        c(0.0, 1.0),
-                        c(0.7, -0.4),
-                        c(1.1, 0.0),
-                        c(-0.2, -0.9),
-                    ],
-                    &[2, 3],
-                );
+                let a = six_entry_matrix(&[2, 3]);
                 a.matmul(&Tensor::complex(&x[0], &x[1])).abs()
             },
         ),
