@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use brainstate::{hessian, Complex64, Node, ParamState, State, Tensor};
+use brainstate::{Complex64, Node, ParamState, State, Tensor, hessian};
 
 /// A case ready to run.
 pub type Case = Box<dyn Fn() -> Node>;

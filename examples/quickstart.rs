@@ -1,6 +1,6 @@
 //! Computes and prints Hessians of a small model: `cargo run --release --example quickstart`.
 
-use brainstate::{hessian, make_program, Tensor};
+use brainstate::{Tensor, hessian, make_program};
 
 fn main() -> brainstate::Result<()> {
     // Rosenbrock's function: a classic test of second-order optimisers.

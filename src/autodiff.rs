@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use crate::error::Result;
 use crate::exec::simplify;
 use crate::ir::{Program, Var};
-use crate::primitives::{concat_dims, zeros, Prim, ReduceOp};
+use crate::primitives::{Prim, ReduceOp, concat_dims, zeros};
 use crate::tensor::{Aval, Tensor};
 use crate::trace::{self, Tracing};
 

@@ -51,9 +51,9 @@ pub use error::{Error, Result};
 pub use ir::Program;
 pub use num_complex::{Complex32, Complex64};
 pub use state::{GradStates, HiddenState, ParamState, ShortTermState, State, StateKind};
-pub use tensor::{concatenate, stack, where_, Aval, AxisRange, DType, Element, Operand, Tensor};
+pub use tensor::{Aval, AxisRange, DType, Element, Operand, Tensor, concatenate, stack, where_};
 pub use transform::{
-    grad, hessian, jacfwd, jacrev, make_program, Argnums, Args, Function, GradientTransform,
+    Argnums, Args, Function, GradientTransform, grad, hessian, jacfwd, jacrev, make_program,
 };
 pub use tree::{Node, Tree, TreeDef};
-pub use unit::{units, Unit};
+pub use unit::{Unit, units};

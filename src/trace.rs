@@ -10,8 +10,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::panic::Location;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::ir::{Eqn, Program};
@@ -393,7 +393,7 @@ fn try_apply(
                     "a traced tensor was used outside the transform that traced it \
                      (nested transforms over a captured traced value are not supported)"
                         .into(),
-                ))
+                ));
             }
         };
         let vars = inputs

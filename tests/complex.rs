@@ -24,10 +24,10 @@ mod common;
 use std::rc::Rc;
 
 use brainstate::{
-    concatenate, grad, hessian, jacfwd, jacrev, stack, where_, Complex32, Complex64, DType, Node,
-    State, Tensor,
+    Complex32, Complex64, DType, Node, State, Tensor, concatenate, grad, hessian, jacfwd, jacrev,
+    stack, where_,
 };
-use common::{cat, close, guarded, json_numbers, json_shape, run_table, seed_of, Lcg, TableRow};
+use common::{Lcg, TableRow, cat, close, guarded, json_numbers, json_shape, run_table, seed_of};
 use serde_json::Value;
 
 fn c(re: f64, im: f64) -> Complex64 {
@@ -169,9 +169,11 @@ fn construction() {
         &failure(&Tensor::complex(&z4(), &Tensor::scalar(1.0))),
         &["complex", "c128"],
     );
-    assert!(Tensor::complex(&re, &Tensor::from([1.0, 2.0]))
-        .error()
-        .is_some());
+    assert!(
+        Tensor::complex(&re, &Tensor::from([1.0, 2.0]))
+            .error()
+            .is_some()
+    );
 
     // dtype helpers and casts.
     assert!(DType::C64.is_complex() && DType::C128.is_inexact() && !DType::C128.is_float());

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use brainstate::{concatenate, hessian, stack, where_, Argnums, Node, Tensor, Tree};
+use brainstate::{Argnums, Node, Tensor, Tree, concatenate, hessian, stack, where_};
 use common::{json_numbers, json_shape};
 use serde_json::Value;
 

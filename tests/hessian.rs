@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use brainstate::{grad, hessian, jacfwd, jacrev, make_program, DType, Error, Node, Tensor};
+use brainstate::{DType, Error, Node, Tensor, grad, hessian, jacfwd, jacrev, make_program};
 use common::{assert_close, assert_mentions, leaf, vals};
 
 // ---------------------------------------------------------------------------------------------

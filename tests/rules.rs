@@ -24,8 +24,8 @@ mod common;
 
 use std::rc::Rc;
 
-use brainstate::{concatenate, grad, hessian, jacfwd, jacrev, stack, where_, DType, Node, Tensor};
-use common::{cat, close, guarded, run_table, seed_of, Lcg, TableRow};
+use brainstate::{DType, Node, Tensor, concatenate, grad, hessian, jacfwd, jacrev, stack, where_};
+use common::{Lcg, TableRow, cat, close, guarded, run_table, seed_of};
 
 // ---------------------------------------------------------------------------------------------
 // Deterministic inputs.
@@ -849,13 +849,14 @@ fn stop_gradient_is_a_constant() {
     let h = hessian(|x: &Tensor| (x * x.stop_gradient()).sum())
         .call(&x)
         .unwrap();
-    assert!(h
-        .tensor()
-        .unwrap()
-        .to_vec::<f64>()
-        .unwrap()
-        .iter()
-        .all(|v| *v == 0.0));
+    assert!(
+        h.tensor()
+            .unwrap()
+            .to_vec::<f64>()
+            .unwrap()
+            .iter()
+            .all(|v| *v == 0.0)
+    );
 }
 
 /// `where_(x > 0, x*x, -x)`: the comparison has no derivative path; each branch differentiates

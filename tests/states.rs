@@ -12,7 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use brainstate::{grad, hessian, DType, Error, Node, ParamState, State, StateKind, Tensor};
+use brainstate::{DType, Error, Node, ParamState, State, StateKind, Tensor, grad, hessian};
 use common::{assert_close, assert_mentions, json_numbers, json_shape, leaf, vals};
 use serde_json::Value;
 

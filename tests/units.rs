@@ -9,12 +9,12 @@ mod common;
 use std::collections::BTreeMap;
 
 use brainstate::units::{
-    amp, candela, cm, farad, gram, hertz, kelvin, kg, mM, mV, meter, mm, molar, mole, ms, nA, nS,
-    ohm, pA, pF, second, siemens, uF, uM, um, us, volt, Mohm,
+    Mohm, amp, candela, cm, farad, gram, hertz, kelvin, kg, mM, mV, meter, mm, molar, mole, ms, nA,
+    nS, ohm, pA, pF, second, siemens, uF, uM, um, us, volt,
 };
 use brainstate::{
-    concatenate, grad, hessian, jacfwd, jacrev, make_program, stack, where_, Error, Node, State,
-    Tensor, Unit,
+    Error, Node, State, Tensor, Unit, concatenate, grad, hessian, jacfwd, jacrev, make_program,
+    stack, where_,
 };
 use common::{json_numbers, json_shape, leaf};
 use serde_json::Value;
@@ -354,10 +354,12 @@ fn quantities_read_convert_and_display() {
     assert_eq!((qs(4.0, ms) / ms).unit(), None);
     assert_eq!((Tensor::scalar(5.0) / ms).unit(), Some(ms.powi(-1)));
     // A unit of scale 1 and no dimension is no unit.
-    assert!(Tensor::scalar(1.0)
-        .with_unit(Some(Unit::ONE))
-        .unit()
-        .is_none());
+    assert!(
+        Tensor::scalar(1.0)
+            .with_unit(Some(Unit::ONE))
+            .unit()
+            .is_none()
+    );
     // Display.
     let text = v.to_string();
     assert!(text.contains("mV"), "{text}");

@@ -8,7 +8,7 @@ use ndarray::{ArrayD, Zip};
 use num_complex::Complex;
 use num_traits::Float;
 
-use super::{broadcast_shapes, Prim};
+use super::{Prim, broadcast_shapes};
 use crate::error::{Error, Result};
 use crate::exec::pool;
 use crate::tensor::{Aval, DType, Data, Tensor};
@@ -451,13 +451,13 @@ pub(super) fn zip<A: Copy, B: Copy, C: 'static>(
     let full = |x: &[usize]| x == shape;
     match (a.as_slice(), b.as_slice()) {
         (Some(x), Some(y)) if full(a.shape()) && full(b.shape()) => {
-            return collect(&mut x.iter().zip(y).map(|(&x, &y)| f(x, y)))
+            return collect(&mut x.iter().zip(y).map(|(&x, &y)| f(x, y)));
         }
         (Some(x), Some(&[y])) if full(a.shape()) => {
-            return collect(&mut x.iter().map(|&x| f(x, y)))
+            return collect(&mut x.iter().map(|&x| f(x, y)));
         }
         (Some(&[x]), Some(y)) if full(b.shape()) => {
-            return collect(&mut y.iter().map(|&y| f(x, y)))
+            return collect(&mut y.iter().map(|&y| f(x, y)));
         }
         _ => {}
     }

@@ -2,9 +2,9 @@
 //!
 //! Bilinear: `d(A B) = dA B + A dB`, and each operand's transpose is a product with the other.
 
-use ndarray::{linalg::general_mat_mul, Array2, ArrayD, ArrayView2, ArrayViewD, Axis, Ix2, IxDyn};
+use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, Axis, Ix2, IxDyn, linalg::general_mat_mul};
 
-use super::{broadcast_shapes, concat_dims, Prim};
+use super::{Prim, broadcast_shapes, concat_dims};
 use crate::error::{Error, Result};
 use crate::tensor::{Aval, Data, Tensor};
 

@@ -25,8 +25,8 @@ use std::fmt;
 
 pub(crate) use self::elementwise::eval_in_place;
 pub use self::elementwise::{BinaryOp, CmpOp, UnaryOp};
-pub(crate) use self::reduce::keepdims_shape;
 pub use self::reduce::ReduceOp;
+pub(crate) use self::reduce::keepdims_shape;
 use crate::error::{Error, Result};
 use crate::tensor::{Aval, DType, Data, Tensor};
 use crate::unit::Unit;

@@ -2,7 +2,7 @@
 
 use ndarray::{ArrayD, Axis};
 
-use super::{concat_dims, Prim};
+use super::{Prim, concat_dims};
 use crate::error::{Error, Result};
 use crate::tensor::{Aval, DType, Data, Tensor};
 

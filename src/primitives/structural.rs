@@ -5,10 +5,10 @@
 
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, Axis, Ix1, Ix2, Ix3, Ix4, IxDyn, Slice};
 
-use super::{concat_dims, zeros, Prim};
+use super::{Prim, concat_dims, zeros};
 use crate::error::{Error, Result};
 use crate::exec::pool;
-use crate::tensor::{with_array, Aval, Data, Tensor};
+use crate::tensor::{Aval, Data, Tensor, with_array};
 
 pub(super) fn infer(prim: &Prim, ins: &[Aval]) -> Result<Aval> {
     let op = prim.name();

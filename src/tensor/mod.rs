@@ -29,10 +29,10 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, IxDyn};
 
-pub(crate) use self::data::{array_from_vec, with_array, Data};
 pub use self::data::{DType, Element};
-pub use self::ops::{where_, Operand};
-pub use self::shape::{concatenate, stack, AxisRange};
+pub(crate) use self::data::{Data, array_from_vec, with_array};
+pub use self::ops::{Operand, where_};
+pub use self::shape::{AxisRange, concatenate, stack};
 use crate::error::{Error, Result};
 use crate::primitives::Prim;
 use crate::trace::{self, Var};

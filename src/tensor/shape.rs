@@ -125,7 +125,7 @@ impl Tensor {
                 return failed(
                     "reshape",
                     format!("cannot reshape {:?} into {shape:?}", self.shape()),
-                )
+                );
             }
         };
         self.reshape_exact(&resolved)

@@ -8,11 +8,11 @@
 
 use std::sync::Arc;
 
-use super::function::{trace_function, Function, Signature, Split};
+use super::function::{Function, Signature, Split, trace_function};
 use super::{Argnums, Kind};
 use crate::autodiff::{hessian_program, jacfwd_program, jacrev_program, jvp_program};
 use crate::error::{Error, Result};
-use crate::exec::{simplify, Plan};
+use crate::exec::{Plan, simplify};
 use crate::state::{GradStates, StateCore};
 use crate::tensor::{Aval, Data, Tensor};
 use crate::trace;
@@ -81,10 +81,14 @@ fn check_differentiable(name: &str, what: &str, aval: &Aval, holomorphic: bool) 
         return fail("holomorphic=true requires inputs with a complex dtype");
     }
     if !dtype.is_inexact() {
-        return fail("differentiated inputs must be floating point or complex; integer and boolean inputs cannot be differentiated");
+        return fail(
+            "differentiated inputs must be floating point or complex; integer and boolean inputs cannot be differentiated",
+        );
     }
     if !holomorphic && dtype.is_complex() {
-        return fail("real inputs are required; for a holomorphic function of complex inputs set holomorphic(true)");
+        return fail(
+            "real inputs are required; for a holomorphic function of complex inputs set holomorphic(true)",
+        );
     }
     Ok(())
 }
@@ -193,7 +197,9 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
             .collect();
         return Err(Error::shape(
             "grad",
-            format!("the function must return one scalar, got outputs of shapes {shapes:?} (use jacrev for others)"),
+            format!(
+                "the function must return one scalar, got outputs of shapes {shapes:?} (use jacrev for others)"
+            ),
         ));
     }
 
@@ -215,7 +221,7 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
                     "{name}: {} is in grad_states but the function never reads it \
                      (check_states(false) gives it zero blocks instead)",
                     s.describe()
-                )))
+                )));
             }
             None => {
                 let current = leaf_types(&s.leaves().1)?;

@@ -1,6 +1,6 @@
 //! Functions that transforms can trace, and their arguments.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::error::{Error, Result};
 use crate::ir::Program;

@@ -33,9 +33,9 @@ use std::sync::{Arc, Mutex};
 mod compile;
 mod function;
 
-use self::compile::{compile, run, Blocks, Compiled, Outputs, Part, Spec};
-use self::function::{signature, split_aux, split_plain, trace_function, Signature, Split};
+use self::compile::{Blocks, Compiled, Outputs, Part, Spec, compile, run};
 pub use self::function::{Args, Function};
+use self::function::{Signature, Split, signature, split_aux, split_plain, trace_function};
 use crate::error::Result;
 use crate::exec::simplify;
 use crate::ir::Program;

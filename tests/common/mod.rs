@@ -6,7 +6,7 @@
 use std::cell::Cell;
 use std::fmt::LowerExp;
 use std::ops::Sub;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Once;
 
 use brainstate::{Complex64, Error, Node, Tensor};
@@ -107,11 +107,7 @@ impl Lcg {
     }
 
     pub fn sign(&mut self) -> f64 {
-        if self.unit() < 0.5 {
-            -1.0
-        } else {
-            1.0
-        }
+        if self.unit() < 0.5 { -1.0 } else { 1.0 }
     }
 }
 
@@ -161,7 +157,7 @@ pub fn close<T: Scalar>(what: &str, got: &[T], want: &[T], tol: f64) -> Result<(
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).magnitude() / (1.0 + w.magnitude());
         let err = if err.is_nan() { f64::INFINITY } else { err };
-        if worst.map_or(true, |(_, e)| err > e) {
+        if worst.is_none_or(|(_, e)| err > e) {
             worst = Some((i, err));
         }
     }
