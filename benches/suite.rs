@@ -29,7 +29,10 @@ fn measure(call: impl Fn() -> Node) -> Measured {
     let result = call();
     let first_call_s = start.elapsed().as_secs_f64();
     let (checksum, frobenius) = checksums(&result);
-    let complex = result.leaves().iter().any(|t| t.dtype().is_complex());
+    let complex = result
+        .leaves()
+        .iter()
+        .any(|t| t.dtype().unwrap().is_complex());
     let probe = Instant::now();
     call();
     let reps = if probe.elapsed().as_secs_f64() < 0.01 {

@@ -13,7 +13,7 @@
 //! assert_eq!(err.to_string(), "reshape: incompatible shapes [2] and [3]");
 //! ```
 
-use crate::tensor::DType;
+use crate::storage::DType;
 
 /// Everything that can go wrong in this library.
 ///

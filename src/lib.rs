@@ -19,25 +19,42 @@
 //! assert_eq!(h, vec![802.0, -400.0, -400.0, 200.0]);
 //! ```
 //!
-//! Modules, in the order data flows through them: [`tensor`] (values and user operations),
-//! [`primitives`] (the primitive set and its rules), `trace` (recording programs), [`ir`]
-//! (programs), `autodiff` (program transforms), `exec` (simplify, plan, run), [`tree`]
-//! (pytrees), [`transform`] (the user-facing transforms).
+//! The modules, from the user's call down to the storage floor (each imports only those below
+//! it, but for the loop that is inherent: rules are written with tensor operations, which
+//! trace back into primitives, as JAX's rules call `bind`):
+//! - [`transform`]: `hessian`, `grad`, `jacrev`, `jacfwd` and the transform object with its
+//!   plan cache;
+//! - `autodiff` (forward mode, reverse mode, Jacobian and Hessian programs) and `exec`
+//!   (simplify, plan, run);
+//! - `trace`: recording user code as a program;
+//! - [`primitives`]: the primitive set, one family per file, each with its rules;
+//! - [`ir`]: programs as graphs, and the passes over their structure;
+//! - `storage`: dtypes, abstract values, arrays and the buffer pool.
+//!
+//! Beside them: [`tensor`] (values and user-level operations), [`state`], [`tree`] (pytrees),
+//! [`unit`](mod@unit) (physical units) and [`error`].
 
 #![warn(missing_docs)]
 
 // Lets `#[derive(Tree)]`, which names `brainstate::...`, work inside this crate too.
 extern crate self as brainstate;
 
+pub mod transform;
+
 mod autodiff;
-pub mod error;
 mod exec;
-pub mod ir;
+
+mod trace;
+
 pub mod primitives;
+
+pub mod ir;
+
+mod storage;
+
+pub mod error;
 pub mod state;
 pub mod tensor;
-mod trace;
-pub mod transform;
 pub mod tree;
 pub mod unit;
 
@@ -48,10 +65,11 @@ pub use brainstate_derive::Tree;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 pub use error::{Error, Result};
-pub use ir::Program;
 pub use num_complex::{Complex32, Complex64};
+pub use primitives::Program;
 pub use state::{GradStates, HiddenState, ParamState, ShortTermState, State, StateKind};
-pub use tensor::{Aval, AxisRange, DType, Element, Operand, Tensor, concatenate, stack, where_};
+pub use storage::{Aval, DType, Element};
+pub use tensor::{AxisRange, Operand, Tensor, concatenate, stack, where_};
 pub use transform::{
     Argnums, Args, Function, GradientTransform, grad, hessian, jacfwd, jacrev, make_program,
 };

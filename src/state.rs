@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
-use crate::trace;
+use crate::trace::{self, TracedState};
 use crate::tree::{Tree, TreeDef};
 use crate::unit::Unit;
 
@@ -62,12 +62,34 @@ pub(crate) struct StateCore {
 }
 
 impl StateCore {
-    pub fn leaves(&self) -> (TreeDef, Vec<Tensor>) {
+    /// The structure and leaves of the current value.
+    pub fn value(&self) -> (TreeDef, Vec<Tensor>) {
         self.value.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Checks that a new value of structure `def` fits the state.
+    fn check_write(&self, def: &TreeDef, leaves: &[Tensor]) -> Result<()> {
+        if *def != self.value().0 {
+            return Err(Error::Structure(format!(
+                "writing {}: the new value has another structure",
+                self.describe()
+            )));
+        }
+        self.check(leaves)
+    }
+}
+
+impl TracedState for StateCore {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn leaves(&self) -> Vec<Tensor> {
+        self.value().1
+    }
+
     /// How error messages name the state: its name or kind, and where it was created.
-    pub fn describe(&self) -> String {
+    fn describe(&self) -> String {
         let name = match &*self.name.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(n) => format!("{n:?}"),
             None => format!("#{}", self.id),
@@ -80,10 +102,9 @@ impl StateCore {
         )
     }
 
-    /// Checks that `leaves` fit the state's structure, shapes and dtypes.
-    pub fn check_write(&self, def: &TreeDef, leaves: &[Tensor]) -> Result<()> {
-        let (own_def, own) = self.leaves();
-        if *def != own_def || leaves.len() != own.len() {
+    fn check(&self, leaves: &[Tensor]) -> Result<()> {
+        let own = self.leaves();
+        if leaves.len() != own.len() {
             return Err(Error::Structure(format!(
                 "writing {}: the new value has another structure",
                 self.describe()
@@ -115,9 +136,19 @@ impl StateCore {
         Ok(())
     }
 
-    /// Assigns concrete leaves (already checked).
-    pub fn assign(&self, leaves: Vec<Tensor>) {
+    fn assign(&self, leaves: Vec<Tensor>) {
         self.value.lock().unwrap_or_else(|e| e.into_inner()).1 = leaves;
+    }
+}
+
+/// Hands checked values on to the states they were written to: inside a trace the writes are
+/// recorded there (and applied when that trace's own call succeeds); otherwise they are
+/// assigned now. This is the one path by which written values reach states.
+pub(crate) fn commit(writes: Vec<(Arc<dyn TracedState>, Vec<Tensor>)>) {
+    for (state, leaves) in writes {
+        if !trace::write_state(&state, &leaves) {
+            state.assign(leaves);
+        }
     }
 }
 
@@ -260,13 +291,11 @@ impl<T: Tree> State<T> {
     /// use brainstate::{State, Tensor};
     /// let s = State::new((Tensor::scalar(1.0), Tensor::from([2.0, 3.0])));
     /// let (a, b) = s.value();
-    /// assert_eq!((a.item().unwrap(), b.shape()), (1.0, &[2][..]));
+    /// assert_eq!((a.item().unwrap(), b.shape().unwrap()), (1.0, &[2][..]));
     /// ```
     pub fn value(&self) -> T {
-        let (def, leaves) = match trace::read_state(&self.core) {
-            Some(traced) => traced,
-            None => self.core.leaves(),
-        };
+        let (def, current) = self.core.value();
+        let leaves = trace::read_state(&self.handle()).unwrap_or(current);
         match T::unflatten(&def, &mut leaves.into_iter()) {
             Ok(value) => value,
             Err(_) => unreachable!("a state's structure never changes: writes are checked"),
@@ -287,17 +316,19 @@ impl<T: Tree> State<T> {
     pub fn set_value(&self, value: T) -> Result<()> {
         let mut leaves = Vec::new();
         value.flatten(&mut leaves);
-        let def = value.def();
         if let Some(e) = leaves.iter().find_map(|t| t.error()) {
             return Err(e.clone());
         }
         self.core
-            .check_write(&def, &leaves)
+            .check_write(&value.def(), &leaves)
             .map_err(trace::record_error)?;
-        if !trace::write_state(&self.core, &def, &leaves) {
-            self.core.assign(leaves);
-        }
+        commit(vec![(self.handle(), leaves)]);
         Ok(())
+    }
+
+    /// The state as tracing and transforms see it.
+    fn handle(&self) -> Arc<dyn TracedState> {
+        self.core.clone()
     }
 }
 
@@ -333,17 +364,18 @@ enum Selection {
 
 impl GradStates {
     /// The states, in order.
-    pub(crate) fn states(&self) -> Vec<Arc<StateCore>> {
+    pub(crate) fn states(&self) -> Vec<Arc<dyn TracedState>> {
+        let handle = |s: &Arc<StateCore>| -> Arc<dyn TracedState> { s.clone() };
         match &self.0 {
-            Selection::One(s) => vec![s.clone()],
-            Selection::Seq(v) => v.clone(),
-            Selection::Map(m) => m.iter().map(|(_, s)| s.clone()).collect(),
+            Selection::One(s) => vec![handle(s)],
+            Selection::Seq(v) => v.iter().map(handle).collect(),
+            Selection::Map(m) => m.iter().map(|(_, s)| handle(s)).collect(),
         }
     }
 
     /// The structure of the states' values, nested as this selection.
     pub(crate) fn def(&self) -> TreeDef {
-        let def = |s: &Arc<StateCore>| s.leaves().0;
+        let def = |s: &Arc<StateCore>| s.value().0;
         match &self.0 {
             Selection::One(s) => def(s),
             Selection::Seq(v) => TreeDef::List(v.iter().map(def).collect()),

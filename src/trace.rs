@@ -6,6 +6,10 @@
 //! opens its own frame. Every operation goes through [`apply`]: with no traced input it
 //! computes at once; otherwise it infers the result's shape and dtype and appends an equation
 //! to the innermost frame.
+//!
+//! States are known here only through [`TracedState`]: reading one inside a trace registers it
+//! as a program input, writing one records the new value; the transform decides what to do with
+//! them when the trace ends.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -14,19 +18,40 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
-use crate::ir::{Eqn, Program};
-use crate::primitives::{BinaryOp, Prim};
-use crate::state::StateCore;
-use crate::tensor::{Aval, Data, Repr, Tensor};
-use crate::tree::TreeDef;
+use crate::ir::Var;
+use crate::primitives::{BinaryOp, Eqn, Prim, Program};
+use crate::storage::{Aval, Data};
+use crate::tensor::{Repr, Tensor};
 use crate::unit::Unit;
-
-pub(crate) use crate::ir::Var;
 
 static NEXT_FRAME: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
     static FRAMES: RefCell<Vec<Frame>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What tracing and the transforms need of a state: a stable identity, its current leaves,
+/// and the checks and assignment of new ones. The states of the `state` module implement it.
+pub(crate) trait TracedState: Send + Sync {
+    /// A process-wide unique identity.
+    fn id(&self) -> u64;
+    /// The current value's leaves.
+    fn leaves(&self) -> Vec<Tensor>;
+    /// Checks that new leaves fit the state (structure, shapes, dtypes, units).
+    fn check(&self, leaves: &[Tensor]) -> Result<()>;
+    /// Assigns checked leaves.
+    fn assign(&self, leaves: Vec<Tensor>);
+    /// How error messages name the state.
+    fn describe(&self) -> String;
+}
+
+/// A state touched by a trace: the program inputs standing for the value it had when first
+/// read, and the last value written.
+#[derive(Clone)]
+pub(crate) struct StateSlot {
+    pub state: Arc<dyn TracedState>,
+    pub read: Option<Vec<Tensor>>,
+    pub written: Option<Vec<Tensor>>,
 }
 
 /// A program under construction.
@@ -40,18 +65,10 @@ struct Frame {
     error: Option<Error>,
     /// The states this trace has touched, in first-touch order.
     states: Vec<StateSlot>,
-    /// While a transform replays an equation, the source location of that equation, so that
-    /// derived equations point at the user's code rather than at a rule.
+    /// The source location recorded for new equations, when set: while a transform replays an
+    /// equation, that equation's (so derived equations point at the user's code rather than at
+    /// a rule); while a user-level operation runs, the user's call.
     source: Option<&'static Location<'static>>,
-}
-
-/// A state touched by a trace: the program inputs standing for the value it had when first
-/// read, and the last value written.
-#[derive(Clone)]
-pub(crate) struct StateSlot {
-    pub state: Arc<StateCore>,
-    pub read: Option<Vec<Tensor>>,
-    pub written: Option<(TreeDef, Vec<Tensor>)>,
 }
 
 /// An open trace frame. Finish it with [`Tracing::finish`]; dropping it discards the frame.
@@ -78,11 +95,7 @@ impl Tracing {
 
     /// A new program input of the given shape and dtype.
     pub fn input(&self, aval: &Aval) -> Tensor {
-        with_frame(self.id, |frame| {
-            let var = frame.program.new_var(aval.clone());
-            frame.program.inputs.push(var);
-            Tensor::traced(frame.id, var, aval.clone())
-        })
+        with_frame(self.id, |frame| frame.input(aval))
     }
 
     /// A variable of this frame with no definition yet: the tangent placeholders that reverse
@@ -107,7 +120,7 @@ impl Tracing {
     /// The tensor that stands for variable `var` of this frame.
     pub fn tensor(&self, var: Var) -> Tensor {
         with_frame(self.id, |frame| {
-            Tensor::traced(frame.id, var, frame.program.avals[var.index()].clone())
+            Tensor::traced(frame.id, var, frame.program.aval(var).clone())
         })
     }
 
@@ -119,6 +132,14 @@ impl Tracing {
     /// The states touched so far, in first-touch order.
     pub fn states(&self) -> Vec<StateSlot> {
         with_frame(self.id, |frame| frame.states.clone())
+    }
+
+    /// Records `prim` in this frame even when no input is traced (used for the tangent basis,
+    /// which must stay a cheap generator in the program rather than become a constant).
+    #[track_caller]
+    pub fn emit(&self, prim: Prim, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+        let caller = Location::caller();
+        with_frame(self.id, |frame| frame.record(prim, inputs, caller))
     }
 
     /// Closes the frame and returns its program, with `outputs` as the program's outputs.
@@ -152,8 +173,14 @@ impl Drop for Tracing {
 }
 
 impl Frame {
-    /// Whether a state with these leaves was created inside this trace (its value is traced here).
-    fn created_here(&self, leaves: &[Tensor]) -> bool {
+    fn input(&mut self, aval: &Aval) -> Tensor {
+        let var = self.program.new_var(aval.clone());
+        self.program.inputs.push(var);
+        Tensor::traced(self.id, var, aval.clone())
+    }
+
+    /// Whether these leaves were made inside this trace (they are traced here).
+    fn made_here(&self, leaves: &[Tensor]) -> bool {
         leaves
             .iter()
             .any(|t| matches!(t.repr(), Repr::Traced(tr) if tr.frame == self.id))
@@ -181,6 +208,54 @@ impl Frame {
         self.consts.insert(key, var);
         var
     }
+
+    /// Appends `outs = prim(inputs)` and returns the traced outputs.
+    fn record(
+        &mut self,
+        prim: Prim,
+        inputs: &[&Tensor],
+        caller: &'static Location<'static>,
+    ) -> Result<Vec<Tensor>> {
+        let avals = inputs
+            .iter()
+            .map(|t| t.aval())
+            .collect::<Result<Vec<_>>>()?;
+        let out_avals = prim.infer(&avals)?;
+        let vars = inputs
+            .iter()
+            .map(|t| self.var_of(t))
+            .collect::<Result<Vec<_>>>()?;
+        let outputs: Vec<Var> = out_avals
+            .iter()
+            .map(|a| self.program.new_var(a.clone()))
+            .collect();
+        self.program.eqns.push(Eqn {
+            prim,
+            inputs: vars,
+            outputs: outputs.clone(),
+            source: Some(self.source.unwrap_or(caller)),
+        });
+        Ok(outputs
+            .into_iter()
+            .zip(out_avals)
+            .map(|(var, aval)| Tensor::traced(self.id, var, aval))
+            .collect())
+    }
+
+    fn slot(&mut self, state: &Arc<dyn TracedState>) -> &mut StateSlot {
+        let pos = match self.states.iter().position(|s| s.state.id() == state.id()) {
+            Some(pos) => pos,
+            None => {
+                self.states.push(StateSlot {
+                    state: state.clone(),
+                    read: None,
+                    written: None,
+                });
+                self.states.len() - 1
+            }
+        };
+        &mut self.states[pos]
+    }
 }
 
 fn with_frame<R>(id: u64, f: impl FnOnce(&mut Frame) -> R) -> R {
@@ -195,79 +270,46 @@ fn with_frame<R>(id: u64, f: impl FnOnce(&mut Frame) -> R) -> R {
     })
 }
 
-/// Inside a trace, the traced value of `state`: the value last written in this trace, or the
+/// Inside a trace, the traced leaves of `state`: the value last written in this trace, or the
 /// program inputs registered at its first read. `None` outside any trace.
-pub(crate) fn read_state(state: &Arc<StateCore>) -> Option<(TreeDef, Vec<Tensor>)> {
+pub(crate) fn read_state(state: &Arc<dyn TracedState>) -> Option<Vec<Tensor>> {
     FRAMES.with(|frames| {
         let mut frames = frames.borrow_mut();
         let frame = frames.last_mut()?;
-        let (def, current) = state.leaves();
-        if frame.created_here(&current) {
+        let current = state.leaves();
+        if frame.made_here(&current) {
             // A state made inside this trace is a temporary: its value is already traced.
-            return Some((def, current));
+            return Some(current);
         }
-        let pos = match frame
-            .states
-            .iter()
-            .position(|s| Arc::ptr_eq(&s.state, state))
-        {
-            Some(pos) => pos,
-            None => {
-                frame.states.push(StateSlot {
-                    state: state.clone(),
-                    read: None,
-                    written: None,
-                });
-                frame.states.len() - 1
-            }
-        };
-        if let Some(written) = &frame.states[pos].written {
+        let slot = frame.slot(state);
+        if let Some(written) = slot.written.as_ref().or(slot.read.as_ref()) {
             return Some(written.clone());
-        }
-        if let Some(read) = &frame.states[pos].read {
-            return Some((def, read.clone()));
         }
         let mut inputs = Vec::with_capacity(current.len());
         for leaf in &current {
-            match leaf.aval() {
-                Ok(aval) => {
-                    let var = frame.program.new_var(aval.clone());
-                    frame.program.inputs.push(var);
-                    inputs.push(Tensor::traced(frame.id, var, aval).with_unit(leaf.unit()));
-                }
-                Err(e) => inputs.push(Tensor::failed(e)),
-            }
+            inputs.push(match leaf.aval() {
+                Ok(aval) => frame.input(&aval).with_unit(leaf.unit()),
+                Err(e) => Tensor::failed(e),
+            });
         }
-        frame.states[pos].read = Some(inputs.clone());
-        Some((def, inputs))
+        frame.slot(state).read = Some(inputs.clone());
+        Some(inputs)
     })
 }
 
-/// Inside a trace, records a write of `state` (already checked) and returns `true`; outside
-/// any trace returns `false`, and the caller assigns the value at once.
-pub(crate) fn write_state(state: &Arc<StateCore>, def: &TreeDef, leaves: &[Tensor]) -> bool {
+/// Inside a trace, records a write of checked `leaves` to `state` and returns `true`; outside
+/// any trace returns `false`, and the caller assigns them at once.
+pub(crate) fn write_state(state: &Arc<dyn TracedState>, leaves: &[Tensor]) -> bool {
     FRAMES.with(|frames| {
         let mut frames = frames.borrow_mut();
         let Some(frame) = frames.last_mut() else {
             return false;
         };
-        if frame.created_here(&state.leaves().1) {
+        if frame.made_here(&state.leaves()) {
             // A temporary state simply takes the new traced value.
             state.assign(leaves.to_vec());
-            return true;
-        }
-        let written = Some((def.clone(), leaves.to_vec()));
-        match frame
-            .states
-            .iter_mut()
-            .find(|s| Arc::ptr_eq(&s.state, state))
-        {
-            Some(slot) => slot.written = written,
-            None => frame.states.push(StateSlot {
-                state: state.clone(),
-                read: None,
-                written,
-            }),
+        } else {
+            frame.slot(state).written = Some(leaves.to_vec());
         }
         true
     })
@@ -283,157 +325,134 @@ pub(crate) fn record_error(error: Error) -> Error {
     error
 }
 
-/// Runs `f` with the equations it records in the innermost frame attributed to `source`
-/// (transforms replaying an equation pass the equation's own source, so derived equations
-/// point at the user's code rather than at a rule).
+/// Runs `f` with the equations it records in the innermost frame attributed to `source`,
+/// unless a source is already set and `replace` is false. Transforms replaying an equation
+/// replace it with the equation's own source; user-level operations set the user's call only
+/// where no replay has set one.
+fn at_source<R>(source: &'static Location<'static>, replace: bool, f: impl FnOnce() -> R) -> R {
+    let previous = FRAMES.with(|frames| {
+        let mut frames = frames.borrow_mut();
+        let frame = frames.last_mut()?;
+        if frame.source.is_some() && !replace {
+            return None;
+        }
+        Some(frame.source.replace(source))
+    });
+    let result = f();
+    if let Some(previous) = previous {
+        FRAMES.with(|frames| {
+            if let Some(frame) = frames.borrow_mut().last_mut() {
+                frame.source = previous;
+            }
+        });
+    }
+    result
+}
+
+/// Runs `f` with the equations it records attributed to `source`: the equation a transform is
+/// replaying.
 pub(crate) fn with_source<R>(
     source: Option<&'static Location<'static>>,
     f: impl FnOnce() -> R,
 ) -> R {
-    let previous = FRAMES.with(|frames| {
-        frames
-            .borrow_mut()
-            .last_mut()
-            .map(|frame| std::mem::replace(&mut frame.source, source))
-    });
-    let result = f();
-    FRAMES.with(|frames| {
-        if let (Some(frame), Some(previous)) = (frames.borrow_mut().last_mut(), previous) {
-            frame.source = previous;
-        }
-    });
-    result
+    match source {
+        Some(source) => at_source(source, true, f),
+        None => f(),
+    }
+}
+
+/// Runs a user-level operation's body with its equations attributed to the user's `call`
+/// (unless a transform is replaying an equation).
+pub(crate) fn with_caller<R>(call: &'static Location<'static>, f: impl FnOnce() -> R) -> R {
+    at_source(call, false, f)
 }
 
 /// Applies `prim` to `inputs`: computes it when no input is traced, records it otherwise.
 /// Never panics: a failure becomes a failed tensor (and the innermost frame's error).
 #[track_caller]
-pub(crate) fn apply(prim: Prim, inputs: &[&Tensor]) -> Tensor {
+pub(crate) fn apply(prim: Prim, inputs: &[&Tensor]) -> Vec<Tensor> {
     let caller = Location::caller();
     let result = if inputs.iter().any(|t| t.unit().is_some()) {
         apply_with_units(&prim, inputs, caller)
     } else {
         try_apply(&prim, inputs, caller)
     };
-    match result {
-        Ok(t) => t,
-        Err(e) => {
-            FRAMES.with(|f| {
-                if let Some(frame) = f.borrow_mut().last_mut() {
-                    frame.error.get_or_insert_with(|| e.clone());
-                }
-            });
-            Tensor::failed(e)
-        }
-    }
+    result.unwrap_or_else(|e| vec![Tensor::failed(record_error(e))])
 }
 
 /// Applies `prim` to quantities: its unit rule says how to rescale each operand's values and
-/// what unit the result has; the primitive itself only ever sees plain values. A dimensionless
-/// result has its scale folded into its values.
+/// what units the results have; the primitive itself only ever sees plain values. A
+/// dimensionless result has its scale folded into its values.
 fn apply_with_units(
     prim: &Prim,
     inputs: &[&Tensor],
     caller: &'static Location<'static>,
-) -> Result<Tensor> {
+) -> Result<Vec<Tensor>> {
     // A failed operand has no unit; its own error comes first.
-    if let Some(e) = inputs.iter().find_map(|t| t.error()) {
-        return Err(e.clone());
+    for t in inputs {
+        t.aval()?;
     }
     let units: Vec<Option<Unit>> = inputs.iter().map(|t| t.unit()).collect();
-    let (factors, unit) = prim.unit_rule(&units, inputs)?;
+    let rule = prim.units(&units, inputs)?;
     let rescale = |t: Tensor, factor: f64| -> Result<Tensor> {
         if factor == 1.0 {
             return Ok(t);
         }
-        let factor = Tensor::scalar_of(factor, t.dtype());
-        try_apply(&Prim::Binary(BinaryOp::Mul), &[&t, &factor], caller)
+        let factor = Tensor::scalar_of(factor, t.dtype()?);
+        let mut scaled = try_apply(&Prim::from(BinaryOp::Mul), &[&t, &factor], caller)?;
+        Ok(scaled.swap_remove(0))
     };
     let plain = inputs
         .iter()
-        .zip(factors)
+        .zip(rule.factors)
         .map(|(t, factor)| rescale(t.mantissa(), factor))
         .collect::<Result<Vec<_>>>()?;
     let refs: Vec<&Tensor> = plain.iter().collect();
-    let out = try_apply(prim, &refs, caller)?;
-    match unit {
-        Some(u) if u.is_dimensionless() => rescale(out, u.scale()),
-        unit => Ok(out.with_unit(unit)),
-    }
+    try_apply(prim, &refs, caller)?
+        .into_iter()
+        .zip(rule.outputs)
+        .map(|(out, unit)| match unit {
+            Some(u) if u.is_dimensionless() => rescale(out, u.scale()),
+            unit => Ok(out.with_unit(unit)),
+        })
+        .collect()
 }
 
 fn try_apply(
     prim: &Prim,
     inputs: &[&Tensor],
     caller: &'static Location<'static>,
-) -> Result<Tensor> {
-    let avals = inputs
-        .iter()
-        .map(|t| t.aval())
-        .collect::<Result<Vec<_>>>()?;
-    let out = prim.infer(&avals)?;
+) -> Result<Vec<Tensor>> {
     let frame_id = inputs.iter().find_map(|t| match t.repr() {
         Repr::Traced(tr) => Some(tr.frame),
         _ => None,
     });
     let Some(frame_id) = frame_id else {
+        let avals = inputs
+            .iter()
+            .map(|t| t.aval())
+            .collect::<Result<Vec<_>>>()?;
+        prim.infer(&avals)?;
         let datas = inputs
             .iter()
             .map(|t| t.data())
             .collect::<Result<Vec<_>>>()?;
         let datas: Vec<&Data> = datas.iter().map(|d| &***d).collect();
-        return Ok(Tensor::from_data(prim.eval(&datas)?));
+        return Ok(prim
+            .eval(&datas)?
+            .into_iter()
+            .map(Tensor::from_data)
+            .collect());
     };
     FRAMES.with(|frames| {
         let mut frames = frames.borrow_mut();
-        let frame = match frames.last_mut() {
-            Some(frame) if frame.id == frame_id => frame,
-            _ => {
-                return Err(Error::Trace(
-                    "a traced tensor was used outside the transform that traced it \
-                     (nested transforms over a captured traced value are not supported)"
-                        .into(),
-                ));
-            }
-        };
-        let vars = inputs
-            .iter()
-            .map(|t| frame.var_of(t))
-            .collect::<Result<Vec<_>>>()?;
-        let var = frame.program.new_var(out.clone());
-        let source = frame.source.unwrap_or(caller);
-        frame.program.eqns.push(Eqn {
-            prim: prim.clone(),
-            inputs: vars,
-            out: var,
-            source: Some(source),
-        });
-        Ok(Tensor::traced(frame_id, var, out))
-    })
-}
-
-/// Records `prim` in the innermost frame even when no input is traced (used for the tangent
-/// basis, which must stay a cheap generator in the program rather than become a constant).
-#[track_caller]
-pub(crate) fn emit(tracing: &Tracing, prim: Prim, inputs: &[&Tensor]) -> Result<Tensor> {
-    let avals = inputs
-        .iter()
-        .map(|t| t.aval())
-        .collect::<Result<Vec<_>>>()?;
-    let out = prim.infer(&avals)?;
-    let caller = Location::caller();
-    with_frame(tracing.id, |frame| {
-        let vars = inputs
-            .iter()
-            .map(|t| frame.var_of(t))
-            .collect::<Result<Vec<_>>>()?;
-        let var = frame.program.new_var(out.clone());
-        frame.program.eqns.push(Eqn {
-            prim,
-            inputs: vars,
-            out: var,
-            source: Some(frame.source.unwrap_or(caller)),
-        });
-        Ok(Tensor::traced(frame.id, var, out))
+        match frames.last_mut() {
+            Some(frame) if frame.id == frame_id => frame.record(prim.clone(), inputs, caller),
+            _ => Err(Error::Trace(
+                "a traced tensor was used outside the transform that traced it \
+                 (nested transforms over a captured traced value are not supported)"
+                    .into(),
+            )),
+        }
     })
 }

@@ -387,7 +387,7 @@ impl Node {
     /// let (x, y) = (Tensor::from([1.0, 2.0]), Tensor::scalar(3.0));
     /// let h = hessian(f).argnums([0, 1]).call((&x, &y)).unwrap();
     /// let m = h.flat_matrix().unwrap();
-    /// assert_eq!(m.shape(), &[3, 3]);
+    /// assert_eq!(m.shape().unwrap(), &[3, 3]);
     /// ```
     pub fn flat_matrix(&self) -> Result<Tensor> {
         let blocks = self.leaves();
@@ -399,12 +399,12 @@ impl Node {
             )));
         }
         // Block (p, p) has shape in_p ++ in_p, which gives the size of input p.
-        let sizes: Vec<usize> = (0..k)
+        let sizes = (0..k)
             .map(|p| {
-                let shape = blocks[p * k + p].shape();
-                shape[..shape.len() / 2].iter().product()
+                let shape = blocks[p * k + p].shape()?;
+                Ok(shape[..shape.len() / 2].iter().product())
             })
-            .collect();
+            .collect::<Result<Vec<usize>>>()?;
         let mut rows = Vec::with_capacity(k);
         for p in 0..k {
             let row: Vec<Tensor> = (0..k)

@@ -35,8 +35,8 @@ fn assert_symmetric_trailing(t: &Tensor, n: usize) {
 #[track_caller]
 fn symmetric_matrix(h: &Node) -> (usize, Vec<f64>) {
     let m = h.flat_matrix().expect("flat matrix");
-    let n = m.shape()[0];
-    assert_eq!(m.shape(), &[n, n]);
+    let n = m.shape().unwrap()[0];
+    assert_eq!(m.shape().unwrap(), &[n, n]);
     assert_symmetric_trailing(&m, n);
     (n, vals(&m))
 }
@@ -99,8 +99,8 @@ fn quadratic_form_gives_a_plus_a_transpose() {
         .call(&x)
         .unwrap();
     let t = leaf(&h);
-    assert_eq!(t.shape(), &[n, n]);
-    assert_eq!(t.dtype(), DType::F64);
+    assert_eq!(t.shape().unwrap(), &[n, n]);
+    assert_eq!(t.dtype().unwrap(), DType::F64);
     let want: Vec<f64> = (0..n * n)
         .map(|k| av[k] + av[(k % n) * n + k / n])
         .collect();
@@ -124,7 +124,7 @@ fn rosenbrock_matches_the_tridiagonal_hessian() {
     ];
     for p in points {
         let got = h.call(&Tensor::from(p)).unwrap();
-        assert_eq!(leaf(&got).shape(), &[6, 6]);
+        assert_eq!(leaf(&got).shape().unwrap(), &[6, 6]);
         let (_, m) = symmetric_matrix(&got);
         assert_close(&m, &rosen_hessian(&p), 1e-13);
     }
@@ -172,7 +172,7 @@ fn nonscalar_output_has_shape_out_in_in_and_matches_per_output_closed_forms() {
     let f = |x: &Tensor| x.sin() * x.powi(2).sum();
     let h = hessian(f).call(&Tensor::from(xs)).unwrap();
     let t = leaf(&h);
-    assert_eq!(t.shape(), &[n, n, n]);
+    assert_eq!(t.shape().unwrap(), &[n, n, n]);
     assert_symmetric_trailing(t, n);
     let s: f64 = xs.iter().map(|v| v * v).sum();
     let d = |a: usize, b: usize| (a == b) as u8 as f64;
@@ -205,7 +205,7 @@ fn nonscalar_output_has_shape_out_in_in_and_matches_per_output_closed_forms() {
     let g = move |x: &Tensor| c.expand_dims(1) * x.expand_dims(0) * x.sum();
     let h = hessian(g).call(&Tensor::from([0.3, 0.1, -0.4])).unwrap();
     let t = leaf(&h);
-    assert_eq!(t.shape(), &[2, 3, 3, 3]);
+    assert_eq!(t.shape().unwrap(), &[2, 3, 3, 3]);
     assert_symmetric_trailing(t, 3);
     let mut want = Vec::new();
     for cr in [2.0, -1.0] {
@@ -231,7 +231,7 @@ fn tuple_output_gives_a_tuple_of_blocks() {
     };
     assert_eq!(items.len(), 2);
     let first = leaf(&items[0]);
-    assert_eq!(first.shape(), &[3, 3]);
+    assert_eq!(first.shape().unwrap(), &[3, 3]);
     let mut want = vec![0.0; 9];
     for i in 0..3 {
         want[i * 3 + i] = 6.0 * xs[i];
@@ -240,7 +240,7 @@ fn tuple_output_gives_a_tuple_of_blocks() {
     assert_symmetric_trailing(first, 3);
 
     let second = leaf(&items[1]);
-    assert_eq!(second.shape(), &[3, 3, 3]);
+    assert_eq!(second.shape().unwrap(), &[3, 3, 3]);
     let mut want = vec![0.0; 27];
     for k in 0..3 {
         want[k * 9 + k * 3 + k] = xs[k].exp();
@@ -256,8 +256,8 @@ fn float32_inputs_give_an_f32_hessian_close_to_f64() {
     let h64 = h.call(&Tensor::from(p)).unwrap();
     let h32 = h.call(&Tensor::from(p32.clone())).unwrap();
     let t32 = leaf(&h32);
-    assert_eq!(t32.dtype(), DType::F32);
-    assert_eq!(t32.shape(), &[6, 6]);
+    assert_eq!(t32.dtype().unwrap(), DType::F32);
+    assert_eq!(t32.shape().unwrap(), &[6, 6]);
     let got: Vec<f64> = t32
         .to_vec::<f32>()
         .unwrap()
@@ -274,7 +274,7 @@ fn float32_inputs_give_an_f32_hessian_close_to_f64() {
         .return_value()
         .call(&Tensor::from(p32))
         .unwrap();
-    assert_eq!(value.dtype(), DType::F32);
+    assert_eq!(value.dtype().unwrap(), DType::F32);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -314,7 +314,7 @@ fn all_four_layouts_with_exact_types() {
 
     let (h, v): (Node, Tensor) = hessian(plain).return_value().call(&x).unwrap();
     assert_close(&vals(leaf(&h)), &want, 1e-14);
-    assert_eq!(v.shape(), &[] as &[usize]);
+    assert_eq!(v.shape().unwrap(), &[] as &[usize]);
     assert_close(&[v.item().unwrap()], &[value], 1e-14);
 
     let (h, v, aux): (Node, Tensor, Tensor) =
@@ -362,11 +362,11 @@ fn argnums_control_nesting_and_order() {
 
     // An integer: no tuple level.
     let h0 = h.call((&x, &y)).unwrap();
-    assert_eq!(leaf(&h0).shape(), &[3, 3]);
+    assert_eq!(leaf(&h0).shape().unwrap(), &[3, 3]);
     symmetric_matrix(&h0);
     let h = h.argnums(1);
     let h1 = h.call((&x, &y)).unwrap();
-    assert_eq!(leaf(&h1).shape(), &[2, 2]);
+    assert_eq!(leaf(&h1).shape().unwrap(), &[2, 2]);
     symmetric_matrix(&h1);
 
     // A one-element sequence: a 1 x 1 tuple of tuples.
@@ -384,7 +384,7 @@ fn argnums_control_nesting_and_order() {
     for (p, row) in shapes.iter().enumerate() {
         for (q, shape) in row.iter().enumerate() {
             assert_eq!(
-                leaf(&h01[p][q]).shape(),
+                leaf(&h01[p][q]).shape().unwrap(),
                 shape.as_slice(),
                 "block ({p},{q})"
             );
@@ -417,7 +417,7 @@ fn argnums_control_nesting_and_order() {
         for q in 0..2 {
             let a = leaf(&h10[p][q]);
             let b = leaf(&h01[1 - p][1 - q]);
-            assert_eq!(a.shape(), b.shape(), "block ({p},{q})");
+            assert_eq!(a.shape().unwrap(), b.shape().unwrap(), "block ({p},{q})");
             assert_close(&vals(a), &vals(b), 1e-14);
         }
     }
@@ -483,7 +483,7 @@ fn plan_cache_reuses_and_rebuilds_per_signature() {
     // A new shape is a new signature.
     let p3 = [0.4, -0.9, 1.2];
     let (d, vd) = h.call(&Tensor::from(p3)).unwrap();
-    assert_eq!(leaf(&d).shape(), &[3, 3]);
+    assert_eq!(leaf(&d).shape().unwrap(), &[3, 3]);
     assert_close(&vals(leaf(&d)), &rosen_hessian(&p3), 1e-13);
     assert_close(
         &[vd.item().unwrap()],
@@ -519,7 +519,7 @@ fn plan_cache_handles_different_tree_structures() {
     };
     assert_eq!(rows.len(), 2);
     assert_close(&vals(leaf(&h2[0][0])), &[6.0, 0.0, 0.0, 12.0], 1e-15);
-    assert_eq!(leaf(&h2[0][1]).shape(), &[2]);
+    assert_eq!(leaf(&h2[0][1]).shape().unwrap(), &[2]);
     assert_close(&vals(leaf(&h2[1][1])), &[2.0 * 6.0 * 3.0], 1e-15);
 
     let h3 = h.call(&three).unwrap();
@@ -734,8 +734,8 @@ fn holomorphic_on_real_input_is_an_error() {
 #[test]
 fn a_panic_while_tracing_is_an_error() {
     let f = |x: &Tensor| -> Tensor {
-        if x.shape() == [2] {
-            panic!("boom at shape {:?}", x.shape());
+        if x.shape().unwrap() == [2] {
+            panic!("boom at shape {:?}", x.shape().unwrap());
         }
         x.sum()
     };
@@ -796,6 +796,71 @@ fn eager_operations_return_failed_tensors() {
     assert_eq!(e2, e);
 }
 
+#[test]
+fn every_operation_on_a_failed_tensor_hands_its_first_error_on() {
+    let bad = Tensor::from([1.0, 2.0]) + Tensor::from([1.0, 2.0, 3.0]);
+    let e = bad.error().cloned().expect("a failed tensor");
+    // A failed tensor has no shape or dtype to read.
+    assert_eq!(bad.shape().unwrap_err(), e);
+    assert_eq!(bad.dtype().unwrap_err(), e);
+    assert_eq!(bad.ndim().unwrap_err(), e);
+    assert_eq!(bad.numel().unwrap_err(), e);
+    let good = Tensor::from([[1.0, 2.0], [3.0, 4.0]]);
+    let results: Vec<(&str, Tensor)> = vec![
+        ("zeros_like", bad.zeros_like()),
+        ("powi(0)", bad.powi(0)),
+        ("powi(1)", bad.powi(1)),
+        ("powi(3)", bad.powi(3)),
+        ("reshape", bad.reshape(&[-1])),
+        ("transpose", bad.transpose()),
+        ("permute", bad.permute(&[0])),
+        ("expand_dims", bad.expand_dims(0)),
+        ("slice_along", bad.slice_along(0, 1.., 1)),
+        ("index", bad.index(0, 0)),
+        ("broadcast_to", bad.broadcast_to(&[2, 2])),
+        ("sum", bad.sum()),
+        ("sum_axes", bad.sum_axes(&[0], true)),
+        ("max", bad.max()),
+        ("mean", bad.mean()),
+        ("mean_axes", bad.mean_axes(&[0], false)),
+        ("logsumexp", bad.logsumexp()),
+        ("softmax", bad.softmax(0)),
+        ("cast", bad.cast(brainstate::DType::F32)),
+        ("exp", bad.exp()),
+        ("abs", bad.abs()),
+        ("powf", bad.powf(0.5)),
+        ("maximum", good.maximum(&bad)),
+        ("logaddexp", bad.logaddexp(0.0)),
+        ("eq", bad.eq(0.0)),
+        ("select", good.gt(0.0).select(&bad, 0.0)),
+        ("matmul (left)", bad.matmul(&good)),
+        ("matmul (right)", good.matmul(&bad)),
+        ("scalar - x", 1.0 - &bad),
+        ("x * scalar", &bad * 2.0),
+        (
+            "concatenate",
+            brainstate::concatenate(&[good.clone(), bad.clone()], 0),
+        ),
+        ("stack", brainstate::stack(&[bad.clone()], 0)),
+        (
+            "with a unit",
+            (&bad * brainstate::units::mV).to_unit(brainstate::units::volt),
+        ),
+    ];
+    for (op, result) in results {
+        assert_eq!(
+            result.error(),
+            Some(&e),
+            "{op} must hand the first error on"
+        );
+    }
+
+    // Inside a transform too: the call fails with the first error, never with a made-up result.
+    let f = |x: &Tensor| (x + Tensor::from([1.0, 2.0, 3.0])).zeros_like().sum() + x.sum();
+    let err = expect_err(grad(f).call(&Tensor::from([1.0, 2.0])));
+    assert_mentions(&err, &["add", "[2]", "[3]"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // grad / jacrev / jacfwd / hessian agree.
 // ---------------------------------------------------------------------------------------------
@@ -810,8 +875,8 @@ fn grad_jacrev_and_jacfwd_agree() {
     let g = vals(leaf(&grad(scalar_f).call(&x).unwrap()));
     let jr = jacrev(scalar_f).call(&x).unwrap();
     let jf = jacfwd(scalar_f).call(&x).unwrap();
-    assert_eq!(leaf(&jr).shape(), &[4]);
-    assert_eq!(leaf(&jf).shape(), &[4]);
+    assert_eq!(leaf(&jr).shape().unwrap(), &[4]);
+    assert_eq!(leaf(&jf).shape().unwrap(), &[4]);
     assert_close(&vals(leaf(&jr)), &g, 1e-13);
     assert_close(&vals(leaf(&jf)), &g, 1e-13);
 
@@ -823,7 +888,7 @@ fn grad_jacrev_and_jacfwd_agree() {
     let vf = |x: &Tensor| x.tanh() * x.sum() + x.slice_along(0, ..2, 1).sum();
     let jr = jacrev(vf).call(&x).unwrap();
     let jf = jacfwd(vf).call(&x).unwrap();
-    assert_eq!(leaf(&jr).shape(), &[4, 4]);
+    assert_eq!(leaf(&jr).shape().unwrap(), &[4, 4]);
     assert_close(&vals(leaf(&jr)), &vals(leaf(&jf)), 1e-13);
 }
 
@@ -837,7 +902,7 @@ fn jacobians_of_the_gradient_equal_the_hessian() {
     let g = grad(scalar_f);
     let grad_of = |x: &Tensor| g.call(x).expect("inner grad").tensor().unwrap().clone();
     let fwd = jacfwd(grad_of).call(&x).unwrap();
-    assert_eq!(leaf(&fwd).shape(), &[4, 4]);
+    assert_eq!(leaf(&fwd).shape().unwrap(), &[4, 4]);
     assert_close(&vals(leaf(&fwd)), &hv, 1e-13);
     let rev = jacrev(grad_of).call(&x).unwrap();
     assert_close(&vals(leaf(&rev)), &hv, 1e-13);
@@ -859,7 +924,7 @@ fn mixed_hessian_blocks_are_jacobians_of_partial_gradients() {
     let gx = grad(two_args);
     let gx_of = |x: &Tensor, y: &Tensor| gx.call((x, y)).unwrap().tensor().unwrap().clone();
     let j = jacfwd(gx_of).argnums(1).call((&x, &y)).unwrap();
-    assert_eq!(leaf(&j).shape(), &[3, 2]);
+    assert_eq!(leaf(&j).shape().unwrap(), &[3, 2]);
     assert_close(&vals(leaf(&j)), &vals(leaf(&h[0][1])), 1e-13);
 
     // grad over [0, 1] nests one tuple level, and jacrev of it over [0, 1] is the Hessian.

@@ -306,7 +306,12 @@ fn structural_rows() -> Vec<Row> {
             &[&[&[]], &[&[3]], &[&[2, 1]], &[&[1, 3]]],
             |x| {
                 let mut shape = vec![2];
-                shape.extend(x[0].shape().iter().map(|&d| if d == 1 { 3 } else { d }));
+                shape.extend(
+                    x[0].shape()
+                        .unwrap()
+                        .iter()
+                        .map(|&d| if d == 1 { 3 } else { d }),
+                );
                 x[0].broadcast_to(&shape) * x[0].broadcast_to(&shape)
             },
         ),
@@ -575,14 +580,14 @@ fn blocks(got: Vec<Tensor>, shapes: &[Vec<usize>]) -> Result<Vec<Vec<f64>>, Stri
         .zip(shapes)
         .enumerate()
         .map(|(k, (t, shape))| {
-            if t.shape() != shape.as_slice() {
+            if t.shape().unwrap() != shape.as_slice() {
                 return Err(format!(
                     "block {k} has shape {:?}, expected {shape:?}",
-                    t.shape()
+                    t.shape().unwrap()
                 ));
             }
-            if t.dtype() != DType::F64 {
-                return Err(format!("block {k} has dtype {}", t.dtype()));
+            if t.dtype().unwrap() != DType::F64 {
+                return Err(format!("block {k} has dtype {}", t.dtype().unwrap()));
             }
             t.to_vec::<f64>().map_err(|e| format!("block {k}: {e}"))
         })
@@ -658,10 +663,13 @@ fn check_case(row: &Row, case: usize, shapes: &[Vec<usize>]) -> Result<(), Strin
     if let Some(e) = y.error() {
         return Err(format!("eager evaluation failed: {e}"));
     }
-    if y.dtype() != DType::F64 {
-        return Err(format!("output dtype is {}, expected f64", y.dtype()));
+    if y.dtype().unwrap() != DType::F64 {
+        return Err(format!(
+            "output dtype is {}, expected f64",
+            y.dtype().unwrap()
+        ));
     }
-    let out_shape = y.shape().to_vec();
+    let out_shape = y.shape().unwrap().to_vec();
     let out_n: usize = out_shape.iter().product();
     let weights: Vec<f64> = (0..out_n).map(|_| rng.uniform(0.5, 1.5)).collect();
     let w = tensor(&weights, &out_shape);

@@ -2,34 +2,143 @@
 //!
 //! Bilinear: `d(A B) = dA B + A dB`, and each operand's transpose is a product with the other.
 
+use std::fmt;
+
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, Axis, Ix2, IxDyn, linalg::general_mat_mul};
 
-use super::{Prim, broadcast_shapes, concat_dims};
+use super::{
+    Primal, Rules, Tangent, UnitRule, Units, arity, broadcast_shapes, concat_dims, cotangents,
+    not_linear, one,
+};
 use crate::error::{Error, Result};
-use crate::tensor::{Aval, Data, Tensor};
+use crate::storage::{Aval, Data};
+use crate::tensor::Tensor;
+use crate::unit::Unit;
 
-pub(super) fn infer(a: &Aval, b: &Aval) -> Result<Aval> {
-    if a.shape.len() < 2
-        || b.shape.len() < 2
-        || a.shape[a.shape.len() - 1] != b.shape[b.shape.len() - 2]
-    {
-        return Err(Error::mismatch("matmul", &a.shape, &b.shape));
+/// The matrix product over the last two axes, with NumPy broadcasting of the leading ones.
+///
+/// ```
+/// use brainstate::primitives::{MatMul, Prim};
+/// assert_eq!(Prim::MatMul(MatMul).to_string(), "matmul");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatMul;
+
+impl fmt::Display for MatMul {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
-    if a.dtype != b.dtype || !a.dtype.is_inexact() {
-        return Err(Error::dtype(
-            "matmul",
-            format!(
-                "needs two floating-point operands of one dtype, the first is {}",
-                a.dtype
-            ),
-            b.dtype,
-        ));
+}
+
+/// Swaps the last two axes.
+fn mt(x: &Tensor) -> Result<Tensor> {
+    let r = x.ndim()?;
+    let mut perm: Vec<usize> = (0..r).collect();
+    perm.swap(r - 2, r - 1);
+    Ok(x.permute(&perm))
+}
+
+fn matmul(a: &Tensor, b: &Tensor) -> Tensor {
+    Tensor::apply(MatMul, &[a, b])
+}
+
+impl Rules for MatMul {
+    fn name(&self) -> &'static str {
+        "matmul"
     }
-    let (ra, rb) = (a.shape.len(), b.shape.len());
-    let mut shape = broadcast_shapes("matmul", &a.shape[..ra - 2], &b.shape[..rb - 2])?;
-    shape.push(a.shape[ra - 2]);
-    shape.push(b.shape[rb - 1]);
-    Ok(Aval::new(&shape, a.dtype))
+
+    fn infer(&self, ins: &[Aval]) -> Result<Vec<Aval>> {
+        arity(self.name(), ins, 2)?;
+        let (a, b) = (&ins[0], &ins[1]);
+
+        if a.shape.len() < 2
+            || b.shape.len() < 2
+            || a.shape[a.shape.len() - 1] != b.shape[b.shape.len() - 2]
+        {
+            return Err(Error::mismatch("matmul", &a.shape, &b.shape));
+        }
+        if a.dtype != b.dtype || !a.dtype.is_inexact() {
+            return Err(Error::dtype(
+                "matmul",
+                format!(
+                    "needs two floating-point operands of one dtype, the first is {}",
+                    a.dtype
+                ),
+                b.dtype,
+            ));
+        }
+        let (ra, rb) = (a.shape.len(), b.shape.len());
+        let mut shape = broadcast_shapes("matmul", &a.shape[..ra - 2], &b.shape[..rb - 2])?;
+        shape.push(a.shape[ra - 2]);
+        shape.push(b.shape[rb - 1]);
+        Ok(one(Aval::new(&shape, a.dtype)))
+    }
+
+    fn eval(&self, ins: &[&Data]) -> Result<Vec<Data>> {
+        let (a, b) = (ins[0], ins[1]);
+        Ok(one(match (a, b) {
+            (Data::F64(a), Data::F64(b)) => Data::F64(batched_matmul(a, b)),
+            (Data::F32(a), Data::F32(b)) => Data::F32(batched_matmul(a, b)),
+            (Data::C128(a), Data::C128(b)) => Data::C128(batched_matmul(a, b)),
+            (Data::C64(a), Data::C64(b)) => Data::C64(batched_matmul(a, b)),
+            _ => unreachable!("dtypes checked by infer"),
+        }))
+    }
+
+    fn jvp(
+        &self,
+        x: &[Tensor],
+        t: &[Tangent],
+        outs: &[Tensor],
+        batch: &[usize],
+    ) -> Result<Vec<Tangent>> {
+        // Pad operands and tangents to the output's rank (tangents after their batch axes) so
+        // that the batch axes of the tangent never meet an operand's own leading axes.
+        let out = outs[0].aval()?;
+        let rank = batch.len() + out.shape.len();
+        let primal = |x: &Tensor| -> Result<Tensor> {
+            let own = x.shape()?;
+            Ok(x.reshape_exact(&concat_dims(&vec![1; rank - own.len()], own)))
+        };
+        let tangent = |t: &Tensor, x: &Tensor| -> Result<Tensor> {
+            let own = x.shape()?;
+            let ones = vec![1; out.shape.len() - own.len()];
+            Ok(t.reshape_exact(&concat_dims(&concat_dims(batch, &ones), own)))
+        };
+        let da = match t[0].value() {
+            Some(ta) => Some(matmul(&tangent(ta, &x[0])?, &primal(&x[1])?)),
+            None => None,
+        };
+        let db = match t[1].value() {
+            Some(tb) => Some(matmul(&primal(&x[0])?, &tangent(tb, &x[1])?)),
+            None => None,
+        };
+        let sum = match (da, db) {
+            (Some(da), Some(db)) => Some(da + db),
+            (da, db) => da.or(db),
+        };
+        Ok(one(Tangent::or_zero(sum, batch, &out)))
+    }
+
+    fn transpose(&self, cts: &[Tensor], x: &[Primal], batch: &[usize]) -> Result<Vec<Tangent>> {
+        let ct = &cts[0];
+        match (x[0].known(), x[1].known()) {
+            (None, Some(b)) => {
+                let bt = mt(b)?;
+                cotangents(x, batch, &|_| matmul(ct, &bt))
+            }
+            (Some(a), None) => {
+                let at = mt(a)?;
+                cotangents(x, batch, &|_| matmul(&at, ct))
+            }
+            _ => Err(not_linear(self.name())),
+        }
+    }
+
+    fn units(&self, units: &[Option<Unit>], _inputs: &[&Tensor]) -> Result<UnitRule> {
+        let u = Units::new(self.name(), units);
+        Ok(u.keep(Some(u.of(0) * u.of(1))))
+    }
 }
 
 /// `a @ b` over the last two axes, batch axes broadcast. When one operand has no batch (the
@@ -132,58 +241,37 @@ fn broadcast_index(mut i: usize, batch: &[usize], own: &[usize]) -> usize {
     index
 }
 
-pub(super) fn eval(a: &Data, b: &Data) -> Result<Data> {
-    Ok(match (a, b) {
-        (Data::F64(a), Data::F64(b)) => Data::F64(batched_matmul(a, b)),
-        (Data::F32(a), Data::F32(b)) => Data::F32(batched_matmul(a, b)),
-        (Data::C128(a), Data::C128(b)) => Data::C128(batched_matmul(a, b)),
-        (Data::C64(a), Data::C64(b)) => Data::C64(batched_matmul(a, b)),
-        _ => unreachable!("dtypes checked by infer"),
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Swaps the last two axes.
-fn mt(x: &Tensor) -> Tensor {
-    let r = x.ndim();
-    let mut perm: Vec<usize> = (0..r).collect();
-    perm.swap(r - 2, r - 1);
-    Tensor::apply(Prim::Transpose(perm), &[x])
-}
-
-fn matmul(a: &Tensor, b: &Tensor) -> Tensor {
-    Tensor::apply(Prim::MatMul, &[a, b])
-}
-
-pub(super) fn jvp(
-    x: &[Tensor],
-    t: &[Option<Tensor>],
-    out: &Tensor,
-    batch: &[usize],
-) -> Option<Tensor> {
-    // Pad operands and tangents to the output's rank (tangents after their batch axes) so that
-    // the batch axes of the tangent never meet an operand's own leading axes.
-    let rank = batch.len() + out.ndim();
-    let primal = |x: &Tensor| x.reshape_exact(&concat_dims(&vec![1; rank - x.ndim()], x.shape()));
-    let tangent = |t: &Tensor, x: &Tensor| {
-        let ones = vec![1; out.ndim() - x.ndim()];
-        t.reshape_exact(&concat_dims(&concat_dims(batch, &ones), x.shape()))
-    };
-    let da = t[0]
-        .as_ref()
-        .map(|ta| matmul(&tangent(ta, &x[0]), &primal(&x[1])));
-    let db = t[1]
-        .as_ref()
-        .map(|tb| matmul(&primal(&x[0]), &tangent(tb, &x[1])));
-    match (da, db) {
-        (Some(da), Some(db)) => Some(da + db),
-        (da, db) => da.or(db),
+    #[test]
+    fn broadcast_index_maps_the_full_batch_onto_an_operand() {
+        // batch [2, 3]; an operand of batch [3] repeats along the first axis
+        let own: Vec<usize> = (0..6).map(|i| broadcast_index(i, &[2, 3], &[3])).collect();
+        assert_eq!(own, vec![0, 1, 2, 0, 1, 2]);
+        // an operand of batch [2, 1] repeats along the second
+        let own: Vec<usize> = (0..6)
+            .map(|i| broadcast_index(i, &[2, 3], &[2, 1]))
+            .collect();
+        assert_eq!(own, vec![0, 0, 0, 1, 1, 1]);
+        // no batch at all: always the one matrix
+        assert!((0..6).all(|i| broadcast_index(i, &[2, 3], &[]) == 0));
+        // the full batch itself
+        assert!((0..6).all(|i| broadcast_index(i, &[2, 3], &[2, 3]) == i));
     }
-}
 
-pub(super) fn transpose(ct: &Tensor, x: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
-    match (&x[0], &x[1]) {
-        (None, Some(b)) => Ok(vec![Some(matmul(ct, &mt(b))), None]),
-        (Some(a), None) => Ok(vec![None, Some(matmul(&mt(a), ct))]),
-        _ => Err(Prim::MatMul.not_linear()),
+    #[test]
+    fn batched_products_broadcast_their_leading_axes() {
+        let a = ndarray::Array::from_shape_fn((2, 1, 2, 3), |(b, _, i, j)| (b + i * 3 + j) as f64);
+        let b = ndarray::Array::from_shape_fn((3, 3, 2), |(c, i, j)| (c * 6 + i * 2 + j) as f64);
+        let out = batched_matmul(&a.clone().into_dyn(), &b.clone().into_dyn());
+        assert_eq!(out.shape(), &[2, 3, 2, 2]);
+        for (bb, c) in [(0, 0), (1, 2), (0, 1)] {
+            let x: ndarray::ArrayView2<f64> = a.slice(ndarray::s![bb, 0, .., ..]);
+            let y: ndarray::ArrayView2<f64> = b.slice(ndarray::s![c, .., ..]);
+            let want = x.dot(&y);
+            assert_eq!(out.slice(ndarray::s![bb, c, .., ..]), want);
+        }
     }
 }

@@ -1,16 +1,20 @@
 //! The primitive set and its rules.
 //!
 //! Every traced program is made of these primitives; every user-level operation is either one
-//! of them or a composition of them. Each primitive family lives in one file holding, side by
-//! side, its shape/dtype inference, its reference kernel, its JVP rule and (for the linear
-//! primitives) its transpose rule. The rules are written with tensor operations, so a
-//! derivative program is a program again and can be differentiated once more.
+//! of them or a composition of them. The primitives come in families, one file each; a family
+//! has its own op type and implements `Rules` for it: shape/dtype inference, the reference
+//! kernel, the JVP rule, the transpose rule, the unit rule and the printed name. `Rules` has
+//! no default methods and every implementation matches exhaustively over its ops, with no
+//! catch-all arm, so a new primitive that lacks a rule does not compile. A derivative that is
+//! zero, or a primitive that is not linear, says so by name.
 //!
-//! Rule conventions, shared by every family:
+//! The rules are written with tensor operations, so a derivative program is a program again and
+//! can be differentiated once more. Conventions, shared by every family:
 //! - tangents and cotangents carry a leading *batch* of directions (`batch`, possibly empty):
-//!   a tangent of an input of shape `s` has shape `batch ++ s`; so `k` directions, or the
-//!   whole identity basis, go through one pass;
-//! - a missing tangent or cotangent (`None`) is a symbolic zero, which rules skip;
+//!   a tangent of an input of shape `s` has shape `batch ++ s`; so `k` directions, or the whole
+//!   identity basis, go through one pass;
+//! - a zero tangent is `Tangent::Zero`, which rules skip; in a transpose rule, the inputs
+//!   whose cotangents are wanted are `Primal::Linear`;
 //! - elementwise rules receive tangents already padded to the output's rank, and cotangents
 //!   returned for a broadcast operand are summed back to its shape by the driver
 //!   (`autodiff`), so no rule repeats that bookkeeping.
@@ -23,336 +27,333 @@ mod structural;
 
 use std::fmt;
 
+pub use self::creation::Creation;
 pub(crate) use self::elementwise::eval_in_place;
-pub use self::elementwise::{BinaryOp, CmpOp, UnaryOp};
-pub use self::reduce::ReduceOp;
-pub(crate) use self::reduce::keepdims_shape;
+pub use self::elementwise::{BinaryOp, CmpOp, Elementwise, UnaryOp};
+pub use self::matmul::MatMul;
+pub use self::reduce::{Reduce, ReduceOp, keepdims_shape};
+pub use self::structural::Structural;
 use crate::error::{Error, Result};
-use crate::tensor::{Aval, DType, Data, Tensor};
+use crate::storage::{Aval, DType, Data};
+use crate::tensor::Tensor;
 use crate::unit::Unit;
 
-/// A primitive operation with its static parameters.
+/// A program over this crate's primitives (see [`crate::ir`]).
+pub type Program = crate::ir::Program<Prim>;
+/// An equation of a [`Program`].
+pub type Eqn = crate::ir::Eqn<Prim>;
+
+/// A primitive operation with its static parameters, by family.
 ///
 /// ```
-/// use brainstate::primitives::Prim;
+/// use brainstate::primitives::{Elementwise, Prim};
 /// use brainstate::{make_program, Tensor};
-/// assert_eq!(Prim::PowI(3).to_string(), "integer_pow[y=3]");
+/// assert_eq!(Prim::from(Elementwise::PowI(3)).to_string(), "integer_pow[y=3]");
 /// let p = make_program(|x: &Tensor| x.powi(3).sum(), &Tensor::from([1.0, 2.0])).unwrap();
 /// assert!(p.to_string().contains("integer_pow[y=3]"));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Prim {
-    /// Elementwise function of one operand.
-    Unary(UnaryOp),
-    /// Elementwise function of two operands, with NumPy broadcasting.
-    Binary(BinaryOp),
-    /// Elementwise comparison, giving `bool`.
-    Compare(CmpOp),
-    /// `select(cond, on_true, on_false)`, elementwise with broadcasting.
-    Select,
-    /// Conversion to another dtype.
-    Convert(DType),
-    /// `x^n` for an integer `n`.
-    PowI(i32),
-    /// Broadcast to a shape (NumPy rules).
-    Broadcast(Vec<usize>),
-    /// Same elements, another shape.
-    Reshape(Vec<usize>),
-    /// Permutation of the axes: output axis `i` is input axis `perm[i]`.
-    Transpose(Vec<usize>),
-    /// Strided slice: `start..stop` by `step` along every axis.
-    Slice {
-        /// First index per axis.
-        start: Vec<usize>,
-        /// One past the last index per axis.
-        stop: Vec<usize>,
-        /// Stride per axis (at least 1).
-        step: Vec<usize>,
-    },
-    /// Zero padding: `lo` before, `hi` after and `interior` between the elements of each axis.
-    Pad {
-        /// Zeros before, per axis.
-        lo: Vec<usize>,
-        /// Zeros after, per axis.
-        hi: Vec<usize>,
-        /// Zeros between neighbouring elements, per axis.
-        interior: Vec<usize>,
-    },
-    /// Concatenation of all inputs along `axis`.
-    Concat(usize),
-    /// Reduction over the given (sorted, distinct) axes, which are removed.
-    Reduce(ReduceOp, Vec<usize>),
-    /// Matrix product over the last two axes, broadcasting the leading ones.
-    MatMul,
-    /// `0, 1, 2, ...` along `axis` of an array of `shape`.
-    Iota {
-        /// Shape of the result.
-        shape: Vec<usize>,
-        /// Axis that counts.
-        axis: usize,
-        /// Element type.
-        dtype: DType,
-    },
-    /// `rows x cols` matrix with ones where `col - row == offset`: a slice of the identity,
-    /// generated at run time so that tangent bases are never stored as constants.
-    Eye {
-        /// Number of rows.
-        rows: usize,
-        /// Number of columns.
-        cols: usize,
-        /// Diagonal offset.
-        offset: i64,
-        /// Element type.
-        dtype: DType,
-    },
+    /// Elementwise arithmetic, functions, comparisons, `select`, conversions.
+    Elementwise(Elementwise),
+    /// Broadcast, reshape, transpose, slice, pad, concatenate.
+    Structural(Structural),
+    /// Reductions over axes.
+    Reduce(Reduce),
+    /// Matrix products.
+    MatMul(MatMul),
+    /// Arrays generated from their parameters alone.
+    Creation(Creation),
 }
 
-/// The primitive families, one file each.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Family {
-    Elementwise,
-    Structural,
-    Reduce,
-    MatMul,
-    Creation,
+/// The rules of one primitive family, over its own op type. Implementations match
+/// exhaustively over their ops: there is no default and no catch-all, so a primitive cannot
+/// be added without every rule.
+pub(crate) trait Rules: fmt::Display {
+    /// The name as printed in programs, without parameters.
+    fn name(&self) -> &'static str;
+
+    /// Shapes and dtypes of the results, or an error naming the operation and the shapes.
+    fn infer(&self, ins: &[Aval]) -> Result<Vec<Aval>>;
+
+    /// The reference kernel, on inputs that passed [`Rules::infer`].
+    fn eval(&self, ins: &[&Data]) -> Result<Vec<Data>>;
+
+    /// The tangents of the results, given the primal inputs `x`, their tangents `t` (at least
+    /// one nonzero; shapes `batch ++ input shape`) and the primal results `outs`.
+    fn jvp(
+        &self,
+        x: &[Tensor],
+        t: &[Tangent],
+        outs: &[Tensor],
+        batch: &[usize],
+    ) -> Result<Vec<Tangent>>;
+
+    /// The cotangents of the inputs, given those of the results (`batch ++ output shape`) and
+    /// the inputs, known or linear. Only primitives linear in their [`Primal::Linear`] inputs
+    /// have one; the others fail with [`not_linear`], named in the match.
+    fn transpose(&self, cts: &[Tensor], x: &[Primal], batch: &[usize]) -> Result<Vec<Tangent>>;
+
+    /// The unit rule: how operands in units are rescaled before the primitive sees their
+    /// values, and the units of the results. Errors name the operation and the units.
+    fn units(&self, units: &[Option<Unit>], inputs: &[&Tensor]) -> Result<UnitRule>;
+}
+
+/// A tangent or cotangent: a symbolic zero, which rules skip, or a value.
+#[derive(Clone, Debug)]
+pub(crate) enum Tangent {
+    /// Zero, of this shape (the batch, then the primal's shape) and dtype.
+    Zero(Aval),
+    /// A value.
+    Value(Tensor),
+}
+
+impl Tangent {
+    /// The zero tangent of a primal of abstract value `aval`, with `batch` directions.
+    pub fn zero(batch: &[usize], aval: &Aval) -> Tangent {
+        Tangent::Zero(Aval::new(&concat_dims(batch, &aval.shape), aval.dtype))
+    }
+
+    /// `value`, or the zero of `batch` directions of `aval` when there is none.
+    pub fn or_zero(value: Option<Tensor>, batch: &[usize], aval: &Aval) -> Tangent {
+        value.map_or_else(|| Tangent::zero(batch, aval), Tangent::Value)
+    }
+
+    /// The value, unless the tangent is zero.
+    pub fn value(&self) -> Option<&Tensor> {
+        match self {
+            Tangent::Zero(_) => None,
+            Tangent::Value(t) => Some(t),
+        }
+    }
+
+    pub fn is_zero(&self) -> bool {
+        matches!(self, Tangent::Zero(_))
+    }
+
+    /// The tangent as a tensor; a zero becomes a broadcast scalar (cheap in a program).
+    pub fn instantiate(&self) -> Tensor {
+        match self {
+            Tangent::Zero(aval) => Tensor::scalar_of(0.0, aval.dtype).broadcast_to(&aval.shape),
+            Tangent::Value(t) => t.clone(),
+        }
+    }
+}
+
+/// An input of a primitive being transposed: a known value, or a linear input whose cotangent
+/// is wanted (only its shape and dtype are known, as JAX's `UndefinedPrimal`).
+#[derive(Clone, Debug)]
+pub(crate) enum Primal {
+    Known(Tensor),
+    Linear(Aval),
+}
+
+impl Primal {
+    /// The value, if known.
+    pub fn known(&self) -> Option<&Tensor> {
+        match self {
+            Primal::Known(t) => Some(t),
+            Primal::Linear(_) => None,
+        }
+    }
+
+    pub fn aval(&self) -> Result<Aval> {
+        match self {
+            Primal::Known(t) => t.aval(),
+            Primal::Linear(aval) => Ok(aval.clone()),
+        }
+    }
+}
+
+/// The error of a transpose rule asked to transpose a primitive in an input it is not linear
+/// in (a JVP rule applied it to a tangent that way).
+pub(crate) fn not_linear(name: &str) -> Error {
+    Error::Trace(format!(
+        "`{name}` is not linear in its tangent operand, so it has no transpose rule \
+         (a JVP rule applied it to a tangent)"
+    ))
+}
+
+/// What a unit rule decides: the factor each operand's values are multiplied by before the
+/// primitive sees them, and the unit of each result (`None`: dimensionless).
+pub(crate) struct UnitRule {
+    pub factors: Vec<f64>,
+    pub outputs: Vec<Option<Unit>>,
+}
+
+/// The operands' units, with the helpers unit rules share.
+pub(crate) struct Units<'a> {
+    name: &'a str,
+    units: &'a [Option<Unit>],
+}
+
+impl<'a> Units<'a> {
+    pub fn new(name: &'a str, units: &'a [Option<Unit>]) -> Self {
+        Units { name, units }
+    }
+
+    /// The unit of operand `i` (dimensionless when it has none).
+    pub fn of(&self, i: usize) -> Unit {
+        self.units[i].unwrap_or(Unit::ONE)
+    }
+
+    /// Operands unchanged, one result in `unit`.
+    pub fn keep(&self, unit: Option<Unit>) -> UnitRule {
+        UnitRule {
+            factors: vec![1.0; self.units.len()],
+            outputs: vec![unit],
+        }
+    }
+
+    /// Operands unchanged, one result in the first operand's unit.
+    pub fn same_as_first(&self) -> UnitRule {
+        self.keep(self.units[0])
+    }
+
+    /// The given operands expressed in the unit of the first of them that has one (they must
+    /// share a dimension), and that unit.
+    pub fn common(&self, operands: &[usize]) -> Result<(Vec<f64>, Unit)> {
+        let target = operands
+            .iter()
+            .find_map(|&i| self.units[i])
+            .unwrap_or(Unit::ONE);
+        let mut factors = vec![1.0; self.units.len()];
+        for &i in operands {
+            factors[i] = self.of(i).factor_to(&target, self.name)?;
+        }
+        Ok((factors, target))
+    }
+
+    /// The scale folded into operand `i`, which must be dimensionless (as transcendental
+    /// functions need).
+    pub fn dimensionless(&self, i: usize) -> Result<f64> {
+        let unit = self.of(i);
+        if unit.is_dimensionless() {
+            Ok(unit.scale())
+        } else {
+            Err(Error::Units {
+                op: self.name.to_string(),
+                msg: format!("needs a dimensionless argument, got {unit}"),
+            })
+        }
+    }
+}
+
+/// The cotangents of a linear primitive's inputs: `f(i)` for each linear input `i`, zero for
+/// the known ones.
+fn cotangents(x: &[Primal], batch: &[usize], f: &dyn Fn(usize) -> Tensor) -> Result<Vec<Tangent>> {
+    x.iter()
+        .enumerate()
+        .map(|(i, primal)| {
+            Ok(match primal {
+                Primal::Linear(_) => Tangent::Value(f(i)),
+                Primal::Known(t) => Tangent::zero(batch, &t.aval()?),
+            })
+        })
+        .collect()
+}
+
+/// Checks the number of operands.
+pub(crate) fn arity(name: &str, ins: &[Aval], n: usize) -> Result<()> {
+    if ins.len() == n {
+        Ok(())
+    } else {
+        Err(Error::shape(
+            name,
+            format!("takes {n} operands, got {}", ins.len()),
+        ))
+    }
+}
+
+/// Dispatches a method of [`Rules`] to the family of a [`Prim`].
+macro_rules! dispatch {
+    ($prim:expr, $op:ident => $body:expr) => {
+        match $prim {
+            Prim::Elementwise($op) => $body,
+            Prim::Structural($op) => $body,
+            Prim::Reduce($op) => $body,
+            Prim::MatMul($op) => $body,
+            Prim::Creation($op) => $body,
+        }
+    };
 }
 
 impl Prim {
-    /// Shape and dtype of the result, or an error naming the operation and the shapes.
-    pub(crate) fn infer(&self, ins: &[Aval]) -> Result<Aval> {
-        let arity = match self {
-            Prim::Unary(_) | Prim::Convert(_) | Prim::PowI(_) => Some(1),
-            Prim::Binary(_) | Prim::Compare(_) | Prim::MatMul => Some(2),
-            Prim::Select => Some(3),
-            Prim::Broadcast(_) | Prim::Reshape(_) | Prim::Transpose(_) => Some(1),
-            Prim::Slice { .. } | Prim::Pad { .. } | Prim::Reduce(..) => Some(1),
-            Prim::Iota { .. } | Prim::Eye { .. } => Some(0),
-            Prim::Concat(_) => None,
-        };
-        if let Some(n) = arity {
-            if ins.len() != n {
-                return Err(Error::shape(
-                    &self.name(),
-                    format!("takes {n} operands, got {}", ins.len()),
-                ));
-            }
-        }
-        match (self.family(), self) {
-            (Family::Elementwise, _) => elementwise::infer(self, ins),
-            (Family::Structural, _) => structural::infer(self, ins),
-            (_, Prim::Reduce(op, axes)) => reduce::infer(*op, axes, &ins[0]),
-            (_, Prim::MatMul) => matmul::infer(&ins[0], &ins[1]),
-            _ => creation::infer(self),
-        }
+    /// The name as printed in programs, without parameters.
+    ///
+    /// ```
+    /// use brainstate::primitives::{MatMul, Prim};
+    /// assert_eq!(Prim::MatMul(MatMul).name(), "matmul");
+    /// ```
+    pub fn name(&self) -> &'static str {
+        dispatch!(self, op => op.name())
     }
 
-    /// The reference kernel. Inputs have passed [`Prim::infer`].
-    pub(crate) fn eval(&self, ins: &[&Data]) -> Result<Data> {
-        match (self.family(), self) {
-            (Family::Elementwise, _) => elementwise::eval(self, ins),
-            (Family::Structural, _) => structural::eval(self, ins),
-            (_, Prim::Reduce(op, axes)) => Ok(reduce::eval(*op, axes, ins[0])),
-            (_, Prim::MatMul) => matmul::eval(ins[0], ins[1]),
-            _ => Ok(creation::eval(self)),
-        }
+    pub(crate) fn infer(&self, ins: &[Aval]) -> Result<Vec<Aval>> {
+        dispatch!(self, op => op.infer(ins))
     }
 
-    /// The file, and so the rule set, a primitive belongs to.
-    fn family(&self) -> Family {
-        match self {
-            Prim::Unary(_)
-            | Prim::Binary(_)
-            | Prim::Compare(_)
-            | Prim::Select
-            | Prim::Convert(_)
-            | Prim::PowI(_) => Family::Elementwise,
-            Prim::Broadcast(_)
-            | Prim::Reshape(_)
-            | Prim::Transpose(_)
-            | Prim::Slice { .. }
-            | Prim::Pad { .. }
-            | Prim::Concat(_) => Family::Structural,
-            Prim::Reduce(..) => Family::Reduce,
-            Prim::MatMul => Family::MatMul,
-            Prim::Iota { .. } | Prim::Eye { .. } => Family::Creation,
-        }
+    pub(crate) fn eval(&self, ins: &[&Data]) -> Result<Vec<Data>> {
+        dispatch!(self, op => op.eval(ins))
+    }
+
+    pub(crate) fn jvp(
+        &self,
+        x: &[Tensor],
+        t: &[Tangent],
+        outs: &[Tensor],
+        batch: &[usize],
+    ) -> Result<Vec<Tangent>> {
+        dispatch!(self, op => op.jvp(x, t, outs, batch))
+    }
+
+    pub(crate) fn transpose(
+        &self,
+        cts: &[Tensor],
+        x: &[Primal],
+        batch: &[usize],
+    ) -> Result<Vec<Tangent>> {
+        dispatch!(self, op => op.transpose(cts, x, batch))
+    }
+
+    pub(crate) fn units(&self, units: &[Option<Unit>], inputs: &[&Tensor]) -> Result<UnitRule> {
+        dispatch!(self, op => op.units(units, inputs))
     }
 
     /// Whether the primitive maps elements to elements (so tangents are rank-padded for it).
     pub(crate) fn is_elementwise(&self) -> bool {
-        self.family() == Family::Elementwise
-    }
-
-    /// The tangent of the output, given the primal inputs and output and the input tangents
-    /// (at least one present; shapes `batch ++ input shape`).
-    pub(crate) fn jvp(
-        &self,
-        primals: &[Tensor],
-        tangents: &[Option<Tensor>],
-        out: &Tensor,
-        batch: &[usize],
-    ) -> Option<Tensor> {
-        match (self.family(), self) {
-            (Family::Elementwise, _) => elementwise::jvp(self, primals, tangents, out, batch),
-            (Family::Structural, _) => structural::jvp(self, primals, tangents, batch),
-            (_, Prim::Reduce(op, axes)) => {
-                reduce::jvp(*op, axes, &primals[0], tangents[0].as_ref()?, out, batch)
-            }
-            (_, Prim::MatMul) => matmul::jvp(primals, tangents, out, batch),
-            _ => None,
-        }
-    }
-
-    /// Cotangents of the inputs that are linear (`primals[i]` is `None`), given the cotangent
-    /// of the output (shape `batch ++ output shape`). Only linear primitives have this rule.
-    pub(crate) fn transpose(
-        &self,
-        ct: &Tensor,
-        primals: &[Option<Tensor>],
-        in_avals: &[Aval],
-        batch: &[usize],
-    ) -> Result<Vec<Option<Tensor>>> {
-        match self {
-            Prim::Unary(UnaryOp::Neg | UnaryOp::Conj | UnaryOp::Real | UnaryOp::Imag)
-            | Prim::Binary(
-                BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Complex,
-            )
-            | Prim::Select
-            | Prim::Convert(_) => elementwise::transpose(self, ct, primals, in_avals),
-            _ if self.family() == Family::Structural => {
-                Ok(structural::transpose(self, ct, in_avals, batch))
-            }
-            Prim::Reduce(ReduceOp::Sum, axes) => Ok(vec![Some(reduce::transpose_sum(
-                ct,
-                axes,
-                &in_avals[0],
-                batch,
-            ))]),
-            Prim::MatMul => matmul::transpose(ct, primals),
-            _ => Err(self.not_linear()),
-        }
-    }
-
-    pub(crate) fn not_linear(&self) -> Error {
-        Error::Trace(format!(
-            "`{}` is not linear in its tangent operand, so it has no transpose rule \
-             (a JVP rule applied it to a tangent)",
-            self.name()
-        ))
-    }
-
-    /// The unit rule: the factor each operand's values are multiplied by before the primitive
-    /// sees them, and the unit of the result (`None`: dimensionless). Operands without a unit
-    /// are dimensionless. Errors name the operation and the units.
-    pub(crate) fn unit_rule(
-        &self,
-        units: &[Option<Unit>],
-        inputs: &[&Tensor],
-    ) -> Result<(Vec<f64>, Option<Unit>)> {
-        let name = self.name();
-        let unit = |i: usize| units[i].unwrap_or(Unit::ONE);
-        let unchanged = vec![1.0; units.len()];
-        // Operands of one dimension are expressed in the unit of the first one that has a unit.
-        let common = |operands: &[usize]| -> Result<(Vec<f64>, Unit)> {
-            let target = operands.iter().find_map(|&i| units[i]).unwrap_or(Unit::ONE);
-            let mut factors = unchanged.clone();
-            for &i in operands {
-                factors[i] = unit(i).factor_to(&target, &name)?;
-            }
-            Ok((factors, target))
-        };
-        // Transcendental functions take dimensionless values, with any scale folded in.
-        let dimensionless = |i: usize| -> Result<f64> {
-            if unit(i).is_dimensionless() {
-                Ok(unit(i).scale())
-            } else {
-                Err(Error::Units {
-                    op: name.clone(),
-                    msg: format!("needs a dimensionless argument, got {}", unit(i)),
-                })
-            }
-        };
-        Ok(match self {
-            Prim::Unary(UnaryOp::Sqrt) => (unchanged, Some(unit(0).sqrt())),
-            Prim::Unary(UnaryOp::Sign) => (unchanged, None),
-            Prim::Unary(
-                UnaryOp::Exp
-                | UnaryOp::Log
-                | UnaryOp::Log1p
-                | UnaryOp::Expm1
-                | UnaryOp::Sin
-                | UnaryOp::Cos
-                | UnaryOp::Tan
-                | UnaryOp::Tanh
-                | UnaryOp::Logistic,
-            ) => (vec![dimensionless(0)?], None),
-            Prim::Unary(_)
-            | Prim::Convert(_)
-            | Prim::Broadcast(_)
-            | Prim::Reshape(_)
-            | Prim::Transpose(_)
-            | Prim::Slice { .. }
-            | Prim::Pad { .. }
-            | Prim::Reduce(..) => (unchanged, units[0]),
-            Prim::PowI(n) => (unchanged, Some(unit(0).powi(*n))),
-            Prim::Binary(BinaryOp::Mul) | Prim::MatMul => (unchanged, Some(unit(0) * unit(1))),
-            Prim::Binary(BinaryOp::Div) => (unchanged, Some(unit(0) / unit(1))),
-            Prim::Binary(BinaryOp::Pow) if unit(0).is_dimensionless() => {
-                (vec![dimensionless(0)?, dimensionless(1)?], None)
-            }
-            Prim::Binary(BinaryOp::Pow) => {
-                // A quantity's power needs a known, dimensionless exponent.
-                let exponent = dimensionless(1)
-                    .and_then(|scale| Ok(inputs[1].item()? * scale))
-                    .map_err(|_| Error::Units {
-                        op: name.clone(),
-                        msg: format!("the power of a quantity in {} needs a constant dimensionless scalar exponent", unit(0)),
-                    })?;
-                (unchanged, Some(unit(0).powf(exponent)?))
-            }
-            Prim::Binary(BinaryOp::Atan2) | Prim::Compare(_) => (common(&[0, 1])?.0, None),
-            Prim::Binary(_) => {
-                let (factors, target) = common(&[0, 1])?;
-                (factors, Some(target))
-            }
-            Prim::Select => {
-                let (factors, target) = common(&[1, 2])?;
-                (factors, Some(target))
-            }
-            Prim::Concat(_) => {
-                let all: Vec<usize> = (0..units.len()).collect();
-                let (factors, target) = common(&all)?;
-                (factors, Some(target))
-            }
-            Prim::Iota { .. } | Prim::Eye { .. } => (unchanged, None),
-        })
-    }
-
-    /// The name as printed in programs, without parameters.
-    pub fn name(&self) -> String {
-        match self {
-            Prim::Unary(op) => op.name().to_string(),
-            Prim::Binary(op) => op.name().to_string(),
-            Prim::Compare(op) => op.name().to_string(),
-            Prim::Select => "select".into(),
-            Prim::Convert(_) => "convert".into(),
-            Prim::PowI(_) => "integer_pow".into(),
-            Prim::Broadcast(_) => "broadcast".into(),
-            Prim::Reshape(_) => "reshape".into(),
-            Prim::Transpose(_) => "transpose".into(),
-            Prim::Slice { .. } => "slice".into(),
-            Prim::Pad { .. } => "pad".into(),
-            Prim::Concat(_) => "concatenate".into(),
-            Prim::Reduce(op, _) => op.name().to_string(),
-            Prim::MatMul => "matmul".into(),
-            Prim::Iota { .. } => "iota".into(),
-            Prim::Eye { .. } => "eye".into(),
-        }
+        matches!(self, Prim::Elementwise(_))
     }
 }
 
+impl fmt::Display for Prim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        dispatch!(self, op => op.fmt(f))
+    }
+}
+
+macro_rules! into_prim {
+    ($($from:ty => $variant:ident $(($wrap:path))?),* $(,)?) => {$(
+        impl From<$from> for Prim {
+            fn from(op: $from) -> Prim {
+                Prim::$variant($($wrap)?(op))
+            }
+        }
+    )*};
+}
+into_prim!(
+    Elementwise => Elementwise,
+    UnaryOp => Elementwise(Elementwise::Unary),
+    BinaryOp => Elementwise(Elementwise::Binary),
+    CmpOp => Elementwise(Elementwise::Compare),
+    Structural => Structural,
+    Reduce => Reduce,
+    MatMul => MatMul,
+    Creation => Creation,
+);
+
 /// `(1,2,3)`-style list for printed parameters.
-fn tuple(values: &[usize]) -> String {
+pub(crate) fn tuple(values: &[usize]) -> String {
     let items: Vec<String> = values.iter().map(|v| v.to_string()).collect();
     if items.len() == 1 {
         format!("({},)", items[0])
@@ -361,83 +362,64 @@ fn tuple(values: &[usize]) -> String {
     }
 }
 
-impl fmt::Display for Prim {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = self.name();
-        match self {
-            Prim::Convert(d) => write!(f, "{name}[dtype={d}]"),
-            Prim::PowI(n) => write!(f, "{name}[y={n}]"),
-            Prim::Broadcast(s) | Prim::Reshape(s) => write!(f, "{name}[shape={}]", tuple(s)),
-            Prim::Transpose(p) => write!(f, "{name}[perm={}]", tuple(p)),
-            Prim::Slice { start, stop, step } => write!(
-                f,
-                "{name}[start={} stop={} step={}]",
-                tuple(start),
-                tuple(stop),
-                tuple(step)
-            ),
-            Prim::Pad { lo, hi, interior } => write!(
-                f,
-                "{name}[lo={} hi={} interior={}]",
-                tuple(lo),
-                tuple(hi),
-                tuple(interior)
-            ),
-            Prim::Concat(axis) => write!(f, "{name}[axis={axis}]"),
-            Prim::Reduce(_, axes) => write!(f, "{name}[axes={}]", tuple(axes)),
-            Prim::Iota { shape, axis, dtype } => {
-                write!(
-                    f,
-                    "{name}[shape={} axis={axis} dtype={dtype}]",
-                    tuple(shape)
-                )
-            }
-            Prim::Eye {
-                rows,
-                cols,
-                offset,
-                dtype,
-            } => write!(
-                f,
-                "{name}[rows={rows} cols={cols} offset={offset} dtype={dtype}]"
-            ),
-            _ => f.write_str(&name),
-        }
-    }
-}
-
 /// NumPy broadcasting of two shapes.
 pub(crate) fn broadcast_shapes(op: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let rank = a.len().max(b.len());
-    let mut out = vec![0; rank];
-    for i in 0..rank {
-        let da = if i < rank - a.len() {
+    let dim = |s: &[usize], i: usize| {
+        if i < rank - s.len() {
             1
         } else {
-            a[i - (rank - a.len())]
-        };
-        let db = if i < rank - b.len() {
-            1
-        } else {
-            b[i - (rank - b.len())]
-        };
-        out[i] = match (da, db) {
-            (x, y) if x == y => x,
-            (1, y) => y,
-            (x, 1) => x,
-            _ => return Err(Error::mismatch(op, a, b)),
-        };
-    }
-    Ok(out)
-}
-
-/// A zero of shape `batch ++ aval.shape`: a broadcast scalar, cheap in a program.
-pub(crate) fn zeros(batch: &[usize], aval: &Aval) -> Tensor {
-    let shape: Vec<usize> = batch.iter().chain(&aval.shape).copied().collect();
-    Tensor::scalar_of(0.0, aval.dtype).broadcast_to(&shape)
+            s[i - (rank - s.len())]
+        }
+    };
+    (0..rank)
+        .map(|i| match (dim(a, i), dim(b, i)) {
+            (x, y) if x == y => Ok(x),
+            (1, y) => Ok(y),
+            (x, 1) => Ok(x),
+            _ => Err(Error::mismatch(op, a, b)),
+        })
+        .collect()
 }
 
 /// `[a, b, ...] ++ [c, ...]`.
 pub(crate) fn concat_dims(a: &[usize], b: &[usize]) -> Vec<usize> {
     a.iter().chain(b).copied().collect()
+}
+
+/// The single result of a single-output family's rule.
+fn one<T>(value: T) -> Vec<T> {
+    vec![value]
+}
+
+/// Checks a dtype condition of an operand, with an error naming the operation.
+fn require(name: &str, ok: bool, what: &str, dtype: DType) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::dtype(name, format!("needs {what} operand"), dtype))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_shapes_follows_numpy() {
+        assert_eq!(broadcast_shapes("t", &[3, 1], &[4]).unwrap(), vec![3, 4]);
+        assert_eq!(broadcast_shapes("t", &[], &[2, 2]).unwrap(), vec![2, 2]);
+        assert_eq!(broadcast_shapes("t", &[0, 1], &[1, 5]).unwrap(), vec![0, 5]);
+        let err = broadcast_shapes("add", &[2], &[3]).unwrap_err();
+        assert_eq!(err.to_string(), "add: incompatible shapes [2] and [3]");
+    }
+
+    #[test]
+    fn a_zero_tangent_has_the_batch_in_front() {
+        let zero = Tangent::zero(&[5], &Aval::new(&[2, 3], DType::F32));
+        assert!(zero.is_zero() && zero.value().is_none());
+        let t = zero.instantiate();
+        assert_eq!(t.aval().unwrap(), Aval::new(&[5, 2, 3], DType::F32));
+        assert_eq!(t.to_vec::<f32>().unwrap(), vec![0.0; 30]);
+    }
 }

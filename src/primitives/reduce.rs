@@ -1,10 +1,16 @@
 //! Reductions over a set of axes: sum (linear), max and min.
 
+use std::fmt;
+
 use ndarray::{ArrayD, Axis};
 
-use super::{Prim, concat_dims};
+use super::{
+    Primal, Rules, Tangent, UnitRule, Units, arity, concat_dims, cotangents, not_linear, one, tuple,
+};
 use crate::error::{Error, Result};
-use crate::tensor::{Aval, DType, Data, Tensor};
+use crate::storage::{Aval, DType, Data};
+use crate::tensor::Tensor;
+use crate::unit::Unit;
 
 /// How a reduction combines elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -17,6 +23,21 @@ pub enum ReduceOp {
     Min,
 }
 
+/// A reduction over the given (sorted, distinct) axes, which are removed.
+///
+/// ```
+/// use brainstate::primitives::{Prim, Reduce, ReduceOp};
+/// let sum = Prim::from(Reduce { op: ReduceOp::Sum, axes: vec![0, 2] });
+/// assert_eq!(sum.to_string(), "reduce_sum[axes=(0,2)]");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Reduce {
+    /// How elements combine.
+    pub op: ReduceOp,
+    /// The reduced axes.
+    pub axes: Vec<usize>,
+}
+
 impl ReduceOp {
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -27,41 +48,119 @@ impl ReduceOp {
     }
 }
 
+impl Reduce {
+    /// A sum over `axes`.
+    pub(crate) fn sum(axes: Vec<usize>) -> Reduce {
+        Reduce {
+            op: ReduceOp::Sum,
+            axes,
+        }
+    }
+}
+
 /// The shape with the reduced axes kept as size 1.
-pub(crate) fn keepdims_shape(shape: &[usize], axes: &[usize]) -> Vec<usize> {
+///
+/// ```
+/// assert_eq!(brainstate::primitives::keepdims_shape(&[2, 3, 4], &[1]), vec![2, 1, 4]);
+/// ```
+pub fn keepdims_shape(shape: &[usize], axes: &[usize]) -> Vec<usize> {
     (0..shape.len())
         .map(|i| if axes.contains(&i) { 1 } else { shape[i] })
         .collect()
 }
 
-pub(super) fn infer(op: ReduceOp, axes: &[usize], x: &Aval) -> Result<Aval> {
-    if x.dtype == DType::Bool || (op != ReduceOp::Sum && x.dtype.is_complex()) {
-        return Err(Error::dtype(
-            op.name(),
-            "needs a numeric operand (and an ordered one for max and min)",
-            x.dtype,
-        ));
+impl fmt::Display for Reduce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[axes={}]", self.name(), tuple(&self.axes))
     }
-    if axes.windows(2).any(|w| w[0] >= w[1]) || axes.iter().any(|&a| a >= x.shape.len()) {
-        return Err(Error::shape(
-            op.name(),
-            format!(
-                "axes {axes:?} must be distinct, increasing and within shape {:?}",
-                x.shape
-            ),
-        ));
+}
+
+impl Rules for Reduce {
+    fn name(&self) -> &'static str {
+        self.op.name()
     }
-    if op != ReduceOp::Sum && axes.iter().any(|&a| x.shape[a] == 0) {
-        return Err(Error::shape(
-            op.name(),
-            format!("cannot reduce an empty axis of shape {:?}", x.shape),
-        ));
+
+    fn infer(&self, ins: &[Aval]) -> Result<Vec<Aval>> {
+        let (name, op, axes) = (self.name(), self.op, &self.axes);
+        arity(name, ins, 1)?;
+        let x = &ins[0];
+        if x.dtype == DType::Bool || (op != ReduceOp::Sum && x.dtype.is_complex()) {
+            return Err(Error::dtype(
+                name,
+                "needs a numeric operand (and an ordered one for max and min)",
+                x.dtype,
+            ));
+        }
+        if axes.windows(2).any(|w| w[0] >= w[1]) || axes.iter().any(|&a| a >= x.shape.len()) {
+            return Err(Error::shape(
+                name,
+                format!(
+                    "axes {axes:?} must be distinct, increasing and within shape {:?}",
+                    x.shape
+                ),
+            ));
+        }
+        if op != ReduceOp::Sum && axes.iter().any(|&a| x.shape[a] == 0) {
+            return Err(Error::shape(
+                name,
+                format!("cannot reduce an empty axis of shape {:?}", x.shape),
+            ));
+        }
+        let shape: Vec<usize> = (0..x.shape.len())
+            .filter(|i| !axes.contains(i))
+            .map(|i| x.shape[i])
+            .collect();
+        Ok(one(Aval::new(&shape, x.dtype)))
     }
-    let shape: Vec<usize> = (0..x.shape.len())
-        .filter(|i| !axes.contains(i))
-        .map(|i| x.shape[i])
-        .collect();
-    Ok(Aval::new(&shape, x.dtype))
+
+    fn eval(&self, ins: &[&Data]) -> Result<Vec<Data>> {
+        Ok(one(eval(self.op, &self.axes, ins[0])))
+    }
+
+    fn jvp(
+        &self,
+        x: &[Tensor],
+        t: &[Tangent],
+        outs: &[Tensor],
+        batch: &[usize],
+    ) -> Result<Vec<Tangent>> {
+        let Some(t) = t[0].value() else {
+            return Ok(one(Tangent::zero(batch, &outs[0].aval()?)));
+        };
+        let batched_axes: Vec<usize> = self.axes.iter().map(|a| a + batch.len()).collect();
+        let sum = |v: &Tensor, axes: Vec<usize>| Tensor::apply(Reduce::sum(axes), &[v]);
+        let tangent = match self.op {
+            ReduceOp::Sum => sum(t, batched_axes),
+            ReduceOp::Max | ReduceOp::Min => {
+                // The tangent of the extremum is the mean tangent of the elements attaining it.
+                let x = &x[0];
+                let extremum = outs[0].reshape_exact(&keepdims_shape(x.shape()?, &self.axes));
+                let mask = x.eq(&extremum).cast(x.dtype()?);
+                let count = sum(&mask, self.axes.clone());
+                sum(&(t * &mask), batched_axes) / count
+            }
+        };
+        Ok(one(Tangent::Value(tangent)))
+    }
+
+    fn transpose(&self, cts: &[Tensor], x: &[Primal], batch: &[usize]) -> Result<Vec<Tangent>> {
+        match self.op {
+            ReduceOp::Sum => {
+                // The output cotangent spread back over the reduced axes.
+                let shape = x[0].aval()?.shape;
+                let kept = concat_dims(batch, &keepdims_shape(&shape, &self.axes));
+                let full = concat_dims(batch, &shape);
+                cotangents(x, batch, &|_| {
+                    cts[0].reshape_exact(&kept).broadcast_to(&full)
+                })
+            }
+            ReduceOp::Max | ReduceOp::Min => Err(not_linear(self.name())),
+        }
+    }
+
+    fn units(&self, units: &[Option<Unit>], _inputs: &[&Tensor]) -> Result<UnitRule> {
+        Ok(Units::new(self.name(), units).same_as_first())
+    }
 }
 
 fn reduce_array<T>(a: &ArrayD<T>, axes: &[usize], op: ReduceOp) -> ArrayD<T>
@@ -123,7 +222,7 @@ fn is_nan<T: PartialEq>(v: T) -> bool {
     v != v
 }
 
-pub(super) fn eval(op: ReduceOp, axes: &[usize], x: &Data) -> Data {
+fn eval(op: ReduceOp, axes: &[usize], x: &Data) -> Data {
     match x {
         Data::F64(a) => Data::F64(reduce_array(a, axes, op)),
         Data::F32(a) => Data::F32(reduce_array(a, axes, op)),
@@ -141,32 +240,4 @@ pub(super) fn eval(op: ReduceOp, axes: &[usize], x: &Data) -> Data {
         ),
         Data::Bool(_) => unreachable!("dtype checked by infer"),
     }
-}
-
-pub(super) fn jvp(
-    op: ReduceOp,
-    axes: &[usize],
-    x: &Tensor,
-    t: &Tensor,
-    out: &Tensor,
-    batch: &[usize],
-) -> Option<Tensor> {
-    let batched_axes: Vec<usize> = axes.iter().map(|a| a + batch.len()).collect();
-    let sum = |v: &Tensor, axes: Vec<usize>| Tensor::apply(Prim::Reduce(ReduceOp::Sum, axes), &[v]);
-    match op {
-        ReduceOp::Sum => Some(sum(t, batched_axes)),
-        ReduceOp::Max | ReduceOp::Min => {
-            // The tangent of the extremum is the mean tangent of the elements attaining it.
-            let extremum = out.reshape_exact(&keepdims_shape(x.shape(), axes));
-            let mask = x.eq(&extremum).cast(x.dtype());
-            let count = sum(&mask, axes.to_vec());
-            Some(sum(&(t * &mask), batched_axes) / count)
-        }
-    }
-}
-
-/// Cotangent of a sum: the output cotangent spread back over the reduced axes.
-pub(super) fn transpose_sum(ct: &Tensor, axes: &[usize], x: &Aval, batch: &[usize]) -> Tensor {
-    ct.reshape_exact(&concat_dims(batch, &keepdims_shape(&x.shape, axes)))
-        .broadcast_to(&concat_dims(batch, &x.shape))
 }

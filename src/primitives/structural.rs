@@ -3,186 +3,432 @@
 //! All are linear, so each JVP applies the same primitive to the tangent (its parameters
 //! shifted past the batch axes), and each transpose is another structural primitive.
 
+use std::fmt;
+
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, Axis, Ix1, Ix2, Ix3, Ix4, IxDyn, Slice};
 
-use super::{Prim, concat_dims, zeros};
+use super::{Primal, Rules, Tangent, UnitRule, Units, arity, concat_dims, cotangents, one, tuple};
 use crate::error::{Error, Result};
-use crate::exec::pool;
-use crate::tensor::{Aval, Data, Tensor, with_array};
+use crate::storage::{Aval, Data, pool, with_array};
+use crate::tensor::Tensor;
+use crate::unit::Unit;
 
-pub(super) fn infer(prim: &Prim, ins: &[Aval]) -> Result<Aval> {
-    let op = prim.name();
-    let x = &ins[0];
-    let rank_check = |n: usize, what: &str| {
-        if n == x.shape.len() {
-            Ok(())
-        } else {
-            Err(Error::shape(
-                &op,
-                format!(
-                    "{what} has {n} entries for an operand of shape {:?}",
-                    x.shape
-                ),
-            ))
-        }
-    };
-    let shape = match prim {
-        Prim::Broadcast(shape) => {
-            let fits = shape.len() >= x.shape.len()
-                && x.shape
-                    .iter()
-                    .zip(&shape[shape.len() - x.shape.len()..])
-                    .all(|(&d, &s)| d == s || d == 1);
-            if !fits {
-                return Err(Error::mismatch("broadcast_to", &x.shape, shape));
-            }
-            shape.clone()
-        }
-        Prim::Reshape(shape) => {
-            if shape.iter().product::<usize>() != x.numel() {
-                return Err(Error::mismatch("reshape", &x.shape, shape));
-            }
-            shape.clone()
-        }
-        Prim::Transpose(perm) => {
-            rank_check(perm.len(), "the permutation")?;
-            let mut seen = vec![false; perm.len()];
-            for &p in perm {
-                if p >= perm.len() || std::mem::replace(&mut seen[p], true) {
-                    return Err(Error::shape(&op, format!("{perm:?} is not a permutation")));
-                }
-            }
-            perm.iter().map(|&p| x.shape[p]).collect()
-        }
-        Prim::Slice { start, stop, step } => {
-            rank_check(start.len(), "start")?;
-            rank_check(stop.len(), "stop")?;
-            rank_check(step.len(), "step")?;
-            let mut shape = Vec::new();
-            for (i, &d) in x.shape.iter().enumerate() {
-                if start[i] > stop[i] || stop[i] > d || step[i] == 0 {
-                    return Err(Error::shape(
-                        &op,
-                        format!(
-                            "range {}..{} step {} is invalid for axis {i} of shape {:?}",
-                            start[i], stop[i], step[i], x.shape
-                        ),
-                    ));
-                }
-                shape.push((stop[i] - start[i]).div_ceil(step[i]));
-            }
-            shape
-        }
-        Prim::Pad { lo, hi, interior } => {
-            rank_check(lo.len(), "lo")?;
-            rank_check(hi.len(), "hi")?;
-            rank_check(interior.len(), "interior")?;
-            (0..x.shape.len())
-                .map(|i| lo[i] + hi[i] + x.shape[i] + x.shape[i].saturating_sub(1) * interior[i])
-                .collect()
-        }
-        Prim::Concat(axis) => {
-            let first = ins
-                .first()
-                .ok_or_else(|| Error::shape(&op, "needs at least one operand"))?;
-            if *axis >= first.shape.len() {
-                return Err(Error::shape(
-                    &op,
-                    format!("axis {axis} out of range for shape {:?}", first.shape),
-                ));
-            }
-            let mut shape = first.shape.clone();
-            for other in &ins[1..] {
-                let fits = other.shape.len() == shape.len()
-                    && (0..shape.len()).all(|i| i == *axis || other.shape[i] == shape[i]);
-                if !fits {
-                    return Err(Error::mismatch(&op, &first.shape, &other.shape));
-                }
-                if other.dtype != first.dtype {
-                    return Err(Error::dtype(
-                        &op,
-                        format!("operands must have one dtype, the first is {}", first.dtype),
-                        other.dtype,
-                    ));
-                }
-                shape[*axis] += other.shape[*axis];
-            }
-            shape
-        }
-        _ => unreachable!("not a structural primitive: {prim}"),
-    };
-    Ok(Aval::new(&shape, x.dtype))
+/// The structural primitives: they move, repeat or drop elements without computing with them.
+///
+/// ```
+/// use brainstate::primitives::{Prim, Structural};
+/// let p = Prim::from(Structural::Transpose(vec![1, 0]));
+/// assert_eq!(p.to_string(), "transpose[perm=(1,0)]");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Structural {
+    /// Broadcast to a shape (NumPy rules).
+    Broadcast(Vec<usize>),
+    /// Same elements, another shape.
+    Reshape(Vec<usize>),
+    /// Permutation of the axes: output axis `i` is input axis `perm[i]`.
+    Transpose(Vec<usize>),
+    /// Strided slice: `start..stop` by `step` along every axis.
+    Slice {
+        /// First index per axis.
+        start: Vec<usize>,
+        /// One past the last index per axis.
+        stop: Vec<usize>,
+        /// Stride per axis (at least 1).
+        step: Vec<usize>,
+    },
+    /// Zero padding: `lo` before, `hi` after and `interior` between the elements of each axis.
+    Pad {
+        /// Zeros before, per axis.
+        lo: Vec<usize>,
+        /// Zeros after, per axis.
+        hi: Vec<usize>,
+        /// Zeros between neighbouring elements, per axis.
+        interior: Vec<usize>,
+    },
+    /// Concatenation of all inputs along an axis.
+    Concat(usize),
 }
 
-pub(super) fn eval(prim: &Prim, ins: &[&Data]) -> Result<Data> {
-    let x = ins[0];
-    Ok(match prim {
-        Prim::Broadcast(shape) => with_array!(x, a => Data::from(
-            owned(a.broadcast(shape.as_slice()).expect("checked by infer"))
-        )),
-        Prim::Reshape(shape) => with_array!(x, a => Data::from(
-            a.as_standard_layout()
-                .into_owned()
-                .into_shape_with_order(IxDyn(shape))
-                .expect("checked by infer")
-        )),
-        Prim::Transpose(perm) => {
-            with_array!(x, a => Data::from(owned(a.view().permuted_axes(IxDyn(perm)))))
+impl fmt::Display for Structural {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.name();
+        match self {
+            Structural::Broadcast(s) | Structural::Reshape(s) => {
+                write!(f, "{name}[shape={}]", tuple(s))
+            }
+            Structural::Transpose(p) => write!(f, "{name}[perm={}]", tuple(p)),
+            Structural::Slice { start, stop, step } => write!(
+                f,
+                "{name}[start={} stop={} step={}]",
+                tuple(start),
+                tuple(stop),
+                tuple(step)
+            ),
+            Structural::Pad { lo, hi, interior } => write!(
+                f,
+                "{name}[lo={} hi={} interior={}]",
+                tuple(lo),
+                tuple(hi),
+                tuple(interior)
+            ),
+            Structural::Concat(axis) => write!(f, "{name}[axis={axis}]"),
         }
-        Prim::Slice { start, stop, step } => with_array!(x, a => {
-            let mut view = a.view();
-            for i in 0..start.len() {
-                view.slice_axis_inplace(
-                    Axis(i),
-                    Slice::new(start[i] as isize, Some(stop[i] as isize), step[i] as isize),
-                );
+    }
+}
+
+impl Structural {
+    /// This primitive acting on values with leading batch axes of sizes `batch`.
+    fn batched(&self, batch: &[usize]) -> Structural {
+        let nb = batch.len();
+        let pad = |v: &[usize], fill: usize| concat_dims(&vec![fill; nb], v);
+        match self {
+            Structural::Broadcast(shape) => Structural::Broadcast(concat_dims(batch, shape)),
+            Structural::Reshape(shape) => Structural::Reshape(concat_dims(batch, shape)),
+            Structural::Transpose(perm) => {
+                Structural::Transpose((0..nb).chain(perm.iter().map(|p| p + nb)).collect())
             }
-            Data::from(owned(view))
-        }),
-        Prim::Pad { lo, hi, interior } => with_array!(x, a => {
-            let shape: Vec<usize> = (0..a.ndim())
-                .map(|i| lo[i] + hi[i] + a.shape()[i] + a.shape()[i].saturating_sub(1) * interior[i])
-                .collect();
-            let mut buffer = pool::take(shape.iter().product());
-            buffer.resize(buffer.capacity().min(shape.iter().product()), zero_like(a));
-            let mut out = ArrayD::from_shape_vec(shape, buffer).expect("one value per element");
-            let mut view = out.view_mut();
-            for i in 0..a.ndim() {
-                let end = lo[i] + a.shape()[i] + a.shape()[i].saturating_sub(1) * interior[i];
-                view.slice_axis_inplace(
-                    Axis(i),
-                    Slice::new(lo[i] as isize, Some(end as isize), interior[i] as isize + 1),
-                );
+            Structural::Slice { start, stop, step } => Structural::Slice {
+                start: pad(start, 0),
+                stop: concat_dims(batch, stop),
+                step: pad(step, 1),
+            },
+            Structural::Pad { lo, hi, interior } => Structural::Pad {
+                lo: pad(lo, 0),
+                hi: pad(hi, 0),
+                interior: pad(interior, 0),
+            },
+            Structural::Concat(axis) => Structural::Concat(axis + nb),
+        }
+    }
+
+    /// Applies the primitive, batched, to `inputs`.
+    fn apply_batched(&self, batch: &[usize], inputs: &[&Tensor]) -> Tensor {
+        Tensor::apply(self.batched(batch), inputs)
+    }
+}
+
+impl Rules for Structural {
+    fn name(&self) -> &'static str {
+        match self {
+            Structural::Broadcast(_) => "broadcast",
+            Structural::Reshape(_) => "reshape",
+            Structural::Transpose(_) => "transpose",
+            Structural::Slice { .. } => "slice",
+            Structural::Pad { .. } => "pad",
+            Structural::Concat(_) => "concatenate",
+        }
+    }
+
+    fn infer(&self, ins: &[Aval]) -> Result<Vec<Aval>> {
+        let op = self.name();
+        match self {
+            Structural::Concat(_) if ins.is_empty() => {
+                return Err(Error::shape(op, "needs at least one operand"));
             }
-            view.assign(a);
-            Data::from(out)
-        }),
-        Prim::Concat(axis) => {
-            macro_rules! concat {
-                ($variant:ident) => {{
-                    let views: Vec<_> = ins
+            Structural::Concat(_) => {}
+            Structural::Broadcast(_)
+            | Structural::Reshape(_)
+            | Structural::Transpose(_)
+            | Structural::Slice { .. }
+            | Structural::Pad { .. } => arity(op, ins, 1)?,
+        }
+        let x = &ins[0];
+        let rank_check = |n: usize, what: &str| {
+            if n == x.shape.len() {
+                Ok(())
+            } else {
+                Err(Error::shape(
+                    op,
+                    format!(
+                        "{what} has {n} entries for an operand of shape {:?}",
+                        x.shape
+                    ),
+                ))
+            }
+        };
+        let shape = match self {
+            Structural::Broadcast(shape) => {
+                let fits = shape.len() >= x.shape.len()
+                    && x.shape
                         .iter()
-                        .map(|d| match d {
-                            Data::$variant(a) => a.view(),
-                            _ => unreachable!("dtypes checked by infer"),
-                        })
-                        .collect();
-                    Data::$variant(
-                        ndarray::concatenate(Axis(*axis), &views).expect("checked by infer"),
-                    )
-                }};
+                        .zip(&shape[shape.len() - x.shape.len()..])
+                        .all(|(&d, &s)| d == s || d == 1);
+                if !fits {
+                    return Err(Error::mismatch("broadcast_to", &x.shape, shape));
+                }
+                shape.clone()
             }
-            match x {
-                Data::Bool(_) => concat!(Bool),
-                Data::I64(_) => concat!(I64),
-                Data::F32(_) => concat!(F32),
-                Data::F64(_) => concat!(F64),
-                Data::C64(_) => concat!(C64),
-                Data::C128(_) => concat!(C128),
+            Structural::Reshape(shape) => {
+                if shape.iter().product::<usize>() != x.numel() {
+                    return Err(Error::mismatch("reshape", &x.shape, shape));
+                }
+                shape.clone()
+            }
+            Structural::Transpose(perm) => {
+                rank_check(perm.len(), "the permutation")?;
+                let mut seen = vec![false; perm.len()];
+                for &p in perm {
+                    if p >= perm.len() || std::mem::replace(&mut seen[p], true) {
+                        return Err(Error::shape(op, format!("{perm:?} is not a permutation")));
+                    }
+                }
+                perm.iter().map(|&p| x.shape[p]).collect()
+            }
+            Structural::Slice { start, stop, step } => {
+                rank_check(start.len(), "start")?;
+                rank_check(stop.len(), "stop")?;
+                rank_check(step.len(), "step")?;
+                let mut shape = Vec::new();
+                for (i, &d) in x.shape.iter().enumerate() {
+                    if start[i] > stop[i] || stop[i] > d || step[i] == 0 {
+                        return Err(Error::shape(
+                            op,
+                            format!(
+                                "range {}..{} step {} is invalid for axis {i} of shape {:?}",
+                                start[i], stop[i], step[i], x.shape
+                            ),
+                        ));
+                    }
+                    shape.push((stop[i] - start[i]).div_ceil(step[i]));
+                }
+                shape
+            }
+            Structural::Pad { lo, hi, interior } => {
+                rank_check(lo.len(), "lo")?;
+                rank_check(hi.len(), "hi")?;
+                rank_check(interior.len(), "interior")?;
+                (0..x.shape.len())
+                    .map(|i| {
+                        lo[i] + hi[i] + x.shape[i] + x.shape[i].saturating_sub(1) * interior[i]
+                    })
+                    .collect()
+            }
+            Structural::Concat(axis) => {
+                let first = ins
+                    .first()
+                    .ok_or_else(|| Error::shape(op, "needs at least one operand"))?;
+                if *axis >= first.shape.len() {
+                    return Err(Error::shape(
+                        op,
+                        format!("axis {axis} out of range for shape {:?}", first.shape),
+                    ));
+                }
+                let mut shape = first.shape.clone();
+                for other in &ins[1..] {
+                    let fits = other.shape.len() == shape.len()
+                        && (0..shape.len()).all(|i| i == *axis || other.shape[i] == shape[i]);
+                    if !fits {
+                        return Err(Error::mismatch(op, &first.shape, &other.shape));
+                    }
+                    if other.dtype != first.dtype {
+                        return Err(Error::dtype(
+                            op,
+                            format!("operands must have one dtype, the first is {}", first.dtype),
+                            other.dtype,
+                        ));
+                    }
+                    shape[*axis] += other.shape[*axis];
+                }
+                shape
+            }
+        };
+        Ok(one(Aval::new(&shape, x.dtype)))
+    }
+
+    fn eval(&self, ins: &[&Data]) -> Result<Vec<Data>> {
+        let x = ins[0];
+        Ok(one(match self {
+            Structural::Broadcast(shape) => with_array!(x, a => Data::from(
+                owned(a.broadcast(shape.as_slice()).expect("checked by infer"))
+            )),
+            Structural::Reshape(shape) => with_array!(x, a => Data::from(
+                a.as_standard_layout()
+                    .into_owned()
+                    .into_shape_with_order(IxDyn(shape))
+                    .expect("checked by infer")
+            )),
+            Structural::Transpose(perm) => {
+                with_array!(x, a => Data::from(owned(a.view().permuted_axes(IxDyn(perm)))))
+            }
+            Structural::Slice { start, stop, step } => with_array!(x, a => {
+                let mut view = a.view();
+                for i in 0..start.len() {
+                    view.slice_axis_inplace(
+                        Axis(i),
+                        Slice::new(start[i] as isize, Some(stop[i] as isize), step[i] as isize),
+                    );
+                }
+                Data::from(owned(view))
+            }),
+            Structural::Pad { lo, hi, interior } => with_array!(x, a => {
+                let shape: Vec<usize> = (0..a.ndim())
+                    .map(|i| lo[i] + hi[i] + a.shape()[i] + a.shape()[i].saturating_sub(1) * interior[i])
+                    .collect();
+                let mut buffer = pool::take(shape.iter().product());
+                buffer.resize(buffer.capacity().min(shape.iter().product()), zero_like(a));
+                let mut out = ArrayD::from_shape_vec(shape, buffer).expect("one value per element");
+                let mut view = out.view_mut();
+                for i in 0..a.ndim() {
+                    let end = lo[i] + a.shape()[i] + a.shape()[i].saturating_sub(1) * interior[i];
+                    view.slice_axis_inplace(
+                        Axis(i),
+                        Slice::new(lo[i] as isize, Some(end as isize), interior[i] as isize + 1),
+                    );
+                }
+                view.assign(a);
+                Data::from(out)
+            }),
+            Structural::Concat(axis) => {
+                macro_rules! concat {
+                    ($variant:ident) => {{
+                        let views: Vec<_> = ins
+                            .iter()
+                            .map(|d| match d {
+                                Data::$variant(a) => a.view(),
+                                _ => unreachable!("dtypes checked by infer"),
+                            })
+                            .collect();
+                        Data::$variant(
+                            ndarray::concatenate(Axis(*axis), &views).expect("checked by infer"),
+                        )
+                    }};
+                }
+                match x {
+                    Data::Bool(_) => concat!(Bool),
+                    Data::I64(_) => concat!(I64),
+                    Data::F32(_) => concat!(F32),
+                    Data::F64(_) => concat!(F64),
+                    Data::C64(_) => concat!(C64),
+                    Data::C128(_) => concat!(C128),
+                }
+            }
+        }))
+    }
+
+    fn jvp(
+        &self,
+        x: &[Tensor],
+        t: &[Tangent],
+        _outs: &[Tensor],
+        batch: &[usize],
+    ) -> Result<Vec<Tangent>> {
+        let tangent = match self {
+            // Concatenation needs every piece: zero tangents become explicit zeros.
+            Structural::Concat(_) => {
+                let pieces: Vec<Tensor> = t.iter().map(Tangent::instantiate).collect();
+                let refs: Vec<&Tensor> = pieces.iter().collect();
+                self.apply_batched(batch, &refs)
+            }
+            Structural::Broadcast(shape) => {
+                // Line the tangent's own axes up with the target's trailing axes.
+                let own = x[0].shape()?;
+                let lead = vec![1; shape.len() - own.len()];
+                let padded = concat_dims(&concat_dims(batch, &lead), own);
+                let t = t[0].instantiate().reshape_exact(&padded);
+                self.apply_batched(batch, &[&t])
+            }
+            Structural::Reshape(_)
+            | Structural::Transpose(_)
+            | Structural::Slice { .. }
+            | Structural::Pad { .. } => self.apply_batched(batch, &[&t[0].instantiate()]),
+        };
+        Ok(one(Tangent::Value(tangent)))
+    }
+
+    fn transpose(&self, cts: &[Tensor], x: &[Primal], batch: &[usize]) -> Result<Vec<Tangent>> {
+        let ct = &cts[0];
+        let nb = batch.len();
+        let own = x[0].aval()?.shape;
+        let out = &ct.shape()?[nb..];
+        match self {
+            // The driver sums the cotangent back over the broadcast axes.
+            Structural::Broadcast(_) => cotangents(x, batch, &|_| ct.clone()),
+            Structural::Reshape(_) => {
+                let shape = concat_dims(batch, &own);
+                cotangents(x, batch, &|_| ct.reshape_exact(&shape))
+            }
+            Structural::Transpose(perm) => {
+                let mut inverse = vec![0; perm.len()];
+                for (i, &p) in perm.iter().enumerate() {
+                    inverse[p] = i;
+                }
+                let inverse = Structural::Transpose(inverse);
+                cotangents(x, batch, &|_| inverse.apply_batched(batch, &[ct]))
+            }
+            Structural::Slice { start, step, .. } => {
+                let (mut lo, mut hi) = (Vec::new(), Vec::new());
+                for i in 0..own.len() {
+                    if out[i] == 0 {
+                        lo.push(own[i]);
+                        hi.push(0);
+                    } else {
+                        let last = start[i] + (out[i] - 1) * step[i];
+                        lo.push(start[i]);
+                        hi.push(own[i] - last - 1);
+                    }
+                }
+                let interior = step.iter().map(|s| s - 1).collect();
+                let pad = Structural::Pad { lo, hi, interior };
+                cotangents(x, batch, &|_| pad.apply_batched(batch, &[ct]))
+            }
+            Structural::Pad { lo, interior, .. } => {
+                let step: Vec<usize> = interior.iter().map(|i| i + 1).collect();
+                let stop = (0..own.len())
+                    .map(|i| match own[i] {
+                        0 => lo[i],
+                        n => lo[i] + (n - 1) * step[i] + 1,
+                    })
+                    .collect();
+                let slice = Structural::Slice {
+                    start: lo.clone(),
+                    stop,
+                    step,
+                };
+                cotangents(x, batch, &|_| slice.apply_batched(batch, &[ct]))
+            }
+            Structural::Concat(axis) => {
+                let shapes = x
+                    .iter()
+                    .map(|piece| Ok(piece.aval()?.shape))
+                    .collect::<Result<Vec<_>>>()?;
+                let starts: Vec<usize> = shapes
+                    .iter()
+                    .scan(0, |offset, s| {
+                        *offset += s[*axis];
+                        Some(*offset - s[*axis])
+                    })
+                    .collect();
+                cotangents(x, batch, &|i| {
+                    let mut start = vec![0; out.len()];
+                    let mut stop = out.to_vec();
+                    start[*axis] = starts[i];
+                    stop[*axis] = starts[i] + shapes[i][*axis];
+                    let step = vec![1; out.len()];
+                    Structural::Slice { start, stop, step }.apply_batched(batch, &[ct])
+                })
             }
         }
-        _ => unreachable!("not a structural primitive: {prim}"),
-    })
+    }
+
+    fn units(&self, units: &[Option<Unit>], _inputs: &[&Tensor]) -> Result<UnitRule> {
+        let u = Units::new(self.name(), units);
+        Ok(match self {
+            Structural::Concat(_) => {
+                let all: Vec<usize> = (0..units.len()).collect();
+                let (factors, target) = u.common(&all)?;
+                UnitRule {
+                    factors,
+                    outputs: vec![Some(target)],
+                }
+            }
+            Structural::Broadcast(_)
+            | Structural::Reshape(_)
+            | Structural::Transpose(_)
+            | Structural::Slice { .. }
+            | Structural::Pad { .. } => u.same_as_first(),
+        })
+    }
 }
 
 /// A standard-layout copy of a view. Fixed-rank iteration is much faster than dynamic-rank,
@@ -254,137 +500,4 @@ fn transpose_tiled<T: Copy + 'static>(v: ArrayView2<'_, T>) -> Array2<T> {
 /// The zero of an array's element type, found from the array itself.
 fn zero_like<T: Default>(_: &ArrayD<T>) -> T {
     T::default()
-}
-
-/// This primitive acting on values with `nb` leading batch axes (of sizes `batch`).
-fn batched(prim: &Prim, batch: &[usize]) -> Prim {
-    let nb = batch.len();
-    let pad = |v: &[usize], fill: usize| concat_dims(&vec![fill; nb], v);
-    match prim {
-        Prim::Broadcast(shape) => Prim::Broadcast(concat_dims(batch, shape)),
-        Prim::Reshape(shape) => Prim::Reshape(concat_dims(batch, shape)),
-        Prim::Transpose(perm) => {
-            Prim::Transpose((0..nb).chain(perm.iter().map(|p| p + nb)).collect())
-        }
-        Prim::Slice { start, stop, step } => Prim::Slice {
-            start: pad(start, 0),
-            stop: concat_dims(batch, stop),
-            step: pad(step, 1),
-        },
-        Prim::Pad { lo, hi, interior } => Prim::Pad {
-            lo: pad(lo, 0),
-            hi: pad(hi, 0),
-            interior: pad(interior, 0),
-        },
-        Prim::Concat(axis) => Prim::Concat(axis + nb),
-        _ => unreachable!("not a structural primitive: {prim}"),
-    }
-}
-
-pub(super) fn jvp(
-    prim: &Prim,
-    x: &[Tensor],
-    t: &[Option<Tensor>],
-    batch: &[usize],
-) -> Option<Tensor> {
-    let tangents: Vec<Tensor> = match prim {
-        Prim::Concat(_) => {
-            // Concatenation needs every piece: absent tangents become explicit zeros.
-            x.iter()
-                .zip(t)
-                .map(|(x, t)| {
-                    t.clone()
-                        .unwrap_or_else(|| zeros(batch, &x.aval().expect("traced")))
-                })
-                .collect()
-        }
-        Prim::Broadcast(shape) => {
-            // Line the tangent's own axes up with the target's trailing axes.
-            let t = t[0].as_ref()?;
-            let lead = shape.len() - x[0].ndim();
-            let padded = concat_dims(&concat_dims(batch, &vec![1; lead]), x[0].shape());
-            vec![t.reshape_exact(&padded)]
-        }
-        _ => vec![t[0].clone()?],
-    };
-    let refs: Vec<&Tensor> = tangents.iter().collect();
-    Some(Tensor::apply(batched(prim, batch), &refs))
-}
-
-pub(super) fn transpose(
-    prim: &Prim,
-    ct: &Tensor,
-    in_avals: &[Aval],
-    batch: &[usize],
-) -> Vec<Option<Tensor>> {
-    let x = &in_avals[0];
-    let nb = batch.len();
-    match prim {
-        // The driver sums the cotangent back over the broadcast axes.
-        Prim::Broadcast(_) => vec![Some(ct.clone())],
-        Prim::Reshape(_) => vec![Some(ct.reshape_exact(&concat_dims(batch, &x.shape)))],
-        Prim::Transpose(perm) => {
-            let mut inverse = vec![0; perm.len()];
-            for (i, &p) in perm.iter().enumerate() {
-                inverse[p] = i;
-            }
-            vec![Some(Tensor::apply(
-                batched(&Prim::Transpose(inverse), batch),
-                &[ct],
-            ))]
-        }
-        Prim::Slice { start, step, .. } => {
-            let out = &ct.shape()[nb..];
-            let mut lo = Vec::new();
-            let mut hi = Vec::new();
-            for i in 0..x.shape.len() {
-                if out[i] == 0 {
-                    lo.push(x.shape[i]);
-                    hi.push(0);
-                } else {
-                    let last = start[i] + (out[i] - 1) * step[i];
-                    lo.push(start[i]);
-                    hi.push(x.shape[i] - last - 1);
-                }
-            }
-            let interior = step.iter().map(|s| s - 1).collect();
-            let pad = Prim::Pad { lo, hi, interior };
-            vec![Some(Tensor::apply(batched(&pad, batch), &[ct]))]
-        }
-        Prim::Pad { lo, interior, .. } => {
-            let start = lo.clone();
-            let step: Vec<usize> = interior.iter().map(|i| i + 1).collect();
-            let stop = (0..x.shape.len())
-                .map(|i| {
-                    if x.shape[i] == 0 {
-                        lo[i]
-                    } else {
-                        lo[i] + (x.shape[i] - 1) * step[i] + 1
-                    }
-                })
-                .collect();
-            let slice = Prim::Slice { start, stop, step };
-            vec![Some(Tensor::apply(batched(&slice, batch), &[ct]))]
-        }
-        Prim::Concat(axis) => {
-            let mut offset = 0;
-            in_avals
-                .iter()
-                .map(|a| {
-                    let len = a.shape[*axis];
-                    let mut start = vec![0; a.shape.len()];
-                    let mut stop = ct.shape()[nb..].to_vec();
-                    start[*axis] = offset;
-                    stop[*axis] = offset + len;
-                    offset += len;
-                    let step = vec![1; a.shape.len()];
-                    Some(Tensor::apply(
-                        batched(&Prim::Slice { start, stop, step }, batch),
-                        &[ct],
-                    ))
-                })
-                .collect()
-        }
-        _ => unreachable!("not a structural primitive: {prim}"),
-    }
 }

@@ -20,7 +20,6 @@
 //! assert_eq!(g.tensor().unwrap().to_vec::<f64>().unwrap(), vec![2.0, 4.0]);
 //! ```
 
-mod data;
 mod ops;
 mod shape;
 
@@ -29,56 +28,14 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, IxDyn};
 
-pub use self::data::{DType, Element};
-pub(crate) use self::data::{Data, array_from_vec, with_array};
 pub use self::ops::{Operand, where_};
 pub use self::shape::{AxisRange, concatenate, stack};
 use crate::error::{Error, Result};
+use crate::ir::Var;
 use crate::primitives::Prim;
-use crate::trace::{self, Var};
+use crate::storage::{Aval, DType, Data, Element, with_array};
+use crate::trace;
 use crate::unit::Unit;
-
-/// The shape and dtype of a value: all that tracing knows about it.
-///
-/// ```
-/// use brainstate::{Aval, DType, Tensor};
-/// let aval = Tensor::from([[1.0f32, 2.0]]).aval().unwrap();
-/// assert_eq!(aval, Aval { shape: vec![1, 2], dtype: DType::F32 });
-/// assert_eq!(aval.to_string(), "f32[1,2]");
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Aval {
-    /// The dimensions.
-    pub shape: Vec<usize>,
-    /// The element type.
-    pub dtype: DType,
-}
-
-impl Aval {
-    pub(crate) fn new(shape: &[usize], dtype: DType) -> Self {
-        Aval {
-            shape: shape.to_vec(),
-            dtype,
-        }
-    }
-
-    /// Number of elements.
-    ///
-    /// ```
-    /// use brainstate::{Aval, DType};
-    /// assert_eq!(Aval { shape: vec![2, 3], dtype: DType::F64 }.numel(), 6);
-    /// ```
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
-
-impl fmt::Display for Aval {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let dims: Vec<String> = self.shape.iter().map(|d| d.to_string()).collect();
-        write!(f, "{}[{}]", self.dtype, dims.join(","))
-    }
-}
 
 /// An n-dimensional array of `f64` (default), `f32`, `i64`, `bool` or complex numbers (`c64`,
 /// `c128`), that can be computed with eagerly or traced into a program by a transform.
@@ -88,7 +45,7 @@ impl fmt::Display for Aval {
 /// let x = Tensor::from([[1.0, 2.0], [3.0, 4.0]]);
 /// let y = (&x * 2.0 + 1.0).sum();
 /// assert_eq!(y.item().unwrap(), 24.0);
-/// assert_eq!(x.shape(), &[2, 2]);
+/// assert_eq!(x.shape().unwrap(), &[2, 2]);
 /// ```
 #[derive(Clone)]
 pub struct Tensor {
@@ -145,7 +102,7 @@ impl Tensor {
     ///
     /// ```
     /// let x = brainstate::Tensor::scalar(3.0);
-    /// assert_eq!(x.shape(), &[] as &[usize]);
+    /// assert_eq!(x.shape().unwrap(), &[] as &[usize]);
     /// ```
     pub fn scalar(value: f64) -> Tensor {
         Tensor::from_data(Data::scalar(value, DType::F64))
@@ -156,7 +113,7 @@ impl Tensor {
     /// ```
     /// use brainstate::{DType, Tensor};
     /// let x = Tensor::scalar_of(2.7, DType::I64);
-    /// assert_eq!((x.dtype(), x.item().unwrap()), (DType::I64, 2.0));
+    /// assert_eq!((x.dtype().unwrap(), x.item().unwrap()), (DType::I64, 2.0));
     /// ```
     pub fn scalar_of(value: f64, dtype: DType) -> Tensor {
         Tensor::from_data(Data::scalar(value, dtype))
@@ -166,10 +123,17 @@ impl Tensor {
     ///
     /// ```
     /// let x = brainstate::Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
-    /// assert_eq!(x.shape(), &[2, 3]);
+    /// assert_eq!(x.shape().unwrap(), [2, 3]);
     /// ```
     pub fn from_vec<T: Element>(values: Vec<T>, shape: &[usize]) -> Result<Tensor> {
-        Ok(Tensor::from_data(T::wrap(array_from_vec(values, shape)?)))
+        let len = values.len();
+        let array = ArrayD::from_shape_vec(shape.to_vec(), values).map_err(|_| {
+            Error::shape(
+                "from_vec",
+                format!("{len} values cannot have shape {shape:?}"),
+            )
+        })?;
+        Ok(Tensor::from_data(T::wrap(array)))
     }
 
     /// A tensor that shares nothing with `array` (it is moved in).
@@ -177,13 +141,13 @@ impl Tensor {
     /// ```
     /// let a = ndarray::array![[1.0, 2.0], [3.0, 4.0]];
     /// let x = brainstate::Tensor::from_ndarray(a);
-    /// assert_eq!(x.shape(), &[2, 2]);
+    /// assert_eq!(x.shape().unwrap(), [2, 2]);
     /// ```
     pub fn from_ndarray<T: Element, D: ndarray::Dimension>(array: ndarray::Array<T, D>) -> Tensor {
         Tensor::from_data(T::wrap(array.into_dyn()))
     }
 
-    /// The shape and dtype; an error for a failed tensor.
+    /// The shape and dtype; for a failed tensor, its error.
     ///
     /// ```
     /// use brainstate::Tensor;
@@ -191,24 +155,22 @@ impl Tensor {
     /// assert!((Tensor::zeros(&[2]) + Tensor::zeros(&[3])).aval().is_err());
     /// ```
     pub fn aval(&self) -> Result<Aval> {
-        match &self.repr {
-            Repr::Concrete(d) => Ok(Aval::new(d.shape(), d.dtype())),
-            Repr::Traced(t) => Ok(t.aval.clone()),
-            Repr::Failed(e) => Err((**e).clone()),
-        }
+        Ok(Aval::new(self.shape()?, self.dtype()?))
     }
 
-    /// The dimensions (empty for a scalar and for a failed tensor).
+    /// The dimensions; for a failed tensor, its error (a failed tensor has no shape).
     ///
     /// ```
     /// use brainstate::Tensor;
-    /// assert_eq!(Tensor::zeros(&[2, 3]).shape(), &[2, 3]);
+    /// assert_eq!(Tensor::zeros(&[2, 3]).shape().unwrap(), [2, 3]);
+    /// let bad = Tensor::zeros(&[2]) + Tensor::zeros(&[3]);
+    /// assert!(bad.shape().unwrap_err().to_string().contains("[2] and [3]"));
     /// ```
-    pub fn shape(&self) -> &[usize] {
+    pub fn shape(&self) -> Result<&[usize]> {
         match &self.repr {
-            Repr::Concrete(d) => d.shape(),
-            Repr::Traced(t) => &t.aval.shape,
-            Repr::Failed(_) => &[],
+            Repr::Concrete(d) => Ok(d.shape()),
+            Repr::Traced(t) => Ok(&t.aval.shape),
+            Repr::Failed(e) => Err((**e).clone()),
         }
     }
 
@@ -216,36 +178,36 @@ impl Tensor {
     ///
     /// ```
     /// use brainstate::Tensor;
-    /// assert_eq!(Tensor::zeros(&[2, 3]).ndim(), 2);
-    /// assert_eq!(Tensor::scalar(1.0).ndim(), 0);
+    /// assert_eq!(Tensor::zeros(&[2, 3]).ndim().unwrap(), 2);
+    /// assert_eq!(Tensor::scalar(1.0).ndim().unwrap(), 0);
     /// ```
-    pub fn ndim(&self) -> usize {
-        self.shape().len()
+    pub fn ndim(&self) -> Result<usize> {
+        Ok(self.shape()?.len())
     }
 
     /// The number of elements.
     ///
     /// ```
     /// use brainstate::Tensor;
-    /// assert_eq!(Tensor::zeros(&[2, 3]).numel(), 6);
-    /// assert_eq!(Tensor::scalar(1.0).numel(), 1);
+    /// assert_eq!(Tensor::zeros(&[2, 3]).numel().unwrap(), 6);
+    /// assert_eq!(Tensor::scalar(1.0).numel().unwrap(), 1);
     /// ```
-    pub fn numel(&self) -> usize {
-        self.shape().iter().product()
+    pub fn numel(&self) -> Result<usize> {
+        Ok(self.shape()?.iter().product())
     }
 
-    /// The element type (`f64` for a failed tensor; check [`Tensor::error`]).
+    /// The element type; for a failed tensor, its error.
     ///
     /// ```
     /// use brainstate::{DType, Tensor};
-    /// assert_eq!(Tensor::from([1.0f32]).dtype(), DType::F32);
-    /// assert_eq!(Tensor::from([true]).dtype(), DType::Bool);
+    /// assert_eq!(Tensor::from([1.0f32]).dtype().unwrap(), DType::F32);
+    /// assert_eq!(Tensor::from([true]).dtype().unwrap(), DType::Bool);
     /// ```
-    pub fn dtype(&self) -> DType {
+    pub fn dtype(&self) -> Result<DType> {
         match &self.repr {
-            Repr::Concrete(d) => d.dtype(),
-            Repr::Traced(t) => t.aval.dtype,
-            Repr::Failed(_) => DType::F64,
+            Repr::Concrete(d) => Ok(d.dtype()),
+            Repr::Traced(t) => Ok(t.aval.dtype),
+            Repr::Failed(e) => Err((**e).clone()),
         }
     }
 
@@ -276,6 +238,19 @@ impl Tensor {
     /// ```
     pub fn is_traced(&self) -> bool {
         matches!(self.repr, Repr::Traced(_))
+    }
+
+    /// The tensor `build` makes, or a failed tensor carrying its error. User-level operations
+    /// read their operands' shapes and dtypes inside `build`, where each read is a `Result`:
+    /// so an operation on a failed tensor hands the first error on and never computes with a
+    /// made-up shape.
+    ///
+    /// Equations recorded inside `build` are attributed to the caller's call, as if the
+    /// operation were one primitive.
+    #[track_caller]
+    pub(crate) fn attempt(build: impl FnOnce() -> Result<Tensor>) -> Tensor {
+        trace::with_caller(std::panic::Location::caller(), build)
+            .unwrap_or_else(|e| Tensor::failed(trace::record_error(e)))
     }
 
     /// The concrete values, or the error saying why there are none.
@@ -320,7 +295,7 @@ impl Tensor {
     /// assert!(Tensor::from([1.0, 2.0]).item().is_err());
     /// ```
     pub fn item(&self) -> Result<f64> {
-        let dtype = self.dtype();
+        let dtype = self.dtype()?;
         if dtype.is_complex() {
             return Err(Error::dtype(
                 "item",
@@ -398,9 +373,7 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn value_in(&self, unit: Unit) -> Result<Tensor> {
-        if let Some(e) = self.error() {
-            return Err(e.clone());
-        }
+        self.aval()?;
         let factor = self
             .unit
             .unwrap_or(Unit::ONE)
@@ -427,8 +400,20 @@ impl Tensor {
 
     /// Applies `prim` to `inputs`: records it when tracing, computes it otherwise.
     #[track_caller]
-    pub(crate) fn apply(prim: Prim, inputs: &[&Tensor]) -> Tensor {
-        trace::apply(prim, inputs)
+    pub(crate) fn apply(prim: impl Into<Prim>, inputs: &[&Tensor]) -> Tensor {
+        let mut outs = trace::apply(prim.into(), inputs);
+        outs.swap_remove(0)
+    }
+
+    /// Applies a primitive with `n` results (each a failed tensor if the primitive fails).
+    #[track_caller]
+    pub(crate) fn apply_all(prim: impl Into<Prim>, inputs: &[&Tensor], n: usize) -> Vec<Tensor> {
+        let mut outs = trace::apply(prim.into(), inputs);
+        if outs.len() < n {
+            let failed = outs[0].clone();
+            outs.resize(n, failed);
+        }
+        outs
     }
 }
 

@@ -7,10 +7,13 @@ use std::ops::{Add, Div, Mul, Neg, Sub};
 
 use num_complex::Complex64;
 
-use super::shape::{axes_index, failed, propagate_failure};
-use super::{DType, Tensor};
+use super::Tensor;
+use super::shape::axes_index;
 use crate::error::Error;
-use crate::primitives::{BinaryOp, CmpOp, Prim, ReduceOp, UnaryOp};
+use crate::primitives::{
+    BinaryOp, CmpOp, Creation, Elementwise, MatMul, Reduce, ReduceOp, UnaryOp,
+};
+use crate::storage::DType;
 use crate::unit::Unit;
 
 /// A value that can stand on the other side of an operation with a tensor: a tensor, or a
@@ -19,7 +22,7 @@ use crate::unit::Unit;
 /// ```
 /// use brainstate::{DType, Tensor};
 /// let x = Tensor::from([1.0f32, 2.0]);
-/// assert_eq!((&x * 2.0).dtype(), DType::F32); // the scalar takes the tensor's dtype
+/// assert_eq!((&x * 2.0).dtype().unwrap(), DType::F32); // the scalar takes the tensor's dtype
 /// assert_eq!((&x + &x).to_vec::<f32>().unwrap(), vec![2.0, 4.0]);
 /// ```
 pub trait Operand {
@@ -28,8 +31,8 @@ pub trait Operand {
     /// ```
     /// use brainstate::{DType, Operand, Tensor};
     /// let ints = Tensor::from([1_i64, 2]);
-    /// assert_eq!(3_i64.to_tensor(&ints).dtype(), DType::I64);
-    /// assert_eq!(0.5_f64.to_tensor(&ints).dtype(), DType::F64);
+    /// assert_eq!(3_i64.to_tensor(&ints).dtype().unwrap(), DType::I64);
+    /// assert_eq!(0.5_f64.to_tensor(&ints).dtype().unwrap(), DType::F64);
     /// ```
     fn to_tensor(&self, like: &Tensor) -> Tensor;
 }
@@ -50,7 +53,11 @@ macro_rules! weak_scalar {
     ($($t:ty => $int:expr),*) => {$(
         impl Operand for $t {
             fn to_tensor(&self, like: &Tensor) -> Tensor {
-                let dtype = match like.dtype() {
+                // Next to a failed tensor, the operand is that failure.
+                let Ok(dtype) = like.dtype() else {
+                    return like.clone();
+                };
+                let dtype = match dtype {
                     d if d.is_inexact() => d,
                     DType::I64 | DType::Bool if $int => DType::I64,
                     _ => DType::F64,
@@ -65,7 +72,10 @@ weak_scalar!(f64 => false, f32 => false, i64 => true, i32 => true);
 impl Operand for Complex64 {
     /// A complex scalar takes the precision of a floating-point tensor next to it.
     fn to_tensor(&self, like: &Tensor) -> Tensor {
-        let dtype = match like.dtype() {
+        let Ok(dtype) = like.dtype() else {
+            return like.clone();
+        };
+        let dtype = match dtype {
             d if d.is_inexact() => d.complex(),
             _ => DType::C128,
         };
@@ -76,30 +86,29 @@ impl Operand for Complex64 {
 impl Tensor {
     #[track_caller]
     fn unary(&self, op: UnaryOp) -> Tensor {
-        let x = if self.dtype().is_inexact() {
-            self.clone()
-        } else {
-            self.cast(DType::F64)
-        };
-        Tensor::apply(Prim::Unary(op), &[&x])
+        Tensor::apply(op, &[&self.cast_float()])
     }
 
     #[track_caller]
     fn binary(&self, op: BinaryOp, other: &Tensor) -> Tensor {
-        let mut dtype = self.dtype().promote(other.dtype());
-        let needs_float = matches!(op, BinaryOp::Div | BinaryOp::Pow);
-        if needs_float && !dtype.is_inexact() {
-            dtype = DType::F64;
-        } else if dtype == DType::Bool {
-            dtype = DType::I64;
-        }
-        Tensor::apply(Prim::Binary(op), &[&self.cast(dtype), &other.cast(dtype)])
+        Tensor::attempt(|| {
+            let mut dtype = self.dtype()?.promote(other.dtype()?);
+            let needs_float = matches!(op, BinaryOp::Div | BinaryOp::Pow);
+            if needs_float && !dtype.is_inexact() {
+                dtype = DType::F64;
+            } else if dtype == DType::Bool {
+                dtype = DType::I64;
+            }
+            Ok(Tensor::apply(op, &[&self.cast(dtype), &other.cast(dtype)]))
+        })
     }
 
     #[track_caller]
     fn compare(&self, op: CmpOp, other: &Tensor) -> Tensor {
-        let dtype = self.dtype().promote(other.dtype());
-        Tensor::apply(Prim::Compare(op), &[&self.cast(dtype), &other.cast(dtype)])
+        Tensor::attempt(|| {
+            let dtype = self.dtype()?.promote(other.dtype()?);
+            Ok(Tensor::apply(op, &[&self.cast(dtype), &other.cast(dtype)]))
+        })
     }
 
     /// The same values as `dtype` (no-op when the dtype already matches).
@@ -107,15 +116,15 @@ impl Tensor {
     /// ```
     /// use brainstate::{DType, Tensor};
     /// let x = Tensor::from([1.7, -2.5]).cast(DType::I64);
-    /// assert_eq!(x.dtype(), DType::I64);
+    /// assert_eq!(x.dtype().unwrap(), DType::I64);
     /// assert_eq!(x.to_vec::<i64>().unwrap(), vec![1, -2]);
     /// ```
     #[track_caller]
     pub fn cast(&self, dtype: DType) -> Tensor {
-        if self.dtype() == dtype || self.error().is_some() {
-            return self.clone();
+        match self.dtype() {
+            Ok(own) if own != dtype => Tensor::apply(Elementwise::Convert(dtype), &[self]),
+            _ => self.clone(),
         }
-        Tensor::apply(Prim::Convert(dtype), &[self])
     }
 
     /// `e^x`
@@ -246,7 +255,7 @@ impl Tensor {
     /// ```
     /// use brainstate::{Complex64, DType, Tensor};
     /// let z = Tensor::from(vec![Complex64::new(1.0, 2.0)]);
-    /// assert_eq!(z.real().dtype(), DType::F64);
+    /// assert_eq!(z.real().dtype().unwrap(), DType::F64);
     /// assert_eq!(z.real().to_vec::<f64>().unwrap(), vec![1.0]);
     /// ```
     #[track_caller]
@@ -277,7 +286,7 @@ impl Tensor {
     #[track_caller]
     pub fn angle(&self) -> Tensor {
         let (im, re) = (self.imag(), self.real());
-        Tensor::apply(Prim::Binary(BinaryOp::Atan2), &[&im, &re])
+        Tensor::apply(BinaryOp::Atan2, &[&im, &re])
     }
     /// The complex tensor `re + i im` from real parts (broadcast).
     ///
@@ -289,11 +298,14 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn complex(re: &Tensor, im: &Tensor) -> Tensor {
-        let dtype = re.cast_float().dtype().promote(im.cast_float().dtype());
-        Tensor::apply(
-            Prim::Binary(BinaryOp::Complex),
-            &[&re.cast(dtype), &im.cast(dtype)],
-        )
+        Tensor::attempt(|| {
+            let (re, im) = (re.cast_float(), im.cast_float());
+            let dtype = re.dtype()?.promote(im.dtype()?);
+            Ok(Tensor::apply(
+                BinaryOp::Complex,
+                &[&re.cast(dtype), &im.cast(dtype)],
+            ))
+        })
     }
 
     /// `|x|` (keeps integer dtypes; real for complex).
@@ -301,11 +313,11 @@ impl Tensor {
     /// ```
     /// use brainstate::{DType, Tensor};
     /// assert_eq!(Tensor::from([-1.5, 2.0]).abs().to_vec::<f64>().unwrap(), vec![1.5, 2.0]);
-    /// assert_eq!(Tensor::from([-3_i64]).abs().dtype(), DType::I64);
+    /// assert_eq!(Tensor::from([-3_i64]).abs().dtype().unwrap(), DType::I64);
     /// ```
     #[track_caller]
     pub fn abs(&self) -> Tensor {
-        Tensor::apply(Prim::Unary(UnaryOp::Abs), &[self])
+        Tensor::apply(UnaryOp::Abs, &[self])
     }
     /// `-1`, `0` or `1` by the sign of each element (keeps integer dtypes).
     ///
@@ -316,7 +328,7 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn sign(&self) -> Tensor {
-        Tensor::apply(Prim::Unary(UnaryOp::Sign), &[self])
+        Tensor::apply(UnaryOp::Sign, &[self])
     }
     /// The same value, treated as a constant by differentiation.
     ///
@@ -329,7 +341,7 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn stop_gradient(&self) -> Tensor {
-        Tensor::apply(Prim::Unary(UnaryOp::StopGradient), &[self])
+        Tensor::apply(UnaryOp::StopGradient, &[self])
     }
     /// `x^n` for an integer `n`.
     ///
@@ -339,18 +351,15 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn powi(&self, n: i32) -> Tensor {
-        let x = if self.dtype().is_inexact() {
-            self.clone()
-        } else {
-            self.cast(DType::F64)
-        };
+        let x = self.cast_float();
         // The trivial powers, which derivative rules produce, need no equation.
         match n {
-            0 => return Tensor::scalar_of(1.0, x.dtype()).broadcast_to(x.shape()),
-            1 => return x,
-            _ => {}
+            0 => {
+                Tensor::attempt(|| Ok(Tensor::scalar_of(1.0, x.dtype()?).broadcast_to(x.shape()?)))
+            }
+            1 => x,
+            _ => Tensor::apply(Elementwise::PowI(n), &[&x]),
         }
-        Tensor::apply(Prim::PowI(n), &[&x])
     }
     /// `x^p` for a real `p`.
     ///
@@ -499,35 +508,36 @@ impl Tensor {
     pub fn select(&self, on_true: impl Operand, on_false: impl Operand) -> Tensor {
         let on_true = on_true.to_tensor(&on_false.to_tensor(self));
         let on_false = on_false.to_tensor(&on_true);
-        let dtype = on_true.dtype().promote(on_false.dtype());
-        Tensor::apply(
-            Prim::Select,
-            &[self, &on_true.cast(dtype), &on_false.cast(dtype)],
-        )
+        Tensor::attempt(|| {
+            let dtype = on_true.dtype()?.promote(on_false.dtype()?);
+            Ok(Tensor::apply(
+                Elementwise::Select,
+                &[self, &on_true.cast(dtype), &on_false.cast(dtype)],
+            ))
+        })
     }
 
     #[track_caller]
     fn reduce(&self, op: ReduceOp, axes: Option<&[isize]>, keepdims: bool) -> Tensor {
-        propagate_failure!(self);
-        let name = op.name();
-        let axes = match axes {
-            Some(axes) => match axes_index(name, axes, self.ndim()) {
-                Ok(a) => a,
-                Err(e) => return e,
-            },
-            None => (0..self.ndim()).collect(),
-        };
-        let x = if self.dtype() == DType::Bool {
-            self.cast(DType::I64)
-        } else {
-            self.clone()
-        };
-        let out = Tensor::apply(Prim::Reduce(op, axes.clone()), &[&x]);
-        if keepdims {
-            out.reshape_exact(&crate::primitives::keepdims_shape(self.shape(), &axes))
-        } else {
-            out
-        }
+        Tensor::attempt(|| {
+            let shape = self.shape()?;
+            let axes = match axes {
+                Some(axes) => axes_index(op.name(), axes, shape.len())?,
+                None => (0..shape.len()).collect(),
+            };
+            let x = if self.dtype()? == DType::Bool {
+                self.cast(DType::I64)
+            } else {
+                self.clone()
+            };
+            let kept = crate::primitives::keepdims_shape(shape, &axes);
+            let out = Tensor::apply(Reduce { op, axes }, &[&x]);
+            Ok(if keepdims {
+                out.reshape_exact(&kept)
+            } else {
+                out
+            })
+        })
     }
 
     /// Sum of all elements.
@@ -546,7 +556,7 @@ impl Tensor {
     /// use brainstate::Tensor;
     /// let x = Tensor::from([[1.0, 2.0], [3.0, 4.0]]);
     /// assert_eq!(x.sum_axes(&[0], false).to_vec::<f64>().unwrap(), vec![4.0, 6.0]);
-    /// assert_eq!(x.sum_axes(&[-1], true).shape(), &[2, 1]);
+    /// assert_eq!(x.sum_axes(&[-1], true).shape().unwrap(), &[2, 1]);
     /// ```
     #[track_caller]
     pub fn sum_axes(&self, axes: &[isize], keepdims: bool) -> Tensor {
@@ -588,7 +598,7 @@ impl Tensor {
     /// ```
     /// use brainstate::Tensor;
     /// let x = Tensor::from([[1.0, 4.0], [3.0, 2.0]]).min_axes(&[0], true);
-    /// assert_eq!((x.shape(), x.to_vec::<f64>().unwrap()), (&[1, 2][..], vec![1.0, 2.0]));
+    /// assert_eq!((x.shape().unwrap(), x.to_vec::<f64>().unwrap()), (&[1, 2][..], vec![1.0, 2.0]));
     /// ```
     #[track_caller]
     pub fn min_axes(&self, axes: &[isize], keepdims: bool) -> Tensor {
@@ -603,8 +613,7 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn mean(&self) -> Tensor {
-        let n = self.numel() as f64;
-        self.cast_float().sum() / n
+        Tensor::attempt(|| Ok(self.cast_float().sum() / self.numel()? as f64))
     }
     /// Mean over `axes`.
     ///
@@ -615,13 +624,14 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn mean_axes(&self, axes: &[isize], keepdims: bool) -> Tensor {
-        propagate_failure!(self);
-        let axes_resolved = match axes_index("mean", axes, self.ndim()) {
-            Ok(a) => a,
-            Err(e) => return e,
-        };
-        let n: usize = axes_resolved.iter().map(|&a| self.shape()[a]).product();
-        self.cast_float().sum_axes(axes, keepdims) / n as f64
+        Tensor::attempt(|| {
+            let shape = self.shape()?;
+            let n: usize = axes_index("mean", axes, shape.len())?
+                .iter()
+                .map(|&a| shape[a])
+                .product();
+            Ok(self.cast_float().sum_axes(axes, keepdims) / n as f64)
+        })
     }
     /// `log(sum(exp(x)))` over all elements, computed stably.
     ///
@@ -632,36 +642,35 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn logsumexp(&self) -> Tensor {
-        let all: Vec<isize> = (0..self.ndim() as isize).collect();
-        self.logsumexp_axes(&all, false)
+        Tensor::attempt(|| {
+            let all: Vec<isize> = (0..self.ndim()? as isize).collect();
+            Ok(self.logsumexp_axes(&all, false))
+        })
     }
     /// `log(sum(exp(x)))` over `axes`, computed stably.
     ///
     /// ```
     /// use brainstate::Tensor;
     /// let y = Tensor::zeros(&[2, 3]).logsumexp_axes(&[1], false);
-    /// assert_eq!(y.shape(), &[2]);
+    /// assert_eq!(y.shape().unwrap(), &[2]);
     /// assert!(y.to_vec::<f64>().unwrap().iter().all(|v| (v - 3f64.ln()).abs() < 1e-12));
     /// ```
     #[track_caller]
     pub fn logsumexp_axes(&self, axes: &[isize], keepdims: bool) -> Tensor {
-        propagate_failure!(self);
-        let shift = self.max_axes(axes, true).stop_gradient();
-        let lse = (self - &shift).exp().sum_axes(axes, true).log() + shift;
-        if keepdims {
-            lse
-        } else {
-            match axes_index("logsumexp", axes, self.ndim()) {
-                Ok(axes) => {
-                    let shape: Vec<usize> = (0..self.ndim())
-                        .filter(|i| !axes.contains(i))
-                        .map(|i| self.shape()[i])
-                        .collect();
-                    lse.reshape_exact(&shape)
-                }
-                Err(e) => e,
+        Tensor::attempt(|| {
+            let shape = self.shape()?;
+            let resolved = axes_index("logsumexp", axes, shape.len())?;
+            let shift = self.max_axes(axes, true).stop_gradient();
+            let lse = (self - &shift).exp().sum_axes(axes, true).log() + shift;
+            if keepdims {
+                return Ok(lse);
             }
-        }
+            let kept: Vec<usize> = (0..shape.len())
+                .filter(|i| !resolved.contains(i))
+                .map(|i| shape[i])
+                .collect();
+            Ok(lse.reshape_exact(&kept))
+        })
     }
     /// `exp(x) / sum(exp(x))` along `axis`, computed stably.
     ///
@@ -677,11 +686,11 @@ impl Tensor {
         &e / e.sum_axes(&[axis], true)
     }
 
+    /// The tensor itself when floating-point or complex, else cast to `f64`.
     fn cast_float(&self) -> Tensor {
-        if self.dtype().is_inexact() {
-            self.clone()
-        } else {
-            self.cast(DType::F64)
+        match self.dtype() {
+            Ok(dtype) if !dtype.is_inexact() => self.cast(DType::F64),
+            _ => self.clone(),
         }
     }
 
@@ -696,38 +705,41 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn matmul(&self, other: &Tensor) -> Tensor {
-        propagate_failure!(self, other);
-        let (a, b) = (self.cast_float(), other.cast_float());
-        let dtype = a.dtype().promote(b.dtype());
-        let (a, b) = (a.cast(dtype), b.cast(dtype));
-        let (ra, rb) = (a.ndim(), b.ndim());
-        if ra == 0 || rb == 0 {
-            return Tensor::failed(Error::mismatch("matmul", a.shape(), b.shape()));
-        }
-        let a2 = if ra == 1 {
-            a.reshape_exact(&[1, a.shape()[0]])
-        } else {
-            a.clone()
-        };
-        let b2 = if rb == 1 {
-            b.reshape_exact(&[b.shape()[0], 1])
-        } else {
-            b.clone()
-        };
-        let out = Tensor::apply(Prim::MatMul, &[&a2, &b2]);
-        if ra > 1 && rb > 1 {
-            return out;
-        }
-        // Drop the axes that stood in for vectors.
-        let mut shape = out.shape().to_vec();
-        let r = shape.len();
-        if rb == 1 && r >= 1 {
-            shape.remove(r - 1);
-        }
-        if ra == 1 && r >= 2 {
-            shape.remove(r - 2);
-        }
-        out.reshape_exact(&shape)
+        Tensor::attempt(|| {
+            let (a, b) = (self.cast_float(), other.cast_float());
+            let dtype = a.dtype()?.promote(b.dtype()?);
+            let (a, b) = (a.cast(dtype), b.cast(dtype));
+            let (sa, sb) = (a.shape()?, b.shape()?);
+            let (ra, rb) = (sa.len(), sb.len());
+            if ra == 0 || rb == 0 {
+                return Err(Error::mismatch("matmul", sa, sb));
+            }
+            // Vectors stand as a row (on the left) or a column (on the right).
+            let a2 = if ra == 1 {
+                a.reshape_exact(&[1, sa[0]])
+            } else {
+                a.clone()
+            };
+            let b2 = if rb == 1 {
+                b.reshape_exact(&[sb[0], 1])
+            } else {
+                b.clone()
+            };
+            let out = Tensor::apply(MatMul, &[&a2, &b2]);
+            if ra > 1 && rb > 1 {
+                return Ok(out);
+            }
+            // Drop the axes that stood in for vectors.
+            let mut shape = out.shape()?.to_vec();
+            let r = shape.len();
+            if rb == 1 && r >= 1 {
+                shape.remove(r - 1);
+            }
+            if ra == 1 && r >= 2 {
+                shape.remove(r - 2);
+            }
+            Ok(out.reshape_exact(&shape))
+        })
     }
     /// Dot product of vectors, or matrix product (as [`Tensor::matmul`]).
     ///
@@ -774,10 +786,10 @@ impl Tensor {
     /// ```
     pub fn arange(start: f64, stop: f64, step: f64) -> Tensor {
         if step == 0.0 || !step.is_finite() {
-            return failed(
+            return Tensor::failed(Error::shape(
                 "arange",
                 format!("step must be finite and non-zero, got {step}"),
-            );
+            ));
         }
         let n = ((stop - start) / step).ceil().max(0.0) as usize;
         Tensor::from(
@@ -802,7 +814,7 @@ impl Tensor {
     /// ```
     /// use brainstate::Tensor;
     /// let z = Tensor::zeros(&[2, 3]);
-    /// assert_eq!((z.shape(), z.sum().item().unwrap()), (&[2, 3][..], 0.0));
+    /// assert_eq!((z.shape().unwrap(), z.sum().item().unwrap()), (&[2, 3][..], 0.0));
     /// ```
     pub fn zeros(shape: &[usize]) -> Tensor {
         Tensor::full(shape, 0.0)
@@ -826,7 +838,7 @@ impl Tensor {
     /// ```
     pub fn eye(n: usize) -> Tensor {
         Tensor::apply(
-            Prim::Eye {
+            Creation::Eye {
                 rows: n,
                 cols: n,
                 offset: 0,
@@ -841,12 +853,15 @@ impl Tensor {
     /// ```
     /// use brainstate::{DType, Tensor};
     /// let z = Tensor::from([1_i64, 2]).zeros_like();
-    /// assert_eq!((z.dtype(), z.to_vec::<i64>().unwrap()), (DType::I64, vec![0, 0]));
+    /// assert_eq!((z.dtype().unwrap(), z.to_vec::<i64>().unwrap()), (DType::I64, vec![0, 0]));
+    /// assert!((Tensor::zeros(&[2]) + Tensor::zeros(&[3])).zeros_like().error().is_some());
     /// ```
+    #[track_caller]
     pub fn zeros_like(&self) -> Tensor {
-        Tensor::scalar_of(0.0, self.dtype())
-            .broadcast_to(self.shape())
-            .with_unit(self.unit())
+        Tensor::attempt(|| {
+            let zeros = Tensor::scalar_of(0.0, self.dtype()?).broadcast_to(self.shape()?);
+            Ok(zeros.with_unit(self.unit()))
+        })
     }
 }
 
@@ -939,7 +954,7 @@ impl Neg for &Tensor {
     type Output = Tensor;
     #[track_caller]
     fn neg(self) -> Tensor {
-        Tensor::apply(Prim::Unary(UnaryOp::Neg), &[self])
+        Tensor::apply(UnaryOp::Neg, &[self])
     }
 }
 

@@ -4,34 +4,16 @@
 use std::ops::{Bound, RangeBounds};
 
 use super::Tensor;
-use crate::error::Error;
-use crate::primitives::Prim;
-
-/// Error for a failed user-level operation.
-pub(super) fn failed(op: &str, msg: String) -> Tensor {
-    Tensor::failed(Error::shape(op, msg))
-}
-
-/// Returns the first failed operand as it is: an operation that reads shapes must not read a
-/// failed tensor's (meaningless) shape and replace its error with a misleading one.
-macro_rules! propagate_failure {
-    ($($t:expr),+) => {
-        $(
-            if $t.error().is_some() {
-                return $t.clone();
-            }
-        )+
-    };
-}
-pub(super) use propagate_failure;
+use crate::error::{Error, Result};
+use crate::primitives::Structural;
 
 /// Resolves a possibly negative axis.
-pub(super) fn axis_index(op: &str, axis: isize, ndim: usize) -> Result<usize, Tensor> {
+pub(super) fn axis_index(op: &str, axis: isize, ndim: usize) -> Result<usize> {
     let resolved = if axis < 0 { axis + ndim as isize } else { axis };
     if (0..ndim as isize).contains(&resolved) {
         Ok(resolved as usize)
     } else {
-        Err(failed(
+        Err(Error::shape(
             op,
             format!("axis {axis} is out of range for {ndim} dimensions"),
         ))
@@ -39,14 +21,14 @@ pub(super) fn axis_index(op: &str, axis: isize, ndim: usize) -> Result<usize, Te
 }
 
 /// Resolves a list of possibly negative axes to a sorted, distinct list.
-pub(super) fn axes_index(op: &str, axes: &[isize], ndim: usize) -> Result<Vec<usize>, Tensor> {
+pub(super) fn axes_index(op: &str, axes: &[isize], ndim: usize) -> Result<Vec<usize>> {
     let mut out = axes
         .iter()
         .map(|&a| axis_index(op, a, ndim))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>>>()?;
     out.sort_unstable();
     if out.windows(2).any(|w| w[0] == w[1]) {
-        return Err(failed(op, format!("repeated axis in {axes:?}")));
+        return Err(Error::shape(op, format!("repeated axis in {axes:?}")));
     }
     Ok(out)
 }
@@ -97,46 +79,42 @@ impl Tensor {
     /// ```
     /// use brainstate::Tensor;
     /// let x = Tensor::arange(0.0, 6.0, 1.0).reshape(&[2, -1]);
-    /// assert_eq!(x.shape(), &[2, 3]);
+    /// assert_eq!(x.shape().unwrap(), [2, 3]);
     /// assert!(Tensor::zeros(&[5]).reshape(&[2, -1]).error().is_some());
     /// ```
     #[track_caller]
     pub fn reshape(&self, shape: &[isize]) -> Tensor {
-        propagate_failure!(self);
-        let known: usize = shape
-            .iter()
-            .filter(|&&d| d >= 0)
-            .map(|&d| d as usize)
-            .product();
-        let inferred = shape.iter().filter(|&&d| d < 0).count();
-        let resolved: Vec<usize> = match inferred {
-            0 => shape.iter().map(|&d| d as usize).collect(),
-            1 if shape.iter().all(|&d| d >= -1) && known > 0 && self.numel() % known == 0 => shape
+        Tensor::attempt(|| {
+            let numel = self.numel()?;
+            let known: usize = shape
                 .iter()
-                .map(|&d| {
-                    if d < 0 {
-                        self.numel() / known
-                    } else {
-                        d as usize
-                    }
-                })
-                .collect(),
-            _ => {
-                return failed(
-                    "reshape",
-                    format!("cannot reshape {:?} into {shape:?}", self.shape()),
-                );
-            }
-        };
-        self.reshape_exact(&resolved)
+                .filter(|&&d| d >= 0)
+                .map(|&d| d as usize)
+                .product();
+            let inferred = shape.iter().filter(|&&d| d < 0).count();
+            let resolved: Vec<usize> = match inferred {
+                0 => shape.iter().map(|&d| d as usize).collect(),
+                1 if shape.iter().all(|&d| d >= -1) && known > 0 && numel % known == 0 => shape
+                    .iter()
+                    .map(|&d| if d < 0 { numel / known } else { d as usize })
+                    .collect(),
+                _ => {
+                    return Err(Error::shape(
+                        "reshape",
+                        format!("cannot reshape {:?} into {shape:?}", self.shape()?),
+                    ));
+                }
+            };
+            Ok(self.reshape_exact(&resolved))
+        })
     }
 
     #[track_caller]
     pub(crate) fn reshape_exact(&self, shape: &[usize]) -> Tensor {
-        if self.shape() == shape && self.error().is_none() {
+        if self.shape().is_ok_and(|own| own == shape) {
             return self.clone();
         }
-        Tensor::apply(Prim::Reshape(shape.to_vec()), &[self])
+        Tensor::apply(Structural::Reshape(shape.to_vec()), &[self])
     }
 
     /// Broadcasts to `shape` with NumPy's rules.
@@ -148,10 +126,10 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn broadcast_to(&self, shape: &[usize]) -> Tensor {
-        if self.shape() == shape && self.error().is_none() {
+        if self.shape().is_ok_and(|own| own == shape) {
             return self.clone();
         }
-        Tensor::apply(Prim::Broadcast(shape.to_vec()), &[self])
+        Tensor::apply(Structural::Broadcast(shape.to_vec()), &[self])
     }
 
     /// Reverses the order of the axes (NumPy's `.T`).
@@ -163,19 +141,21 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn transpose(&self) -> Tensor {
-        let perm: Vec<usize> = (0..self.ndim()).rev().collect();
-        self.permute(&perm)
+        Tensor::attempt(|| {
+            let perm: Vec<usize> = (0..self.ndim()?).rev().collect();
+            Ok(self.permute(&perm))
+        })
     }
 
     /// Reorders the axes: axis `i` of the result is axis `perm[i]` of this tensor.
     ///
     /// ```
     /// use brainstate::Tensor;
-    /// assert_eq!(Tensor::zeros(&[2, 3, 4]).permute(&[2, 0, 1]).shape(), &[4, 2, 3]);
+    /// assert_eq!(Tensor::zeros(&[2, 3, 4]).permute(&[2, 0, 1]).shape().unwrap(), [4, 2, 3]);
     /// ```
     #[track_caller]
     pub fn permute(&self, perm: &[usize]) -> Tensor {
-        Tensor::apply(Prim::Transpose(perm.to_vec()), &[self])
+        Tensor::apply(Structural::Transpose(perm.to_vec()), &[self])
     }
 
     /// Inserts an axis of size 1 at `axis`.
@@ -183,20 +163,16 @@ impl Tensor {
     /// ```
     /// use brainstate::Tensor;
     /// let x = Tensor::from([1.0, 2.0]);
-    /// assert_eq!(x.expand_dims(0).shape(), &[1, 2]);
-    /// assert_eq!(x.expand_dims(-1).shape(), &[2, 1]);
+    /// assert_eq!(x.expand_dims(0).shape().unwrap(), [1, 2]);
+    /// assert_eq!(x.expand_dims(-1).shape().unwrap(), [2, 1]);
     /// ```
     #[track_caller]
     pub fn expand_dims(&self, axis: isize) -> Tensor {
-        propagate_failure!(self);
-        match axis_index("expand_dims", axis, self.ndim() + 1) {
-            Ok(axis) => {
-                let mut shape = self.shape().to_vec();
-                shape.insert(axis, 1);
-                self.reshape_exact(&shape)
-            }
-            Err(e) => e,
-        }
+        Tensor::attempt(|| {
+            let mut shape = self.shape()?.to_vec();
+            shape.insert(axis_index("expand_dims", axis, shape.len() + 1)?, 1);
+            Ok(self.reshape_exact(&shape))
+        })
     }
 
     /// Elements `range` along `axis`, every `step`-th one (Python's `x[..., a:b:step, ...]`).
@@ -209,29 +185,26 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn slice_along(&self, axis: isize, range: impl AxisRange, step: usize) -> Tensor {
-        propagate_failure!(self);
-        let axis = match axis_index("slice", axis, self.ndim()) {
-            Ok(a) => a,
-            Err(e) => return e,
-        };
-        if step == 0 {
-            return failed("slice", "step must be at least 1".into());
-        }
-        let (lo, hi) = range.resolve(self.shape()[axis]);
-        let mut start = vec![0; self.ndim()];
-        let mut stop = self.shape().to_vec();
-        let mut steps = vec![1; self.ndim()];
-        start[axis] = lo;
-        stop[axis] = hi;
-        steps[axis] = step;
-        Tensor::apply(
-            Prim::Slice {
+        Tensor::attempt(|| {
+            let shape = self.shape()?;
+            let axis = axis_index("slice", axis, shape.len())?;
+            if step == 0 {
+                return Err(Error::shape("slice", "step must be at least 1"));
+            }
+            let (lo, hi) = range.resolve(shape[axis]);
+            let mut start = vec![0; shape.len()];
+            let mut stop = shape.to_vec();
+            let mut steps = vec![1; shape.len()];
+            start[axis] = lo;
+            stop[axis] = hi;
+            steps[axis] = step;
+            let slice = Structural::Slice {
                 start,
                 stop,
                 step: steps,
-            },
-            &[self],
-        )
+            };
+            Ok(Tensor::apply(slice, &[self]))
+        })
     }
 
     /// The sub-tensor at `index` along `axis`, which is removed (Python's `x[..., i, ...]`).
@@ -244,26 +217,22 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn index(&self, axis: isize, index: isize) -> Tensor {
-        propagate_failure!(self);
-        let axis = match axis_index("index", axis, self.ndim()) {
-            Ok(a) => a,
-            Err(e) => return e,
-        };
-        let len = self.shape()[axis] as isize;
-        let i = if index < 0 { index + len } else { index };
-        if !(0..len).contains(&i) {
-            return failed(
-                "index",
-                format!(
-                    "index {index} is out of range for axis {axis} of shape {:?}",
-                    self.shape()
-                ),
-            );
-        }
-        let mut shape = self.shape().to_vec();
-        shape.remove(axis);
-        self.slice_along(axis as isize, i..i + 1, 1)
-            .reshape_exact(&shape)
+        Tensor::attempt(|| {
+            let mut shape = self.shape()?.to_vec();
+            let axis = axis_index("index", axis, shape.len())?;
+            let len = shape[axis] as isize;
+            let i = if index < 0 { index + len } else { index };
+            if !(0..len).contains(&i) {
+                return Err(Error::shape(
+                    "index",
+                    format!("index {index} is out of range for axis {axis} of shape {shape:?}"),
+                ));
+            }
+            shape.remove(axis);
+            Ok(self
+                .slice_along(axis as isize, i..i + 1, 1)
+                .reshape_exact(&shape))
+        })
     }
 }
 
@@ -272,26 +241,23 @@ impl Tensor {
 /// ```
 /// use brainstate::{concatenate, Tensor};
 /// let x = concatenate(&[Tensor::from([1.0]), Tensor::from([2.0, 3.0])], 0);
-/// assert_eq!(x.shape(), &[3]);
+/// assert_eq!(x.shape().unwrap(), [3]);
 /// ```
 #[track_caller]
 pub fn concatenate(tensors: &[Tensor], axis: isize) -> Tensor {
-    let Some(first) = tensors.first() else {
-        return failed("concatenate", "needs at least one tensor".into());
-    };
-    if let Some(failed) = tensors.iter().find(|t| t.error().is_some()) {
-        return failed.clone();
-    }
-    let axis = match axis_index("concatenate", axis, first.ndim()) {
-        Ok(a) => a,
-        Err(e) => return e,
-    };
-    let dtype = tensors
-        .iter()
-        .fold(first.dtype(), |d, t| d.promote(t.dtype()));
-    let cast: Vec<Tensor> = tensors.iter().map(|t| t.cast(dtype)).collect();
-    let refs: Vec<&Tensor> = cast.iter().collect();
-    Tensor::apply(Prim::Concat(axis), &refs)
+    Tensor::attempt(|| {
+        let first = tensors
+            .first()
+            .ok_or_else(|| Error::shape("concatenate", "needs at least one tensor"))?;
+        let mut dtype = first.dtype()?;
+        for t in tensors {
+            dtype = dtype.promote(t.dtype()?);
+        }
+        let axis = axis_index("concatenate", axis, first.ndim()?)?;
+        let cast: Vec<Tensor> = tensors.iter().map(|t| t.cast(dtype)).collect();
+        let refs: Vec<&Tensor> = cast.iter().collect();
+        Ok(Tensor::apply(Structural::Concat(axis), &refs))
+    })
 }
 
 /// Joins tensors of one shape along a new axis.
@@ -299,7 +265,7 @@ pub fn concatenate(tensors: &[Tensor], axis: isize) -> Tensor {
 /// ```
 /// use brainstate::{stack, Tensor};
 /// let x = stack(&[Tensor::from([1.0, 2.0]), Tensor::from([3.0, 4.0])], 0);
-/// assert_eq!(x.shape(), &[2, 2]);
+/// assert_eq!(x.shape().unwrap(), [2, 2]);
 /// ```
 #[track_caller]
 pub fn stack(tensors: &[Tensor], axis: isize) -> Tensor {

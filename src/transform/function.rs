@@ -3,8 +3,9 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::error::{Error, Result};
-use crate::ir::Program;
-use crate::tensor::{Aval, Tensor};
+use crate::primitives::Program;
+use crate::storage::Aval;
+use crate::tensor::Tensor;
 use crate::trace::{StateSlot, Tracing};
 use crate::tree::{Tree, TreeDef};
 use crate::unit::Unit;
@@ -195,7 +196,7 @@ pub(crate) fn trace_function<F: Function<Sig>, Sig>(
     let written = states
         .iter()
         .filter_map(|s| s.written.as_ref())
-        .flat_map(|(_, leaves)| leaves.iter().cloned());
+        .flat_map(|leaves| leaves.iter().cloned());
     let outputs: Vec<Tensor> = value.into_iter().chain(aux).chain(written).collect();
     let output_units = outputs.iter().map(Tensor::unit).collect();
     Ok(Traced {

@@ -30,15 +30,19 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
+mod blocks;
 mod compile;
 mod function;
+mod run;
 
-use self::compile::{Blocks, Compiled, Outputs, Part, Spec, compile, run};
+use self::blocks::{Blocks, Part};
+use self::compile::{Compiled, Spec, compile};
 pub use self::function::{Args, Function};
 use self::function::{Signature, Split, signature, split_aux, split_plain, trace_function};
+use self::run::{Outputs, run};
 use crate::error::Result;
 use crate::exec::simplify;
-use crate::ir::Program;
+use crate::primitives::Program;
 use crate::state::GradStates;
 
 use crate::tree::{Node, Tree};
@@ -711,16 +715,28 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
         }
     }
 
-    /// Runs the transform: the derivatives in this case's structure, and the raw outputs.
-    fn run(&self, args: &impl Args<Sig>) -> Result<(C::Grads, Outputs, Arc<Compiled>)> {
+    /// Runs the transform and builds the call's result with `build`; the states the function
+    /// wrote are assigned only once that has succeeded.
+    fn run<R>(
+        &self,
+        args: &impl Args<Sig>,
+        build: impl FnOnce(&Compiled, &mut Outputs) -> Result<R>,
+    ) -> Result<R> {
         let (signature, leaves) = signature(&args.flatten_args())?;
         let compiled = self.compiled(&signature)?;
-        let outputs = run(&compiled, leaves, self.debug_nan)?;
-        let blocks = self.blocks(&compiled, &outputs);
+        let mut outputs = run(&compiled, leaves, self.debug_nan)?;
+        let result = build(&compiled, &mut outputs)?;
+        outputs.commit();
+        Ok(result)
+    }
+
+    /// The derivatives of a call, in this case's structure.
+    fn grads(&self, compiled: &Compiled, outputs: &Outputs) -> C::Grads {
+        let blocks = self.blocks(compiled, outputs);
         let part = |rows, cols| blocks.part(rows, cols);
         let var_grads = C::STATES.then(|| part(Part::States, Part::States));
         let arg_grads = C::ARGS.then(|| part(Part::Args, Part::Args));
-        Ok((C::grads(var_grads, arg_grads), outputs, compiled))
+        C::grads(var_grads, arg_grads)
     }
 }
 
@@ -738,10 +754,15 @@ impl<F: Function<Sig>, Sig, L: Layout> GradientTransform<F, Sig, case::StatesArg
     /// assert_eq!(joint[0][1].tensor().unwrap().item().unwrap(), 6.0); // d2/dw dx = 2x
     /// ```
     pub fn joint(&self, args: impl Args<Sig>) -> Result<Node> {
-        let (_, outputs, compiled) = self.run(&args)?;
-        let blocks = self.blocks(&compiled, &outputs);
+        self.run(&args, |compiled, outputs| {
+            Ok(self.joint_blocks(compiled, outputs))
+        })
+    }
+
+    fn joint_blocks(&self, compiled: &Compiled, outputs: &Outputs) -> Node {
+        let blocks = self.blocks(compiled, outputs);
         let part = |rows, cols| blocks.part(rows, cols);
-        Ok(if self.kind == Kind::Hessian {
+        if self.kind == Kind::Hessian {
             Node::Tuple(vec![
                 Node::Tuple(vec![
                     part(Part::States, Part::States),
@@ -757,7 +778,7 @@ impl<F: Function<Sig>, Sig, L: Layout> GradientTransform<F, Sig, case::StatesArg
                 part(Part::States, Part::States),
                 part(Part::Args, Part::Args),
             ])
-        })
+        }
     }
 }
 
@@ -771,7 +792,7 @@ impl<F: Function<Sig>, Sig, C: Case> GradientTransform<F, Sig, C, Plain> {
     /// assert_eq!(h.tensor().unwrap().item().unwrap(), 6.0); // d2f / dx2 = 2y
     /// ```
     pub fn call(&self, args: impl Args<Sig>) -> Result<C::Grads> {
-        Ok(self.run(&args)?.0)
+        self.run(&args, |compiled, outputs| Ok(self.grads(compiled, outputs)))
     }
 }
 
@@ -785,9 +806,10 @@ impl<F: Function<Sig>, Sig, C: Case> GradientTransform<F, Sig, C, Value> {
     /// assert_eq!((hess.tensor().unwrap().item().unwrap(), value.item().unwrap()), (12.0, 8.0));
     /// ```
     pub fn call(&self, args: impl Args<Sig>) -> Result<(C::Grads, F::Output)> {
-        let (grads, outputs, compiled) = self.run(&args)?;
-        let value = F::Output::unflatten(&compiled.value_def, &mut outputs.value.into_iter())?;
-        Ok((grads, value))
+        self.run(&args, |compiled, outputs| {
+            let value = F::Output::unflatten(&compiled.value_def, &mut outputs.value.drain(..))?;
+            Ok((self.grads(compiled, outputs), value))
+        })
     }
 }
 
@@ -804,9 +826,10 @@ where
     /// assert_eq!((hess.tensor().unwrap().item().unwrap(), aux.item().unwrap()), (12.0, 20.0));
     /// ```
     pub fn call(&self, args: impl Args<Sig>) -> Result<(C::Grads, A)> {
-        let (grads, outputs, compiled) = self.run(&args)?;
-        let aux_def = compiled.aux_def.as_ref().expect("traced with aux");
-        Ok((grads, A::unflatten(aux_def, &mut outputs.aux.into_iter())?))
+        self.run(&args, |compiled, outputs| {
+            let aux = A::unflatten(compiled.aux_def(), &mut outputs.aux.drain(..))?;
+            Ok((self.grads(compiled, outputs), aux))
+        })
     }
 }
 
@@ -824,10 +847,10 @@ where
     /// assert_eq!((value.item().unwrap(), aux.item().unwrap()), (5.0, 2.0));
     /// ```
     pub fn call(&self, args: impl Args<Sig>) -> Result<(C::Grads, O, A)> {
-        let (grads, outputs, compiled) = self.run(&args)?;
-        let aux_def = compiled.aux_def.as_ref().expect("traced with aux");
-        let value = O::unflatten(&compiled.value_def, &mut outputs.value.into_iter())?;
-        let aux = A::unflatten(aux_def, &mut outputs.aux.into_iter())?;
-        Ok((grads, value, aux))
+        self.run(&args, |compiled, outputs| {
+            let value = O::unflatten(&compiled.value_def, &mut outputs.value.drain(..))?;
+            let aux = A::unflatten(compiled.aux_def(), &mut outputs.aux.drain(..))?;
+            Ok((self.grads(compiled, outputs), value, aux))
+        })
     }
 }

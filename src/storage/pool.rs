@@ -9,7 +9,7 @@
 use std::any::Any;
 use std::cell::RefCell;
 
-use crate::tensor::Data;
+use super::Data;
 
 /// Buffers smaller than this many elements are left to the allocator.
 const MIN_LEN: usize = 1 << 15;

@@ -1,7 +1,7 @@
 //! Programs: the SSA form that tracing records and transforms rewrite.
 //!
-//! A [`Program`] is a list of equations `out = prim[params] in...`, each defining one new
-//! variable, over inputs and shared constants. Derivative programs are ordinary programs, so
+//! A [`Program`] is a list of equations `outs = prim[params] ins...`, each defining new
+//! variables, over inputs and shared constants. Derivative programs are ordinary programs, so
 //! every transform applies to the output of every other. Printing follows `jax.make_jaxpr`:
 //!
 //! ```text
@@ -11,18 +11,23 @@
 //!   in (d) }
 //! ```
 //!
+//! This module knows programs as graphs only: it is generic over the primitive type `P`, so it
+//! sits below the primitive set (which names its programs [`crate::Program`]) and its passes
+//! (in `passes`) work on the structure alone.
+//!
 //! ```
 //! use brainstate::{make_program, Tensor};
 //! let p = make_program(|x: &Tensor| (x * x).sum(), &Tensor::from([1.0, 2.0, 3.0])).unwrap();
 //! assert!(p.to_string().contains("= reduce_sum[axes=(0,)]"));
 //! ```
 
+pub(crate) mod passes;
+
 use std::fmt;
 use std::panic::Location;
 use std::sync::Arc;
 
-use crate::primitives::Prim;
-use crate::tensor::{Aval, Data};
+use crate::storage::{Aval, Data};
 
 /// A variable of a program: an index into its table of shapes and dtypes.
 ///
@@ -41,7 +46,8 @@ impl Var {
     }
 }
 
-/// One step of a program: `out = prim(inputs)`.
+/// One step of a program: `outputs = prim(inputs)`. Most primitives have one output; loops and
+/// fused kernels have several, as JAX's equations have several `outvars`.
 ///
 /// ```
 /// use brainstate::{make_program, Tensor};
@@ -50,15 +56,15 @@ impl Var {
 /// assert_eq!(p.to_string().lines().filter(|l| l.contains(" = ")).count(), 2);
 /// ```
 #[derive(Clone, Debug)]
-pub struct Eqn {
-    pub(crate) prim: Prim,
+pub struct Eqn<P> {
+    pub(crate) prim: P,
     pub(crate) inputs: Vec<Var>,
-    pub(crate) out: Var,
+    pub(crate) outputs: Vec<Var>,
     /// Where the user wrote the operation (for derived equations: the operation differentiated).
     pub(crate) source: Option<&'static Location<'static>>,
 }
 
-/// A traced or derived program, printable in SSA form.
+/// A traced or derived program over primitives of type `P`, printable in SSA form.
 ///
 /// ```
 /// use brainstate::{make_program, Tensor};
@@ -66,16 +72,28 @@ pub struct Eqn {
 /// let text = program.to_string();
 /// assert!(text.contains("mul") && text.contains("reduce_sum"));
 /// ```
-#[derive(Clone, Debug, Default)]
-pub struct Program {
+#[derive(Clone, Debug)]
+pub struct Program<P> {
     pub(crate) avals: Vec<Aval>,
     pub(crate) inputs: Vec<Var>,
     pub(crate) consts: Vec<(Var, Arc<Data>)>,
-    pub(crate) eqns: Vec<Eqn>,
+    pub(crate) eqns: Vec<Eqn<P>>,
     pub(crate) outputs: Vec<Var>,
 }
 
-impl Program {
+impl<P> Default for Program<P> {
+    fn default() -> Self {
+        Program {
+            avals: Vec::new(),
+            inputs: Vec::new(),
+            consts: Vec::new(),
+            eqns: Vec::new(),
+            outputs: Vec::new(),
+        }
+    }
+}
+
+impl<P> Program<P> {
     pub(crate) fn new_var(&mut self, aval: Aval) -> Var {
         self.avals.push(aval);
         Var(self.avals.len() as u32 - 1)
@@ -144,11 +162,17 @@ fn var_name(var: Var) -> String {
     String::from_utf8(name).expect("ascii")
 }
 
-impl fmt::Display for Program {
+impl<P: fmt::Display> fmt::Display for Program<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let typed = |v: Var| format!("{}:{}", var_name(v), self.aval(v));
-        let consts: Vec<String> = self.consts.iter().map(|(v, _)| typed(*v)).collect();
-        let inputs: Vec<String> = self.inputs.iter().map(|&v| typed(v)).collect();
+        let typed = |v: &Var| format!("{}:{}", var_name(*v), self.aval(*v));
+        let names = |vars: &[Var], sep: &str| {
+            vars.iter()
+                .map(|&v| var_name(v))
+                .collect::<Vec<_>>()
+                .join(sep)
+        };
+        let consts: Vec<String> = self.consts.iter().map(|(v, _)| typed(v)).collect();
+        let inputs: Vec<String> = self.inputs.iter().map(typed).collect();
         writeln!(
             f,
             "{{ lambda {} ; {}. let",
@@ -156,16 +180,10 @@ impl fmt::Display for Program {
             inputs.join(" ")
         )?;
         for eqn in &self.eqns {
-            let args: Vec<String> = eqn.inputs.iter().map(|&v| var_name(v)).collect();
-            writeln!(
-                f,
-                "    {} = {} {}",
-                typed(eqn.out),
-                eqn.prim,
-                args.join(" ")
-            )?;
+            let outs: Vec<String> = eqn.outputs.iter().map(typed).collect();
+            let args = names(&eqn.inputs, " ");
+            writeln!(f, "    {} = {} {args}", outs.join(" "), eqn.prim)?;
         }
-        let outputs: Vec<String> = self.outputs.iter().map(|&v| var_name(v)).collect();
-        write!(f, "  in ({}) }}", outputs.join(", "))
+        write!(f, "  in ({}) }}", names(&self.outputs, ", "))
     }
 }

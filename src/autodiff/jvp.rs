@@ -1,0 +1,106 @@
+//! Forward mode: replaying a program and pushing tangents through every equation with the
+//! primitives' JVP rules.
+
+use crate::error::Result;
+use crate::ir::Var;
+use crate::primitives::{Prim, Program, Tangent, concat_dims};
+use crate::storage::Aval;
+use crate::tensor::Tensor;
+use crate::trace;
+
+/// Replays `program` on `primals` (in the innermost frame when they are traced), with input
+/// `tangents` of `batch` directions each. Returns the outputs and their tangents.
+pub(crate) fn jvp_program(
+    program: &Program,
+    primals: &[Tensor],
+    tangents: &[Tangent],
+    batch: &[usize],
+) -> Result<(Vec<Tensor>, Vec<Tangent>)> {
+    let n = program.avals.len();
+    let mut primal: Vec<Option<Tensor>> = vec![None; n];
+    let mut tangent: Vec<Option<Tangent>> = vec![None; n];
+    for ((&v, x), t) in program.inputs.iter().zip(primals).zip(tangents) {
+        primal[v.index()] = Some(x.clone());
+        tangent[v.index()] = Some(t.clone());
+    }
+    let zero = |v: Var| Tangent::zero(batch, program.aval(v));
+    for (v, data) in &program.consts {
+        primal[v.index()] = Some(Tensor::from_shared(data.clone()));
+        tangent[v.index()] = Some(zero(*v));
+    }
+    for eqn in &program.eqns {
+        let ins: Vec<Tensor> = eqn.inputs.iter().map(|v| defined(&primal, *v)).collect();
+        let ts: Vec<Tangent> = eqn.inputs.iter().map(|v| defined(&tangent, *v)).collect();
+        let (outs, touts) = trace::with_source(eqn.source, || -> Result<_> {
+            let refs: Vec<&Tensor> = ins.iter().collect();
+            let outs = Tensor::apply_all(eqn.prim.clone(), &refs, eqn.outputs.len());
+            let touts = if ts.iter().all(Tangent::is_zero) {
+                eqn.outputs.iter().map(|&v| zero(v)).collect()
+            } else {
+                let out_avals: Vec<&Aval> = eqn.outputs.iter().map(|&v| program.aval(v)).collect();
+                jvp_eqn(&eqn.prim, &ins, &ts, &outs, &out_avals, batch)?
+            };
+            Ok((outs, touts))
+        })?;
+        for ((&v, out), t) in eqn.outputs.iter().zip(outs).zip(touts) {
+            primal[v.index()] = Some(out);
+            tangent[v.index()] = Some(t);
+        }
+    }
+    let outs = program
+        .outputs
+        .iter()
+        .map(|v| defined(&primal, *v))
+        .collect();
+    let touts = program
+        .outputs
+        .iter()
+        .map(|v| defined(&tangent, *v))
+        .collect();
+    Ok((outs, touts))
+}
+
+/// One JVP rule application, after padding tangents of elementwise primitives to the output's
+/// rank (so that every rule can rely on right-aligned broadcasting).
+fn jvp_eqn(
+    prim: &Prim,
+    primals: &[Tensor],
+    tangents: &[Tangent],
+    outs: &[Tensor],
+    out_avals: &[&Aval],
+    batch: &[usize],
+) -> Result<Vec<Tangent>> {
+    // A failed operand fails the tangents too; rules may then assume well-formed shapes.
+    let failed = primals
+        .iter()
+        .chain(tangents.iter().filter_map(Tangent::value))
+        .chain(outs)
+        .find(|t| t.error().is_some());
+    if let Some(failed) = failed {
+        return Ok(vec![Tangent::Value(failed.clone()); out_avals.len()]);
+    }
+    if !prim.is_elementwise() {
+        return prim.jvp(primals, tangents, outs, batch);
+    }
+    let rank = out_avals[0].shape.len();
+    let padded = tangents
+        .iter()
+        .zip(primals)
+        .map(|(t, x)| {
+            let own = x.shape()?;
+            let shape = concat_dims(&concat_dims(batch, &vec![1; rank - own.len()]), own);
+            Ok(match t {
+                Tangent::Zero(aval) => Tangent::Zero(Aval::new(&shape, aval.dtype)),
+                Tangent::Value(t) => Tangent::Value(t.reshape_exact(&shape)),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    prim.jvp(primals, &padded, outs, batch)
+}
+
+/// The value of a variable a program has defined.
+fn defined<T: Clone>(table: &[Option<T>], var: Var) -> T {
+    table[var.index()]
+        .clone()
+        .expect("programs define variables before use")
+}

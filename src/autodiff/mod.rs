@@ -1,0 +1,225 @@
+//! Differentiation as program-to-program transforms.
+//!
+//! - Forward mode ([`jvp_program`]) replays a program, pushing a tangent through every equation
+//!   with the primitive's JVP rule. Tangents carry a leading batch of directions, so the whole
+//!   identity basis goes through in one pass.
+//! - Reverse mode ([`vjp_program`]) is linearise-then-transpose.
+//! - [`jacfwd_program`], [`jacrev_program`] and [`hessian_program`] (forward over reverse)
+//!   build dense Jacobian and Hessian programs from these, and say what each output of the
+//!   program they build is ([`Derivative`]).
+//!
+//! Every derived program is an ordinary program: it is cleaned of dead and repeated work here,
+//! then simplified, planned and run like any other, and can be differentiated again.
+
+mod jvp;
+mod transpose;
+
+use std::collections::HashMap;
+
+pub(crate) use self::jvp::jvp_program;
+pub(crate) use self::transpose::vjp_program;
+use crate::error::Result;
+use crate::ir::passes::clean;
+use crate::primitives::{Creation, Program, Tangent, concat_dims};
+use crate::storage::Aval;
+use crate::tensor::Tensor;
+use crate::trace::Tracing;
+
+/// What one output of a derivative program is. `out` indexes the differentiated outputs and
+/// `wrt` the differentiated inputs, in the order the transform was asked for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Output {
+    /// Output `k` of the original program.
+    Primal(usize),
+    /// `d out / d wrt`, of shape `out shape ++ wrt shape`.
+    Jacobian { out: usize, wrt: usize },
+    /// `d2 out / d wrt.0 d wrt.1`, of shape `out shape ++ wrt.0 shape ++ wrt.1 shape`.
+    Hessian { out: usize, wrt: (usize, usize) },
+}
+
+/// A derivative program, with what each of its outputs is.
+pub(crate) struct Derivative {
+    pub program: Program,
+    pub outputs: Vec<Output>,
+}
+
+impl Derivative {
+    /// The program with only the `wanted` outputs, in that order (each must be one it has).
+    pub fn select(mut self, wanted: &[Output]) -> Program {
+        let position: HashMap<Output, usize> = self
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(i, &o)| (o, i))
+            .collect();
+        self.program.outputs = wanted
+            .iter()
+            .map(|o| self.program.outputs[position[o]])
+            .collect();
+        clean(self.program)
+    }
+}
+
+/// Every `(out, wrt)` pair, in row-major order.
+fn pairs(of: usize, wrt: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..of).flat_map(move |o| (0..wrt).map(move |i| (o, i)))
+}
+
+/// Offsets of consecutive blocks of the given sizes.
+fn offsets(sizes: &[usize]) -> Vec<usize> {
+    sizes
+        .iter()
+        .scan(0, |acc, &s| {
+            let o = *acc;
+            *acc += s;
+            Some(o)
+        })
+        .collect()
+}
+
+/// Rows `offset..offset + len` of the `total x len` slice of the identity, shaped
+/// `[total] ++ shape`: one block of the standard basis, generated at run time.
+fn basis(tracing: &Tracing, aval: &Aval, total: usize, offset: usize) -> Result<Tensor> {
+    let eye = Creation::Eye {
+        rows: total,
+        cols: aval.numel(),
+        offset: -(offset as i64),
+        dtype: aval.dtype,
+    };
+    let mut eye = tracing.emit(eye.into(), &[])?;
+    Ok(eye
+        .swap_remove(0)
+        .reshape_exact(&concat_dims(&[total], &aval.shape)))
+}
+
+/// Rows `offset..offset + len` of `t` along its first axis (all of it when that is everything).
+fn rows(t: &Tensor, offset: usize, len: usize) -> Tensor {
+    if offset == 0 && t.shape().is_ok_and(|s| s.first() == Some(&len)) {
+        t.clone()
+    } else {
+        t.slice_along(0, offset as isize..(offset + len) as isize, 1)
+    }
+}
+
+/// The program `x -> outputs ++ [d out_o / d x_i for o in of, for i in wrt]`, by reverse mode.
+pub(crate) fn jacrev_program(program: &Program, wrt: &[usize], of: &[usize]) -> Result<Derivative> {
+    let tracing = Tracing::new();
+    let in_avals = program.input_avals();
+    let out_avals = program.output_avals();
+    let inputs: Vec<Tensor> = in_avals.iter().map(|a| tracing.input(a)).collect();
+    let sizes: Vec<usize> = of.iter().map(|&o| out_avals[o].numel()).collect();
+    let starts = offsets(&sizes);
+    let total: usize = sizes.iter().sum();
+    // A single scalar output needs no batch of cotangents: its seed is just 1.
+    let scalar = of.len() == 1 && out_avals[of[0]].shape.is_empty();
+    let batch = if scalar { vec![] } else { vec![total] };
+    let seeds = |_: &[Tensor]| -> Result<Vec<(usize, Tensor)>> {
+        of.iter()
+            .enumerate()
+            .map(|(k, &o)| {
+                let seed = if scalar {
+                    Tensor::scalar_of(1.0, out_avals[o].dtype)
+                } else {
+                    basis(&tracing, &out_avals[o], total, starts[k])?
+                };
+                Ok((o, seed))
+            })
+            .collect()
+    };
+    let (outs, cts) = vjp_program(&tracing, program, &inputs, wrt, seeds, &batch)?;
+    let mut results = outs;
+    let mut outputs: Vec<Output> = (0..results.len()).map(Output::Primal).collect();
+    for (k, i) in pairs(of.len(), wrt.len()) {
+        let block = if scalar {
+            cts[i].clone()
+        } else {
+            rows(&cts[i], starts[k], sizes[k])
+        };
+        let shape = concat_dims(&out_avals[of[k]].shape, &in_avals[wrt[i]].shape);
+        results.push(block.reshape_exact(&shape));
+        outputs.push(Output::Jacobian { out: k, wrt: i });
+    }
+    Ok(Derivative {
+        program: clean(tracing.finish(&results)?),
+        outputs,
+    })
+}
+
+/// The program `x -> outputs ++ [d out_o / d x_i for o in of, for i in wrt]`, by forward mode
+/// with the whole basis of all `wrt` inputs in one batch.
+pub(crate) fn jacfwd_program(program: &Program, wrt: &[usize], of: &[usize]) -> Result<Derivative> {
+    let tracing = Tracing::new();
+    let in_avals = program.input_avals();
+    let out_avals = program.output_avals();
+    let inputs: Vec<Tensor> = in_avals.iter().map(|a| tracing.input(a)).collect();
+    let sizes: Vec<usize> = wrt.iter().map(|&i| in_avals[i].numel()).collect();
+    let starts = offsets(&sizes);
+    let total: usize = sizes.iter().sum();
+    let mut tangents: Vec<Tangent> = in_avals
+        .iter()
+        .map(|a| Tangent::zero(&[total], a))
+        .collect();
+    for (k, &i) in wrt.iter().enumerate() {
+        tangents[i] = Tangent::Value(basis(&tracing, &in_avals[i], total, starts[k])?);
+    }
+    let (outs, touts) = jvp_program(program, &inputs, &tangents, &[total])?;
+    let mut results = outs;
+    let mut outputs: Vec<Output> = (0..results.len()).map(Output::Primal).collect();
+    for (k, i) in pairs(of.len(), wrt.len()) {
+        let (out, input) = (&out_avals[of[k]].shape, &in_avals[wrt[i]].shape);
+        let t = touts[of[k]].instantiate();
+        // [n_i] ++ out_shape -> in_shape ++ out_shape -> out_shape ++ in_shape
+        let block = rows(&t, starts[i], sizes[i]).reshape_exact(&concat_dims(input, out));
+        let (ri, ro) = (input.len(), out.len());
+        results.push(if ri == 0 || ro == 0 {
+            block.reshape_exact(&concat_dims(out, input))
+        } else {
+            let perm: Vec<usize> = (ri..ri + ro).chain(0..ri).collect();
+            block.permute(&perm)
+        });
+        outputs.push(Output::Jacobian { out: k, wrt: i });
+    }
+    Ok(Derivative {
+        program: clean(tracing.finish(&results)?),
+        outputs,
+    })
+}
+
+/// The program `x -> outputs ++ gradients ++ Hessians`: forward mode over reverse mode.
+pub(crate) fn hessian_program(
+    program: &Program,
+    wrt: &[usize],
+    of: &[usize],
+) -> Result<Derivative> {
+    let grad = jacrev_program(program, wrt, of)?;
+    // The forward pass differentiates the gradient program's Jacobian outputs.
+    let (positions, blocks): (Vec<usize>, Vec<(usize, usize)>) = grad
+        .outputs
+        .iter()
+        .enumerate()
+        .filter_map(|(k, output)| match *output {
+            Output::Jacobian { out, wrt } => Some((k, (out, wrt))),
+            Output::Primal(_) | Output::Hessian { .. } => None,
+        })
+        .unzip();
+    let forward = jacfwd_program(&grad.program, wrt, &positions)?;
+    let outputs = forward
+        .outputs
+        .iter()
+        .map(|&output| match output {
+            Output::Primal(k) => grad.outputs[k],
+            Output::Jacobian { out, wrt: j } => {
+                let (o, i) = blocks[out];
+                Output::Hessian {
+                    out: o,
+                    wrt: (i, j),
+                }
+            }
+            hessian @ Output::Hessian { .. } => hessian,
+        })
+        .collect();
+    Ok(Derivative {
+        program: forward.program,
+        outputs,
+    })
+}

@@ -1,0 +1,197 @@
+//! Plans: a simplified program with its liveness, ready to run many times.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::ir::Var;
+use crate::ir::passes::last_uses;
+use crate::primitives::{Elementwise, Eqn, Prim, Program, eval_in_place};
+use crate::storage::{Data, pool};
+
+/// A program ready to run many times.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub program: Program,
+    /// For each equation, the variables dead once it has run.
+    frees: Vec<Vec<Var>>,
+}
+
+impl Plan {
+    /// The plan of `program`, simplified.
+    pub fn new(program: Program) -> Plan {
+        let program = super::simplify(program);
+        let frees = last_uses(&program);
+        Plan { program, frees }
+    }
+
+    /// Evaluates an elementwise equation in the buffer of an operand that dies here, when one
+    /// has the output's shape and dtype and nothing else holds it.
+    fn in_place(&self, eqn: &Eqn, frees: &[Var], env: &mut [Option<Arc<Data>>]) -> Option<Data> {
+        let Prim::Elementwise(
+            op @ (Elementwise::Unary(_) | Elementwise::Binary(_) | Elementwise::PowI(_)),
+        ) = &eqn.prim
+        else {
+            return None;
+        };
+        let out = self.program.aval(eqn.outputs[0]);
+        for (slot, &v) in eqn.inputs.iter().enumerate() {
+            let reusable = frees.contains(&v)
+                && eqn.inputs.iter().filter(|&&u| u == v).count() == 1
+                && env[v.index()].as_ref().is_some_and(|d| {
+                    Arc::strong_count(d) == 1
+                        && d.shape() == out.shape.as_slice()
+                        && d.dtype() == out.dtype
+                });
+            if !reusable {
+                continue;
+            }
+            let mut target = Arc::try_unwrap(env[v.index()].take()?).ok()?;
+            let other = eqn
+                .inputs
+                .get(1 - slot)
+                .and_then(|u| env[u.index()].as_deref());
+            if eval_in_place(op, &mut target, slot, other) {
+                return Some(target);
+            }
+            env[v.index()] = Some(Arc::new(target));
+            return None;
+        }
+        None
+    }
+
+    /// Runs the program. With `check_finite`, the first equation whose output holds a NaN or
+    /// an infinity is reported as an error instead.
+    pub fn run(&self, inputs: &[Arc<Data>], check_finite: bool) -> Result<Vec<Arc<Data>>> {
+        let program = &self.program;
+        let mut env: Vec<Option<Arc<Data>>> = vec![None; program.avals.len()];
+        for (&v, data) in program.inputs.iter().zip(inputs) {
+            env[v.index()] = Some(data.clone());
+        }
+        for (v, data) in &program.consts {
+            env[v.index()] = Some(data.clone());
+        }
+        for (eqn, frees) in program.eqns.iter().zip(&self.frees) {
+            let outs = match self.in_place(eqn, frees, &mut env) {
+                Some(out) => vec![out],
+                None => {
+                    let ins: Vec<&Data> = eqn
+                        .inputs
+                        .iter()
+                        .map(|v| {
+                            &**env[v.index()]
+                                .as_ref()
+                                .expect("planned programs define before use")
+                        })
+                        .collect();
+                    eqn.prim.eval(&ins)?
+                }
+            };
+            if check_finite && !outs.iter().all(Data::all_finite) {
+                return Err(Error::NonFinite {
+                    primitive: eqn.prim.to_string(),
+                    input_shapes: eqn
+                        .inputs
+                        .iter()
+                        .map(|&v| program.aval(v).shape.clone())
+                        .collect(),
+                    source_hint: eqn
+                        .source
+                        .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
+                });
+            }
+            for (&v, out) in eqn.outputs.iter().zip(outs) {
+                env[v.index()] = Some(Arc::new(out));
+            }
+            for v in frees {
+                if let Some(dead) = env[v.index()].take() {
+                    if let Ok(data) = Arc::try_unwrap(dead) {
+                        pool::recycle(data);
+                    }
+                }
+            }
+        }
+        Ok(program
+            .outputs
+            .iter()
+            .map(|v| env[v.index()].clone().expect("outputs are defined"))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Aval, DType};
+
+    /// `y = exp(x); z = y * c` on `n` elements, where `c` is a constant.
+    fn chain(n: usize) -> Program {
+        let mut p = Program::default();
+        let aval = Aval::new(&[n], DType::F64);
+        let x = p.new_var(aval.clone());
+        p.inputs.push(x);
+        let c = p.new_var(aval.clone());
+        p.consts.push((
+            c,
+            Arc::new(Data::F64(ndarray::Array::from_elem(n, 2.0).into_dyn())),
+        ));
+        let y = p.new_var(aval.clone());
+        let z = p.new_var(aval);
+        let eqn = |prim: Prim, inputs: Vec<Var>, out: Var| Eqn {
+            prim,
+            inputs,
+            outputs: vec![out],
+            source: None,
+        };
+        p.eqns
+            .push(eqn(crate::primitives::UnaryOp::Exp.into(), vec![x], y));
+        p.eqns
+            .push(eqn(crate::primitives::BinaryOp::Mul.into(), vec![y, c], z));
+        p.outputs.push(z);
+        p
+    }
+
+    fn run(plan: &Plan, x: Arc<Data>) -> Vec<f64> {
+        let out = plan.run(&[x], false).unwrap();
+        match &*out[0] {
+            Data::F64(a) => a.iter().copied().collect(),
+            other => panic!("expected f64, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_dying_intermediate_is_reused_in_place() {
+        let plan = Plan::new(chain(4));
+        let mut env: Vec<Option<Arc<Data>>> = vec![None; plan.program.avals.len()];
+        let (y, c) = (
+            plan.program.eqns[1].inputs[0],
+            plan.program.eqns[1].inputs[1],
+        );
+        env[y.index()] = Some(Arc::new(Data::F64(ndarray::Array::ones(4).into_dyn())));
+        env[c.index()] = plan.program.consts[0].1.clone().into();
+        let frees = &plan.frees[1];
+        assert!(frees.contains(&y), "y dies at the product: {frees:?}");
+        let out = plan.in_place(&plan.program.eqns[1], frees, &mut env);
+        assert_eq!(
+            out,
+            Some(Data::F64(ndarray::Array::from_elem(4, 2.0).into_dyn()))
+        );
+        assert!(env[y.index()].is_none(), "the buffer moved into the result");
+    }
+
+    #[test]
+    fn a_shared_input_is_never_overwritten() {
+        let plan = Plan::new(chain(3));
+        let x = Arc::new(Data::F64(ndarray::Array::zeros(3).into_dyn()));
+        let kept = x.clone();
+        assert_eq!(run(&plan, x), vec![2.0; 3]);
+        assert_eq!(*kept, Data::F64(ndarray::Array::zeros(3).into_dyn()));
+    }
+
+    #[test]
+    fn outputs_live_to_the_end_and_the_rest_dies() {
+        let plan = Plan::new(chain(2));
+        let dead: Vec<Var> = plan.frees.iter().flatten().copied().collect();
+        assert!(!dead.contains(&plan.program.outputs[0]));
+        assert!(dead.contains(&plan.program.eqns[0].outputs[0]));
+    }
+}

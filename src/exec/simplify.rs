@@ -1,0 +1,121 @@
+//! Program simplification: constant folding here, and the structural passes of
+//! [`crate::ir::passes`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::ir::Var;
+use crate::ir::passes::clean;
+use crate::primitives::{Prim, Program};
+use crate::storage::Data;
+
+/// Largest output (in elements) that constant folding computes ahead of time. Larger constant
+/// subprograms, like tangent bases, stay generators that run with the program.
+const FOLD_LIMIT: usize = 4096;
+
+/// Folds small constants, merges duplicates, drops dead code and renumbers variables.
+pub(crate) fn simplify(program: Program) -> Program {
+    clean(fold_constants(program))
+}
+
+/// Evaluates, once, the equations whose inputs are all constants and whose outputs are small.
+fn fold_constants(mut program: Program) -> Program {
+    let mut known: HashMap<Var, Arc<Data>> = program.consts.iter().cloned().collect();
+    let mut eqns = Vec::with_capacity(program.eqns.len());
+    for eqn in std::mem::take(&mut program.eqns) {
+        // Creation primitives stay generators: a tangent basis is never stored as a constant.
+        let creates = matches!(eqn.prim, Prim::Creation(_));
+        let foldable = !creates
+            && eqn
+                .outputs
+                .iter()
+                .all(|&v| program.aval(v).numel() <= FOLD_LIMIT)
+            && eqn.inputs.iter().all(|v| known.contains_key(v));
+        if foldable {
+            let ins: Vec<&Data> = eqn.inputs.iter().map(|v| &*known[v]).collect();
+            if let Ok(outs) = eqn.prim.eval(&ins) {
+                for (&v, data) in eqn.outputs.iter().zip(outs) {
+                    let data = Arc::new(data);
+                    program.consts.push((v, data.clone()));
+                    known.insert(v, data);
+                }
+                continue;
+            }
+        }
+        eqns.push(eqn);
+    }
+    program.eqns = eqns;
+    program
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Eqn;
+    use crate::primitives::{BinaryOp, Creation, UnaryOp};
+    use crate::storage::{Aval, DType};
+
+    /// `x + f(c)` for a constant `c` of `n` elements, with `f` = exp.
+    fn program_on_constant(n: usize) -> Program {
+        let mut p = Program::default();
+        let aval = Aval::new(&[n], DType::F64);
+        let x = p.new_var(aval.clone());
+        p.inputs.push(x);
+        let c = p.new_var(aval.clone());
+        p.consts
+            .push((c, Arc::new(Data::F64(ndarray::Array::ones(n).into_dyn()))));
+        let e = p.new_var(aval.clone());
+        let y = p.new_var(aval);
+        let eqn = |prim: Prim, inputs: Vec<Var>, out: Var| Eqn {
+            prim,
+            inputs,
+            outputs: vec![out],
+            source: None,
+        };
+        p.eqns.push(eqn(UnaryOp::Exp.into(), vec![c], e));
+        p.eqns.push(eqn(BinaryOp::Add.into(), vec![x, e], y));
+        p.outputs.push(y);
+        p
+    }
+
+    #[test]
+    fn small_constant_subprograms_fold_into_constants() {
+        let p = simplify(program_on_constant(3));
+        assert_eq!(p.len(), 1, "{p}");
+        assert!(p.to_string().contains("add"), "{p}");
+        let e = std::f64::consts::E;
+        assert_eq!(
+            *p.consts[0].1,
+            Data::F64(ndarray::arr1(&[e, e, e]).into_dyn())
+        );
+    }
+
+    #[test]
+    fn large_constants_and_generators_stay_in_the_program() {
+        let p = simplify(program_on_constant(FOLD_LIMIT + 1));
+        assert_eq!(p.len(), 2, "{p}");
+        let mut p = Program::default();
+        let eye = p.new_var(Aval::new(&[2, 2], DType::F64));
+        p.eqns.push(Eqn {
+            prim: Creation::Eye {
+                rows: 2,
+                cols: 2,
+                offset: 0,
+                dtype: DType::F64,
+            }
+            .into(),
+            inputs: vec![],
+            outputs: vec![eye],
+            source: None,
+        });
+        p.outputs.push(eye);
+        assert_eq!(simplify(p).len(), 1);
+    }
+
+    #[test]
+    fn simplify_merges_repeated_work() {
+        use crate::{Tensor, make_program};
+        let p = make_program(|x: &Tensor| x.sin() * x.sin(), &Tensor::from([1.0])).unwrap();
+        assert_eq!(p.len(), 2, "{p}");
+    }
+}
