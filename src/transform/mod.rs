@@ -152,29 +152,37 @@ pub mod layout {
     #[derive(Debug)]
     pub struct ValueAux;
 
-    /// How the layout changes when aux data or the value is also asked for.
+    /// How the layout changes when aux data or the value is also asked for: the order of the
+    /// builder calls does not matter, and the call's result changes with them.
     ///
     /// ```
-    /// use brainstate::transform::layout::{Aux, Layout, Plain, ValueAux};
-    /// use std::any::TypeId;
-    /// assert_eq!(TypeId::of::<<Plain as Layout>::WithAux>(), TypeId::of::<Aux>());
-    /// assert_eq!(TypeId::of::<<Aux as Layout>::WithValue>(), TypeId::of::<ValueAux>());
+    /// use brainstate::{grad, Tensor};
+    /// let f = |x: &Tensor| (x.powi(2).sum(), x.max());
+    /// let x = Tensor::from([1.0, 3.0]);
+    /// let (_, aux) = grad(f).has_aux().call(&x).unwrap(); // Plain -> Aux
+    /// let (_, value, aux2) = grad(f).return_value().has_aux().call(&x).unwrap(); // -> ValueAux
+    /// assert_eq!((aux.item().unwrap(), value.item().unwrap()), (3.0, 10.0));
+    /// assert_eq!(aux2.item().unwrap(), 3.0);
     /// ```
     pub trait Layout {
         /// The layout after `.has_aux()`.
         ///
         /// ```
-        /// use brainstate::transform::layout::{Layout, Value, ValueAux};
-        /// use std::any::TypeId;
-        /// assert_eq!(TypeId::of::<<Value as Layout>::WithAux>(), TypeId::of::<ValueAux>());
+        /// use brainstate::{grad, Tensor};
+        /// let with_value = grad(|x: &Tensor| (x.sum(), x * 2.0)).return_value(); // Value
+        /// let (_, value, aux) = with_value.has_aux().call(&Tensor::scalar(4.0)).unwrap();
+        /// assert_eq!((value.item().unwrap(), aux.item().unwrap()), (4.0, 8.0));
         /// ```
         type WithAux;
         /// The layout after `.return_value()`.
         ///
         /// ```
-        /// use brainstate::transform::layout::{Layout, Plain, Value};
-        /// use std::any::TypeId;
-        /// assert_eq!(TypeId::of::<<Plain as Layout>::WithValue>(), TypeId::of::<Value>());
+        /// use brainstate::{hessian, Tensor};
+        /// let (hess, value) = hessian(|x: &Tensor| x.powi(3).sum())
+        ///     .return_value() // Plain -> Value
+        ///     .call(&Tensor::scalar(2.0))
+        ///     .unwrap();
+        /// assert_eq!((hess.tensor().unwrap().item().unwrap(), value.item().unwrap()), (12.0, 8.0));
         /// ```
         type WithValue;
     }
@@ -266,38 +274,50 @@ pub mod case {
     #[derive(Debug)]
     pub struct StatesArgs;
 
-    /// What each case differentiates and returns.
+    /// What each case differentiates and returns: `grad_states` moves case 1 to case 2, and
+    /// `argnums` then moves it to case 3, whose result is a pair.
     ///
     /// ```
-    /// use brainstate::transform::case::{Args, Case, States, StatesArgs};
-    /// use std::any::TypeId;
-    /// assert_eq!(TypeId::of::<<Args as Case>::WithStates>(), TypeId::of::<States>());
-    /// assert_eq!(TypeId::of::<<States as Case>::WithArgnums>(), TypeId::of::<StatesArgs>());
+    /// use brainstate::{grad, State, Tensor};
+    /// let w = State::new(Tensor::scalar(3.0));
+    /// let f = |x: &Tensor| (w.value() * x * x).sum();
+    /// let x = Tensor::scalar(2.0);
+    /// let dw = grad(f).grad_states(&w).call(&x).unwrap(); // Args -> States: var_grads
+    /// let (dw2, dx) = grad(f).grad_states(&w).argnums(0).call(&x).unwrap(); // -> StatesArgs
+    /// assert_eq!(dw.tensor().unwrap().item().unwrap(), 4.0); // x^2
+    /// assert_eq!(dw2.tensor().unwrap().item().unwrap(), 4.0);
+    /// assert_eq!(dx.tensor().unwrap().item().unwrap(), 12.0); // 2 w x
     /// ```
     pub trait Case {
-        /// The derivatives a call returns.
+        /// The derivatives a call returns: one [`Node`] tree, or `(var_grads, arg_grads)` in
+        /// case 3.
         ///
         /// ```
-        /// use brainstate::transform::case::{Case, StatesArgs};
-        /// use brainstate::Node;
-        /// use std::any::TypeId;
-        /// assert_eq!(TypeId::of::<<StatesArgs as Case>::Grads>(), TypeId::of::<(Node, Node)>());
+        /// use brainstate::{hessian, Node, State, Tensor};
+        /// let w = State::new(Tensor::scalar(1.0));
+        /// let h = hessian(|x: &Tensor| (w.value() * x).powi(2).sum()).grad_states(&w).argnums(0);
+        /// let (var_grads, arg_grads): (Node, Node) = h.call(&Tensor::scalar(3.0)).unwrap();
+        /// assert_eq!(var_grads.tensor().unwrap().item().unwrap(), 18.0); // 2 x^2
+        /// assert_eq!(arg_grads.tensor().unwrap().item().unwrap(), 2.0); // 2 w^2
         /// ```
         type Grads;
         /// The case after `.argnums(..)`.
         ///
         /// ```
-        /// use brainstate::transform::case::{Args, ArgsGiven, Case};
-        /// use std::any::TypeId;
-        /// assert_eq!(TypeId::of::<<Args as Case>::WithArgnums>(), TypeId::of::<ArgsGiven>());
+        /// use brainstate::{grad, Tensor};
+        /// let g = grad(|x: &Tensor, y: &Tensor| (x * y).sum()).argnums(1); // Args -> ArgsGiven
+        /// let dy = g.call((&Tensor::scalar(5.0), &Tensor::scalar(2.0))).unwrap();
+        /// assert_eq!(dy.tensor().unwrap().item().unwrap(), 5.0);
         /// ```
         type WithArgnums;
         /// The case after `.grad_states(..)`.
         ///
         /// ```
-        /// use brainstate::transform::case::{ArgsGiven, Case, StatesArgs};
-        /// use std::any::TypeId;
-        /// assert_eq!(TypeId::of::<<ArgsGiven as Case>::WithStates>(), TypeId::of::<StatesArgs>());
+        /// use brainstate::{grad, State, Tensor};
+        /// let w = State::new(Tensor::scalar(2.0));
+        /// let g = grad(|x: &Tensor| (w.value() * x).sum()).argnums(0); // ArgsGiven
+        /// let (dw, dx) = g.grad_states(&w).call(&Tensor::scalar(7.0)).unwrap(); // StatesArgs
+        /// assert_eq!((dw.tensor().unwrap().item().unwrap(), dx.tensor().unwrap().item().unwrap()), (7.0, 2.0));
         /// ```
         type WithStates;
         /// Whether arguments are differentiated.
