@@ -16,46 +16,71 @@ pub(crate) fn jvp_program(
     tangents: &[Tangent],
     batch: &[usize],
 ) -> Result<(Vec<Tensor>, Vec<Tangent>)> {
+    let (outs, mut touts) = jvp_program_sets(program, primals, &[(tangents.to_vec(), batch)])?;
+    Ok((outs, touts.swap_remove(0)))
+}
+
+/// [`jvp_program`] for several sets of input tangents (each with its own batch) at once: the
+/// primal computation is replayed once, and each equation's JVP rule applied once per set.
+/// Returns the outputs and, per set, their tangents.
+pub(crate) fn jvp_program_sets(
+    program: &Program,
+    primals: &[Tensor],
+    sets: &[(Vec<Tangent>, &[usize])],
+) -> Result<(Vec<Tensor>, Vec<Vec<Tangent>>)> {
     let n = program.avals.len();
     let mut primal: Vec<Option<Tensor>> = vec![None; n];
-    let mut tangent: Vec<Option<Tangent>> = vec![None; n];
-    for ((&v, x), t) in program.inputs.iter().zip(primals).zip(tangents) {
+    let mut tangent: Vec<Vec<Option<Tangent>>> = vec![vec![None; n]; sets.len()];
+    for (&v, x) in program.inputs.iter().zip(primals) {
         primal[v.index()] = Some(x.clone());
-        tangent[v.index()] = Some(t.clone());
     }
-    let zero = |v: Var| Tangent::zero(batch, program.aval(v));
+    for (s, (tangents, _)) in sets.iter().enumerate() {
+        for (&v, t) in program.inputs.iter().zip(tangents) {
+            tangent[s][v.index()] = Some(t.clone());
+        }
+    }
+    let zero = |v: Var, batch: &[usize]| Tangent::zero(batch, program.aval(v));
     for (v, data) in &program.consts {
         primal[v.index()] = Some(Tensor::from_shared(data.clone()));
-        tangent[v.index()] = Some(zero(*v));
+        for (s, (_, batch)) in sets.iter().enumerate() {
+            tangent[s][v.index()] = Some(zero(*v, batch));
+        }
     }
     for eqn in &program.eqns {
         let ins: Vec<Tensor> = eqn.inputs.iter().map(|v| defined(&primal, *v)).collect();
-        let ts: Vec<Tangent> = eqn.inputs.iter().map(|v| defined(&tangent, *v)).collect();
-        let (outs, touts) = trace::with_source(eqn.source, || -> Result<_> {
+        trace::with_source(eqn.source, || -> Result<()> {
             let refs: Vec<&Tensor> = ins.iter().collect();
             let outs = Tensor::apply_all(eqn.prim.clone(), &refs, eqn.outputs.len());
-            let touts = if ts.iter().all(Tangent::is_zero) {
-                eqn.outputs.iter().map(|&v| zero(v)).collect()
-            } else {
-                let out_avals: Vec<&Aval> = eqn.outputs.iter().map(|&v| program.aval(v)).collect();
-                jvp_eqn(&eqn.prim, &ins, &ts, &outs, &out_avals, batch)?
-            };
-            Ok((outs, touts))
+            let out_avals: Vec<&Aval> = eqn.outputs.iter().map(|&v| program.aval(v)).collect();
+            for (s, (_, batch)) in sets.iter().enumerate() {
+                let ts: Vec<Tangent> = eqn
+                    .inputs
+                    .iter()
+                    .map(|v| defined(&tangent[s], *v))
+                    .collect();
+                let touts = if ts.iter().all(Tangent::is_zero) {
+                    eqn.outputs.iter().map(|&v| zero(v, batch)).collect()
+                } else {
+                    jvp_eqn(&eqn.prim, &ins, &ts, &outs, &out_avals, batch)?
+                };
+                for (&v, t) in eqn.outputs.iter().zip(touts) {
+                    tangent[s][v.index()] = Some(t);
+                }
+            }
+            for (&v, out) in eqn.outputs.iter().zip(outs) {
+                primal[v.index()] = Some(out);
+            }
+            Ok(())
         })?;
-        for ((&v, out), t) in eqn.outputs.iter().zip(outs).zip(touts) {
-            primal[v.index()] = Some(out);
-            tangent[v.index()] = Some(t);
-        }
     }
     let outs = program
         .outputs
         .iter()
         .map(|v| defined(&primal, *v))
         .collect();
-    let touts = program
-        .outputs
+    let touts = tangent
         .iter()
-        .map(|v| defined(&tangent, *v))
+        .map(|table| program.outputs.iter().map(|v| defined(table, *v)).collect())
         .collect();
     Ok((outs, touts))
 }

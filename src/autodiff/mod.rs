@@ -12,11 +12,13 @@
 //! then simplified, planned and run like any other, and can be differentiated again.
 
 mod jvp;
+mod sweep;
 mod transpose;
 
 use std::collections::HashMap;
 
 pub(crate) use self::jvp::jvp_program;
+pub(crate) use self::sweep::Sweeps;
 pub(crate) use self::transpose::vjp_program;
 use crate::error::Result;
 use crate::ir::passes::clean;
@@ -222,4 +224,63 @@ pub(crate) fn hessian_program(
         program: forward.program,
         outputs,
     })
+}
+
+/// The Hessian by forward over reverse, split for sweeps: the gradient program's outputs
+/// (the original outputs and the gradients, described by [`Sweeps::outputs`]) and one linear
+/// program per differentiated input `wrt[j]`, run on `chunks[j]` directions at a time, whose
+/// outputs are the columns of the blocks [`Output::Hessian`] `{ out, wrt: (i, j) }`.
+pub(crate) fn hessian_sweeps(
+    program: &Program,
+    wrt: &[usize],
+    of: &[usize],
+    chunks: &[usize],
+) -> Result<Sweeps> {
+    let grad = jacrev_program(program, wrt, of)?;
+    let (positions, blocks): (Vec<usize>, Vec<(usize, usize)>) = grad
+        .outputs
+        .iter()
+        .enumerate()
+        .filter_map(|(k, output)| match *output {
+            Output::Jacobian { out, wrt } => Some((k, (out, wrt))),
+            Output::Primal(_) | Output::Hessian { .. } => None,
+        })
+        .unzip();
+    let mut sweeps = sweep::forward_sweeps(&grad.program, wrt, &positions, chunks)?;
+    let second = |output: Output| match output {
+        Output::Jacobian { out, wrt: j } => {
+            let (o, i) = blocks[out];
+            Output::Hessian {
+                out: o,
+                wrt: (i, j),
+            }
+        }
+        other => other,
+    };
+    for columns in &mut sweeps.columns {
+        columns.blocks = columns.blocks.iter().map(|&b| second(b)).collect();
+        for (block, _) in &mut columns.zeros {
+            *block = second(*block);
+        }
+    }
+    sweeps.outputs = sweeps
+        .outputs
+        .iter()
+        .map(|&output| match output {
+            Output::Primal(k) => grad.outputs[k],
+            other => other,
+        })
+        .collect();
+    Ok(sweeps)
+}
+
+/// Jacobians by forward mode, split for sweeps (see [`hessian_sweeps`]); the columns' blocks
+/// are [`Output::Jacobian`] `{ out, wrt: j }`.
+pub(crate) fn jacfwd_sweeps(
+    program: &Program,
+    wrt: &[usize],
+    of: &[usize],
+    chunks: &[usize],
+) -> Result<Sweeps> {
+    sweep::forward_sweeps(program, wrt, of, chunks)
 }

@@ -8,6 +8,8 @@
 
 mod plan;
 mod simplify;
+mod sweep;
 
 pub(crate) use self::plan::Plan;
 pub(crate) use self::simplify::simplify;
+pub(crate) use self::sweep::Sweep;

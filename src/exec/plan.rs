@@ -1,5 +1,6 @@
 //! Plans: a simplified program with its liveness, ready to run many times.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -22,6 +23,28 @@ impl Plan {
         let program = super::simplify(program);
         let frees = last_uses(&program);
         Plan { program, frees }
+    }
+
+    /// The most bytes the plan's intermediates (equation outputs) hold at once while it runs.
+    pub fn peak_bytes(&self) -> usize {
+        let bytes = |v: &Var| {
+            let aval = self.program.aval(*v);
+            aval.numel() * aval.dtype.size_bytes()
+        };
+        let intermediate: HashSet<Var> = self
+            .program
+            .eqns
+            .iter()
+            .flat_map(|e| e.outputs.iter().copied())
+            .collect();
+        let (mut live, mut peak) = (0usize, 0usize);
+        for (eqn, frees) in self.program.eqns.iter().zip(&self.frees) {
+            live += eqn.outputs.iter().map(bytes).sum::<usize>();
+            peak = peak.max(live);
+            let dead = frees.iter().filter(|v| intermediate.contains(v));
+            live -= dead.map(bytes).sum::<usize>();
+        }
+        peak
     }
 
     /// Evaluates an elementwise equation in the buffer of an operand that dies here, when one

@@ -51,6 +51,22 @@ impl Data {
         with_array!(self, a => a.shape())
     }
 
+    /// Zeros of `shape` and `dtype`. Large ones come from the allocator as zeroed pages, which
+    /// the system provides lazily, so an array that stays mostly zero costs little.
+    pub fn zeros(shape: &[usize], dtype: DType) -> Data {
+        fn zeros<T: Element + Default>(shape: &[usize]) -> Data {
+            Data::from(ArrayD::from_elem(shape, T::default()))
+        }
+        match dtype {
+            DType::Bool => zeros::<bool>(shape),
+            DType::I64 => zeros::<i64>(shape),
+            DType::F32 => zeros::<f32>(shape),
+            DType::F64 => zeros::<f64>(shape),
+            DType::C64 => zeros::<Complex32>(shape),
+            DType::C128 => zeros::<Complex64>(shape),
+        }
+    }
+
     /// A zero-dimensional array of `dtype` holding `value` (cast).
     pub fn scalar(value: f64, dtype: DType) -> Data {
         Data::F64(ndarray::arr0(value).into_dyn()).cast(dtype)

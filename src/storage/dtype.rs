@@ -106,6 +106,21 @@ impl DType {
         }
     }
 
+    /// The size of one element in bytes.
+    ///
+    /// ```
+    /// use brainstate::DType;
+    /// assert_eq!((DType::F64.size_bytes(), DType::C128.size_bytes(), DType::Bool.size_bytes()), (8, 16, 1));
+    /// ```
+    pub fn size_bytes(self) -> usize {
+        match self {
+            DType::Bool => 1,
+            DType::F32 => 4,
+            DType::I64 | DType::F64 | DType::C64 => 8,
+            DType::C128 => 16,
+        }
+    }
+
     /// The short name used in printed programs: `bool`, `i64`, `f32`, `f64`, `c64`, `c128`.
     ///
     /// ```

@@ -9,9 +9,12 @@ use std::sync::Arc;
 
 use super::function::{Function, Signature, Split, trace_function};
 use super::{Argnums, Kind};
-use crate::autodiff::{Output, hessian_program, jacfwd_program, jacrev_program};
+use crate::autodiff::{
+    Output, Sweeps, hessian_program, hessian_sweeps, jacfwd_program, jacfwd_sweeps, jacrev_program,
+};
 use crate::error::{Error, Result};
-use crate::exec::Plan;
+use crate::exec::{Plan, Sweep};
+use crate::primitives::Program;
 use crate::state::GradStates;
 use crate::storage::Aval;
 use crate::tensor::Tensor;
@@ -27,11 +30,31 @@ pub(crate) struct Spec<'a> {
     pub grad_states: Option<&'a GradStates>,
     pub holomorphic: bool,
     pub check_states: bool,
+    /// Directions per sweep of a forward-mode derivative; `None` chooses by memory.
+    pub chunk_size: Option<usize>,
+}
+
+/// How a compiled transform computes a call's outputs.
+pub(crate) enum Executable {
+    /// One plan: the function's outputs (value, aux, written states), then the blocks.
+    Whole(Plan),
+    /// A primal plan computing the function's outputs, then the residuals that the sweeps
+    /// read; each sweep's outputs are the blocks listed with it. Blocks that are zero whatever
+    /// the inputs are not computed.
+    Swept {
+        primal: Plan,
+        n_outputs: usize,
+        sweeps: Vec<(Sweep, Vec<Output>)>,
+        zeros: Vec<(Output, Aval)>,
+    },
 }
 
 /// Everything a call needs that does not depend on the values of its inputs.
 pub(crate) struct Compiled {
-    pub plan: Plan,
+    pub exec: Executable,
+    /// The derivative as one program (the function's outputs, then the blocks), for
+    /// printing and for inlining into an enclosing trace.
+    pub whole: Program,
     pub value_def: TreeDef,
     pub aux_def: Option<TreeDef>,
     pub arg_defs: Vec<TreeDef>,
@@ -258,17 +281,49 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
     wrt_units.extend(arg_wrt.iter().map(|&i| signature.units[i]));
     let wrt: Vec<usize> = state_wrt.iter().chain(&arg_wrt).copied().collect();
     let of: Vec<usize> = (0..traced.n_value).collect();
-    let derivative = match spec.kind {
-        Kind::Grad | Kind::JacRev => jacrev_program(&program, &wrt, &of)?,
-        Kind::JacFwd => jacfwd_program(&program, &wrt, &of)?,
-        Kind::Hessian => hessian_program(&program, &wrt, &of)?,
+    let (whole, mut blocks) = whole_derivative(spec.kind, &program, &wrt, &of)?;
+    let exec = match spec.kind {
+        Kind::Grad | Kind::JacRev => Executable::Whole(Plan::new(whole.clone())),
+        Kind::JacFwd | Kind::Hessian => {
+            let sweeps = sweeps(spec, &program, &wrt, &of)?;
+            let (exec, order) = swept(sweeps);
+            blocks = order.into_iter().enumerate().map(|(i, o)| (o, i)).collect();
+            exec
+        }
     };
-    // Keep the function's own outputs (value, aux, written states), then the blocks asked for.
+    Ok(Compiled {
+        exec,
+        whole,
+        value_def: traced.value_def,
+        aux_def: traced.aux_def,
+        arg_defs: defs.to_vec(),
+        state_inputs,
+        output_units: traced.output_units,
+        wrt_units,
+        writes,
+        n_state_leaves: state_wrt.len(),
+        blocks,
+    })
+}
+
+/// The derivative of `program` as one program: its outputs, then the blocks `kind` asks for,
+/// with where each block is among them (after the program's own outputs).
+fn whole_derivative(
+    kind: Kind,
+    program: &Program,
+    wrt: &[usize],
+    of: &[usize],
+) -> Result<(Program, HashMap<Output, usize>)> {
+    let derivative = match kind {
+        Kind::Grad | Kind::JacRev => jacrev_program(program, wrt, of)?,
+        Kind::JacFwd => jacfwd_program(program, wrt, of)?,
+        Kind::Hessian => hessian_program(program, wrt, of)?,
+    };
     let mut wanted: Vec<Output> = (0..program.outputs.len()).map(Output::Primal).collect();
     let mut blocks = HashMap::new();
     for &output in &derivative.outputs {
         let asked = matches!(
-            (spec.kind, output),
+            (kind, output),
             (Kind::Hessian, Output::Hessian { .. })
                 | (
                     Kind::Grad | Kind::JacRev | Kind::JacFwd,
@@ -280,16 +335,79 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
             wanted.push(output);
         }
     }
-    Ok(Compiled {
-        plan: Plan::new(derivative.select(&wanted)),
-        value_def: traced.value_def,
-        aux_def: traced.aux_def,
-        arg_defs: defs.to_vec(),
-        state_inputs,
-        output_units: traced.output_units,
-        wrt_units,
-        writes,
-        n_state_leaves: state_wrt.len(),
-        blocks,
-    })
+    Ok((derivative.select(&wanted), blocks))
+}
+
+/// Bytes the intermediates of one sweep may take at once, when the chunk size is chosen by
+/// memory: small enough to stay in cache-friendly sizes and to bound the memory of large
+/// Hessians, large enough that per-chunk overheads vanish.
+const SWEEP_BYTES: usize = 32 << 20;
+
+/// Directions tried per sweep when measuring a sweep's memory per direction.
+const PROBE_CHUNK: usize = 32;
+
+/// The forward-mode derivative of `program` split for sweeps, with each input's chunk size
+/// given by the spec or chosen so that a sweep's intermediates fit [`SWEEP_BYTES`].
+fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result<Sweeps> {
+    let in_avals = program.input_avals();
+    let sizes: Vec<usize> = wrt.iter().map(|&i| in_avals[i].numel().max(1)).collect();
+    let build = |chunks: &[usize]| match spec.kind {
+        Kind::Hessian => hessian_sweeps(program, wrt, of, chunks),
+        _ => jacfwd_sweeps(program, wrt, of, chunks),
+    };
+    // Of the gradient program's outputs, the primal part keeps the function's own.
+    let own: Vec<Output> = (0..program.outputs.len()).map(Output::Primal).collect();
+    let build = |chunks: &[usize]| -> Result<Sweeps> {
+        let mut sweeps = build(chunks)?;
+        sweeps.select_outputs(&own);
+        Ok(sweeps)
+    };
+    if let Some(k) = spec.chunk_size {
+        let chunks: Vec<usize> = sizes.iter().map(|&n| n.min(k.max(1))).collect();
+        return build(&chunks);
+    }
+    let probe: Vec<usize> = sizes.iter().map(|&n| n.min(PROBE_CHUNK)).collect();
+    let probed = build(&probe)?;
+    let chunks: Vec<usize> = probed
+        .columns
+        .iter()
+        .zip(&sizes)
+        .zip(&probe)
+        .map(|((columns, &n), &tried)| {
+            let per_direction = Plan::new(columns.program.clone()).peak_bytes() / tried;
+            let fits = SWEEP_BYTES / per_direction.max(1);
+            // All directions at once when they fit; otherwise the most that fit.
+            fits.clamp(1, n)
+        })
+        .collect();
+    if chunks == probe {
+        Ok(probed)
+    } else {
+        build(&chunks)
+    }
+}
+
+/// The executable of a split derivative, and the order of its blocks.
+fn swept(sweeps: Sweeps) -> (Executable, Vec<Output>) {
+    let mut order = Vec::new();
+    let mut zeros = Vec::new();
+    let mut runs = Vec::new();
+    for columns in sweeps.columns {
+        order.extend(&columns.blocks);
+        let sweep = Sweep {
+            plan: Plan::new(columns.program),
+            input: columns.input,
+            chunk: columns.chunk,
+        };
+        runs.push((sweep, columns.blocks));
+        zeros.extend(columns.zeros);
+    }
+    order.extend(zeros.iter().map(|(o, _)| *o));
+    let exec = Executable::Swept {
+        primal: Plan::new(sweeps.primal),
+        n_outputs: sweeps.outputs.len(),
+        sweeps: runs,
+        zeros,
+    };
+    (exec, order)
 }

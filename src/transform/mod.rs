@@ -433,6 +433,7 @@ pub struct GradientTransform<F: Function<Sig>, Sig, C = case::Args, L = Plain> {
     check_states: bool,
     unit_aware: bool,
     debug_nan: bool,
+    chunk_size: Option<usize>,
     /// Plans by argument signature; each also checks the states it read (see `fits_states`).
     cache: Mutex<HashMap<Signature, Vec<Arc<Compiled>>>>,
     _marker: Typestate<Sig, C, L>,
@@ -449,6 +450,7 @@ fn transform<F: Function<Sig>, Sig>(f: F, kind: Kind) -> GradientTransform<F, Si
         check_states: true,
         unit_aware: false,
         debug_nan: false,
+        chunk_size: None,
         cache: Mutex::new(HashMap::new()),
         _marker: PhantomData,
     }
@@ -537,6 +539,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
             check_states: self.check_states,
             unit_aware: self.unit_aware,
             debug_nan: self.debug_nan,
+            chunk_size: self.chunk_size,
             cache: Mutex::new(HashMap::new()),
             _marker: PhantomData,
         }
@@ -683,7 +686,29 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
         self
     }
 
-    /// The derivative program for arguments like `args`, simplified as it will run.
+    /// How many directions of a differentiated input forward mode pushes through at once
+    /// (`jacfwd` and `hessian`). The derivative is computed in sweeps of this many columns, so
+    /// its memory is bounded by the chunk rather than by the number of inputs. By default the
+    /// size is chosen from the memory a direction needs (all directions at once when they
+    /// fit in a few tens of megabytes).
+    ///
+    /// ```
+    /// use brainstate::{hessian, Tensor};
+    /// let f = |x: &Tensor| x.powi(3).sum();
+    /// let x = Tensor::from([1.0, 2.0, 3.0]);
+    /// let chunked = hessian(f).chunk_size(2).call(&x).unwrap(); // two sweeps: 2 + 1 columns
+    /// let whole = hessian(f).call(&x).unwrap();
+    /// let values = chunked.tensor().unwrap().to_vec::<f64>().unwrap();
+    /// assert_eq!(values, whole.tensor().unwrap().to_vec::<f64>().unwrap());
+    /// assert_eq!(values, vec![6.0, 0.0, 0.0, 0.0, 12.0, 0.0, 0.0, 0.0, 18.0]);
+    /// ```
+    pub fn chunk_size(mut self, directions: usize) -> Self {
+        self.chunk_size = Some(directions.max(1));
+        self
+    }
+
+    /// The derivative program for arguments like `args`: one program computing the
+    /// function's outputs, then every block (forward-mode derivatives run it split in sweeps).
     ///
     /// ```
     /// use brainstate::{hessian, Tensor};
@@ -693,7 +718,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
     /// ```
     pub fn program(&self, args: impl Args<Sig>) -> Result<Program> {
         let (signature, _) = signature(&args.flatten_args())?;
-        Ok(self.compiled(&signature)?.plan.program.clone())
+        Ok(self.compiled(&signature)?.whole.clone())
     }
 
     /// The plan for this signature, from the cache or newly built.
@@ -715,6 +740,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
             },
             holomorphic: self.holomorphic,
             check_states: self.check_states,
+            chunk_size: self.chunk_size,
         };
         let compiled = Arc::new(compile(&self.f, self.split, &spec, signature)?);
         cache()

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::compile::Compiled;
+use super::compile::{Compiled, Executable};
 use crate::autodiff::jvp_program;
 use crate::error::Result;
 use crate::primitives::Tangent;
@@ -39,25 +39,23 @@ pub(crate) fn run(compiled: &Compiled, leaves: Vec<Tensor>, debug_nan: bool) -> 
         // Inside another trace, reading registers the state there too.
         inputs.extend(trace::read_state(state).unwrap_or_else(|| state.leaves()));
     }
-    let program = &compiled.plan.program;
-    let outputs: Vec<Tensor> = if inputs.iter().any(Tensor::is_traced) {
+    let (outputs, blocks) = if inputs.iter().any(Tensor::is_traced) {
         // Inside another transform's trace: inline the derivative program there.
         let zeros = inputs
             .iter()
             .map(|t| Ok(Tangent::zero(&[], &t.aval()?)))
             .collect::<Result<Vec<_>>>()?;
-        jvp_program(program, &inputs, &zeros, &[])?.0
+        let mut outputs = jvp_program(&compiled.whole, &inputs, &zeros, &[])?.0;
+        let blocks = outputs.split_off(compiled.whole.outputs.len() - compiled.blocks.len());
+        (outputs, blocks)
     } else {
         let data: Vec<Arc<Data>> = inputs
             .iter()
             .map(|t| t.data().cloned())
             .collect::<Result<_>>()?;
-        compiled
-            .plan
-            .run(&data, debug_nan)?
-            .into_iter()
-            .map(Tensor::from_shared)
-            .collect()
+        let (outputs, blocks) = execute(&compiled.exec, compiled.blocks.len(), &data, debug_nan)?;
+        let tensors = |data: Vec<Arc<Data>>| data.into_iter().map(Tensor::from_shared).collect();
+        (tensors(outputs), tensors(blocks))
     };
     let n_value = compiled.value_def.num_leaves();
     let n_aux = compiled.aux_def.as_ref().map_or(0, TreeDef::num_leaves);
@@ -76,7 +74,6 @@ pub(crate) fn run(compiled: &Compiled, leaves: Vec<Tensor>, debug_nan: bool) -> 
         state.check(&leaves)?;
         writes.push((state.clone(), leaves));
     }
-    let blocks: Vec<Tensor> = outputs.collect();
     for t in blocks.iter().chain(&value).chain(&aux) {
         t.aval()?;
     }
@@ -86,4 +83,40 @@ pub(crate) fn run(compiled: &Compiled, leaves: Vec<Tensor>, debug_nan: bool) -> 
         blocks,
         writes,
     })
+}
+
+/// Values computed by a plan.
+type Values = Vec<Arc<Data>>;
+
+/// Runs an executable: the function's own outputs, and the blocks (in the compiled order).
+fn execute(
+    exec: &Executable,
+    n_blocks: usize,
+    inputs: &[Arc<Data>],
+    debug_nan: bool,
+) -> Result<(Values, Values)> {
+    match exec {
+        Executable::Whole(plan) => {
+            let mut outputs = plan.run(inputs, debug_nan)?;
+            let blocks = outputs.split_off(outputs.len() - n_blocks);
+            Ok((outputs, blocks))
+        }
+        Executable::Swept {
+            primal,
+            n_outputs,
+            sweeps,
+            zeros,
+        } => {
+            let mut outputs = primal.run(inputs, debug_nan)?;
+            let residuals = outputs.split_off(*n_outputs);
+            let mut blocks = Vec::with_capacity(n_blocks);
+            for (sweep, _) in sweeps {
+                blocks.extend(sweep.run(&residuals, debug_nan)?.into_iter().map(Arc::new));
+            }
+            for (_, aval) in zeros {
+                blocks.push(Arc::new(Data::zeros(&aval.shape, aval.dtype)));
+            }
+            Ok((outputs, blocks))
+        }
+    }
 }

@@ -1,0 +1,114 @@
+//! Sweeps: a linear plan run over the identity basis of one input, a chunk of directions at a
+//! time, its outputs gathered into the columns of dense blocks.
+
+use std::sync::Arc;
+
+use ndarray::ArrayD;
+use num_complex::Complex64;
+
+use super::Plan;
+use crate::error::{Error, Result};
+use crate::storage::{Aval, DType, Data, Element};
+
+/// A linear plan whose last input is a seed of `chunk` directions of `input` (shape
+/// `[chunk] ++ input shape`), after the residuals. Output `b` of the plan, of shape
+/// `[chunk] ++ shape_b`, holds for each direction the matching column of a block of shape
+/// `shape_b ++ input shape`.
+#[derive(Debug)]
+pub(crate) struct Sweep {
+    pub plan: Plan,
+    pub input: Aval,
+    pub chunk: usize,
+}
+
+impl Sweep {
+    /// Runs the plan over the whole basis of the input and returns the blocks, in the order
+    /// of the plan's outputs.
+    pub fn run(&self, residuals: &[Arc<Data>], check_finite: bool) -> Result<Vec<Data>> {
+        let n = self.input.numel();
+        let mut blocks = self
+            .plan
+            .program
+            .output_avals()
+            .iter()
+            .map(|out| {
+                let mut shape = out.shape[1..].to_vec();
+                shape.extend(&self.input.shape);
+                Data::zeros(&shape, out.dtype)
+            })
+            .collect::<Vec<_>>();
+        let mut inputs: Vec<Arc<Data>> = residuals.to_vec();
+        inputs.push(Arc::new(Data::scalar(0.0, DType::F64)));
+        for start in (0..n).step_by(self.chunk.max(1)) {
+            let valid = self.chunk.min(n - start);
+            *inputs.last_mut().expect("the seed") = Arc::new(self.seed(start)?);
+            let outs = self.plan.run(&inputs, check_finite)?;
+            for (out, block) in outs.iter().zip(&mut blocks) {
+                place(out, block, start, valid, n)?;
+            }
+        }
+        Ok(blocks)
+    }
+
+    /// Directions `start..start + chunk` of the identity basis of the input (directions past
+    /// its last element are zero).
+    fn seed(&self, start: usize) -> Result<Data> {
+        let n = self.input.numel();
+        let mut shape = vec![self.chunk];
+        shape.extend(&self.input.shape);
+        fn one_hot<T: Element>(chunk: usize, n: usize, start: usize, shape: &[usize]) -> Data {
+            let zero = T::from_complex(Complex64::new(0.0, 0.0));
+            let one = T::from_complex(Complex64::new(1.0, 0.0));
+            let mut values = vec![zero; chunk * n];
+            for k in 0..chunk.min(n.saturating_sub(start)) {
+                values[k * n + start + k] = one;
+            }
+            Data::from(ArrayD::from_shape_vec(shape, values).expect("chunk * n values"))
+        }
+        Ok(match self.input.dtype {
+            DType::F64 => one_hot::<f64>(self.chunk, n, start, &shape),
+            DType::F32 => one_hot::<f32>(self.chunk, n, start, &shape),
+            DType::C128 => one_hot::<Complex64>(self.chunk, n, start, &shape),
+            DType::C64 => one_hot::<num_complex::Complex32>(self.chunk, n, start, &shape),
+            dtype @ (DType::Bool | DType::I64) => {
+                return Err(Error::dtype("sweep", "needs a differentiable input", dtype));
+            }
+        })
+    }
+}
+
+/// Writes the first `valid` rows of a chunk's output `[chunk, a...]` into columns
+/// `start..start + valid` of `block` `[a..., n]`.
+fn place(out: &Data, block: &mut Data, start: usize, valid: usize, n: usize) -> Result<()> {
+    fn copy<T: Copy>(out: &ArrayD<T>, block: &mut ArrayD<T>, start: usize, valid: usize, n: usize) {
+        let out = out.as_standard_layout();
+        let src = out.as_slice().expect("standard layout");
+        let dst = block.as_slice_mut().expect("a fresh block is contiguous");
+        let rows = dst.len() / n.max(1);
+        // Tiles keep both the reads and the strided writes in cache.
+        const TILE: usize = 64;
+        for a0 in (0..rows).step_by(TILE) {
+            let a1 = (a0 + TILE).min(rows);
+            for k in 0..valid {
+                let from = &src[k * rows + a0..k * rows + a1];
+                for (a, &value) in (a0..a1).zip(from) {
+                    dst[a * n + start + k] = value;
+                }
+            }
+        }
+    }
+    match (out, block) {
+        (Data::F64(o), Data::F64(b)) => copy(o, b, start, valid, n),
+        (Data::F32(o), Data::F32(b)) => copy(o, b, start, valid, n),
+        (Data::C128(o), Data::C128(b)) => copy(o, b, start, valid, n),
+        (Data::C64(o), Data::C64(b)) => copy(o, b, start, valid, n),
+        (out, block) => {
+            return Err(Error::dtype(
+                "sweep",
+                format!("a block of {} cannot take values of", block.dtype()),
+                out.dtype(),
+            ));
+        }
+    }
+    Ok(())
+}
