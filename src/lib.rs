@@ -43,6 +43,7 @@ pub mod transform;
 
 mod autodiff;
 mod exec;
+pub mod sparsity;
 
 mod trace;
 
@@ -67,11 +68,13 @@ pub struct ReadmeDoctests;
 pub use error::{Error, Result};
 pub use num_complex::{Complex32, Complex64};
 pub use primitives::Program;
+pub use sparsity::{SparseHessian, SparsityPattern};
 pub use state::{GradStates, HiddenState, ParamState, ShortTermState, State, StateKind};
 pub use storage::{Aval, DType, Element};
 pub use tensor::{AxisRange, Operand, Tensor, concatenate, stack, where_};
 pub use transform::{
-    Argnums, Args, Function, GradientTransform, grad, hessian, jacfwd, jacrev, make_program,
+    Argnums, Args, Function, GradientTransform, Pullback, grad, hessian, hessian_sparsity, hvp,
+    jacfwd, jacrev, jvp, make_program, vjp,
 };
 pub use tree::{Node, Tree, TreeDef};
 pub use unit::{Unit, units};

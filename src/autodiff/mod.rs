@@ -11,12 +11,14 @@
 //! Every derived program is an ordinary program: it is cleaned of dead and repeated work here,
 //! then simplified, planned and run like any other, and can be differentiated again.
 
+mod directional;
 mod jvp;
 mod sweep;
 mod transpose;
 
 use std::collections::HashMap;
 
+pub(crate) use self::directional::{hessian_products, hvp_program, jvp_program_of, vjp_split};
 pub(crate) use self::jvp::jvp_program;
 pub(crate) use self::sweep::Sweeps;
 pub(crate) use self::transpose::vjp_program;
@@ -37,6 +39,15 @@ pub(crate) enum Output {
     Jacobian { out: usize, wrt: usize },
     /// `d2 out / d wrt.0 d wrt.1`, of shape `out shape ++ wrt.0 shape ++ wrt.1 shape`.
     Hessian { out: usize, wrt: (usize, usize) },
+    /// A directional derivative of `out`: `sum_i d out / d wrt_i t_i` for the given
+    /// tangents `t` (a JVP), of shape `out shape`.
+    Tangent { out: usize },
+    /// The cotangent of `wrt`: `sum_o c_o d out_o / d wrt` for the given cotangents `c`
+    /// (a VJP), of shape `wrt shape`.
+    Cotangent { wrt: usize },
+    /// Block `wrt` of a Hessian-vector product of output 0, `sum_j H[wrt][j] v_j`, of shape
+    /// `wrt shape`; with a batch of vectors, of shape `[batch] ++ wrt shape`.
+    Product { wrt: usize },
 }
 
 /// A derivative program, with what each of its outputs is.
@@ -201,7 +212,7 @@ pub(crate) fn hessian_program(
         .enumerate()
         .filter_map(|(k, output)| match *output {
             Output::Jacobian { out, wrt } => Some((k, (out, wrt))),
-            Output::Primal(_) | Output::Hessian { .. } => None,
+            _ => None,
         })
         .unzip();
     let forward = jacfwd_program(&grad.program, wrt, &positions)?;
@@ -217,7 +228,7 @@ pub(crate) fn hessian_program(
                     wrt: (i, j),
                 }
             }
-            hessian @ Output::Hessian { .. } => hessian,
+            other => other,
         })
         .collect();
     Ok(Derivative {
@@ -243,7 +254,7 @@ pub(crate) fn hessian_sweeps(
         .enumerate()
         .filter_map(|(k, output)| match *output {
             Output::Jacobian { out, wrt } => Some((k, (out, wrt))),
-            Output::Primal(_) | Output::Hessian { .. } => None,
+            _ => None,
         })
         .unzip();
     let mut sweeps = sweep::forward_sweeps(&grad.program, wrt, &positions, chunks)?;

@@ -111,7 +111,7 @@ pub(crate) fn forward_sweeps(
             Ok(Columns {
                 input: in_avals[wrt[k]].clone(),
                 chunk: chunks[k],
-                program: split.linear(n_primal_inputs + k, &positions)?,
+                program: split.linear(&[n_primal_inputs + k], &positions)?,
                 blocks,
                 zeros,
             })
@@ -150,15 +150,19 @@ impl Sweeps {
 
 /// A program whose inputs are primal inputs then seeds, split into its primal part and the
 /// linear part that depends on the seeds.
-struct Split {
-    primal: Program,
+pub(super) struct Split {
+    pub primal: Program,
     /// The original program, and the residuals: non-seed variables the linear part reads.
     full: Program,
     residuals: Vec<Var>,
     linear: HashSet<Var>,
 }
 
-fn split_at_seeds(full: Program, n_primal_inputs: usize, n_outputs: usize) -> Result<Split> {
+pub(super) fn split_at_seeds(
+    full: Program,
+    n_primal_inputs: usize,
+    n_outputs: usize,
+) -> Result<Split> {
     let mut linear: HashSet<Var> = full.inputs[n_primal_inputs..].iter().copied().collect();
     for eqn in &full.eqns {
         if eqn.inputs.iter().any(|v| linear.contains(v)) {
@@ -192,6 +196,7 @@ fn split_at_seeds(full: Program, n_primal_inputs: usize, n_outputs: usize) -> Re
             .cloned()
             .collect(),
         outputs: full.outputs[..n_outputs].to_vec(),
+        notes: Vec::new(),
     };
     primal.outputs.extend(&residuals);
     Ok(Split {
@@ -203,10 +208,10 @@ fn split_at_seeds(full: Program, n_primal_inputs: usize, n_outputs: usize) -> Re
 }
 
 impl Split {
-    /// The linear program `residuals ++ [seed input] -> the outputs at positions`.
-    fn linear(&self, seed_input: usize, positions: &[usize]) -> Result<Program> {
+    /// The linear program `residuals ++ seeds -> the outputs at positions`, for the seed
+    /// inputs at `seed_inputs`.
+    pub fn linear(&self, seed_inputs: &[usize], positions: &[usize]) -> Result<Program> {
         let full = &self.full;
-        let seed = full.inputs[seed_input];
         let mut program = Program {
             avals: full.avals.clone(),
             inputs: self.residuals.clone(),
@@ -218,17 +223,20 @@ impl Split {
                 .cloned()
                 .collect(),
             outputs: positions.iter().map(|&p| full.outputs[p]).collect(),
+            notes: Vec::new(),
         };
-        program.inputs.push(seed);
+        program
+            .inputs
+            .extend(seed_inputs.iter().map(|&i| full.inputs[i]));
         let program = crate::ir::passes::dead_code(program);
-        // Every variable the kept equations read must now be defined: this seed's equations
-        // never read another seed.
+        // Every variable the kept equations read must now be defined: these seeds'
+        // equations never read another seed.
         let mut defined: HashSet<Var> = program.inputs.iter().copied().collect();
         defined.extend(program.consts.iter().map(|(v, _)| *v));
         for eqn in &program.eqns {
             if let Some(v) = eqn.inputs.iter().find(|v| !defined.contains(v)) {
                 return Err(Error::Trace(format!(
-                    "internal: the linear part of seed {seed_input} reads an undefined variable {v:?}"
+                    "internal: the linear part of seeds {seed_inputs:?} reads an undefined variable {v:?}"
                 )));
             }
             defined.extend(eqn.outputs.iter().copied());

@@ -79,6 +79,8 @@ pub struct Program<P> {
     pub(crate) consts: Vec<(Var, Arc<Data>)>,
     pub(crate) eqns: Vec<Eqn<P>>,
     pub(crate) outputs: Vec<Var>,
+    /// Remarks printed above the program, such as how a transform runs it.
+    pub(crate) notes: Vec<String>,
 }
 
 impl<P> Default for Program<P> {
@@ -89,6 +91,7 @@ impl<P> Default for Program<P> {
             consts: Vec::new(),
             eqns: Vec::new(),
             outputs: Vec::new(),
+            notes: Vec::new(),
         }
     }
 }
@@ -171,6 +174,9 @@ impl<P: fmt::Display> fmt::Display for Program<P> {
                 .collect::<Vec<_>>()
                 .join(sep)
         };
+        for note in &self.notes {
+            writeln!(f, "# {note}")?;
+        }
         let consts: Vec<String> = self.consts.iter().map(|(v, _)| typed(v)).collect();
         let inputs: Vec<String> = self.inputs.iter().map(typed).collect();
         writeln!(

@@ -92,6 +92,7 @@ pub(crate) fn compact<P: Clone>(program: Program<P>) -> Program<P> {
         });
     }
     out.outputs = program.outputs.iter().map(|v| map[v]).collect();
+    out.notes = program.notes.clone();
     out
 }
 

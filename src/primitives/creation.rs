@@ -7,7 +7,7 @@ use std::fmt;
 
 use ndarray::ArrayD;
 
-use super::{Primal, Rules, Tangent, UnitRule, arity, not_linear, one};
+use super::{Dependence, Primal, Rules, Tangent, UnitRule, arity, not_linear, one};
 use crate::error::{Error, Result};
 use crate::storage::{Aval, DType, Data, pool};
 use crate::tensor::Tensor;
@@ -149,6 +149,12 @@ impl Rules for Creation {
             Creation::Iota { .. } | Creation::Eye { .. } => {
                 Ok(super::Units::new(self.name(), units).keep(None))
             }
+        }
+    }
+
+    fn dependence(&self, _ins: &[Aval]) -> Dependence {
+        match self {
+            Creation::Iota { .. } | Creation::Eye { .. } => Dependence::None,
         }
     }
 }

@@ -7,8 +7,8 @@ use std::fmt;
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, Axis, Ix2, IxDyn, linalg::general_mat_mul};
 
 use super::{
-    Primal, Rules, Tangent, UnitRule, Units, arity, broadcast_shapes, concat_dims, cotangents,
-    not_linear, one,
+    Dependence, Primal, Rules, Tangent, UnitRule, Units, arity, broadcast_shapes, concat_dims,
+    cotangents, not_linear, one,
 };
 use crate::error::{Error, Result};
 use crate::storage::{Aval, Data};
@@ -138,6 +138,10 @@ impl Rules for MatMul {
     fn units(&self, units: &[Option<Unit>], _inputs: &[&Tensor]) -> Result<UnitRule> {
         let u = Units::new(self.name(), units);
         Ok(u.keep(Some(u.of(0) * u.of(1))))
+    }
+
+    fn dependence(&self, _ins: &[Aval]) -> Dependence {
+        Dependence::MatMul
     }
 }
 

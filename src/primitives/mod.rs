@@ -97,6 +97,34 @@ pub(crate) trait Rules: fmt::Display {
     /// The unit rule: how operands in units are rescaled before the primitive sees their
     /// values, and the units of the results. Errors name the operation and the units.
     fn units(&self, units: &[Option<Unit>], inputs: &[&Tensor]) -> Result<UnitRule>;
+
+    /// How the outputs' elements depend on the inputs' elements (of abstract values `ins`),
+    /// for sparsity detection.
+    fn dependence(&self, ins: &[Aval]) -> Dependence;
+}
+
+/// How a primitive's output elements depend on its input elements, to first and second
+/// order, for sparsity detection. Conservative: a dependence named here may vanish at some
+/// inputs, but one left out never exists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Dependence {
+    /// The outputs depend on no input (or only through zero derivatives).
+    None,
+    /// Elementwise with broadcasting: output element `e` depends on operand `p` at `e` when
+    /// `first[p]`, and the second derivative in operands `(p, q)` may be nonzero for each
+    /// pair in `second`.
+    Elementwise {
+        first: Vec<bool>,
+        second: Vec<(usize, usize)>,
+    },
+    /// Each output element is one element of one operand, or zero: which one is found by
+    /// running the primitive on element indices. Linear.
+    Gather,
+    /// Each output element depends on the elements reduced into it (over `axes`); linear or
+    /// piecewise linear.
+    Reduce(Vec<usize>),
+    /// `out[.., i, j]` depends on rows `a[.., i, :]` and columns `b[.., :, j]`, bilinearly.
+    MatMul,
 }
 
 /// A tangent or cotangent: a symbolic zero, which rules skip, or a value.
@@ -318,6 +346,10 @@ impl Prim {
 
     pub(crate) fn units(&self, units: &[Option<Unit>], inputs: &[&Tensor]) -> Result<UnitRule> {
         dispatch!(self, op => op.units(units, inputs))
+    }
+
+    pub(crate) fn dependence(&self, ins: &[Aval]) -> Dependence {
+        dispatch!(self, op => op.dependence(ins))
     }
 
     /// Whether the primitive maps elements to elements (so tangents are rank-padded for it).

@@ -5,7 +5,8 @@ use std::fmt;
 use ndarray::{ArrayD, Axis};
 
 use super::{
-    Primal, Rules, Tangent, UnitRule, Units, arity, concat_dims, cotangents, not_linear, one, tuple,
+    Dependence, Primal, Rules, Tangent, UnitRule, Units, arity, concat_dims, cotangents,
+    not_linear, one, tuple,
 };
 use crate::error::{Error, Result};
 use crate::storage::{Aval, DType, Data};
@@ -160,6 +161,12 @@ impl Rules for Reduce {
 
     fn units(&self, units: &[Option<Unit>], _inputs: &[&Tensor]) -> Result<UnitRule> {
         Ok(Units::new(self.name(), units).same_as_first())
+    }
+
+    fn dependence(&self, _ins: &[Aval]) -> Dependence {
+        match self.op {
+            ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min => Dependence::Reduce(self.axes.clone()),
+        }
     }
 }
 

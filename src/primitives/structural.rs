@@ -7,7 +7,9 @@ use std::fmt;
 
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, Axis, Ix1, Ix2, Ix3, Ix4, IxDyn, Slice};
 
-use super::{Primal, Rules, Tangent, UnitRule, Units, arity, concat_dims, cotangents, one, tuple};
+use super::{
+    Dependence, Primal, Rules, Tangent, UnitRule, Units, arity, concat_dims, cotangents, one, tuple,
+};
 use crate::error::{Error, Result};
 use crate::storage::{Aval, Data, pool, with_array};
 use crate::tensor::Tensor;
@@ -428,6 +430,17 @@ impl Rules for Structural {
             | Structural::Slice { .. }
             | Structural::Pad { .. } => u.same_as_first(),
         })
+    }
+
+    fn dependence(&self, _ins: &[Aval]) -> Dependence {
+        match self {
+            Structural::Broadcast(_)
+            | Structural::Reshape(_)
+            | Structural::Transpose(_)
+            | Structural::Slice { .. }
+            | Structural::Pad { .. }
+            | Structural::Concat(_) => Dependence::Gather,
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! Arranging a call's derivative blocks into trees, as each case and layout of the
 //! specification returns them: output tree / row variable tree (/ column variable tree).
 
+use super::Argnums;
 use super::compile::Compiled;
-use super::{Argnums, Kind};
 use crate::autodiff::Output;
 use crate::state::GradStates;
 use crate::tensor::Tensor;
@@ -16,9 +16,27 @@ pub(crate) enum Part {
     Args,
 }
 
+/// What the blocks are, and so how they nest and what units they carry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arrangement {
+    /// `d out / d w` ([`Output::Jacobian`]): output tree / variable tree, or just the
+    /// variable tree for a gradient (`nested: false`).
+    Jacobian { nested: bool },
+    /// `d2 out / d w d w'` ([`Output::Hessian`]): output tree / variable tree / variable tree.
+    Hessian,
+    /// One block per variable ([`Output::Product`]) of the scalar output's Hessian: products
+    /// with vectors in the variables' units, carrying `unit(out) / unit(w)`.
+    Products,
+    /// The Hessian's diagonal ([`Output::Product`]), carrying `unit(out) / unit(w)^2`.
+    Diagonal,
+    /// One cotangent per variable ([`Output::Cotangent`]), carrying `unit(out) / unit(w)`
+    /// times the cotangents' unit.
+    Cotangents(Unit),
+}
+
 /// Derivative blocks of one call, with what is needed to arrange them into trees.
 pub(crate) struct Blocks<'a> {
-    pub kind: Kind,
+    pub arrangement: Arrangement,
     pub compiled: &'a Compiled,
     pub argnums: &'a Argnums,
     pub grad_states: Option<&'a GradStates>,
@@ -43,26 +61,39 @@ impl Blocks<'_> {
                 ),
             }
         };
-        // With unit_aware, d^k out / d w_p (d w_q) carries unit(out) / (unit(w_p) unit(w_q)).
         // The block of output `o` over row variable `row` (and column variable `col`).
         let block = |o: usize, row: usize, col: Option<usize>| -> Node {
-            let output = match col {
-                None => Output::Jacobian { out: o, wrt: row },
-                Some(col) => Output::Hessian {
-                    out: o,
-                    wrt: (row, col),
-                },
+            let wrt_unit = |p: usize| self.compiled.wrt_units[p].unwrap_or(Unit::ONE);
+            let out_unit = self.compiled.output_units[o].unwrap_or(Unit::ONE);
+            let (output, unit) = match (self.arrangement, col) {
+                (Arrangement::Hessian, Some(col)) => (
+                    Output::Hessian {
+                        out: o,
+                        wrt: (row, col),
+                    },
+                    out_unit / (wrt_unit(row) * wrt_unit(col)),
+                ),
+                (Arrangement::Jacobian { .. } | Arrangement::Hessian, _) => (
+                    Output::Jacobian { out: o, wrt: row },
+                    out_unit / wrt_unit(row),
+                ),
+                (Arrangement::Products, _) => {
+                    (Output::Product { wrt: row }, out_unit / wrt_unit(row))
+                }
+                (Arrangement::Diagonal, _) => (
+                    Output::Product { wrt: row },
+                    out_unit / wrt_unit(row).powi(2),
+                ),
+                (Arrangement::Cotangents(ct), _) => (
+                    Output::Cotangent { wrt: row },
+                    out_unit * ct / wrt_unit(row),
+                ),
             };
             let tensor = &self.blocks[self.compiled.blocks[&output]];
             if !self.unit_aware {
                 return Node::Leaf(tensor.clone());
             }
-            let one = Unit::ONE;
-            let unit = std::iter::once(row)
-                .chain(col)
-                .fold(self.compiled.output_units[o].unwrap_or(one), |u, p| {
-                    u / self.compiled.wrt_units[p].unwrap_or(one)
-                });
+            // With unit_aware, each block carries the unit of what it is.
             Node::Leaf(if unit.is_dimensionless() {
                 if unit.scale() == 1.0 {
                     tensor.clone()
@@ -85,7 +116,7 @@ impl Blocks<'_> {
             tree(rows, &mut || {
                 let row = p;
                 p += 1;
-                if self.kind != Kind::Hessian {
+                if self.arrangement != Arrangement::Hessian {
                     return block(o, row, None);
                 }
                 let mut q = start(cols);
@@ -96,7 +127,9 @@ impl Blocks<'_> {
                 })
             })
         };
-        if self.kind == Kind::Grad {
+        if self.arrangement != Arrangement::Hessian
+            && self.arrangement != (Arrangement::Jacobian { nested: true })
+        {
             return for_output(0);
         }
         let mut o = 0;

@@ -5,16 +5,19 @@
 //! picks its part (see [`super::blocks`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::function::{Function, Signature, Split, trace_function};
+use super::mode::Evaluation;
 use super::{Argnums, Kind};
 use crate::autodiff::{
-    Output, Sweeps, hessian_program, hessian_sweeps, jacfwd_program, jacfwd_sweeps, jacrev_program,
+    Output, Sweeps, hessian_products, hessian_program, hessian_sweeps, hvp_program, jacfwd_program,
+    jacfwd_sweeps, jacrev_program, jvp_program_of, vjp_split,
 };
 use crate::error::{Error, Result};
 use crate::exec::{Plan, Sweep};
 use crate::primitives::Program;
+use crate::sparsity::{Compression, Recover, SparsityPattern, hessian_pattern};
 use crate::state::GradStates;
 use crate::storage::Aval;
 use crate::tensor::Tensor;
@@ -25,6 +28,7 @@ use crate::unit::Unit;
 /// What a transform differentiates, beyond the function itself.
 pub(crate) struct Spec<'a> {
     pub kind: Kind,
+    pub evaluation: Evaluation,
     /// The differentiated arguments, if any.
     pub argnums: Option<&'a Argnums>,
     pub grad_states: Option<&'a GradStates>,
@@ -36,7 +40,9 @@ pub(crate) struct Spec<'a> {
 
 /// How a compiled transform computes a call's outputs.
 pub(crate) enum Executable {
-    /// One plan: the function's outputs (value, aux, written states), then the blocks.
+    /// One plan: the function's outputs (value, aux, written states), then the blocks. The
+    /// plan takes the argument leaves and the states' leaves, then any vectors of the call
+    /// (tangents for `jvp`, vectors for `hvp`).
     Whole(Plan),
     /// A primal plan computing the function's outputs, then the residuals that the sweeps
     /// read; each sweep's outputs are the blocks listed with it. Blocks that are zero whatever
@@ -47,14 +53,34 @@ pub(crate) enum Executable {
         sweeps: Vec<(Sweep, Vec<Output>)>,
         zeros: Vec<(Output, Aval)>,
     },
+    /// One plan computing the function's outputs, then Hessian-vector products with the
+    /// coloring's seeds (one `[colors] ++ shape` product per differentiated leaf), from which
+    /// the Hessian's entries are read.
+    Compressed {
+        plan: Plan,
+        n_outputs: usize,
+        compression: Arc<Compression>,
+        into: Recover,
+    },
+    /// A Hessian's sparsity pattern: nothing to run.
+    Pattern(Arc<SparsityPattern>),
+    /// The primal plan (the function's outputs, then residuals) and the pullback
+    /// (residuals, then one cotangent per value leaf, to one cotangent per differentiated
+    /// leaf).
+    Vjp {
+        primal: Plan,
+        n_outputs: usize,
+        pullback: Arc<Plan>,
+    },
 }
 
 /// Everything a call needs that does not depend on the values of its inputs.
 pub(crate) struct Compiled {
     pub exec: Executable,
-    /// The derivative as one program (the function's outputs, then the blocks), for
-    /// printing and for inlining into an enclosing trace.
-    pub whole: Program,
+    /// How the derivative is obtained as one program, for printing and for inlining into an
+    /// enclosing trace (built when first asked for).
+    derivation: Derivation,
+    whole: OnceLock<Result<Program>>,
     pub value_def: TreeDef,
     pub aux_def: Option<TreeDef>,
     pub arg_defs: Vec<TreeDef>,
@@ -69,8 +95,21 @@ pub(crate) struct Compiled {
     pub writes: Vec<(Arc<dyn TracedState>, usize)>,
     /// Differentiated leaves: how many belong to grad states (they come first in `W`).
     pub n_state_leaves: usize,
-    /// Where each derivative block is among the plan's outputs, after the function's own.
+    /// Where each derivative block is among a call's blocks.
     pub blocks: HashMap<Output, usize>,
+    /// Shapes and dtypes of the differentiated leaves, in the order of `W`.
+    pub wrt_avals: Vec<Aval>,
+    /// Shapes and dtypes of the function's value leaves.
+    pub value_avals: Vec<Aval>,
+}
+
+/// The traced function and what is differentiated: enough to derive the whole program.
+struct Derivation {
+    kind: Kind,
+    evaluation: Evaluation,
+    program: Program,
+    wrt: Vec<usize>,
+    of: Vec<usize>,
 }
 
 /// Shape, dtype and unit of a leaf: what a plan depends on.
@@ -182,7 +221,7 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
     signature: &Signature,
 ) -> Result<Compiled> {
     let (defs, avals) = (&signature.defs, &signature.avals);
-    let name = spec.kind.name();
+    let name = spec.name();
     let grad_states = spec.grad_states.map(GradStates::states).unwrap_or_default();
     for (k, s) in grad_states.iter().enumerate() {
         if grad_states[..k].iter().any(|t| t.id() == s.id()) {
@@ -281,19 +320,38 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
     wrt_units.extend(arg_wrt.iter().map(|&i| signature.units[i]));
     let wrt: Vec<usize> = state_wrt.iter().chain(&arg_wrt).copied().collect();
     let of: Vec<usize> = (0..traced.n_value).collect();
-    let (whole, mut blocks) = whole_derivative(spec.kind, &program, &wrt, &of)?;
-    let exec = match spec.kind {
-        Kind::Grad | Kind::JacRev => Executable::Whole(Plan::new(whole.clone())),
-        Kind::JacFwd | Kind::Hessian => {
-            let sweeps = sweeps(spec, &program, &wrt, &of)?;
-            let (exec, order) = swept(sweeps);
-            blocks = order.into_iter().enumerate().map(|(i, o)| (o, i)).collect();
-            exec
-        }
-    };
+    let in_avals = program.input_avals();
+    let wrt_avals: Vec<Aval> = wrt.iter().map(|&i| in_avals[i].clone()).collect();
+    let value_avals = out_avals[..traced.n_value].to_vec();
+    let evaluation = spec.evaluation;
+    if matches!(
+        evaluation,
+        Evaluation::Hvp | Evaluation::Diagonal | Evaluation::Sparse | Evaluation::Pattern
+    ) && (of.len() != 1 || !value_avals[0].shape.is_empty())
+    {
+        let shapes: Vec<_> = value_avals.iter().map(|a| a.shape.clone()).collect();
+        return Err(Error::shape(
+            spec.name(),
+            format!("the function must return one scalar, got outputs of shapes {shapes:?}"),
+        ));
+    }
+    if matches!(evaluation, Evaluation::Sparse | Evaluation::Diagonal) && spec.kind != Kind::Hessian
+    {
+        return Err(Error::Options(format!(
+            "{name}: sparse() and diagonal() apply to hessian transforms"
+        )));
+    }
+    let (exec, blocks) = executable(spec, &program, &wrt, &of)?;
     Ok(Compiled {
         exec,
-        whole,
+        derivation: Derivation {
+            kind: spec.kind,
+            evaluation,
+            program,
+            wrt,
+            of,
+        },
+        whole: OnceLock::new(),
         value_def: traced.value_def,
         aux_def: traced.aux_def,
         arg_defs: defs.to_vec(),
@@ -303,7 +361,213 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
         writes,
         n_state_leaves: state_wrt.len(),
         blocks,
+        wrt_avals,
+        value_avals,
     })
+}
+
+/// Blocks numbered in the order given.
+fn numbered(order: impl IntoIterator<Item = Output>) -> HashMap<Output, usize> {
+    order.into_iter().enumerate().map(|(i, o)| (o, i)).collect()
+}
+
+/// The executable of a transform, and where each of its blocks is among a call's blocks.
+fn executable(
+    spec: &Spec,
+    program: &Program,
+    wrt: &[usize],
+    of: &[usize],
+) -> Result<(Executable, HashMap<Output, usize>)> {
+    let n_outputs = program.outputs.len();
+    let own: Vec<Output> = (0..n_outputs).map(Output::Primal).collect();
+    let products = || (0..wrt.len()).map(|i| Output::Product { wrt: i });
+    Ok(match spec.evaluation {
+        Evaluation::Vjp => {
+            let split = vjp_split(program, wrt, of)?;
+            let exec = Executable::Vjp {
+                primal: Plan::new(split.primal),
+                n_outputs: split.n_outputs,
+                pullback: Arc::new(Plan::new(split.pullback)),
+            };
+            (
+                exec,
+                numbered((0..wrt.len()).map(|i| Output::Cotangent { wrt: i })),
+            )
+        }
+        Evaluation::Jvp => {
+            let derivative = jvp_program_of(program, wrt, of)?;
+            let tangents: Vec<Output> = (0..of.len()).map(|o| Output::Tangent { out: o }).collect();
+            let wanted: Vec<Output> = own.iter().chain(&tangents).copied().collect();
+            (
+                Executable::Whole(Plan::new(derivative.select(&wanted))),
+                numbered(tangents),
+            )
+        }
+        Evaluation::Hvp => {
+            let derivative = hvp_program(program, wrt)?;
+            let wanted: Vec<Output> = own.iter().copied().chain(products()).collect();
+            (
+                Executable::Whole(Plan::new(derivative.select(&wanted))),
+                numbered(products()),
+            )
+        }
+        Evaluation::Pattern => {
+            let pattern = full_pattern(program, wrt)?;
+            (Executable::Pattern(Arc::new(pattern)), HashMap::new())
+        }
+        Evaluation::Sparse => {
+            let compression = Compression::new(full_pattern(program, wrt)?)?;
+            compressed(program, wrt, compression, Recover::Entries)?
+        }
+        Evaluation::Diagonal => {
+            let compression = Compression::new(full_pattern(program, wrt)?)?;
+            compressed(program, wrt, compression, Recover::Diagonal)?
+        }
+        Evaluation::Dense => match spec.kind {
+            Kind::Grad | Kind::JacRev => {
+                let (whole, blocks) = whole_derivative(spec.kind, program, wrt, of)?;
+                (Executable::Whole(Plan::new(whole)), blocks)
+            }
+            Kind::JacFwd => {
+                let (exec, order) = swept(sweeps(spec, program, wrt, of)?);
+                (exec, numbered(order))
+            }
+            Kind::Hessian => match sparse_enough(program, wrt, of)? {
+                Some(compression) => compressed(program, wrt, compression, Recover::Dense)?,
+                None => {
+                    let (exec, order) = swept(sweeps(spec, program, wrt, of)?);
+                    (exec, numbered(order))
+                }
+            },
+        },
+    })
+}
+
+/// The Hessian pattern, however dense (a pattern too dense to detect economically is
+/// reported dense).
+fn full_pattern(program: &Program, wrt: &[usize]) -> Result<SparsityPattern> {
+    hessian_pattern(program, wrt, None)?
+        .ok_or_else(|| Error::Trace("internal: a pattern without a limit".into()))
+}
+
+/// A dense Hessian is computed from its sparsity when its pattern, detected at plan time,
+/// takes at most a quarter as many colors (Hessian-vector products) as it has columns.
+fn sparse_enough(program: &Program, wrt: &[usize], of: &[usize]) -> Result<Option<Compression>> {
+    let scalar = of.len() == 1 && program.aval(program.outputs[of[0]]).shape.is_empty();
+    let n: usize = wrt
+        .iter()
+        .map(|&i| program.aval(program.inputs[i]).numel())
+        .sum();
+    if !scalar || n < 8 {
+        return Ok(None);
+    }
+    // With more than n^2 / 8 entries in the upper triangle, some row has more than n / 4
+    // entries, and a coloring needs more colors than that: stop detecting there.
+    let Some(pattern) = hessian_pattern(program, wrt, Some(n * n / 8))? else {
+        return Ok(None);
+    };
+    let compression = Compression::new(pattern)?;
+    Ok((compression.colors * 4 <= n).then_some(compression))
+}
+
+/// The executable computing a Hessian from compressed products.
+fn compressed(
+    program: &Program,
+    wrt: &[usize],
+    compression: Compression,
+    into: Recover,
+) -> Result<(Executable, HashMap<Output, usize>)> {
+    let in_avals = program.input_avals();
+    let seeds: Vec<_> = wrt
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| compression.seed(k, &in_avals[i].shape, in_avals[i].dtype))
+        .collect();
+    let derivative = hessian_products(program, wrt, &seeds)?;
+    let own: Vec<Output> = (0..program.outputs.len()).map(Output::Primal).collect();
+    let products = (0..wrt.len()).map(|i| Output::Product { wrt: i });
+    let wanted: Vec<Output> = own.iter().copied().chain(products).collect();
+    let blocks = match into {
+        Recover::Dense => numbered((0..wrt.len()).flat_map(|i| {
+            (0..wrt.len()).map(move |j| Output::Hessian {
+                out: 0,
+                wrt: (i, j),
+            })
+        })),
+        Recover::Diagonal => numbered((0..wrt.len()).map(|i| Output::Product { wrt: i })),
+        Recover::Entries => HashMap::new(),
+    };
+    let exec = Executable::Compressed {
+        plan: Plan::new(derivative.select(&wanted)),
+        n_outputs: own.len(),
+        compression: Arc::new(compression),
+        into,
+    };
+    Ok((exec, blocks))
+}
+
+impl Spec<'_> {
+    /// The transform's name in error messages.
+    pub fn name(&self) -> &'static str {
+        match self.evaluation {
+            Evaluation::Dense => self.kind.name(),
+            Evaluation::Hvp => "hvp",
+            Evaluation::Diagonal => "hessian diagonal",
+            Evaluation::Sparse => "sparse hessian",
+            Evaluation::Pattern => "hessian_sparsity",
+            Evaluation::Jvp => "jvp",
+            Evaluation::Vjp => "vjp",
+        }
+    }
+}
+
+impl Compiled {
+    /// How the executable computes the derivative, when not as one program.
+    pub fn notes(&self) -> Vec<String> {
+        match &self.exec {
+            Executable::Swept { sweeps, .. } => sweeps
+                .iter()
+                .enumerate()
+                .map(|(k, (sweep, _))| {
+                    format!(
+                        "runs in sweeps: variable {k} ({} directions) in chunks of {}",
+                        sweep.input.numel(),
+                        sweep.chunk
+                    )
+                })
+                .collect(),
+            Executable::Compressed { compression, .. } => vec![format!(
+                "computed from its sparsity: a star coloring of {} entries takes {} colors, \
+                 so {} Hessian-vector products per call, then each entry is read from one",
+                compression.pattern.nnz(),
+                compression.colors,
+                compression.colors
+            )],
+            Executable::Whole(_) | Executable::Pattern(_) | Executable::Vjp { .. } => Vec::new(),
+        }
+    }
+
+    /// The derivative as one program: the function's outputs, then every block (for `hvp`
+    /// and `jvp`, after the call's vectors as inputs).
+    pub fn whole(&self) -> Result<&Program> {
+        let d = &self.derivation;
+        self.whole
+            .get_or_init(|| match d.evaluation {
+                Evaluation::Dense
+                | Evaluation::Sparse
+                | Evaluation::Diagonal
+                | Evaluation::Pattern => Ok(whole_derivative(d.kind, &d.program, &d.wrt, &d.of)?.0),
+                Evaluation::Hvp | Evaluation::Jvp => match &self.exec {
+                    Executable::Whole(plan) => Ok(plan.program.clone()),
+                    _ => Err(Error::Trace(
+                        "internal: a directional plan in one program".into(),
+                    )),
+                },
+                Evaluation::Vjp => Ok(whole_derivative(Kind::JacRev, &d.program, &d.wrt, &d.of)?.0),
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
 }
 
 /// The derivative of `program` as one program: its outputs, then the blocks `kind` asks for,

@@ -31,21 +31,31 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
 mod blocks;
+mod call;
 mod compile;
 mod function;
 mod run;
+mod typestate;
 
-use self::blocks::{Blocks, Part};
+use self::blocks::{Arrangement, Blocks, Part};
+pub use self::call::Pullback;
 use self::compile::{Compiled, Spec, compile};
 pub use self::function::{Args, Function};
 use self::function::{Signature, Split, signature, split_aux, split_plain, trace_function};
 use self::run::{Outputs, run};
+pub use self::typestate::{case, layout, mode};
 use crate::error::Result;
 use crate::exec::simplify;
 use crate::primitives::Program;
 use crate::state::GradStates;
 
+use crate::tensor::Tensor;
 use crate::tree::{Node, Tree};
+
+/// The vectors of a call that takes none.
+fn no_vectors(_: &Compiled) -> Result<Vec<Tensor>> {
+    Ok(Vec::new())
+}
 
 /// Which positional arguments to differentiate: one index (the result has no tuple level for
 /// arguments, as in JAX) or a sequence (the result has one entry per index, in that order).
@@ -93,295 +103,9 @@ impl<const N: usize> From<[usize; N]> for Argnums {
     }
 }
 
-/// What a call returns besides the derivatives (typestate, so that a wrong destructuring is a
-/// compile error): set by [`GradientTransform::has_aux`] and [`GradientTransform::return_value`].
-///
-/// ```
-/// use brainstate::{grad, Tensor};
-/// let g = grad(|x: &Tensor| ((x * x).sum(), x.max())).has_aux().return_value();
-/// let (grads, value, aux) = g.call(&Tensor::from([1.0, 2.0])).unwrap(); // layout::ValueAux
-/// assert_eq!(grads.tensor().unwrap().to_vec::<f64>().unwrap(), vec![2.0, 4.0]);
-/// assert_eq!((value.item().unwrap(), aux.item().unwrap()), (5.0, 2.0));
-/// ```
-pub mod layout {
-    /// Derivatives only.
-    ///
-    /// ```
-    /// use brainstate::transform::{case, layout::Plain};
-    /// use brainstate::{grad, GradientTransform, Tensor};
-    /// let g: GradientTransform<_, (Tensor,), case::Args, Plain> = grad(|x: &Tensor| x.sum());
-    /// let grads = g.call(&Tensor::from([1.0, 2.0])).unwrap(); // the derivatives only
-    /// assert_eq!(grads.tensor().unwrap().to_vec::<f64>().unwrap(), vec![1.0, 1.0]);
-    /// ```
-    #[derive(Debug)]
-    pub struct Plain;
-    /// `(derivatives, aux)`.
-    ///
-    /// ```
-    /// use brainstate::transform::{case, layout::Aux};
-    /// use brainstate::{grad, GradientTransform, Tensor};
-    /// let g: GradientTransform<_, (Tensor,), case::Args, Aux> =
-    ///     grad(|x: &Tensor| (x.sum(), x.max())).has_aux();
-    /// let (_grads, aux) = g.call(&Tensor::from([1.0, 2.0])).unwrap();
-    /// assert_eq!(aux.item().unwrap(), 2.0);
-    /// ```
-    #[derive(Debug)]
-    pub struct Aux;
-    /// `(derivatives, value)`.
-    ///
-    /// ```
-    /// use brainstate::transform::{case, layout::Value};
-    /// use brainstate::{grad, GradientTransform, Tensor};
-    /// let g: GradientTransform<_, (Tensor,), case::Args, Value> =
-    ///     grad(|x: &Tensor| x.sum()).return_value();
-    /// let (_grads, value) = g.call(&Tensor::from([1.0, 2.0])).unwrap();
-    /// assert_eq!(value.item().unwrap(), 3.0);
-    /// ```
-    #[derive(Debug)]
-    pub struct Value;
-    /// `(derivatives, value, aux)`.
-    ///
-    /// ```
-    /// use brainstate::transform::{case, layout::ValueAux};
-    /// use brainstate::{grad, GradientTransform, Tensor};
-    /// let g: GradientTransform<_, (Tensor,), case::Args, ValueAux> =
-    ///     grad(|x: &Tensor| (x.sum(), x.max())).has_aux().return_value();
-    /// let (_grads, value, aux) = g.call(&Tensor::from([1.0, 2.0])).unwrap();
-    /// assert_eq!((value.item().unwrap(), aux.item().unwrap()), (3.0, 2.0));
-    /// ```
-    #[derive(Debug)]
-    pub struct ValueAux;
-
-    /// How the layout changes when aux data or the value is also asked for: the order of the
-    /// builder calls does not matter, and the call's result changes with them.
-    ///
-    /// ```
-    /// use brainstate::{grad, Tensor};
-    /// let f = |x: &Tensor| (x.powi(2).sum(), x.max());
-    /// let x = Tensor::from([1.0, 3.0]);
-    /// let (_, aux) = grad(f).has_aux().call(&x).unwrap(); // Plain -> Aux
-    /// let (_, value, aux2) = grad(f).return_value().has_aux().call(&x).unwrap(); // -> ValueAux
-    /// assert_eq!((aux.item().unwrap(), value.item().unwrap()), (3.0, 10.0));
-    /// assert_eq!(aux2.item().unwrap(), 3.0);
-    /// ```
-    pub trait Layout {
-        /// The layout after `.has_aux()`.
-        ///
-        /// ```
-        /// use brainstate::{grad, Tensor};
-        /// let with_value = grad(|x: &Tensor| (x.sum(), x * 2.0)).return_value(); // Value
-        /// let (_, value, aux) = with_value.has_aux().call(&Tensor::scalar(4.0)).unwrap();
-        /// assert_eq!((value.item().unwrap(), aux.item().unwrap()), (4.0, 8.0));
-        /// ```
-        type WithAux;
-        /// The layout after `.return_value()`.
-        ///
-        /// ```
-        /// use brainstate::{hessian, Tensor};
-        /// let (hess, value) = hessian(|x: &Tensor| x.powi(3).sum())
-        ///     .return_value() // Plain -> Value
-        ///     .call(&Tensor::scalar(2.0))
-        ///     .unwrap();
-        /// assert_eq!((hess.tensor().unwrap().item().unwrap(), value.item().unwrap()), (12.0, 8.0));
-        /// ```
-        type WithValue;
-    }
-    impl Layout for Plain {
-        type WithAux = Aux;
-        type WithValue = Value;
-    }
-    impl Layout for Aux {
-        type WithAux = Aux;
-        type WithValue = ValueAux;
-    }
-    impl Layout for Value {
-        type WithAux = ValueAux;
-        type WithValue = Value;
-    }
-    impl Layout for ValueAux {
-        type WithAux = ValueAux;
-        type WithValue = ValueAux;
-    }
-}
-use layout::{Aux, Layout, Plain, Value, ValueAux};
-
-/// Which of the specification's three cases a transform is in (typestate): what it
-/// differentiates and so what its derivatives are.
-///
-/// ```
-/// use brainstate::{hessian, State, Tensor};
-/// let w = State::new(Tensor::scalar(2.0));
-/// let f = |x: &Tensor| (w.value() * x * x).sum();
-/// let x = Tensor::scalar(3.0);
-/// let arg_grads = hessian(f).call(&x).unwrap(); // case 1: d2f / dx2 = 2w
-/// let var_grads = hessian(f).grad_states(&w).call(&x).unwrap(); // case 2: d2f / dw2 = 0
-/// let (_, both) = hessian(f).grad_states(&w).argnums(0).call(&x).unwrap(); // case 3
-/// assert_eq!(arg_grads.tensor().unwrap().item().unwrap(), 4.0);
-/// assert_eq!(var_grads.tensor().unwrap().item().unwrap(), 0.0);
-/// assert_eq!(both.tensor().unwrap().item().unwrap(), 4.0);
-/// ```
-pub mod case {
-    use crate::tree::Node;
-
-    /// Case 1, `argnums` left at its default `0`: `arg_grads`.
-    ///
-    /// ```
-    /// use brainstate::transform::case;
-    /// use brainstate::{hessian, GradientTransform, Tensor};
-    /// let h: GradientTransform<_, (Tensor,), case::Args> = hessian(|x: &Tensor| x.powi(3).sum());
-    /// let arg_grads = h.call(&Tensor::from([1.0])).unwrap();
-    /// assert_eq!(arg_grads.tensor().unwrap().to_vec::<f64>().unwrap(), vec![6.0]);
-    /// ```
-    #[derive(Debug)]
-    pub struct Args;
-    /// Case 1 with `argnums` given: `arg_grads`.
-    ///
-    /// ```
-    /// use brainstate::transform::case;
-    /// use brainstate::{grad, GradientTransform, Tensor};
-    /// let f = |x: &Tensor, y: &Tensor| (x * y).sum();
-    /// let g: GradientTransform<_, (Tensor, Tensor), case::ArgsGiven> = grad(f).argnums(1);
-    /// let arg_grads = g.call((&Tensor::scalar(2.0), &Tensor::scalar(5.0))).unwrap();
-    /// assert_eq!(arg_grads.tensor().unwrap().item().unwrap(), 2.0);
-    /// ```
-    #[derive(Debug)]
-    pub struct ArgsGiven;
-    /// Case 2, `grad_states` without `argnums`: `var_grads`.
-    ///
-    /// ```
-    /// use brainstate::transform::case;
-    /// use brainstate::{grad, GradientTransform, State, Tensor};
-    /// let w = State::new(Tensor::scalar(2.0));
-    /// let f = |x: &Tensor| (w.value() * x).sum();
-    /// let g: GradientTransform<_, (Tensor,), case::States> = grad(f).grad_states(&w);
-    /// assert_eq!(g.call(&Tensor::scalar(5.0)).unwrap().tensor().unwrap().item().unwrap(), 5.0);
-    /// ```
-    #[derive(Debug)]
-    pub struct States;
-    /// Case 3, `grad_states` and `argnums`: `(var_grads, arg_grads)`.
-    ///
-    /// ```
-    /// use brainstate::transform::case;
-    /// use brainstate::{grad, GradientTransform, State, Tensor};
-    /// let w = State::new(Tensor::scalar(2.0));
-    /// let f = |x: &Tensor| (w.value() * x).sum();
-    /// let g: GradientTransform<_, (Tensor,), case::StatesArgs> =
-    ///     grad(f).grad_states(&w).argnums(0);
-    /// let (var_grads, arg_grads) = g.call(&Tensor::scalar(5.0)).unwrap();
-    /// assert_eq!(var_grads.tensor().unwrap().item().unwrap(), 5.0); // d/dw = x
-    /// assert_eq!(arg_grads.tensor().unwrap().item().unwrap(), 2.0); // d/dx = w
-    /// ```
-    #[derive(Debug)]
-    pub struct StatesArgs;
-
-    /// What each case differentiates and returns: `grad_states` moves case 1 to case 2, and
-    /// `argnums` then moves it to case 3, whose result is a pair.
-    ///
-    /// ```
-    /// use brainstate::{grad, State, Tensor};
-    /// let w = State::new(Tensor::scalar(3.0));
-    /// let f = |x: &Tensor| (w.value() * x * x).sum();
-    /// let x = Tensor::scalar(2.0);
-    /// let dw = grad(f).grad_states(&w).call(&x).unwrap(); // Args -> States: var_grads
-    /// let (dw2, dx) = grad(f).grad_states(&w).argnums(0).call(&x).unwrap(); // -> StatesArgs
-    /// assert_eq!(dw.tensor().unwrap().item().unwrap(), 4.0); // x^2
-    /// assert_eq!(dw2.tensor().unwrap().item().unwrap(), 4.0);
-    /// assert_eq!(dx.tensor().unwrap().item().unwrap(), 12.0); // 2 w x
-    /// ```
-    pub trait Case {
-        /// The derivatives a call returns: one [`Node`] tree, or `(var_grads, arg_grads)` in
-        /// case 3.
-        ///
-        /// ```
-        /// use brainstate::{hessian, Node, State, Tensor};
-        /// let w = State::new(Tensor::scalar(1.0));
-        /// let h = hessian(|x: &Tensor| (w.value() * x).powi(2).sum()).grad_states(&w).argnums(0);
-        /// let (var_grads, arg_grads): (Node, Node) = h.call(&Tensor::scalar(3.0)).unwrap();
-        /// assert_eq!(var_grads.tensor().unwrap().item().unwrap(), 18.0); // 2 x^2
-        /// assert_eq!(arg_grads.tensor().unwrap().item().unwrap(), 2.0); // 2 w^2
-        /// ```
-        type Grads;
-        /// The case after `.argnums(..)`.
-        ///
-        /// ```
-        /// use brainstate::{grad, Tensor};
-        /// let g = grad(|x: &Tensor, y: &Tensor| (x * y).sum()).argnums(1); // Args -> ArgsGiven
-        /// let dy = g.call((&Tensor::scalar(5.0), &Tensor::scalar(2.0))).unwrap();
-        /// assert_eq!(dy.tensor().unwrap().item().unwrap(), 5.0);
-        /// ```
-        type WithArgnums;
-        /// The case after `.grad_states(..)`.
-        ///
-        /// ```
-        /// use brainstate::{grad, State, Tensor};
-        /// let w = State::new(Tensor::scalar(2.0));
-        /// let g = grad(|x: &Tensor| (w.value() * x).sum()).argnums(0); // ArgsGiven
-        /// let (dw, dx) = g.grad_states(&w).call(&Tensor::scalar(7.0)).unwrap(); // StatesArgs
-        /// assert_eq!((dw.tensor().unwrap().item().unwrap(), dx.tensor().unwrap().item().unwrap()), (7.0, 2.0));
-        /// ```
-        type WithStates;
-        /// Whether arguments are differentiated.
-        ///
-        /// ```
-        /// use brainstate::transform::case::{Args, Case, States};
-        /// assert!(<Args as Case>::ARGS && !<States as Case>::ARGS);
-        /// ```
-        const ARGS: bool;
-        /// Whether states are differentiated.
-        ///
-        /// ```
-        /// use brainstate::transform::case::{Args, Case, StatesArgs};
-        /// assert!(<StatesArgs as Case>::STATES && !<Args as Case>::STATES);
-        /// ```
-        const STATES: bool;
-        #[doc(hidden)]
-        fn grads(var_grads: Option<Node>, arg_grads: Option<Node>) -> Self::Grads;
-    }
-    impl Case for Args {
-        type Grads = Node;
-        type WithArgnums = ArgsGiven;
-        type WithStates = States;
-        const ARGS: bool = true;
-        const STATES: bool = false;
-        fn grads(_: Option<Node>, arg_grads: Option<Node>) -> Node {
-            arg_grads.expect("arguments differentiated")
-        }
-    }
-    impl Case for ArgsGiven {
-        type Grads = Node;
-        type WithArgnums = ArgsGiven;
-        type WithStates = StatesArgs;
-        const ARGS: bool = true;
-        const STATES: bool = false;
-        fn grads(_: Option<Node>, arg_grads: Option<Node>) -> Node {
-            arg_grads.expect("arguments differentiated")
-        }
-    }
-    impl Case for States {
-        type Grads = Node;
-        type WithArgnums = StatesArgs;
-        type WithStates = States;
-        const ARGS: bool = false;
-        const STATES: bool = true;
-        fn grads(var_grads: Option<Node>, _: Option<Node>) -> Node {
-            var_grads.expect("states differentiated")
-        }
-    }
-    impl Case for StatesArgs {
-        type Grads = (Node, Node);
-        type WithArgnums = StatesArgs;
-        type WithStates = StatesArgs;
-        const ARGS: bool = true;
-        const STATES: bool = true;
-        fn grads(var_grads: Option<Node>, arg_grads: Option<Node>) -> (Node, Node) {
-            (
-                var_grads.expect("states differentiated"),
-                arg_grads.expect("arguments differentiated"),
-            )
-        }
-    }
-}
 use case::Case;
+use layout::{Layout, Plain};
+use mode::{Dense, Mode};
 
 /// Which derivative a transform computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -404,15 +128,16 @@ impl Kind {
 }
 
 /// Marks the type parameters a transform only uses at the type level.
-type Typestate<Sig, C, L> = PhantomData<fn() -> (Sig, C, L)>;
+type Typestate<Sig, C, L, M> = PhantomData<fn() -> (Sig, C, L, M)>;
 
 /// A transformed function (the reference's `GradientTransform`): call it with
 /// [`call`](GradientTransform::call) as often as needed. The derivative program is built once
 /// per signature (argument structure, shapes and dtypes, and the shapes and dtypes of the
 /// states read) and reused.
 ///
-/// `C` is the [`case`] (what is differentiated) and `L` the [`layout`] (what else is
-/// returned); both change with the builder methods, so the result's type always matches.
+/// `C` is the [`case`] (what is differentiated), `L` the [`layout`] (what else is returned)
+/// and `M` the [`mode`] (how the derivatives are computed and returned); they change with the
+/// builder methods, so the result's type always matches.
 ///
 /// ```
 /// use brainstate::{hessian, Tensor};
@@ -422,7 +147,7 @@ type Typestate<Sig, C, L> = PhantomData<fn() -> (Sig, C, L)>;
 /// assert_eq!(hess.tensor().unwrap().to_vec::<f64>().unwrap(), vec![6.0, 0.0, 0.0, 12.0]);
 /// assert_eq!(value.item().unwrap(), 9.0);
 /// ```
-pub struct GradientTransform<F: Function<Sig>, Sig, C = case::Args, L = Plain> {
+pub struct GradientTransform<F: Function<Sig>, Sig, C = case::Args, L = Plain, M = Dense> {
     f: F,
     /// Divides the function's output into the differentiated value and the aux data.
     split: fn(&F::Output) -> Split,
@@ -436,10 +161,13 @@ pub struct GradientTransform<F: Function<Sig>, Sig, C = case::Args, L = Plain> {
     chunk_size: Option<usize>,
     /// Plans by argument signature; each also checks the states it read (see `fits_states`).
     cache: Mutex<HashMap<Signature, Vec<Arc<Compiled>>>>,
-    _marker: Typestate<Sig, C, L>,
+    _marker: Typestate<Sig, C, L, M>,
 }
 
-fn transform<F: Function<Sig>, Sig>(f: F, kind: Kind) -> GradientTransform<F, Sig> {
+fn transform<F: Function<Sig>, Sig, M>(
+    f: F,
+    kind: Kind,
+) -> GradientTransform<F, Sig, case::Args, Plain, M> {
     GradientTransform {
         f,
         split: split_plain::<F::Output>,
@@ -508,6 +236,70 @@ pub fn jacfwd<F: Function<Sig>, Sig>(f: F) -> GradientTransform<F, Sig> {
     transform(f, Kind::JacFwd)
 }
 
+/// Hessian-vector products of a scalar `f`: `call(args, vector)` gives `H v` over the
+/// differentiated variables (`argnums`, `grad_states`), nested like a gradient. Forward over
+/// reverse: the cost of a gradient and a JVP, never of a Hessian. Takes the same options as
+/// [`hessian`].
+///
+/// ```
+/// use brainstate::{hvp, ParamState, Tensor};
+/// let w = ParamState::new(Tensor::from([1.0, 2.0]));
+/// let f = |x: &Tensor| (w.value() * x).sum().powi(2); // H over w is 2 x x^T
+/// let h = hvp(f).grad_states(&w);
+/// let hv = h.call(&Tensor::from([1.0, 3.0]), &Tensor::from([1.0, 0.0])).unwrap();
+/// assert_eq!(hv.tensor().unwrap().to_vec::<f64>().unwrap(), vec![2.0, 6.0]);
+/// ```
+pub fn hvp<F: Function<Sig>, Sig>(f: F) -> GradientTransform<F, Sig, case::Args, Plain, mode::Hvp> {
+    transform(f, Kind::Hessian)
+}
+
+/// Forward-mode directional derivatives (JAX's `jvp`): `call(args, tangents)` gives the
+/// derivative of the outputs along `tangents`, one per differentiated variable, nested as
+/// the output. Takes the same options as [`jacfwd`].
+///
+/// ```
+/// use brainstate::{jvp, Tensor};
+/// let t = jvp(|x: &Tensor| x.powi(3)).call(&Tensor::from([1.0, 2.0]), &Tensor::from([1.0, 1.0]));
+/// assert_eq!(t.unwrap().tensor().unwrap().to_vec::<f64>().unwrap(), vec![3.0, 12.0]);
+/// ```
+pub fn jvp<F: Function<Sig>, Sig>(f: F) -> GradientTransform<F, Sig, case::Args, Plain, mode::Jvp> {
+    transform(f, Kind::JacFwd)
+}
+
+/// Reverse mode with a reusable pullback (JAX's `vjp`): `call(args)` runs the function once
+/// and returns a [`Pullback`] that maps cotangents of the output to cotangents of the
+/// differentiated variables, as often as needed. Takes the same options as [`jacrev`].
+///
+/// ```
+/// use brainstate::{vjp, Tensor};
+/// let (pullback, value) = vjp(|x: &Tensor| x.powi(2)).return_value().call(&Tensor::from([3.0])).unwrap();
+/// assert_eq!(value.to_vec::<f64>().unwrap(), vec![9.0]);
+/// assert_eq!(pullback.call(&Tensor::from([1.0])).unwrap().tensor().unwrap().item().unwrap(), 6.0);
+/// ```
+pub fn vjp<F: Function<Sig>, Sig>(f: F) -> GradientTransform<F, Sig, case::Args, Plain, mode::Vjp> {
+    transform(f, Kind::JacRev)
+}
+
+/// The sparsity pattern of the Hessian of a scalar `f` over the differentiated variables,
+/// detected from its traced program by propagating index sets through every primitive: it
+/// holds every entry that can be nonzero for some input of the signature. Takes the same
+/// options as [`hessian`].
+///
+/// ```
+/// use brainstate::{hessian_sparsity, Tensor};
+/// let rosen = |x: &Tensor| {
+///     let (head, tail) = (x.slice_along(0, ..-1, 1), x.slice_along(0, 1.., 1));
+///     ((tail - head.powi(2)).powi(2) * 100.0 + (1.0 - &head).powi(2)).sum()
+/// };
+/// let p = hessian_sparsity(rosen).call(&Tensor::zeros(&[5])).unwrap();
+/// assert_eq!(p.nnz(), 13); // tridiagonal: 5 + 2 * 4
+/// ```
+pub fn hessian_sparsity<F: Function<Sig>, Sig>(
+    f: F,
+) -> GradientTransform<F, Sig, case::Args, Plain, mode::Pattern> {
+    transform(f, Kind::Hessian)
+}
+
 /// The traced program of `f` on arguments like `args` (JAX's `make_jaxpr`). Its inputs are the
 /// argument leaves, then the states read; its outputs are the function's leaves, then the
 /// states written.
@@ -524,11 +316,11 @@ pub fn make_program<F: Function<Sig>, Sig>(f: F, args: impl Args<Sig>) -> Result
     Ok(simplify(traced.program))
 }
 
-impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> {
-    fn into_typestate<C2, L2>(
+impl<F: Function<Sig>, Sig, C: Case, L: Layout, M: Mode> GradientTransform<F, Sig, C, L, M> {
+    fn into_typestate<C2, L2, M2>(
         self,
         split: fn(&F::Output) -> Split,
-    ) -> GradientTransform<F, Sig, C2, L2> {
+    ) -> GradientTransform<F, Sig, C2, L2, M2> {
         GradientTransform {
             f: self.f,
             split,
@@ -560,7 +352,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
     pub fn argnums(
         mut self,
         argnums: impl Into<Argnums>,
-    ) -> GradientTransform<F, Sig, C::WithArgnums, L> {
+    ) -> GradientTransform<F, Sig, C::WithArgnums, L, M> {
         self.argnums = argnums.into();
         let split = self.split;
         self.into_typestate(split)
@@ -579,7 +371,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
     pub fn grad_states(
         mut self,
         states: impl Into<GradStates>,
-    ) -> GradientTransform<F, Sig, C::WithStates, L> {
+    ) -> GradientTransform<F, Sig, C::WithStates, L, M> {
         self.grad_states = Some(states.into());
         let split = self.split;
         self.into_typestate(split)
@@ -594,7 +386,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
     /// assert_eq!(value.item().unwrap(), 9.0);
     /// assert_eq!(grads.tensor().unwrap().to_vec::<f64>().unwrap(), vec![6.0]);
     /// ```
-    pub fn return_value(self) -> GradientTransform<F, Sig, C, L::WithValue> {
+    pub fn return_value(self) -> GradientTransform<F, Sig, C, L::WithValue, M> {
         let split = self.split;
         self.into_typestate(split)
     }
@@ -609,7 +401,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
     /// assert_eq!(aux.item().unwrap(), 3.0);
     /// assert_eq!(grads.tensor().unwrap().to_vec::<f64>().unwrap(), vec![2.0, 6.0]);
     /// ```
-    pub fn has_aux<O: Tree, A: Tree>(self) -> GradientTransform<F, Sig, C, L::WithAux>
+    pub fn has_aux<O: Tree, A: Tree>(self) -> GradientTransform<F, Sig, C, L::WithAux, M>
     where
         F: Function<Sig, Output = (O, A)>,
     {
@@ -708,7 +500,9 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
     }
 
     /// The derivative program for arguments like `args`: one program computing the
-    /// function's outputs, then every block (forward-mode derivatives run it split in sweeps).
+    /// function's outputs, then every block. Notes above it say how it runs when that is
+    /// not as one program: forward-mode derivatives in sweeps over chunks of directions, a
+    /// Hessian from its sparsity by a few compressed products.
     ///
     /// ```
     /// use brainstate::{hessian, Tensor};
@@ -718,7 +512,10 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
     /// ```
     pub fn program(&self, args: impl Args<Sig>) -> Result<Program> {
         let (signature, _) = signature(&args.flatten_args())?;
-        Ok(self.compiled(&signature)?.whole.clone())
+        let compiled = self.compiled(&signature)?;
+        let mut program = compiled.whole()?.clone();
+        program.notes = compiled.notes();
+        Ok(program)
     }
 
     /// The plan for this signature, from the cache or newly built.
@@ -732,6 +529,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
         }
         let spec = Spec {
             kind: self.kind,
+            evaluation: M::EVALUATION,
             argnums: C::ARGS.then_some(&self.argnums),
             grad_states: if C::STATES {
                 self.grad_states.as_ref()
@@ -750,9 +548,14 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
         Ok(compiled)
     }
 
-    fn blocks<'a>(&'a self, compiled: &'a Compiled, outputs: &'a Outputs) -> Blocks<'a> {
+    fn blocks<'a>(
+        &'a self,
+        arrangement: Arrangement,
+        compiled: &'a Compiled,
+        outputs: &'a Outputs,
+    ) -> Blocks<'a> {
         Blocks {
-            kind: self.kind,
+            arrangement,
             compiled,
             argnums: &self.argnums,
             grad_states: self.grad_states.as_ref(),
@@ -761,24 +564,36 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
         }
     }
 
-    /// Runs the transform and builds the call's result with `build`; the states the function
+    /// How dense derivative blocks nest.
+    fn dense_arrangement(&self) -> Arrangement {
+        match self.kind {
+            Kind::Hessian => Arrangement::Hessian,
+            Kind::Grad => Arrangement::Jacobian { nested: false },
+            Kind::JacRev | Kind::JacFwd => Arrangement::Jacobian { nested: true },
+        }
+    }
+
+    /// Runs the transform on `args` and the call's vectors (made by `vectors` once the
+    /// plan is known), and builds the call's result with `build`; the states the function
     /// wrote are assigned only once that has succeeded.
     fn run<R>(
         &self,
         args: &impl Args<Sig>,
-        build: impl FnOnce(&Compiled, &mut Outputs) -> Result<R>,
+        vectors: impl FnOnce(&Compiled) -> Result<Vec<Tensor>>,
+        build: impl FnOnce(&Arc<Compiled>, &mut Outputs) -> Result<R>,
     ) -> Result<R> {
         let (signature, leaves) = signature(&args.flatten_args())?;
         let compiled = self.compiled(&signature)?;
-        let mut outputs = run(&compiled, leaves, self.debug_nan)?;
+        let vectors = vectors(&compiled)?;
+        let mut outputs = run(&compiled, leaves, vectors, self.debug_nan)?;
         let result = build(&compiled, &mut outputs)?;
         outputs.commit();
         Ok(result)
     }
 
-    /// The derivatives of a call, in this case's structure.
-    fn grads(&self, compiled: &Compiled, outputs: &Outputs) -> C::Grads {
-        let blocks = self.blocks(compiled, outputs);
+    /// The derivatives of a call, arranged in this case's structure.
+    fn grads(&self, arrangement: Arrangement, compiled: &Compiled, outputs: &Outputs) -> C::Grads {
+        let blocks = self.blocks(arrangement, compiled, outputs);
         let part = |rows, cols| blocks.part(rows, cols);
         let var_grads = C::STATES.then(|| part(Part::States, Part::States));
         let arg_grads = C::ARGS.then(|| part(Part::Args, Part::Args));
@@ -786,7 +601,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L> 
     }
 }
 
-impl<F: Function<Sig>, Sig, L: Layout> GradientTransform<F, Sig, case::StatesArgs, L> {
+impl<F: Function<Sig>, Sig, L: Layout> GradientTransform<F, Sig, case::StatesArgs, L, Dense> {
     /// All blocks over the joint variable `(states, arguments)` as a 2 x 2 nest:
     /// `[0][0]` is `var_grads`, `[1][1]` is `arg_grads`, and `[0][1]` (`[1][0]`) holds the
     /// mixed blocks `d2f / d state d arg` (`d2f / d arg d state`); each nests as output /
@@ -800,13 +615,13 @@ impl<F: Function<Sig>, Sig, L: Layout> GradientTransform<F, Sig, case::StatesArg
     /// assert_eq!(joint[0][1].tensor().unwrap().item().unwrap(), 6.0); // d2/dw dx = 2x
     /// ```
     pub fn joint(&self, args: impl Args<Sig>) -> Result<Node> {
-        self.run(&args, |compiled, outputs| {
+        self.run(&args, no_vectors, |compiled, outputs| {
             Ok(self.joint_blocks(compiled, outputs))
         })
     }
 
     fn joint_blocks(&self, compiled: &Compiled, outputs: &Outputs) -> Node {
-        let blocks = self.blocks(compiled, outputs);
+        let blocks = self.blocks(self.dense_arrangement(), compiled, outputs);
         let part = |rows, cols| blocks.part(rows, cols);
         if self.kind == Kind::Hessian {
             Node::Tuple(vec![
@@ -825,78 +640,5 @@ impl<F: Function<Sig>, Sig, L: Layout> GradientTransform<F, Sig, case::StatesArg
                 part(Part::Args, Part::Args),
             ])
         }
-    }
-}
-
-impl<F: Function<Sig>, Sig, C: Case> GradientTransform<F, Sig, C, Plain> {
-    /// The derivatives: `arg_grads`, `var_grads` or `(var_grads, arg_grads)` by case.
-    ///
-    /// ```
-    /// use brainstate::{hessian, Tensor};
-    /// let f = |x: &Tensor, y: &Tensor| (x * x * y).sum();
-    /// let h = hessian(f).call((&Tensor::scalar(1.0), &Tensor::scalar(3.0))).unwrap();
-    /// assert_eq!(h.tensor().unwrap().item().unwrap(), 6.0); // d2f / dx2 = 2y
-    /// ```
-    pub fn call(&self, args: impl Args<Sig>) -> Result<C::Grads> {
-        self.run(&args, |compiled, outputs| Ok(self.grads(compiled, outputs)))
-    }
-}
-
-impl<F: Function<Sig>, Sig, C: Case> GradientTransform<F, Sig, C, Value> {
-    /// `(grads, value)`.
-    ///
-    /// ```
-    /// use brainstate::{hessian, Tensor};
-    /// let h = hessian(|x: &Tensor| x.powi(3).sum()).return_value();
-    /// let (hess, value) = h.call(&Tensor::scalar(2.0)).unwrap();
-    /// assert_eq!((hess.tensor().unwrap().item().unwrap(), value.item().unwrap()), (12.0, 8.0));
-    /// ```
-    pub fn call(&self, args: impl Args<Sig>) -> Result<(C::Grads, F::Output)> {
-        self.run(&args, |compiled, outputs| {
-            let value = F::Output::unflatten(&compiled.value_def, &mut outputs.value.drain(..))?;
-            Ok((self.grads(compiled, outputs), value))
-        })
-    }
-}
-
-impl<F, Sig, C: Case, O: Tree, A: Tree> GradientTransform<F, Sig, C, Aux>
-where
-    F: Function<Sig, Output = (O, A)>,
-{
-    /// `(grads, aux)`.
-    ///
-    /// ```
-    /// use brainstate::{hessian, Tensor};
-    /// let h = hessian(|x: &Tensor| (x.powi(3).sum(), x * 10.0)).has_aux();
-    /// let (hess, aux) = h.call(&Tensor::scalar(2.0)).unwrap();
-    /// assert_eq!((hess.tensor().unwrap().item().unwrap(), aux.item().unwrap()), (12.0, 20.0));
-    /// ```
-    pub fn call(&self, args: impl Args<Sig>) -> Result<(C::Grads, A)> {
-        self.run(&args, |compiled, outputs| {
-            let aux = A::unflatten(compiled.aux_def(), &mut outputs.aux.drain(..))?;
-            Ok((self.grads(compiled, outputs), aux))
-        })
-    }
-}
-
-impl<F, Sig, C: Case, O: Tree, A: Tree> GradientTransform<F, Sig, C, ValueAux>
-where
-    F: Function<Sig, Output = (O, A)>,
-{
-    /// `(grads, value, aux)`.
-    ///
-    /// ```
-    /// use brainstate::{grad, Tensor};
-    /// let g = grad(|x: &Tensor| (x.powi(2).sum(), x.max())).has_aux().return_value();
-    /// let (grads, value, aux) = g.call(&Tensor::from([1.0, 2.0])).unwrap();
-    /// assert_eq!(grads.tensor().unwrap().to_vec::<f64>().unwrap(), vec![2.0, 4.0]);
-    /// assert_eq!((value.item().unwrap(), aux.item().unwrap()), (5.0, 2.0));
-    /// ```
-    pub fn call(&self, args: impl Args<Sig>) -> Result<(C::Grads, O, A)> {
-        self.run(&args, |compiled, outputs| {
-            let value = O::unflatten(&compiled.value_def, &mut outputs.value.drain(..))?;
-            let aux = A::unflatten(compiled.aux_def(), &mut outputs.aux.drain(..))?;
-            Ok((self.grads(compiled, outputs), value, aux))
-        })
     }
 }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use super::compile::{Compiled, Executable};
 use crate::autodiff::jvp_program;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::primitives::Tangent;
+use crate::sparsity::Recover;
 use crate::state;
 use crate::storage::Data;
 use crate::tensor::Tensor;
@@ -19,8 +20,11 @@ use crate::tree::TreeDef;
 pub(crate) struct Outputs {
     pub value: Vec<Tensor>,
     pub aux: Vec<Tensor>,
-    /// The derivative blocks, indexed by [`Compiled::blocks`].
+    /// The derivative blocks, indexed by [`Compiled::blocks`] (for a sparse Hessian, its
+    /// entries).
     pub blocks: Vec<Tensor>,
+    /// What a pullback needs of the call (`vjp`).
+    pub residuals: Vec<Arc<Data>>,
     /// New values of the states the function wrote, checked but not yet assigned.
     writes: Vec<(Arc<dyn TracedState>, Vec<Tensor>)>,
 }
@@ -32,30 +36,31 @@ impl Outputs {
     }
 }
 
-/// Runs a compiled plan on argument leaves and the states' current values.
-pub(crate) fn run(compiled: &Compiled, leaves: Vec<Tensor>, debug_nan: bool) -> Result<Outputs> {
+/// Runs a compiled plan on argument leaves, the states' current values, and the call's
+/// vectors (tangents of `jvp`, vectors of `hvp`).
+pub(crate) fn run(
+    compiled: &Compiled,
+    leaves: Vec<Tensor>,
+    vectors: Vec<Tensor>,
+    debug_nan: bool,
+) -> Result<Outputs> {
     let mut inputs = leaves;
     for (state, _) in &compiled.state_inputs {
         // Inside another trace, reading registers the state there too.
         inputs.extend(trace::read_state(state).unwrap_or_else(|| state.leaves()));
     }
-    let (outputs, blocks) = if inputs.iter().any(Tensor::is_traced) {
-        // Inside another transform's trace: inline the derivative program there.
-        let zeros = inputs
-            .iter()
-            .map(|t| Ok(Tangent::zero(&[], &t.aval()?)))
-            .collect::<Result<Vec<_>>>()?;
-        let mut outputs = jvp_program(&compiled.whole, &inputs, &zeros, &[])?.0;
-        let blocks = outputs.split_off(compiled.whole.outputs.len() - compiled.blocks.len());
-        (outputs, blocks)
+    inputs.extend(vectors);
+    let (outputs, blocks, residuals) = if inputs.iter().any(Tensor::is_traced) {
+        let (outputs, blocks) = inline(compiled, &inputs)?;
+        (outputs, blocks, Vec::new())
     } else {
         let data: Vec<Arc<Data>> = inputs
             .iter()
             .map(|t| t.data().cloned())
             .collect::<Result<_>>()?;
-        let (outputs, blocks) = execute(&compiled.exec, compiled.blocks.len(), &data, debug_nan)?;
+        let run = execute(compiled, &data, debug_nan)?;
         let tensors = |data: Vec<Arc<Data>>| data.into_iter().map(Tensor::from_shared).collect();
-        (tensors(outputs), tensors(blocks))
+        (tensors(run.outputs), tensors(run.blocks), run.residuals)
     };
     let n_value = compiled.value_def.num_leaves();
     let n_aux = compiled.aux_def.as_ref().map_or(0, TreeDef::num_leaves);
@@ -81,25 +86,32 @@ pub(crate) fn run(compiled: &Compiled, leaves: Vec<Tensor>, debug_nan: bool) -> 
         value,
         aux,
         blocks,
+        residuals,
         writes,
     })
 }
 
-/// Values computed by a plan.
-type Values = Vec<Arc<Data>>;
+/// What running an executable gives: the function's own outputs, the blocks (in the
+/// compiled order) and the residuals kept for a pullback.
+struct Run {
+    outputs: Vec<Arc<Data>>,
+    blocks: Vec<Arc<Data>>,
+    residuals: Vec<Arc<Data>>,
+}
 
-/// Runs an executable: the function's own outputs, and the blocks (in the compiled order).
-fn execute(
-    exec: &Executable,
-    n_blocks: usize,
-    inputs: &[Arc<Data>],
-    debug_nan: bool,
-) -> Result<(Values, Values)> {
-    match exec {
+/// Runs a compiled transform's executable on concrete inputs.
+fn execute(compiled: &Compiled, inputs: &[Arc<Data>], debug_nan: bool) -> Result<Run> {
+    let n_blocks = compiled.blocks.len();
+    let shared = |data: Vec<Data>| data.into_iter().map(Arc::new);
+    Ok(match &compiled.exec {
         Executable::Whole(plan) => {
             let mut outputs = plan.run(inputs, debug_nan)?;
             let blocks = outputs.split_off(outputs.len() - n_blocks);
-            Ok((outputs, blocks))
+            Run {
+                outputs,
+                blocks,
+                residuals: Vec::new(),
+            }
         }
         Executable::Swept {
             primal,
@@ -111,12 +123,74 @@ fn execute(
             let residuals = outputs.split_off(*n_outputs);
             let mut blocks = Vec::with_capacity(n_blocks);
             for (sweep, _) in sweeps {
-                blocks.extend(sweep.run(&residuals, debug_nan)?.into_iter().map(Arc::new));
+                blocks.extend(shared(sweep.run(&residuals, debug_nan)?));
             }
-            for (_, aval) in zeros {
-                blocks.push(Arc::new(Data::zeros(&aval.shape, aval.dtype)));
+            blocks.extend(
+                zeros
+                    .iter()
+                    .map(|(_, a)| Arc::new(Data::zeros(&a.shape, a.dtype))),
+            );
+            Run {
+                outputs,
+                blocks,
+                residuals: Vec::new(),
             }
-            Ok((outputs, blocks))
         }
-    }
+        Executable::Compressed {
+            plan,
+            n_outputs,
+            compression,
+            into,
+        } => {
+            let mut outputs = plan.run(inputs, debug_nan)?;
+            let products = outputs.split_off(*n_outputs);
+            let shapes: Vec<Vec<usize>> =
+                compiled.wrt_avals.iter().map(|a| a.shape.clone()).collect();
+            let blocks = compression.decompress(&products, &shapes, *into)?;
+            Run {
+                outputs,
+                blocks: shared(blocks).collect(),
+                residuals: Vec::new(),
+            }
+        }
+        Executable::Pattern(_) => Run {
+            outputs: Vec::new(),
+            blocks: Vec::new(),
+            residuals: Vec::new(),
+        },
+        Executable::Vjp {
+            primal, n_outputs, ..
+        } => {
+            let mut outputs = primal.run(inputs, debug_nan)?;
+            let residuals = outputs.split_off(*n_outputs);
+            Run {
+                outputs,
+                blocks: Vec::new(),
+                residuals,
+            }
+        }
+    })
+}
+
+/// Inside another transform's trace: the derivative program inlined there. The function's
+/// own outputs, then the blocks.
+fn inline(compiled: &Compiled, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+    let whole = match &compiled.exec {
+        Executable::Whole(_) | Executable::Swept { .. } => compiled.whole()?,
+        Executable::Compressed { into, .. } if *into == Recover::Dense => compiled.whole()?,
+        Executable::Compressed { .. } | Executable::Pattern(_) | Executable::Vjp { .. } => {
+            return Err(Error::Trace(
+                "sparse Hessians, Hessian diagonals, sparsity patterns and pullbacks cannot be \
+                 computed inside another transform's trace (use hessian, hvp or jvp there)"
+                    .into(),
+            ));
+        }
+    };
+    let zeros = inputs
+        .iter()
+        .map(|t| Ok(Tangent::zero(&[], &t.aval()?)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut outputs = jvp_program(whole, inputs, &zeros, &[])?.0;
+    let blocks = outputs.split_off(whole.outputs.len() - compiled.blocks.len());
+    Ok((outputs, blocks))
 }

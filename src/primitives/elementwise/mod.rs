@@ -11,8 +11,8 @@ use std::fmt;
 pub(crate) use self::kernels::eval_in_place;
 pub(super) use self::kernels::zip;
 use super::{
-    Primal, Rules, Tangent, UnitRule, Units, arity, broadcast_shapes, cotangents, not_linear, one,
-    require,
+    Dependence, Primal, Rules, Tangent, UnitRule, Units, arity, broadcast_shapes, cotangents,
+    not_linear, one, require,
 };
 use crate::error::{Error, Result};
 use crate::storage::{Aval, DType, Data};
@@ -552,5 +552,64 @@ impl Rules for Elementwise {
             ) => common(&[0, 1], false)?,
             Elementwise::Select => common(&[1, 2], false)?,
         })
+    }
+
+    fn dependence(&self, ins: &[Aval]) -> Dependence {
+        // By the derivatives' structure: `f`irst and `s`econd order in each operand, and
+        // the cross term of two operands.
+        let unary = |first: bool, second: bool| Dependence::Elementwise {
+            first: vec![first],
+            second: if second { vec![(0, 0)] } else { vec![] },
+        };
+        let binary = |second: &[(usize, usize)]| Dependence::Elementwise {
+            first: vec![true, true],
+            second: second.to_vec(),
+        };
+        match self {
+            Elementwise::Unary(
+                UnaryOp::Exp
+                | UnaryOp::Log
+                | UnaryOp::Log1p
+                | UnaryOp::Expm1
+                | UnaryOp::Sqrt
+                | UnaryOp::Sin
+                | UnaryOp::Cos
+                | UnaryOp::Tan
+                | UnaryOp::Tanh
+                | UnaryOp::Logistic,
+            ) => unary(true, true),
+            // |z| of a complex z is curved in its real and imaginary parts.
+            Elementwise::Unary(UnaryOp::Abs) => unary(true, ins[0].dtype.is_complex()),
+            Elementwise::Unary(UnaryOp::Neg | UnaryOp::Conj | UnaryOp::Real | UnaryOp::Imag) => {
+                unary(true, false)
+            }
+            Elementwise::Unary(UnaryOp::Sign | UnaryOp::StopGradient) | Elementwise::Compare(_) => {
+                Dependence::None
+            }
+            Elementwise::PowI(0) => Dependence::None,
+            Elementwise::PowI(n) => unary(true, *n != 1),
+            // Only conversions between floating-point or complex types carry derivatives.
+            Elementwise::Convert(to) => {
+                let differentiable = to.is_inexact() && ins[0].dtype.is_inexact();
+                if differentiable {
+                    unary(true, false)
+                } else {
+                    Dependence::None
+                }
+            }
+            Elementwise::Binary(
+                BinaryOp::Add | BinaryOp::Sub | BinaryOp::Max | BinaryOp::Min | BinaryOp::Complex,
+            ) => binary(&[]),
+            Elementwise::Binary(BinaryOp::Mul) => binary(&[(0, 1)]),
+            Elementwise::Binary(BinaryOp::Div) => binary(&[(0, 1), (1, 1)]),
+            Elementwise::Binary(BinaryOp::Pow | BinaryOp::Atan2) => {
+                binary(&[(0, 0), (1, 1), (0, 1)])
+            }
+            // The condition's derivative is zero; either branch may be taken.
+            Elementwise::Select => Dependence::Elementwise {
+                first: vec![false, true, true],
+                second: vec![],
+            },
+        }
     }
 }

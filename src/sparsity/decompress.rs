@@ -1,0 +1,188 @@
+//! Reading a Hessian's entries out of its compressed products.
+
+use std::sync::Arc;
+
+use ndarray::ArrayD;
+
+use super::Compression;
+use crate::error::{Error, Result};
+use crate::storage::Data;
+
+impl Compression {
+    /// The compressed products `B` (`[colors, n]`, row-major) from one product per
+    /// differentiated leaf (`[colors] ++ leaf shape` each).
+    fn gathered<T: Copy>(&self, products: &[&ArrayD<T>]) -> Result<Vec<T>> {
+        let sizes = self.pattern.sizes();
+        let n: usize = sizes.iter().sum();
+        let mut b = Vec::with_capacity(self.colors * n);
+        for c in 0..self.colors {
+            for (product, &len) in products.iter().zip(&sizes) {
+                let flat = product
+                    .as_slice()
+                    .ok_or_else(|| Error::shape("sparse hessian", "a product out of layout"))?;
+                if flat.len() != self.colors * len {
+                    return Err(Error::shape(
+                        "sparse hessian",
+                        format!(
+                            "a product of {} values for {} colors of {len} variables",
+                            flat.len(),
+                            self.colors
+                        ),
+                    ));
+                }
+                b.extend_from_slice(&flat[c * len..(c + 1) * len]);
+            }
+        }
+        Ok(b)
+    }
+
+    /// The values of the pattern's entries, in its order.
+    fn entries<T: Copy>(&self, products: &[&ArrayD<T>]) -> Result<Vec<T>> {
+        let b = self.gathered(products)?;
+        Ok(self.sources.iter().map(|&s| b[s]).collect())
+    }
+
+    /// The dense blocks `H[i][j]` (shape `leaf i ++ leaf j`, row-major over `i` then `j`),
+    /// zero outside the pattern.
+    fn dense<T: Copy + Default>(
+        &self,
+        products: &[&ArrayD<T>],
+        shapes: &[Vec<usize>],
+    ) -> Result<Vec<ArrayD<T>>> {
+        let values = self.entries(products)?;
+        let blocks = &self.pattern.sizes();
+        let starts: Vec<usize> = blocks
+            .iter()
+            .scan(0, |acc, &len| {
+                *acc += len;
+                Some(*acc - len)
+            })
+            .collect();
+        let leaf_of = |v: usize| starts.partition_point(|&s| s <= v) - 1;
+        let k = blocks.len();
+        let mut out: Vec<Vec<T>> = (0..k * k)
+            .map(|b| vec![T::default(); blocks[b / k] * blocks[b % k]])
+            .collect();
+        let pattern = &self.pattern;
+        for r in 0..pattern.size() {
+            let i = leaf_of(r);
+            let a = r - starts[i];
+            let slots = pattern.row_start[r]..pattern.row_start[r + 1];
+            for (&c, &value) in pattern.cols[slots.clone()].iter().zip(&values[slots]) {
+                let j = leaf_of(c);
+                out[i * k + j][a * blocks[j] + (c - starts[j])] = value;
+            }
+        }
+        out.into_iter()
+            .enumerate()
+            .map(|(b, values)| {
+                let mut shape = shapes[b / k].clone();
+                shape.extend(&shapes[b % k]);
+                ArrayD::from_shape_vec(shape, values)
+                    .map_err(|_| Error::shape("sparse hessian", "a block's shape"))
+            })
+            .collect()
+    }
+
+    /// The diagonal, one array per leaf (of the leaf's shape); zero where the pattern has no
+    /// diagonal entry.
+    fn diagonal<T: Copy + Default>(
+        &self,
+        products: &[&ArrayD<T>],
+        shapes: &[Vec<usize>],
+    ) -> Result<Vec<ArrayD<T>>> {
+        let b = self.gathered(products)?;
+        let n = self.pattern.size();
+        let mut start = 0;
+        shapes
+            .iter()
+            .zip(&self.pattern.sizes())
+            .map(|(shape, &len)| {
+                let values = (start..start + len)
+                    .map(|v| {
+                        if self.pattern.contains(v, v) {
+                            b[self.color[v] * n + v]
+                        } else {
+                            T::default()
+                        }
+                    })
+                    .collect();
+                start += len;
+                ArrayD::from_shape_vec(shape.as_slice(), values)
+                    .map_err(|_| Error::shape("hessian diagonal", "a leaf's shape"))
+            })
+            .collect()
+    }
+
+    /// Recovers the Hessian from one compressed product per differentiated leaf (shapes
+    /// `[colors] ++ shapes[i]`): the dense blocks, the pattern's entries (one 1-D array), or
+    /// the diagonal per leaf.
+    pub(crate) fn decompress(
+        &self,
+        products: &[Arc<Data>],
+        shapes: &[Vec<usize>],
+        into: Recover,
+    ) -> Result<Vec<Data>> {
+        macro_rules! typed {
+            ($variant:ident) => {{
+                let arrays = products
+                    .iter()
+                    .map(|p| match &**p {
+                        Data::$variant(a) => Ok(a),
+                        other => Err(Error::dtype(
+                            "sparse hessian",
+                            "products of one dtype",
+                            other.dtype(),
+                        )),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let arrays: Vec<_> = arrays
+                    .iter()
+                    .map(|a| a.as_standard_layout().into_owned())
+                    .collect();
+                let refs: Vec<&ArrayD<_>> = arrays.iter().collect();
+                Ok(match into {
+                    Recover::Dense => self
+                        .dense(&refs, shapes)?
+                        .into_iter()
+                        .map(Data::$variant)
+                        .collect(),
+                    Recover::Entries => {
+                        let values = self.entries(&refs)?;
+                        let len = values.len();
+                        vec![Data::$variant(
+                            ArrayD::from_shape_vec(vec![len], values).expect("nnz values"),
+                        )]
+                    }
+                    Recover::Diagonal => self
+                        .diagonal(&refs, shapes)?
+                        .into_iter()
+                        .map(Data::$variant)
+                        .collect(),
+                })
+            }};
+        }
+        match products.first().map(|p| p.dtype()) {
+            Some(crate::DType::F64) | None => typed!(F64),
+            Some(crate::DType::F32) => typed!(F32),
+            Some(crate::DType::C128) => typed!(C128),
+            Some(crate::DType::C64) => typed!(C64),
+            Some(dtype @ (crate::DType::Bool | crate::DType::I64)) => Err(Error::dtype(
+                "sparse hessian",
+                "floating-point or complex products",
+                dtype,
+            )),
+        }
+    }
+}
+
+/// What [`Compression::decompress`] recovers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Recover {
+    /// The dense blocks.
+    Dense,
+    /// The pattern's entries.
+    Entries,
+    /// The diagonal.
+    Diagonal,
+}

@@ -1,0 +1,393 @@
+//! Hessian sparsity detection by propagating index sets through a program.
+//!
+//! One forward pass carries, for every element of every value, the set of differentiated
+//! input elements it depends on through nonzero first derivatives; every primitive whose
+//! second derivative may be nonzero adds the products of its operands' sets to one shared
+//! set of Hessian entries. For a scalar `f`,
+//! `d2f = sum_k fbar_k sum_{p,q} d2 phi_k / du_p du_q  grad u_p grad u_q^T`, so the union of
+//! those products over every element of every primitive holds every nonzero of the Hessian,
+//! for every input (SparseConnectivityTracer's shared Hessian mode). Linear and piecewise
+//! linear primitives (sums, slices, maximum, select) only move the first-order sets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ndarray::ArrayD;
+
+use crate::error::{Error, Result};
+use crate::ir::Var;
+use crate::ir::passes::dead_code;
+use crate::primitives::{Dependence, Prim, Program, Structural, broadcast_shapes};
+use crate::storage::{Aval, Data};
+
+/// Index sets, one per element of a value: element `e` depends on the differentiated input
+/// elements `indices[offsets[e]..offsets[e + 1]]` (sorted, distinct).
+#[derive(Debug)]
+pub(super) enum Sets {
+    /// No element depends on any input.
+    Empty,
+    /// Compressed rows.
+    Rows {
+        offsets: Vec<u32>,
+        indices: Vec<u32>,
+    },
+}
+
+impl Sets {
+    fn get(&self, e: usize) -> &[u32] {
+        match self {
+            Sets::Empty => &[],
+            Sets::Rows { offsets, indices } => {
+                &indices[offsets[e] as usize..offsets[e + 1] as usize]
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Sets::Empty => true,
+            Sets::Rows { indices, .. } => indices.is_empty(),
+        }
+    }
+
+    /// Element `e` depends on input element `first + e`.
+    fn identity(first: usize, len: usize) -> Sets {
+        Sets::Rows {
+            offsets: (0..=len as u32).collect(),
+            indices: (first as u32..(first + len) as u32).collect(),
+        }
+    }
+
+    /// Builds sets element by element; `each(e, out)` appends element `e`'s indices, which
+    /// are then sorted and made distinct.
+    fn build(len: usize, mut each: impl FnMut(usize, &mut Vec<u32>)) -> Result<Sets> {
+        let mut offsets = Vec::with_capacity(len + 1);
+        let mut indices = Vec::new();
+        offsets.push(0);
+        for e in 0..len {
+            let start = indices.len();
+            each(e, &mut indices);
+            let row = &mut indices[start..];
+            if row.len() > 1 {
+                row.sort_unstable();
+                let mut kept = 1;
+                for i in 1..row.len() {
+                    if row[i] != row[kept - 1] {
+                        row[kept] = row[i];
+                        kept += 1;
+                    }
+                }
+                indices.truncate(start + kept);
+            }
+            offsets.push(u32::try_from(indices.len()).map_err(|_| too_dense())?);
+        }
+        Ok(if indices.is_empty() {
+            Sets::Empty
+        } else {
+            Sets::Rows { offsets, indices }
+        })
+    }
+}
+
+fn too_dense() -> Error {
+    Error::Options("hessian_sparsity: the index sets outgrew their budget".into())
+}
+
+/// The Hessian entries found so far, as `(row << 32) | col` keys with `row <= col`, kept
+/// distinct by periodic sorting; detection stops when they outgrow `limit`.
+struct Entries {
+    keys: Vec<u64>,
+    sorted: usize,
+    limit: usize,
+}
+
+impl Entries {
+    /// Adds every `(p, q)` for `p` in `a` and `q` in `b`; `false` once over the limit.
+    fn product(&mut self, a: &[u32], b: &[u32]) -> bool {
+        for &p in a {
+            for &q in b {
+                let (lo, hi) = if p <= q { (p, q) } else { (q, p) };
+                self.keys.push((u64::from(lo) << 32) | u64::from(hi));
+            }
+        }
+        if self.keys.len() > 2 * self.sorted.max(1 << 20) {
+            self.compact();
+        }
+        self.sorted <= self.limit
+    }
+
+    fn compact(&mut self) {
+        self.keys.sort_unstable();
+        self.keys.dedup();
+        self.sorted = self.keys.len();
+    }
+}
+
+/// The upper triangle (`row <= col`) of the Hessian pattern of output 0 of `program` with
+/// respect to the inputs `wrt` (flattened one after the other), sorted by row then column;
+/// `None` when it would have more than `limit` entries (then treat it as dense).
+pub(super) fn upper_pattern(
+    program: &Program,
+    wrt: &[usize],
+    limit: usize,
+) -> Result<Option<Vec<(u32, u32)>>> {
+    let n: usize = wrt
+        .iter()
+        .map(|&i| program.aval(program.inputs[i]).numel())
+        .sum();
+    if u32::try_from(n).is_err() {
+        return Ok(None);
+    }
+    // Only the value differentiated matters: what feeds other outputs adds nothing.
+    let mut scalar = program.clone();
+    scalar.outputs.truncate(1);
+    let program = dead_code(scalar);
+
+    // Demand: which values' sets the detection reads. The final reductions of a loss are
+    // never read, so their (large) sets are never built.
+    let mut needed: HashMap<Var, bool> = HashMap::new();
+    for eqn in program.eqns.iter().rev() {
+        let avals: Vec<Aval> = eqn
+            .inputs
+            .iter()
+            .map(|&v| program.aval(v).clone())
+            .collect();
+        let curved = match eqn.prim.dependence(&avals) {
+            Dependence::Elementwise { second, .. } => !second.is_empty(),
+            Dependence::MatMul => true,
+            Dependence::None | Dependence::Gather | Dependence::Reduce(_) => false,
+        };
+        if curved || eqn.outputs.iter().any(|v| needed.contains_key(v)) {
+            for &v in &eqn.inputs {
+                needed.insert(v, true);
+            }
+        }
+    }
+
+    let mut sets: HashMap<Var, Arc<Sets>> = HashMap::new();
+    for (k, &v) in program.inputs.iter().enumerate() {
+        let len = program.aval(v).numel();
+        let own = if wrt.contains(&k) {
+            let offset = wrt
+                .iter()
+                .take_while(|&&i| i != k)
+                .map(|&i| program.aval(program.inputs[i]).numel())
+                .sum::<usize>();
+            Sets::identity(offset, len)
+        } else {
+            Sets::Empty
+        };
+        sets.insert(v, Arc::new(own));
+    }
+    for (v, _) in &program.consts {
+        sets.insert(*v, Arc::new(Sets::Empty));
+    }
+    let mut entries = Entries {
+        keys: Vec::new(),
+        sorted: 0,
+        limit,
+    };
+    for eqn in &program.eqns {
+        let avals: Vec<Aval> = eqn
+            .inputs
+            .iter()
+            .map(|&v| program.aval(v).clone())
+            .collect();
+        let ins: Vec<Arc<Sets>> = eqn.inputs.iter().map(|v| sets[v].clone()).collect();
+        let out = program.aval(eqn.outputs[0]);
+        let reads = eqn.outputs.iter().any(|v| needed.contains_key(v));
+        let Some(result) = propagate(&eqn.prim, &avals, &ins, out, reads, &mut entries)? else {
+            return Ok(None);
+        };
+        for &v in &eqn.outputs {
+            sets.insert(v, result.clone());
+        }
+    }
+    entries.compact();
+    if entries.sorted > limit {
+        return Ok(None);
+    }
+    Ok(Some(
+        entries
+            .keys
+            .iter()
+            .map(|&k| ((k >> 32) as u32, k as u32))
+            .collect(),
+    ))
+}
+
+/// One equation: the output's sets (empty when nothing reads them) and its Hessian entries.
+/// `None` when the entries outgrow their limit.
+fn propagate(
+    prim: &Prim,
+    avals: &[Aval],
+    ins: &[Arc<Sets>],
+    out: &Aval,
+    reads: bool,
+    entries: &mut Entries,
+) -> Result<Option<Arc<Sets>>> {
+    let len = out.numel();
+    let empty = || Ok(Some(Arc::new(Sets::Empty)));
+    match prim.dependence(avals) {
+        Dependence::None => empty(),
+        Dependence::Elementwise { first, second } => {
+            let maps: Vec<Vec<u32>> = avals
+                .iter()
+                .map(|a| broadcast_map(&a.shape, &out.shape))
+                .collect::<Result<_>>()?;
+            let at = |p: usize, e: usize| ins[p].get(maps[p][e] as usize);
+            for &(p, q) in &second {
+                if ins[p].is_empty() || ins[q].is_empty() {
+                    continue;
+                }
+                for e in 0..len {
+                    if !entries.product(at(p, e), at(q, e)) {
+                        return Ok(None);
+                    }
+                }
+            }
+            let moving: Vec<usize> = (0..ins.len())
+                .filter(|&p| first[p] && !ins[p].is_empty())
+                .collect();
+            match moving.as_slice() {
+                _ if !reads => empty(),
+                [] => empty(),
+                // One operand of the output's shape: its sets, shared.
+                [p] if avals[*p].shape == out.shape => Ok(Some(ins[*p].clone())),
+                _ => Ok(Some(Arc::new(Sets::build(len, |e, row| {
+                    for &p in &moving {
+                        row.extend_from_slice(at(p, e));
+                    }
+                })?))),
+            }
+        }
+        Dependence::Gather if !reads => empty(),
+        Dependence::Gather => {
+            let map = gather_map(prim, avals)?;
+            Ok(Some(Arc::new(Sets::build(len, |e, row| {
+                if let Some((p, i)) = map[e] {
+                    row.extend_from_slice(ins[p].get(i));
+                }
+            })?)))
+        }
+        Dependence::Reduce(_) if !reads => empty(),
+        Dependence::Reduce(axes) => {
+            let x = &avals[0];
+            let kept = crate::primitives::keepdims_shape(&x.shape, &axes);
+            // Each input element's output element, through the kept shape.
+            let map = broadcast_map(&kept, &x.shape)?;
+            let mut members: Vec<Vec<u32>> = vec![Vec::new(); len];
+            for (i, &o) in map.iter().enumerate() {
+                members[o as usize].push(i as u32);
+            }
+            Ok(Some(Arc::new(Sets::build(len, |e, row| {
+                for &i in &members[e] {
+                    row.extend_from_slice(ins[0].get(i as usize));
+                }
+            })?)))
+        }
+        Dependence::MatMul => matmul(avals, ins, out, reads, entries),
+    }
+}
+
+/// `out[.., i, j] = sum_k a[.., i, k] b[.., k, j]`: the output depends on row `i` of `a` and
+/// column `j` of `b`; the second derivative pairs `a[.., i, k]` with `b[.., k, j]`, so the
+/// entries are `(union_i a[.., i, k]) x (union_j b[.., k, j])` for each `k` (exact, since
+/// products distribute over unions).
+fn matmul(
+    avals: &[Aval],
+    ins: &[Arc<Sets>],
+    out: &Aval,
+    reads: bool,
+    entries: &mut Entries,
+) -> Result<Option<Arc<Sets>>> {
+    let (a, b) = (&avals[0], &avals[1]);
+    let (ra, rb) = (a.shape.len(), b.shape.len());
+    let (m, kk, n) = (a.shape[ra - 2], a.shape[ra - 1], b.shape[rb - 1]);
+    let batch = broadcast_shapes("matmul", &a.shape[..ra - 2], &b.shape[..rb - 2])?;
+    let a_batch = broadcast_map(&a.shape[..ra - 2], &batch)?;
+    let b_batch = broadcast_map(&b.shape[..rb - 2], &batch)?;
+    let count = a_batch.len();
+    let union = |sets: &Sets, elements: &mut dyn Iterator<Item = usize>| -> Vec<u32> {
+        let mut u: Vec<u32> = elements.flat_map(|e| sets.get(e).iter().copied()).collect();
+        u.sort_unstable();
+        u.dedup();
+        u
+    };
+    if !ins[0].is_empty() && !ins[1].is_empty() {
+        for t in 0..count {
+            let (ta, tb) = (a_batch[t] as usize, b_batch[t] as usize);
+            for k in 0..kk {
+                let col = union(&ins[0], &mut (0..m).map(|i| (ta * m + i) * kk + k));
+                let row = union(&ins[1], &mut (0..n).map(|j| (tb * kk + k) * n + j));
+                if !entries.product(&col, &row) {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+    if !reads || (ins[0].is_empty() && ins[1].is_empty()) {
+        return Ok(Some(Arc::new(Sets::Empty)));
+    }
+    // Rows of a and columns of b, each once.
+    let rows: Vec<Vec<u32>> = (0..a.numel() / kk.max(1))
+        .map(|r| union(&ins[0], &mut (0..kk).map(|k| r * kk + k)))
+        .collect();
+    let cols: Vec<Vec<u32>> = (0..b.numel() / kk.max(1))
+        .map(|c| {
+            let (tb, j) = (c / n, c % n);
+            union(&ins[1], &mut (0..kk).map(|k| (tb * kk + k) * n + j))
+        })
+        .collect();
+    Ok(Some(Arc::new(Sets::build(out.numel(), |e, row| {
+        let (t, ij) = (e / (m * n), e % (m * n));
+        let (i, j) = (ij / n, ij % n);
+        row.extend_from_slice(&rows[a_batch[t] as usize * m + i]);
+        row.extend_from_slice(&cols[b_batch[t] as usize * n + j]);
+    })?)))
+}
+
+/// For each element of an array of shape `to`, the element of an array of shape `from`
+/// broadcast to it (NumPy rules).
+fn broadcast_map(from: &[usize], to: &[usize]) -> Result<Vec<u32>> {
+    let total: usize = from.iter().product();
+    let index = ArrayD::from_shape_vec(from, (0..total as i64).collect())
+        .map_err(|_| Error::shape("broadcast", "index array"))?;
+    let prim = Prim::from(Structural::Broadcast(to.to_vec()));
+    match prim.eval(&[&Data::I64(index)])?.pop() {
+        Some(Data::I64(map)) => Ok(map.iter().map(|&i| i as u32).collect()),
+        _ => Err(Error::shape("broadcast", "index map")),
+    }
+}
+
+/// For each output element of a structural primitive, the operand and element it is, if
+/// any: found by running the primitive on element indices (offset by one, so that padding,
+/// which is zero, reads as none).
+fn gather_map(prim: &Prim, avals: &[Aval]) -> Result<Vec<Option<(usize, usize)>>> {
+    let mut starts = Vec::with_capacity(avals.len());
+    let mut next = 1i64;
+    let indices = avals
+        .iter()
+        .map(|a| {
+            starts.push(next);
+            let values: Vec<i64> = (next..next + a.numel() as i64).collect();
+            next += a.numel() as i64;
+            ArrayD::from_shape_vec(a.shape.as_slice(), values)
+                .map(Data::I64)
+                .map_err(|_| Error::shape(prim.name(), "index array"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let refs: Vec<&Data> = indices.iter().collect();
+    let Some(Data::I64(out)) = prim.eval(&refs)?.pop() else {
+        return Err(Error::shape(prim.name(), "index map"));
+    };
+    Ok(out
+        .iter()
+        .map(|&code| {
+            (code > 0).then(|| {
+                let p = starts.partition_point(|&s| s <= code) - 1;
+                (p, (code - starts[p]) as usize)
+            })
+        })
+        .collect())
+}
