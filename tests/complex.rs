@@ -26,7 +26,7 @@ use brainstate::{
     Complex32, Complex64, DType, Node, State, Tensor, concatenate, grad, hessian, jacfwd, jacrev,
     stack, where_,
 };
-use common::harness::{Dom, Row, row, run_table};
+use common::harness::{Dom, Row, UNARY, binary, broadcast_squared, row, run_table, unary};
 use common::{json_numbers, json_shape};
 use serde_json::Value;
 
@@ -610,14 +610,6 @@ const CAWAY: C = (AWAY, HALF);
 /// Near the real axis, away from the poles of `tan` (`pi/2 + k pi`).
 const CSMALL: C = (ANY, HALF);
 
-const UNARY: &[&[&[usize]]] = &[&[&[]], &[&[3]], &[&[2, 3]]];
-const BINARY: &[&[&[usize]]] = &[
-    &[&[3], &[3]],
-    &[&[2, 3], &[3]],
-    &[&[2, 1], &[1, 4]],
-    &[&[], &[3]],
-    &[&[2, 3], &[]],
-];
 /// The holomorphic elementwise operations of one argument, with their input domains.
 fn holomorphic_unary() -> Vec<(&'static str, C, TensorFn)> {
     vec![
@@ -671,12 +663,12 @@ fn holomorphic_binary() -> Vec<(&'static str, [C; 2], TensorBinary)> {
 fn holomorphic_rows() -> Vec<Row<C>> {
     let mut rows: Vec<Row<C>> = holomorphic_unary()
         .into_iter()
-        .map(|(name, dom, f)| row(name, &[dom], UNARY, move |x| f(&x[0])))
+        .map(|(name, dom, f)| unary(name, dom, f))
         .collect();
     rows.extend(
         holomorphic_binary()
             .into_iter()
-            .map(|(name, doms, f)| row(name, &doms, BINARY, move |x| f(&x[0], &x[1]))),
+            .map(|(name, doms, f)| binary(name, &doms, f)),
     );
     rows.push(
         row("convert c128 -> c64 -> c128", &[CANY], UNARY, |x| {
@@ -786,16 +778,7 @@ fn holomorphic_structural_rows() -> Vec<Row<C>> {
             "broadcast_to",
             &[CANY],
             &[&[&[]], &[&[3]], &[&[2, 1]]],
-            |x| {
-                let mut shape = vec![2];
-                shape.extend(
-                    x[0].shape()
-                        .unwrap()
-                        .iter()
-                        .map(|&d| if d == 1 { 3 } else { d }),
-                );
-                x[0].broadcast_to(&shape) * x[0].broadcast_to(&shape)
-            },
+            |x| broadcast_squared(&x[0]),
         ),
         row("expand_dims outer product", &[CANY], &[&[&[3]]], |x| {
             x[0].expand_dims(-1) * x[0].expand_dims(-2)

@@ -11,7 +11,7 @@
 mod common;
 
 use brainstate::{DType, Tensor, concatenate, grad, hessian, jacfwd, jacrev, stack, where_};
-use common::harness::{Dom, Row, row, run_table};
+use common::harness::{BINARY, Dom, Row, UNARY, binary, broadcast_squared, row, run_table, unary};
 
 // ---------------------------------------------------------------------------------------------
 // The table.
@@ -28,27 +28,8 @@ const SMALL: Dom = Dom::Uniform(-1.2, 1.2);
 /// Distinct across the case and away from 0: no ties for `max`/`min`, no kinks for `relu`.
 const DISTINCT: Dom = Dom::Distinct;
 
-/// Shape cases of one-argument elementwise operations.
-const UNARY: &[&[&[usize]]] = &[&[&[]], &[&[3]], &[&[2, 3]]];
-/// Shape cases of two-argument elementwise operations, broadcasting included.
-const BINARY: &[&[&[usize]]] = &[
-    &[&[3], &[3]],
-    &[&[2, 3], &[3]],
-    &[&[2, 1], &[1, 4]],
-    &[&[], &[3]],
-    &[&[2, 3], &[]],
-    &[&[2, 3], &[2, 1]],
-];
 /// Shape cases of reductions over everything.
 const REDUCE_ALL: &[&[&[usize]]] = &[&[&[]], &[&[5]], &[&[2, 3]], &[&[2, 3, 2]]];
-
-fn unary(name: &'static str, dom: Dom, f: fn(&Tensor) -> Tensor) -> Row<Dom> {
-    row(name, &[dom], UNARY, move |x| f(&x[0]))
-}
-
-fn binary(name: &'static str, doms: &[Dom], f: fn(&Tensor, &Tensor) -> Tensor) -> Row<Dom> {
-    row(name, doms, BINARY, move |x| f(&x[0], &x[1]))
-}
 
 fn mask(values: &[bool], shape: &[usize]) -> Tensor {
     Tensor::from_vec(values.to_vec(), shape).expect("mask values match the shape")
@@ -169,21 +150,11 @@ fn elementwise_rows() -> Vec<Row<Dom>> {
 #[allow(clippy::reversed_empty_ranges)]
 fn structural_rows() -> Vec<Row<Dom>> {
     vec![
-        // broadcast: a leading axis of 2, size-1 axes stretched to 3.
         row(
             "broadcast_to",
             &[ANY],
             &[&[&[]], &[&[3]], &[&[2, 1]], &[&[1, 3]]],
-            |x| {
-                let mut shape = vec![2];
-                shape.extend(
-                    x[0].shape()
-                        .unwrap()
-                        .iter()
-                        .map(|&d| if d == 1 { 3 } else { d }),
-                );
-                x[0].broadcast_to(&shape) * x[0].broadcast_to(&shape)
-            },
+            |x| broadcast_squared(&x[0]),
         ),
         row(
             "reshape [-1]",

@@ -348,6 +348,41 @@ impl<D: Domain> Row<D> {
     }
 }
 
+/// Shape cases of one-argument elementwise operations.
+pub const UNARY: &[&[&[usize]]] = &[&[&[]], &[&[3]], &[&[2, 3]]];
+/// Shape cases of two-argument elementwise operations, broadcasting included.
+pub const BINARY: &[&[&[usize]]] = &[
+    &[&[3], &[3]],
+    &[&[2, 3], &[3]],
+    &[&[2, 1], &[1, 4]],
+    &[&[], &[3]],
+    &[&[2, 3], &[]],
+    &[&[2, 3], &[2, 1]],
+];
+
+/// An elementwise operation of one argument, on the [`UNARY`] shape cases.
+pub fn unary<D: Domain>(name: &str, dom: D, f: fn(&Tensor) -> Tensor) -> Row<D> {
+    row(name, &[dom], UNARY, move |x| f(&x[0]))
+}
+
+/// An elementwise operation of two arguments, on the [`BINARY`] shape cases.
+pub fn binary<D: Domain>(name: &str, doms: &[D], f: fn(&Tensor, &Tensor) -> Tensor) -> Row<D> {
+    row(name, doms, BINARY, move |x| f(&x[0], &x[1]))
+}
+
+/// `x` broadcast to a leading axis of 2, its size-1 axes stretched to 3, times itself: the
+/// `broadcast_to` row of both tables.
+pub fn broadcast_squared(x: &Tensor) -> Tensor {
+    let mut shape = vec![2];
+    shape.extend(
+        x.shape()
+            .unwrap()
+            .iter()
+            .map(|&d| if d == 1 { 3 } else { d }),
+    );
+    x.broadcast_to(&shape) * x.broadcast_to(&shape)
+}
+
 /// Runs every row on every shape case and fails with the list of all failures.
 pub fn run_table<D: Domain>(rows: Vec<Row<D>>) {
     let mut failures = Vec::new();
