@@ -399,6 +399,12 @@ fn harness_detects_a_wrong_derivative() {
     let failures = wrong.failures();
     assert_eq!(failures.len(), wrong.cases.len(), "{failures:?}");
     assert!(failures.iter().all(|f| f.contains("worst mismatch")));
+
+    // And a row marked `zero` whose derivatives are not.
+    let not_zero = row("x * x marked zero", &[ANY], UNARY, |x| &x[0] * &x[0]).zero();
+    let failures = not_zero.failures();
+    assert_eq!(failures.len(), not_zero.cases.len(), "{failures:?}");
+    assert!(failures.iter().all(|f| f.contains("expected exactly 0")));
 }
 
 /// `x * stop_gradient(x)` differentiates as `x * c` with `c = x` held constant.
