@@ -26,8 +26,8 @@ use brainstate::{
     Complex32, Complex64, DType, Node, State, Tensor, concatenate, grad, hessian, jacfwd, jacrev,
     stack, where_,
 };
+use common::fixtures::{self, Compare, Outcome, json_tensor};
 use common::harness::{Dom, Row, UNARY, binary, broadcast_squared, row, run_table, unary};
-use common::{json_numbers, json_shape};
 use serde_json::Value;
 
 fn c(re: f64, im: f64) -> Complex64 {
@@ -1300,88 +1300,15 @@ fn state_inputs_are_checked_before_outputs_as_in_jax() {
 // 5. Golden values from JAX.
 // =============================================================================================
 
-const RTOL: f64 = 1e-12;
-const ATOL: f64 = 1e-12;
+/// The comparison with JAX: its mixed blocks differ from ours in the last bits.
+const COMPARE: Compare = Compare::new(1e-12, 1e-12);
 
 fn fixture() -> Value {
-    common::fixture("golden_complex.json")
-}
-
-/// `{"shape", "re", "im"}` as a `c128` tensor.
-fn leaf(json: &Value) -> Tensor {
-    let shape = json_shape(json);
-    let values: Vec<Complex64> = json_numbers(json, "re")
-        .into_iter()
-        .zip(json_numbers(json, "im"))
-        .map(|(re, im)| c(re, im))
-        .collect();
-    ctensor(&values, &shape)
-}
-
-/// Compares `node` with the fixture tree `expected` (arrays and tuples).
-fn compare(path: &str, node: &Node, expected: &Value, errors: &mut Vec<String>) {
-    if let Some(items) = expected.get("tuple") {
-        let items = items.as_array().expect("tuple items");
-        let Node::Tuple(children) = node else {
-            errors.push(format!(
-                "{path}: expected a tuple of {}, got {node}",
-                items.len()
-            ));
-            return;
-        };
-        if children.len() != items.len() {
-            errors.push(format!(
-                "{path}: {} entries, expected {}",
-                children.len(),
-                items.len()
-            ));
-            return;
-        }
-        for (i, (n, e)) in children.iter().zip(items).enumerate() {
-            compare(&format!("{path}[{i}]"), n, e, errors);
-        }
-        return;
-    }
-    let Node::Leaf(t) = node else {
-        errors.push(format!("{path}: expected an array, got {node}"));
-        return;
-    };
-    let want = leaf(expected);
-    if t.shape().unwrap() != want.shape().unwrap() || t.dtype().unwrap() != DType::C128 {
-        errors.push(format!(
-            "{path}: {} {:?}, expected c128 {:?}",
-            t.dtype().unwrap(),
-            t.shape().unwrap(),
-            want.shape().unwrap()
-        ));
-        return;
-    }
-    let got = t.to_vec::<Complex64>().expect("values");
-    let want = want.to_vec::<Complex64>().expect("values");
-    let bad: Vec<(usize, Complex64, Complex64)> = got
-        .iter()
-        .zip(&want)
-        .enumerate()
-        .filter(|(_, (a, b))| (*a - *b).norm() > RTOL * b.norm() + ATOL)
-        .map(|(i, (a, b))| (i, *a, *b))
-        .collect();
-    if let Some((i, a, b)) = bad.first() {
-        errors.push(format!(
-            "{path}: {} of {} values differ, first at flat index {i}: {a} vs JAX {b}",
-            bad.len(),
-            got.len()
-        ));
-    }
+    fixtures::fixture("golden_complex.json")
 }
 
 fn node_of(t: Tensor) -> Node {
     Node::Leaf(t)
-}
-
-struct Outcome {
-    hessian: Node,
-    value: Option<Node>,
-    aux: Option<Node>,
 }
 
 /// `hessian(f).holomorphic(true)` in the case's layout, for a function without aux output.
@@ -1454,7 +1381,7 @@ fn state_log(zs: &Tensor, x: &Tensor) -> Tensor {
 }
 
 fn run_case(case: &Value) -> brainstate::Result<Outcome> {
-    let arg = |i: usize| leaf(&case["args"][i]);
+    let arg = |i: usize| json_tensor(&case["args"][i]);
     let name = case["name"].as_str().expect("name");
     Ok(match name {
         "cubic" | "cubic_value" => run_plain!(case, 0, cubic, &arg(0), node_of),
@@ -1524,18 +1451,12 @@ fn golden_values_match_jax() {
     for case in plain {
         let name = case["name"].as_str().expect("name");
         match run_case(case) {
-            Ok(outcome) => {
-                let mut errors = Vec::new();
-                compare("hessian", &outcome.hessian, &case["hessian"], &mut errors);
-                for (what, got) in [("value", &outcome.value), ("aux", &outcome.aux)] {
-                    match (got, case[what].is_null()) {
-                        (Some(node), false) => compare(what, node, &case[what], &mut errors),
-                        (None, true) => {}
-                        _ => errors.push(format!("{what}: present on one side only")),
-                    }
-                }
-                failures.extend(errors.into_iter().map(|e| format!("{name}: {e}")));
-            }
+            Ok(outcome) => failures.extend(
+                COMPARE
+                    .outcome(case, &outcome)
+                    .into_iter()
+                    .map(|e| format!("{name}: {e}")),
+            ),
             Err(e) => failures.push(format!("{name}: the transform failed: {e}")),
         }
     }
@@ -1569,27 +1490,27 @@ fn golden_complex_state_matches_jax() {
             "state_log" => state_log,
             other => panic!("fixture case {other:?} has no Rust function"),
         };
-        let zs = State::new(leaf(&case["state"]));
-        let x = leaf(&case["args"][0]);
+        let zs = State::new(json_tensor(&case["state"]));
+        let x = json_tensor(&case["args"][0]);
         let f = |x: &Tensor| model(&zs.value(), x);
         let full = &case["hessian"];
         let mut errors = Vec::new();
 
         let h2 = hessian(f).grad_states(&zs).holomorphic(true);
         match h2.call(&x) {
-            Ok(var) => compare("case 2", &var, &full["tuple"][0]["tuple"][0], &mut errors),
+            Ok(var) => COMPARE.tree("case 2", &var, &full["tuple"][0]["tuple"][0], &mut errors),
             Err(e) => errors.push(format!("case 2 failed: {e}")),
         }
         let h3 = hessian(f).grad_states(&zs).argnums(0).holomorphic(true);
         match h3.call(&x) {
             Ok((var, arg)) => {
-                compare(
+                COMPARE.tree(
                     "case 3 var",
                     &var,
                     &full["tuple"][0]["tuple"][0],
                     &mut errors,
                 );
-                compare(
+                COMPARE.tree(
                     "case 3 arg",
                     &arg,
                     &full["tuple"][1]["tuple"][1],
@@ -1599,13 +1520,13 @@ fn golden_complex_state_matches_jax() {
             Err(e) => errors.push(format!("case 3 failed: {e}")),
         }
         match h3.joint(&x) {
-            Ok(joint) => compare("joint", &joint, full, &mut errors),
+            Ok(joint) => COMPARE.tree("joint", &joint, full, &mut errors),
             Err(e) => errors.push(format!("joint failed: {e}")),
         }
         // return_value in case 3, and the state is left as it was.
         match h3.return_value().call(&x) {
             Ok(((var, _), value)) => {
-                compare(
+                COMPARE.tree(
                     "case 3 var",
                     &var,
                     &full["tuple"][0]["tuple"][0],
@@ -1616,7 +1537,7 @@ fn golden_complex_state_matches_jax() {
             }
             Err(e) => errors.push(format!("return_value failed: {e}")),
         }
-        assert_eq!(cvals(&zs.value()), cvals(&leaf(&case["state"])));
+        assert_eq!(cvals(&zs.value()), cvals(&json_tensor(&case["state"])));
         failures.extend(errors.into_iter().map(|e| format!("{name}: {e}")));
     }
     assert!(

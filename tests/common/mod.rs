@@ -3,10 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod fixtures;
 pub mod harness;
 
 use brainstate::{Error, Node, Tensor};
-use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
 // Small value helpers.
@@ -38,35 +38,4 @@ pub fn assert_mentions(e: &Error, parts: &[&str]) {
     for p in parts {
         assert!(msg.contains(p), "error {msg:?} should mention {p:?}");
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// JSON fixtures.
-// ---------------------------------------------------------------------------------------------
-
-/// The JSON document `tests/fixtures/{file}`.
-pub fn fixture(file: &str) -> Value {
-    let path = format!("{}/tests/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {path}: {e}"))
-}
-
-/// The `"shape"` of a fixture array, as dimensions.
-pub fn json_shape(json: &Value) -> Vec<usize> {
-    json["shape"]
-        .as_array()
-        .unwrap_or_else(|| panic!("expected an array leaf with a shape, got {json}"))
-        .iter()
-        .map(|d| d.as_u64().expect("dimension") as usize)
-        .collect()
-}
-
-/// The list of numbers under `key` of a fixture array (`"data"`, `"re"`, `"im"`, ...).
-pub fn json_numbers(json: &Value, key: &str) -> Vec<f64> {
-    json[key]
-        .as_array()
-        .unwrap_or_else(|| panic!("expected an array leaf with {key:?}, got {json}"))
-        .iter()
-        .map(|v| v.as_f64().expect("number"))
-        .collect()
 }
