@@ -402,3 +402,59 @@ fn the_comparison_catches_wrong_values_shapes_and_nesting() {
         );
     }
 }
+
+/// The comparison's other uses: complex leaves (`tests/complex.rs`), dtypes, NaN, and structs,
+/// which only stand for dicts when asked (`tests/states.rs` wants maps).
+#[test]
+fn the_comparison_checks_complex_leaves_dtypes_nan_and_structs() {
+    let strict = Compare::new(1e-12, 1e-12);
+    let z = |re: f64, im: f64| brainstate::Complex64::new(re, im);
+    let complex: Value = serde_json::json!({"shape": [2], "re": [1.0, 0.5], "im": [-1.0, 0.0]});
+    let good = Node::Leaf(Tensor::from([z(1.0, -1.0), z(0.5, 1e-13)]));
+    assert!(strict.errors("z", &good, &complex).is_empty());
+    let real: Value = serde_json::json!({"shape": [2], "data": [1.0, 0.5]});
+    assert!(
+        strict
+            .errors("x", &Node::Leaf(Tensor::from([1.0, 0.5])), &real)
+            .is_empty()
+    );
+    for (what, node, want) in [
+        (
+            "imaginary part",
+            Node::Leaf(Tensor::from([z(1.0, -1.0), z(0.5, 1e-9)])),
+            &complex,
+        ),
+        (
+            "real for complex",
+            Node::Leaf(Tensor::from([1.0, 0.5])),
+            &complex,
+        ),
+        (
+            "complex for real",
+            Node::Leaf(Tensor::from([z(1.0, 0.0), z(0.5, 0.0)])),
+            &real,
+        ),
+        ("NaN", Node::Leaf(Tensor::from([1.0, f64::NAN])), &real),
+    ] {
+        let errors = strict.errors("t", &node, want);
+        assert_eq!(
+            errors.len(),
+            1,
+            "a wrong {what} must be reported once: {errors:?}"
+        );
+    }
+
+    let dict: Value = serde_json::json!({"dict": {
+        "b": {"shape": [], "data": [1.0]},
+        "w": {"shape": [], "data": [2.0]}
+    }});
+    let params = Node::Struct {
+        name: "Params",
+        fields: vec![
+            ("w", Node::Leaf(Tensor::scalar(2.0))),
+            ("b", Node::Leaf(Tensor::scalar(1.0))),
+        ],
+    };
+    assert!(COMPARE.errors("p", &params, &dict).is_empty());
+    assert_eq!(strict.errors("p", &params, &dict).len(), 1);
+}
