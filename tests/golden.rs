@@ -8,15 +8,15 @@ mod common;
 use std::collections::BTreeMap;
 
 use brainstate::{Argnums, Node, Tensor, Tree, concatenate, hessian, stack, where_};
-use common::{json_numbers, json_shape};
+use common::fixtures::{self, Compare, Outcome, json_tensor};
 use serde_json::Value;
 
-/// Relative and absolute tolerance: JAX's mixed blocks differ from ours in the last bits.
-const RTOL: f64 = 1e-12;
-const ATOL: f64 = 1e-12;
+/// Relative and absolute tolerance: JAX's mixed blocks differ from ours in the last bits. A
+/// derived struct stands for a dict (compared as a set of keys).
+const COMPARE: Compare = Compare::new(1e-12, 1e-12).structs_as_dicts();
 
 fn fixture() -> Value {
-    common::fixture("golden_hessian.json")
+    fixtures::fixture("golden_hessian.json")
 }
 
 fn cases(doc: &Value) -> &Vec<Value> {
@@ -61,15 +61,8 @@ impl<'a> Case<'a> {
 
     /// Positional argument `i` as an array leaf.
     fn tensor(&self, i: usize) -> Tensor {
-        leaf(&self.args[i])
+        json_tensor(&self.args[i])
     }
-}
-
-/// An array `{"shape", "data"}` as an `f64` tensor.
-fn leaf(json: &Value) -> Tensor {
-    let shape = json_shape(json);
-    let data = json_numbers(json, "data");
-    Tensor::from_vec(data, &shape).expect("data fits shape")
 }
 
 /// A fixture dict of arrays as a `BTreeMap`.
@@ -78,7 +71,7 @@ fn dict_of_tensors(json: &Value) -> BTreeMap<String, Tensor> {
         .as_object()
         .unwrap_or_else(|| panic!("expected a dict, got {json}"))
         .iter()
-        .map(|(k, v)| (k.clone(), leaf(v)))
+        .map(|(k, v)| (k.clone(), json_tensor(v)))
         .collect()
 }
 
@@ -88,7 +81,7 @@ fn pair_of_tensors(json: &Value) -> (Tensor, Tensor) {
         .as_array()
         .unwrap_or_else(|| panic!("expected a tuple, got {json}"));
     assert_eq!(items.len(), 2, "expected a pair");
-    (leaf(&items[0]), leaf(&items[1]))
+    (json_tensor(&items[0]), json_tensor(&items[1]))
 }
 
 /// Any tree as a [`Node`], to compare with the fixture's encoding.
@@ -96,137 +89,6 @@ fn to_node<T: Tree>(tree: &T) -> Node {
     let mut leaves = Vec::new();
     tree.flatten(&mut leaves);
     Node::unflatten(&tree.def(), &mut leaves.into_iter()).expect("rebuild as a node")
-}
-
-fn close(actual: f64, expected: f64) -> bool {
-    (actual - expected).abs() <= RTOL * expected.abs() + ATOL
-}
-
-/// Compares `node` with the fixture tree `expected`; differences are appended to `errors`.
-fn compare(path: &str, node: &Node, expected: &Value, errors: &mut Vec<String>) {
-    let obj = expected
-        .as_object()
-        .unwrap_or_else(|| panic!("{path}: malformed fixture tree {expected}"));
-    if obj.contains_key("shape") {
-        let Node::Leaf(t) = node else {
-            errors.push(format!("{path}: expected an array, got {}", kind(node)));
-            return;
-        };
-        let want = leaf(expected);
-        if t.shape().unwrap() != want.shape().unwrap() {
-            errors.push(format!(
-                "{path}: shape {:?}, expected {:?}",
-                t.shape().unwrap(),
-                want.shape().unwrap()
-            ));
-            return;
-        }
-        let got = match t.to_vec::<f64>() {
-            Ok(v) => v,
-            Err(e) => {
-                errors.push(format!("{path}: no values ({e})"));
-                return;
-            }
-        };
-        let want = want.to_vec::<f64>().expect("fixture values");
-        let mut worst: Option<(usize, f64, f64)> = None;
-        let mut bad = 0;
-        for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
-            if !close(a, b) {
-                bad += 1;
-                let gap = (a - b).abs();
-                let worse = match worst {
-                    Some((_, x, y)) => gap > (x - y).abs(),
-                    None => true,
-                };
-                if worse {
-                    worst = Some((i, a, b));
-                }
-            }
-        }
-        if let Some((i, a, b)) = worst {
-            errors.push(format!(
-                "{path}: {bad} of {} values differ, worst at flat index {i}: {a:e} vs JAX {b:e}",
-                got.len()
-            ));
-        }
-    } else if let Some(items) = obj.get("tuple").or_else(|| obj.get("list")) {
-        let items = items.as_array().expect("tuple or list items");
-        let children = match (node, obj.contains_key("tuple")) {
-            (Node::Tuple(c), true) | (Node::List(c), false) => c,
-            _ => {
-                let want = if obj.contains_key("tuple") {
-                    "a tuple"
-                } else {
-                    "a list"
-                };
-                errors.push(format!("{path}: expected {want}, got {}", kind(node)));
-                return;
-            }
-        };
-        if children.len() != items.len() {
-            errors.push(format!(
-                "{path}: {} entries, expected {}",
-                children.len(),
-                items.len()
-            ));
-            return;
-        }
-        for (i, (n, e)) in children.iter().zip(items).enumerate() {
-            compare(&format!("{path}[{i}]"), n, e, errors);
-        }
-    } else if let Some(entries) = obj.get("dict") {
-        let entries = entries.as_object().expect("dict entries");
-        let want_keys: Vec<&str> = entries.keys().map(String::as_str).collect();
-        match node {
-            // A map keeps JAX's sorted key order.
-            Node::Map(c) => {
-                let keys: Vec<&str> = c.iter().map(|(k, _)| k.as_str()).collect();
-                if keys != want_keys {
-                    errors.push(format!("{path}: keys {keys:?}, expected {want_keys:?}"));
-                    return;
-                }
-            }
-            // A struct has its fields in declaration order: compare as a set, by key.
-            Node::Struct { fields, .. } => {
-                let mut keys: Vec<&str> = fields.iter().map(|(k, _)| *k).collect();
-                keys.sort_unstable();
-                if keys != want_keys {
-                    errors.push(format!(
-                        "{path}: fields {keys:?}, expected keys {want_keys:?}"
-                    ));
-                    return;
-                }
-            }
-            _ => {
-                errors.push(format!("{path}: expected a dict, got {}", kind(node)));
-                return;
-            }
-        }
-        for (k, e) in entries {
-            let n = node.key(k).expect("key checked above");
-            compare(&format!("{path}[{k:?}]"), n, e, errors);
-        }
-    } else {
-        panic!("{path}: malformed fixture tree {expected}");
-    }
-}
-
-fn kind(node: &Node) -> String {
-    match node {
-        Node::Leaf(t) => format!("an array of shape {:?}", t.shape().unwrap()),
-        Node::Tuple(c) => format!("a tuple of {}", c.len()),
-        Node::List(c) => format!("a list of {}", c.len()),
-        Node::Map(c) => format!("a map of {}", c.len()),
-        Node::Struct { name, .. } => format!("struct {name}"),
-    }
-}
-
-/// What one case returned.
-struct Outcome {
-    hessian: Node,
-    value: Option<Node>,
-    aux: Option<Node>,
 }
 
 /// Runs a function without aux output in the case's layout (`hessian(f)` or
@@ -404,30 +266,6 @@ fn run(c: &Case) -> brainstate::Result<Outcome> {
     })
 }
 
-/// Compares one case's outcome with the fixture; returns the differences.
-fn check(json: &Value, outcome: &Outcome) -> Vec<String> {
-    let mut errors = Vec::new();
-    compare("hessian", &outcome.hessian, &json["hessian"], &mut errors);
-    for (what, got) in [("value", &outcome.value), ("aux", &outcome.aux)] {
-        match (got, &json[what]) {
-            (None, Value::Null) => {}
-            (Some(node), expected) if !expected.is_null() => {
-                compare(what, node, expected, &mut errors)
-            }
-            (got, expected) => errors.push(format!(
-                "{what}: returned {}, fixture has {}",
-                if got.is_some() {
-                    "something"
-                } else {
-                    "nothing"
-                },
-                if expected.is_null() { "null" } else { "a tree" }
-            )),
-        }
-    }
-    errors
-}
-
 #[test]
 fn every_fixture_case_matches_jax() {
     let doc = fixture();
@@ -444,7 +282,7 @@ fn every_fixture_case_matches_jax() {
         match run(&c) {
             Ok(outcome) => {
                 exercised += 1;
-                for e in check(json, &outcome) {
+                for e in COMPARE.outcome(json, &outcome) {
                     failures.push(format!("{}: {e}", c.name));
                 }
             }
@@ -513,9 +351,7 @@ fn pytree_dict_as_a_derived_struct_matches_jax() {
     assert_eq!(h[0][1].tensor().unwrap().shape().unwrap(), &[2, 3, 3]);
     assert_eq!(h["w"]["b"].tensor().unwrap().shape().unwrap(), &[2, 3, 3]);
 
-    let mut errors = Vec::new();
-    compare("hessian", &h, &json["hessian"], &mut errors);
-    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    COMPARE.assert("hessian", &h, &json["hessian"]);
 }
 
 #[test]
@@ -528,8 +364,7 @@ fn the_comparison_catches_wrong_values_shapes_and_nesting() {
         Node::Leaf(Tensor::from([1.0, 2.0 + 1e-13])),
         Node::Map(vec![("a".into(), Node::Leaf(Tensor::scalar(3.0)))]),
     ]);
-    let mut errors = Vec::new();
-    compare("t", &good, &expected, &mut errors);
+    let errors = COMPARE.errors("t", &good, &expected);
     assert!(errors.is_empty(), "{errors:?}");
 
     let wrong_value = Node::Tuple(vec![
@@ -559,12 +394,67 @@ fn the_comparison_catches_wrong_values_shapes_and_nesting() {
         ("key", wrong_key),
         ("extra level", extra_level),
     ] {
-        let mut errors = Vec::new();
-        compare("t", &node, &expected, &mut errors);
+        let errors = COMPARE.errors("t", &node, &expected);
         assert_eq!(
             errors.len(),
             1,
             "a wrong {what} must be reported once: {errors:?}"
         );
     }
+}
+
+/// The comparison's other uses: complex leaves (`tests/complex.rs`), dtypes, NaN, and structs,
+/// which only stand for dicts when asked (`tests/states.rs` wants maps).
+#[test]
+fn the_comparison_checks_complex_leaves_dtypes_nan_and_structs() {
+    let strict = Compare::new(1e-12, 1e-12);
+    let z = |re: f64, im: f64| brainstate::Complex64::new(re, im);
+    let complex: Value = serde_json::json!({"shape": [2], "re": [1.0, 0.5], "im": [-1.0, 0.0]});
+    let good = Node::Leaf(Tensor::from([z(1.0, -1.0), z(0.5, 1e-13)]));
+    assert!(strict.errors("z", &good, &complex).is_empty());
+    let real: Value = serde_json::json!({"shape": [2], "data": [1.0, 0.5]});
+    assert!(
+        strict
+            .errors("x", &Node::Leaf(Tensor::from([1.0, 0.5])), &real)
+            .is_empty()
+    );
+    for (what, node, want) in [
+        (
+            "imaginary part",
+            Node::Leaf(Tensor::from([z(1.0, -1.0), z(0.5, 1e-9)])),
+            &complex,
+        ),
+        (
+            "real for complex",
+            Node::Leaf(Tensor::from([1.0, 0.5])),
+            &complex,
+        ),
+        (
+            "complex for real",
+            Node::Leaf(Tensor::from([z(1.0, 0.0), z(0.5, 0.0)])),
+            &real,
+        ),
+        ("NaN", Node::Leaf(Tensor::from([1.0, f64::NAN])), &real),
+    ] {
+        let errors = strict.errors("t", &node, want);
+        assert_eq!(
+            errors.len(),
+            1,
+            "a wrong {what} must be reported once: {errors:?}"
+        );
+    }
+
+    let dict: Value = serde_json::json!({"dict": {
+        "b": {"shape": [], "data": [1.0]},
+        "w": {"shape": [], "data": [2.0]}
+    }});
+    let params = Node::Struct {
+        name: "Params",
+        fields: vec![
+            ("w", Node::Leaf(Tensor::scalar(2.0))),
+            ("b", Node::Leaf(Tensor::scalar(1.0))),
+        ],
+    };
+    assert!(COMPARE.errors("p", &params, &dict).is_empty());
+    assert_eq!(strict.errors("p", &params, &dict).len(), 1);
 }

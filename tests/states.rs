@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use brainstate::{DType, Error, Node, ParamState, State, StateKind, Tensor, grad, hessian};
-use common::{assert_close, assert_mentions, json_numbers, json_shape, leaf, vals};
+use common::fixtures::{self, Compare};
+use common::{assert_close, assert_mentions, leaf, vals};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
@@ -1050,81 +1051,12 @@ fn set_value_outside_transforms_checks_shape_dtype_and_structure() {
 // 7. Golden values from the reference: a two-layer model with four ParamStates.
 // ---------------------------------------------------------------------------------------------
 
-const RTOL: f64 = 1e-12;
-const ATOL: f64 = 1e-12;
+/// The comparison with the reference (values within 1e-12 relative and absolute; a dict of
+/// states must be a map, with the reference's keys in order).
+const COMPARE: Compare = Compare::new(1e-12, 1e-12);
 
 fn fixture() -> Value {
-    common::fixture("golden_states.json")
-}
-
-/// An array `{"shape", "data"}` of the fixture.
-fn json_array(json: &Value) -> (Vec<usize>, Vec<f64>) {
-    let shape = json_shape(json);
-    (shape, json_numbers(json, "data"))
-}
-
-/// Compares a result tree with a fixture tree (structure, keys, shapes, values).
-fn compare(path: &str, node: &Node, json: &Value, errors: &mut Vec<String>) {
-    if let Some(d) = json.get("dict") {
-        let d = d.as_object().expect("dict");
-        let Node::Map(entries) = node else {
-            errors.push(format!("{path}: expected a map, got {node}"));
-            return;
-        };
-        let keys: Vec<&String> = entries.iter().map(|(k, _)| k).collect();
-        let want: Vec<&String> = d.keys().collect();
-        if keys != want {
-            errors.push(format!("{path}: keys {keys:?}, expected {want:?}"));
-            return;
-        }
-        for (k, n) in entries {
-            compare(&format!("{path}[{k:?}]"), n, &d[k], errors);
-        }
-    } else if let Some(l) = json.get("list") {
-        let l = l.as_array().expect("list");
-        let Node::List(items) = node else {
-            errors.push(format!("{path}: expected a list"));
-            return;
-        };
-        if items.len() != l.len() {
-            errors.push(format!(
-                "{path}: {} entries, expected {}",
-                items.len(),
-                l.len()
-            ));
-            return;
-        }
-        for (i, (n, j)) in items.iter().zip(l).enumerate() {
-            compare(&format!("{path}[{i}]"), n, j, errors);
-        }
-    } else {
-        let (shape, want) = json_array(json);
-        let Node::Leaf(t) = node else {
-            errors.push(format!("{path}: expected an array"));
-            return;
-        };
-        if t.shape().unwrap() != shape.as_slice() {
-            errors.push(format!(
-                "{path}: shape {:?}, expected {shape:?}",
-                t.shape().unwrap()
-            ));
-            return;
-        }
-        let got = vals(t);
-        for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
-            if (a - b).abs() > ATOL + RTOL * b.abs() {
-                errors.push(format!("{path}: element {i} is {a}, expected {b}"));
-                return;
-            }
-        }
-    }
-}
-
-#[track_caller]
-fn assert_matches(what: &str, node: &Node, json: &Value) {
-    let mut errors = Vec::new();
-    compare(what, node, json, &mut errors);
-    assert!(errors.is_empty(), "{what}:\n{}", errors.join("\n"));
+    fixtures::fixture("golden_states.json")
 }
 
 fn closed_form(shape: &[usize], f: impl Fn(usize, usize) -> f64) -> Tensor {
@@ -1191,47 +1123,47 @@ fn golden_two_layer_model_matches_the_reference() {
     let m = Mlp::new();
     // The Rust closed forms rebuild the fixture's parameters and data.
     for (name, state) in m.dict() {
-        assert_matches(
+        COMPARE.assert(
             &format!("params[{name}]"),
             &Node::Leaf(state.value()),
             &doc["params"][name],
         );
     }
-    assert_matches("X", &Node::Leaf(m.x.clone()), &doc["inputs"]["X"]);
-    assert_matches("Y", &Node::Leaf(m.y.clone()), &doc["inputs"]["Y"]);
+    COMPARE.assert("X", &Node::Leaf(m.x.clone()), &doc["inputs"]["X"]);
+    COMPARE.assert("Y", &Node::Leaf(m.y.clone()), &doc["inputs"]["Y"]);
 
     let loss = |x: &Tensor| m.loss(x);
     let before: Vec<Vec<f64>> = m.dict().values().map(|s| vals(&s.value())).collect();
 
     let h = hessian(loss).grad_states(m.dict()).call(&m.x).unwrap();
-    assert_matches("dict", &h, &doc["hessians"]["dict"]);
+    COMPARE.assert("dict", &h, &doc["hessians"]["dict"]);
 
     let h = hessian(loss)
         .grad_states([&m.w1, &m.b1, &m.w2, &m.b2])
         .call(&m.x)
         .unwrap();
-    assert_matches("list", &h, &doc["hessians"]["list"]);
+    COMPARE.assert("list", &h, &doc["hessians"]["list"]);
 
     let (h, v) = hessian(loss)
         .grad_states(m.dict())
         .return_value()
         .call(&m.x)
         .unwrap();
-    assert_matches("dict_value", &h, &doc["hessians"]["dict_value"]);
-    assert_matches("value", &Node::Leaf(v), &doc["value"]);
+    COMPARE.assert("dict_value", &h, &doc["hessians"]["dict_value"]);
+    COMPARE.assert("value", &Node::Leaf(v), &doc["value"]);
 
     // Case 3 (the reference raises NotImplementedError; golden from plain jax.hessian over
     // (params, X)): the joint blocks, and the call's (var_grads, arg_grads).
     let t = hessian(loss).grad_states(m.dict()).argnums(0);
     let joint = t.joint(&m.x).unwrap();
     let j = &doc["joint"];
-    assert_matches("joint[0][0]", &joint[0][0], &j["params_params"]);
-    assert_matches("joint[0][1]", &joint[0][1], &j["params_x"]);
-    assert_matches("joint[1][0]", &joint[1][0], &j["x_params"]);
-    assert_matches("joint[1][1]", &joint[1][1], &j["x_x"]);
+    COMPARE.assert("joint[0][0]", &joint[0][0], &j["params_params"]);
+    COMPARE.assert("joint[0][1]", &joint[0][1], &j["params_x"]);
+    COMPARE.assert("joint[1][0]", &joint[1][0], &j["x_params"]);
+    COMPARE.assert("joint[1][1]", &joint[1][1], &j["x_x"]);
     let (var_grads, arg_grads) = t.call(&m.x).unwrap();
-    assert_matches("var_grads", &var_grads, &j["params_params"]);
-    assert_matches("arg_grads", &arg_grads, &j["x_x"]);
+    COMPARE.assert("var_grads", &var_grads, &j["params_params"]);
+    COMPARE.assert("arg_grads", &arg_grads, &j["x_x"]);
 
     let after: Vec<Vec<f64>> = m.dict().values().map(|s| vals(&s.value())).collect();
     assert_eq!(before, after, "parameters only read keep their values");

@@ -16,7 +16,8 @@ use brainstate::{
     Error, Node, State, Tensor, Unit, concatenate, grad, hessian, jacfwd, jacrev, make_program,
     stack, where_,
 };
-use common::{json_numbers, json_shape, leaf};
+use common::fixtures::{fixture, json_numbers, json_shape};
+use common::leaf;
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ fn si_unit(dims: &[i64]) -> Unit {
 // ---------------------------------------------------------------------------------------------
 
 fn fixture_case(name: &str) -> Value {
-    common::fixture("golden_units.json")["cases"][name].clone()
+    fixture("golden_units.json")["cases"][name].clone()
 }
 
 /// Compares `node` with the fixture tree `want`: structure, shapes, units (dimension, or none
