@@ -3,14 +3,31 @@
 
 use std::collections::BTreeMap;
 
-use brainstate::{Complex64, Node, ParamState, State, Tensor, hessian};
+use brainstate::{Complex64, Node, ParamState, State, Tensor, hessian, hvp};
+
+/// What one call of a case computes: the tensors it returns (the Hessian's blocks, the
+/// Hessian-vector product, or a sparse Hessian's stored values) and, for a sparse Hessian,
+/// the number of stored entries.
+pub struct Outcome {
+    pub values: Vec<Tensor>,
+    pub nnz: Option<usize>,
+}
+
+impl From<Node> for Outcome {
+    fn from(node: Node) -> Outcome {
+        Outcome {
+            values: node.leaves(),
+            nnz: None,
+        }
+    }
+}
 
 /// A case ready to run.
-pub type Case = Box<dyn Fn() -> Node>;
+pub type Case = Box<dyn Fn() -> Outcome>;
 
 /// Every case, in the order of the suite, with its reference checksum (`[re, im]`) and
-/// Frobenius norm (JAX 0.10.2, float64 and complex128).
-pub const REFERENCE: [(&str, [f64; 2], f64); 8] = [
+/// Frobenius norm (JAX 0.10.2, float64 and complex128; the sparse cases by asdex 0.5).
+pub const REFERENCE: [(&str, [f64; 2], f64); 13] = [
     ("rosen_n16", [9483.333333333334, 0.0], 3075.704291522332),
     ("rosen_n128", [76860.29921259843, 0.0], 9063.19649059404),
     ("rosen_n1024", [616246.7820136853, 0.0], 25785.33903507017),
@@ -27,6 +44,33 @@ pub const REFERENCE: [(&str, [f64; 2], f64); 8] = [
         [189.46254282939532, 0.5719909958350442],
         66.07975684671489,
     ),
+    ("mlp_1089", [-143.7547920182827, 0.0], 16.033867799465852),
+    (
+        "hvp_mlp_1089",
+        [-1.1116941777168647, 0.0],
+        6.115135730980358,
+    ),
+    (
+        "sparse_rosen_n4096",
+        [2465590.1953601954, 0.0],
+        51603.51426019164,
+    ),
+    (
+        "sparse_rosen_n1000000",
+        [601999798.0008, 0.0],
+        806475.5837586673,
+    ),
+    (
+        "rnn_n10_t1000",
+        [30.625021375982897, 0.0],
+        16.864734939811154,
+    ),
+];
+
+/// The number of stored entries of the sparse cases' Hessians.
+pub const NNZ: [(&str, usize); 2] = [
+    ("sparse_rosen_n4096", 12286),
+    ("sparse_rosen_n1000000", 2999998),
 ];
 
 fn rosen(x: &Tensor) -> Tensor {
@@ -58,7 +102,7 @@ fn logreg() -> Case {
         (logits.logaddexp(0.0) - y * &logits).sum()
     };
     let h = hessian(loss).grad_states(&w);
-    Box::new(move || h.call((&x, &y)).expect("logreg hessian"))
+    Box::new(move || h.call((&x, &y)).expect("logreg hessian").into())
 }
 
 fn mlp() -> Case {
@@ -84,10 +128,10 @@ fn mlp() -> Case {
             .mean()
     };
     let h = hessian(loss).grad_states(params);
-    Box::new(move || h.call((&xb, &yb)).expect("mlp hessian"))
+    Box::new(move || h.call((&xb, &yb)).expect("mlp hessian").into())
 }
 
-fn rnn() -> Case {
+fn rnn(steps: usize) -> Case {
     let n = 10;
     let w = ParamState::new(matrix(n, n, |i, j| {
         0.5 / (n as f64).sqrt() * (1.1 * i + 0.6 * j + 0.3).sin()
@@ -99,13 +143,13 @@ fn rnn() -> Case {
     let loss = move |input: &Tensor, target: &Tensor| {
         let weights = state.value();
         let mut r = Tensor::zeros(&[n]);
-        for _ in 0..50 {
+        for _ in 0..steps {
             r = &r + (-&r + (weights.matmul(&r) + input).tanh()) * (dt / tau);
         }
         (r - target).powi(2).sum()
     };
     let h = hessian(loss).grad_states(&w);
-    Box::new(move || h.call((&input, &target)).expect("rnn hessian"))
+    Box::new(move || h.call((&input, &target)).expect("rnn hessian").into())
 }
 
 fn holo() -> Case {
@@ -114,7 +158,85 @@ fn holo() -> Case {
         .collect();
     let z = Tensor::from(values);
     let h = hessian(|z: &Tensor| (z.powi(3) + z.exp() * z).sum()).holomorphic(true);
-    Box::new(move || h.call(&z).expect("holomorphic hessian"))
+    Box::new(move || h.call(&z).expect("holomorphic hessian").into())
+}
+
+/// The parameter states of `mlp_1089` (1089 values), by name.
+fn mlp_1089_params() -> BTreeMap<&'static str, State> {
+    BTreeMap::from([
+        (
+            "W1",
+            matrix(16, 32, |i, j| 0.3 * (0.5 * i + 0.3 * j + 0.2).sin()),
+        ),
+        ("b1", vector(32, |j| 0.1 * j.cos())),
+        (
+            "W2",
+            matrix(32, 16, |i, j| 0.2 * (0.4 * i + 0.7 * j + 0.1).cos()),
+        ),
+        ("b2", vector(16, |j| 0.05 * j.sin())),
+        ("W3", matrix(16, 1, |i, _| 0.3 * (0.2 * i + 0.3).cos())),
+        ("b3", Tensor::from([0.05])),
+    ])
+    .into_iter()
+    .map(|(k, t)| (k, ParamState::new(t)))
+    .collect()
+}
+
+/// The loss of `mlp_1089` over its parameter states.
+fn mlp_1089_loss(p: &BTreeMap<&'static str, State>, x: &Tensor, y: &Tensor) -> Tensor {
+    let h1 = (x.matmul(&p["W1"].value()) + p["b1"].value()).tanh();
+    let h2 = (h1.matmul(&p["W2"].value()) + p["b2"].value()).tanh();
+    (h2.matmul(&p["W3"].value()) + p["b3"].value() - y)
+        .powi(2)
+        .mean()
+}
+
+fn mlp_1089_data() -> (Tensor, Tensor) {
+    (
+        matrix(256, 16, |i, j| (0.7 * i - 0.2 * j).sin()),
+        matrix(256, 1, |i, _| (0.3 * i).cos()),
+    )
+}
+
+fn mlp_1089() -> Case {
+    let params = mlp_1089_params();
+    let (x, y) = mlp_1089_data();
+    let p = params.clone();
+    let h = hessian(move |x: &Tensor, y: &Tensor| mlp_1089_loss(&p, x, y)).grad_states(params);
+    Box::new(move || h.call((&x, &y)).expect("mlp_1089 hessian").into())
+}
+
+fn hvp_mlp_1089() -> Case {
+    let params = mlp_1089_params();
+    let (x, y) = mlp_1089_data();
+    // v: each leaf v[k] = cos(0.1 k + 0.2) over its flat index, in the states' (key) order.
+    let v: BTreeMap<String, Tensor> = params
+        .iter()
+        .map(|(k, s)| {
+            let shape = s.value().shape().expect("a shape").to_vec();
+            let n: usize = shape.iter().product();
+            let values = (0..n).map(|i| (0.1 * i as f64 + 0.2).cos()).collect();
+            (
+                k.to_string(),
+                Tensor::from_vec(values, &shape).expect("n values"),
+            )
+        })
+        .collect();
+    let p = params.clone();
+    let h = hvp(move |x: &Tensor, y: &Tensor| mlp_1089_loss(&p, x, y)).grad_states(params);
+    Box::new(move || h.call((&x, &y), &v).expect("mlp_1089 hvp").into())
+}
+
+fn sparse_rosen(n: usize) -> Case {
+    let x = Tensor::linspace(-1.0, 1.0, n);
+    let h = hessian(rosen).sparse();
+    Box::new(move || {
+        let sparse = h.call(&x).expect("sparse rosen hessian");
+        Outcome {
+            values: vec![sparse.values().clone()],
+            nnz: Some(sparse.nnz()),
+        }
+    })
 }
 
 /// The case called `name`, ready to run: each call computes its Hessian with one transform
@@ -123,20 +245,26 @@ pub fn build(name: &str) -> Option<Case> {
     match name {
         "logreg_d64_m512" => return Some(logreg()),
         "mlp_177" => return Some(mlp()),
-        "rnn_n10_t50" => return Some(rnn()),
+        "rnn_n10_t50" => return Some(rnn(50)),
+        "rnn_n10_t1000" => return Some(rnn(1000)),
         "holo_n64" => return Some(holo()),
+        "mlp_1089" => return Some(mlp_1089()),
+        "hvp_mlp_1089" => return Some(hvp_mlp_1089()),
         _ => {}
+    }
+    if let Some(n) = name.strip_prefix("sparse_rosen_n") {
+        return Some(sparse_rosen(n.parse().ok()?));
     }
     let n: usize = name.strip_prefix("rosen_n")?.parse().ok()?;
     let x = Tensor::linspace(-1.0, 1.0, n);
     let h = hessian(rosen);
-    Some(Box::new(move || h.call(&x).expect("rosen hessian")))
+    Some(Box::new(move || h.call(&x).expect("rosen hessian").into()))
 }
 
-/// Sum of all entries (complex) and Frobenius norm over every block of a result.
-pub fn checksums(result: &Node) -> (Complex64, f64) {
+/// Sum of all entries (complex) and Frobenius norm over every tensor of a result.
+pub fn checksums(result: &Outcome) -> (Complex64, f64) {
     let values: Vec<Complex64> = result
-        .leaves()
+        .values
         .iter()
         .flat_map(|t| t.to_vec::<Complex64>().expect("concrete result"))
         .collect();

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 mod cases;
 
-use brainstate::{Complex64, Node};
-use cases::checksums;
+use brainstate::Complex64;
+use cases::{Outcome, checksums};
 
 const ENGINE: &str = concat!("brainstate-rs ", env!("CARGO_PKG_VERSION"));
 
@@ -21,18 +21,19 @@ struct Measured {
     checksum: Complex64,
     complex: bool,
     frobenius: f64,
+    nnz: Option<usize>,
 }
 
 /// Times `call` as the suite asks: the first call, then the median of enough further calls.
-fn measure(call: impl Fn() -> Node) -> Measured {
+fn measure(call: impl Fn() -> Outcome) -> Measured {
     let start = Instant::now();
     let result = call();
     let first_call_s = start.elapsed().as_secs_f64();
     let (checksum, frobenius) = checksums(&result);
     let complex = result
-        .leaves()
+        .values
         .iter()
-        .any(|t| t.dtype().unwrap().is_complex());
+        .any(|t| t.dtype().is_ok_and(|d| d.is_complex()));
     let probe = Instant::now();
     call();
     let reps = if probe.elapsed().as_secs_f64() < 0.01 {
@@ -55,6 +56,7 @@ fn measure(call: impl Fn() -> Node) -> Measured {
         checksum,
         complex,
         frobenius,
+        nnz: result.nnz,
     }
 }
 
@@ -94,9 +96,18 @@ fn main() {
         } else {
             format!("{:?}", m.checksum.re)
         };
+        if let Some((_, nnz)) = cases::NNZ.iter().find(|r| r.0 == case) {
+            if m.nnz != Some(*nnz) {
+                eprintln!(
+                    "warning: {case} stores {:?} entries, the reference {nnz}",
+                    m.nnz
+                );
+            }
+        }
+        let nnz_json = m.nnz.map(|n| format!(", \"nnz\": {n}")).unwrap_or_default();
         if json {
             println!(
-                "{{\"case\": \"{case}\", \"engine\": \"{ENGINE}\", \"first_call_s\": {:e}, \"median_s\": {:e}, \"reps\": {}, \"checksum\": {}, \"frobenius\": {:?}}}",
+                "{{\"case\": \"{case}\", \"engine\": \"{ENGINE}\", \"first_call_s\": {:e}, \"median_s\": {:e}, \"reps\": {}, \"checksum\": {}, \"frobenius\": {:?}{nnz_json}}}",
                 m.first_call_s, m.median_s, m.reps, checksum_json, m.frobenius
             );
         } else {
