@@ -6,9 +6,11 @@
 //! and reuses dying buffers in place. The transforms never look inside this module: they
 //! produce programs, and this runs them.
 
+mod fuse;
 mod plan;
 mod simplify;
 mod sweep;
+mod tile;
 
 pub(crate) use self::plan::Plan;
 pub(crate) use self::simplify::simplify;

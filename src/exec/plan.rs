@@ -4,6 +4,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use std::collections::HashMap;
+
+use super::fuse::{Step, fuse};
 use crate::ir::Var;
 use crate::ir::passes::last_uses;
 use crate::primitives::{Elementwise, Eqn, Prim, Program, eval_in_place};
@@ -13,16 +16,25 @@ use crate::storage::{Data, pool};
 #[derive(Debug)]
 pub(crate) struct Plan {
     pub program: Program,
-    /// For each equation, the variables dead once it has run.
+    /// For each equation, the variables dead once it has run (for running equation by
+    /// equation, as `debug_nan` does).
     frees: Vec<Vec<Var>>,
+    /// The fused steps, each with the variables dead once it has run.
+    pub(super) steps: Vec<(Step, Vec<Var>)>,
 }
 
 impl Plan {
-    /// The plan of `program`, simplified.
+    /// The plan of `program`, simplified and fused.
     pub fn new(program: Program) -> Plan {
         let program = super::simplify(program);
         let frees = last_uses(&program);
-        Plan { program, frees }
+        let steps = fuse(&program);
+        let dying = step_frees(&program, &steps);
+        Plan {
+            program,
+            frees,
+            steps: steps.into_iter().zip(dying).collect(),
+        }
     }
 
     /// The most bytes the plan's intermediates (equation outputs) hold at once while it runs.
@@ -82,8 +94,8 @@ impl Plan {
         None
     }
 
-    /// Runs the program. With `check_finite`, the first equation whose output holds a NaN or
-    /// an infinity is reported as an error instead.
+    /// Runs the program. With `check_finite`, equation by equation, the first equation whose
+    /// output holds a NaN or an infinity is reported as an error instead.
     pub fn run(&self, inputs: &[Arc<Data>], check_finite: bool) -> Result<Vec<Arc<Data>>> {
         let program = &self.program;
         let mut env: Vec<Option<Arc<Data>>> = vec![None; program.avals.len()];
@@ -93,44 +105,23 @@ impl Plan {
         for (v, data) in &program.consts {
             env[v.index()] = Some(data.clone());
         }
-        for (eqn, frees) in program.eqns.iter().zip(&self.frees) {
-            let outs = match self.in_place(eqn, frees, &mut env) {
-                Some(out) => vec![out],
-                None => {
-                    let ins: Vec<&Data> = eqn
-                        .inputs
-                        .iter()
-                        .map(|v| {
-                            &**env[v.index()]
-                                .as_ref()
-                                .expect("planned programs define before use")
-                        })
-                        .collect();
-                    eqn.prim.eval(&ins)?
-                }
-            };
-            if check_finite && !outs.iter().all(Data::all_finite) {
-                return Err(Error::NonFinite {
-                    primitive: eqn.prim.to_string(),
-                    input_shapes: eqn
-                        .inputs
-                        .iter()
-                        .map(|&v| program.aval(v).shape.clone())
-                        .collect(),
-                    source_hint: eqn
-                        .source
-                        .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
-                });
+        if check_finite {
+            for (i, frees) in self.frees.iter().enumerate() {
+                self.run_eqn(i, frees, &mut env, true)?;
+                release(frees, &mut env);
             }
-            for (&v, out) in eqn.outputs.iter().zip(outs) {
-                env[v.index()] = Some(Arc::new(out));
-            }
-            for v in frees {
-                if let Some(dead) = env[v.index()].take() {
-                    if let Ok(data) = Arc::try_unwrap(dead) {
-                        pool::recycle(data);
+        } else {
+            for (step, frees) in &self.steps {
+                match step {
+                    Step::Eqn(i) => self.run_eqn(*i, frees, &mut env, false)?,
+                    Step::Group(group) => {
+                        let outs = group.run(&env)?;
+                        for (&v, out) in group.outputs.iter().zip(outs) {
+                            env[v.index()] = Some(Arc::new(out));
+                        }
                     }
                 }
+                release(frees, &mut env);
             }
         }
         Ok(program
@@ -139,6 +130,91 @@ impl Plan {
             .map(|v| env[v.index()].clone().expect("outputs are defined"))
             .collect())
     }
+
+    /// Runs equation `i` by its primitive's kernel (in the buffer of a dying operand when
+    /// it can), after the values it reads.
+    fn run_eqn(
+        &self,
+        i: usize,
+        frees: &[Var],
+        env: &mut [Option<Arc<Data>>],
+        check_finite: bool,
+    ) -> Result<()> {
+        let program = &self.program;
+        let eqn = &program.eqns[i];
+        let outs = match self.in_place(eqn, frees, env) {
+            Some(out) => vec![out],
+            None => {
+                let ins: Vec<&Data> = eqn
+                    .inputs
+                    .iter()
+                    .map(|v| {
+                        &**env[v.index()]
+                            .as_ref()
+                            .expect("planned programs define before use")
+                    })
+                    .collect();
+                eqn.prim.eval(&ins)?
+            }
+        };
+        if check_finite && !outs.iter().all(Data::all_finite) {
+            return Err(Error::NonFinite {
+                primitive: eqn.prim.to_string(),
+                input_shapes: eqn
+                    .inputs
+                    .iter()
+                    .map(|&v| program.aval(v).shape.clone())
+                    .collect(),
+                source_hint: eqn
+                    .source
+                    .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
+            });
+        }
+        for (&v, out) in eqn.outputs.iter().zip(outs) {
+            env[v.index()] = Some(Arc::new(out));
+        }
+        Ok(())
+    }
+}
+
+/// Drops dead values, returning their storage to the pool.
+fn release(frees: &[Var], env: &mut [Option<Arc<Data>>]) {
+    for v in frees {
+        if let Some(dead) = env[v.index()].take() {
+            if let Ok(data) = Arc::try_unwrap(dead) {
+                pool::recycle(data);
+            }
+        }
+    }
+}
+
+/// Liveness over fused steps: for each step, the values dead once it has run (their last
+/// reader, or their definition when nothing reads them). Program outputs never die.
+fn step_frees(program: &Program, steps: &[Step]) -> Vec<Vec<Var>> {
+    let mut last: HashMap<Var, usize> = HashMap::new();
+    for (k, step) in steps.iter().enumerate() {
+        let (reads, writes): (Vec<Var>, Vec<Var>) = match step {
+            Step::Eqn(i) => {
+                let eqn = &program.eqns[*i];
+                (eqn.inputs.clone(), eqn.outputs.clone())
+            }
+            Step::Group(g) => (g.views.iter().map(|v| v.var).collect(), g.outputs.clone()),
+        };
+        for v in reads.into_iter().chain(writes) {
+            last.insert(v, k);
+        }
+    }
+    for v in &program.outputs {
+        last.remove(v);
+    }
+    for v in &program.inputs {
+        last.remove(v);
+    }
+    let mut dying = vec![Vec::new(); steps.len()];
+    for (v, k) in last {
+        dying[k].push(v);
+    }
+    dying
 }
 
 #[cfg(test)]

@@ -110,7 +110,8 @@ impl Entries {
                 self.keys.push((u64::from(lo) << 32) | u64::from(hi));
             }
         }
-        if self.keys.len() > 2 * self.sorted.max(1 << 20) {
+        // Kept distinct often enough that the limit stops a dense pattern early.
+        if self.keys.len() > 2 * self.sorted.max(self.limit.min(1 << 20)).max(1 << 12) {
             self.compact();
         }
         self.sorted <= self.limit

@@ -1,10 +1,11 @@
-//! A per-thread pool of large `f64` buffers, reused across runs of a plan.
+//! A per-thread pool of `f64` buffers, reused across runs of a plan.
 //!
-//! Fresh large allocations come from the operating system as unmapped pages, and faulting them
-//! in costs more than the arithmetic that fills them (on the benchmark machines, about 1 ms per
-//! 8 MB). A plan frees each intermediate buffer after its last use; those buffers come back
-//! here, and kernels that produce large `f64` arrays take their storage from here, so a plan
-//! run many times stops paying for page faults after its first run.
+//! Fresh allocations cost: large ones come from the operating system as unmapped pages, and
+//! faulting them in costs more than the arithmetic that fills them (on the benchmark machines,
+//! about 1 ms per 8 MB); small ones cost a call into the allocator each. A plan frees each
+//! intermediate buffer after its last use; those buffers come back here, and kernels take
+//! their storage from here, so a plan run many times stops paying for either after its first
+//! run. Buffers are kept by size class (powers of two), so taking one is a constant-time pop.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -12,51 +13,91 @@ use std::cell::RefCell;
 use super::Data;
 
 /// Buffers smaller than this many elements are left to the allocator.
-const MIN_LEN: usize = 1 << 15;
+const MIN_LEN: usize = 16;
 /// At most this many bytes of buffers are kept per thread.
 const MAX_BYTES: usize = 1 << 30;
 
+/// Free buffers by size class: class `c` holds buffers with room for at least `2^c` values.
+struct Pool {
+    classes: Vec<Vec<Vec<f64>>>,
+    bytes: usize,
+}
+
 thread_local! {
-    static POOL: RefCell<Vec<Vec<f64>>> = const { RefCell::new(Vec::new()) };
+    static POOL: RefCell<Pool> = const { RefCell::new(Pool { classes: Vec::new(), bytes: 0 }) };
 }
 
-fn bytes(buffer: &Vec<f64>) -> usize {
-    buffer.capacity() * std::mem::size_of::<f64>()
+/// The class whose buffers hold `len` values: `ceil(log2(len))`.
+fn class_for(len: usize) -> usize {
+    len.next_power_of_two().trailing_zeros() as usize
 }
 
-/// An empty vector with room for `len` elements, from the pool when `T` is `f64` and a pooled
-/// buffer fits (not more than twice the size needed).
+/// An empty vector with room for `len` elements: for `f64`, from the pool when it holds one
+/// of the right class, else a new one of that class's size.
 pub(crate) fn take<T: 'static>(len: usize) -> Vec<T> {
-    if len >= MIN_LEN && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f64>() {
-        let found = POOL.with(|pool| {
-            let mut pool = pool.borrow_mut();
-            let pos = pool
-                .iter()
-                .position(|b| b.capacity() >= len && b.capacity() <= 2 * len)?;
-            Some(pool.swap_remove(pos))
-        });
-        if let Some(buffer) = found {
-            let any: Box<dyn Any> = Box::new(buffer);
-            if let Ok(buffer) = any.downcast::<Vec<T>>() {
-                return *buffer;
-            }
-        }
+    if len < MIN_LEN || std::any::TypeId::of::<T>() != std::any::TypeId::of::<f64>() {
+        return Vec::with_capacity(len);
     }
-    Vec::with_capacity(len)
+    let class = class_for(len);
+    let found = POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let buffer = pool.classes.get_mut(class)?.pop()?;
+        pool.bytes -= buffer.capacity() * std::mem::size_of::<f64>();
+        Some(buffer)
+    });
+    let buffer = found.unwrap_or_else(|| Vec::<f64>::with_capacity(1 << class));
+    let any: Box<dyn Any> = Box::new(buffer);
+    match any.downcast::<Vec<T>>() {
+        Ok(buffer) => *buffer,
+        Err(_) => Vec::with_capacity(len),
+    }
 }
 
 /// Returns the storage of a dead array to the pool.
 pub(crate) fn recycle(data: Data) {
     if let Data::F64(array) = data {
-        if array.len() >= MIN_LEN {
-            let (mut buffer, _) = array.into_raw_vec_and_offset();
-            buffer.clear();
-            POOL.with(|pool| {
-                let mut pool = pool.borrow_mut();
-                if pool.iter().map(bytes).sum::<usize>() + bytes(&buffer) <= MAX_BYTES {
-                    pool.push(buffer);
-                }
-            });
+        give(array.into_raw_vec_and_offset().0);
+    }
+}
+
+/// Returns a buffer to the pool (dropped when the pool is full).
+pub(crate) fn give(mut buffer: Vec<f64>) {
+    let capacity = buffer.capacity();
+    if capacity < MIN_LEN {
+        return;
+    }
+    buffer.clear();
+    // The largest class the buffer can serve.
+    let class = (usize::BITS - 1 - capacity.leading_zeros()) as usize;
+    let bytes = capacity * std::mem::size_of::<f64>();
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.bytes + bytes > MAX_BYTES {
+            return;
         }
+        if pool.classes.len() <= class {
+            pool.classes.resize_with(class + 1, Vec::new);
+        }
+        pool.classes[class].push(buffer);
+        pool.bytes += bytes;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_returned_buffer_is_taken_again_for_its_class() {
+        let buffer = take::<f64>(1000);
+        assert!(buffer.capacity() >= 1000);
+        let address = buffer.as_ptr();
+        give(buffer);
+        let again = take::<f64>(600); // the same class: 1024
+        assert_eq!(again.as_ptr(), address);
+        assert!(again.is_empty() && again.capacity() >= 600);
+        // Other element types and tiny buffers go to the allocator.
+        assert!(take::<i64>(1000).capacity() >= 1000);
+        assert_eq!(take::<f64>(3).capacity(), 3);
     }
 }

@@ -18,7 +18,7 @@ impl UnaryOp {
         )
     }
 
-    fn apply<F: Float>(self, x: F) -> F {
+    pub(crate) fn apply<F: Float>(self, x: F) -> F {
         match self {
             UnaryOp::Neg => -x,
             UnaryOp::Exp => x.exp(),
@@ -71,7 +71,7 @@ impl UnaryOp {
 }
 
 impl BinaryOp {
-    fn apply<F: Float>(self, a: F, b: F) -> F {
+    pub(crate) fn apply<F: Float>(self, a: F, b: F) -> F {
         match self {
             BinaryOp::Add => a + b,
             BinaryOp::Sub => a - b,

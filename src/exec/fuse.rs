@@ -1,0 +1,750 @@
+//! Fusion: grouping a program's elementwise equations into loops over tiles.
+//!
+//! A *group* is a set of elementwise `f64` equations of one output shape that run together as
+//! one loop over tiles of a few hundred elements: each equation is one pass over a tile held in
+//! a small register, so only the group's outputs that something else reads are written to
+//! memory. The structural equations that only move elements (broadcast, slice, pad, transpose,
+//! reshape) are not run at all when only groups read them: they become *views*, strided reads
+//! (with zero padding) of the buffers they come from.
+//!
+//! Groups grow in program order. An equation joins the open group of its operands' shape;
+//! a group closes when anything outside it reads one of its values, and it runs then. So every
+//! value a group reads from outside was computed before it runs, and every outside reader of
+//! a group runs after it.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::ir::Var;
+use crate::primitives::{BinaryOp, Elementwise, Prim, Program, Structural, UnaryOp};
+use crate::storage::{Aval, DType};
+
+/// A strided, zero-padded read of a buffer: element `i` (a multi-index over `shape`) reads
+/// `buffer[offset + sum_d i[d] * strides[d]]` when `valid[d].0 <= i[d] < valid[d].1` for every
+/// axis `d`, and is zero otherwise.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct View {
+    /// The variable whose (contiguous, row-major) buffer is read.
+    pub var: Var,
+    pub shape: Vec<usize>,
+    pub offset: isize,
+    pub strides: Vec<isize>,
+    pub valid: Vec<(usize, usize)>,
+}
+
+impl View {
+    /// The whole buffer of `var`, read in order.
+    fn of(var: Var, shape: &[usize]) -> View {
+        let mut strides = vec![0isize; shape.len()];
+        let mut step = 1isize;
+        for d in (0..shape.len()).rev() {
+            strides[d] = step;
+            step *= shape[d] as isize;
+        }
+        View {
+            var,
+            shape: shape.to_vec(),
+            offset: 0,
+            strides,
+            valid: shape.iter().map(|&n| (0, n)).collect(),
+        }
+    }
+
+    /// Whether every element is read, in row-major order from `offset`: a plain region of the
+    /// buffer, which any reshape can regroup.
+    fn is_plain(&self) -> bool {
+        let mut step = 1isize;
+        for d in (0..self.shape.len()).rev() {
+            let n = self.shape[d];
+            if self.valid[d] != (0, n) || (n > 1 && self.strides[d] != step) {
+                return false;
+            }
+            step *= n as isize;
+        }
+        true
+    }
+
+    /// The view broadcast to `shape` (NumPy rules, axes aligned on the right).
+    pub fn broadcast(&self, shape: &[usize]) -> View {
+        let lead = shape.len() - self.shape.len();
+        let mut out = View {
+            var: self.var,
+            shape: shape.to_vec(),
+            offset: self.offset,
+            strides: vec![0; shape.len()],
+            valid: shape.iter().map(|&n| (0, n)).collect(),
+        };
+        for d in 0..self.shape.len() {
+            let (n, target) = (self.shape[d], shape[lead + d]);
+            if n == target {
+                out.strides[lead + d] = self.strides[d];
+                out.valid[lead + d] = self.valid[d];
+            } else {
+                // A size-1 axis repeated: its one element, or padding throughout.
+                let read = self.valid[d] == (0, 1);
+                out.valid[lead + d] = if read { (0, target) } else { (0, 0) };
+            }
+        }
+        out
+    }
+
+    /// The view of `structural(self)`, when the structural primitive is a strided, padded
+    /// read too (`None` for concatenation, interior padding, or a reshape of a view that is
+    /// not a plain region).
+    fn then(&self, op: &Structural) -> Option<View> {
+        let mut v = self.clone();
+        match op {
+            Structural::Broadcast(shape) => Some(self.broadcast(shape)),
+            Structural::Reshape(shape) => self.is_plain().then(|| View {
+                offset: self.offset,
+                ..View::of(self.var, shape)
+            }),
+            Structural::Transpose(perm) => {
+                v.shape = perm.iter().map(|&p| self.shape[p]).collect();
+                v.strides = perm.iter().map(|&p| self.strides[p]).collect();
+                v.valid = perm.iter().map(|&p| self.valid[p]).collect();
+                Some(v)
+            }
+            Structural::Slice { start, stop, step } => {
+                for d in 0..v.shape.len() {
+                    let (s, k) = (start[d], step[d]);
+                    let len = (stop[d] - s).div_ceil(k);
+                    v.offset += s as isize * self.strides[d];
+                    v.strides[d] = self.strides[d] * k as isize;
+                    // Coordinates i with lo <= s + i k < hi.
+                    let (lo, hi) = self.valid[d];
+                    let first = lo.saturating_sub(s).div_ceil(k);
+                    let end = hi.saturating_sub(s).div_ceil(k);
+                    v.valid[d] = (first.min(len), end.min(len).max(first.min(len)));
+                    v.shape[d] = len;
+                }
+                Some(v)
+            }
+            Structural::Pad { lo, hi, interior } => {
+                for d in 0..v.shape.len() {
+                    if interior[d] != 0 && self.shape[d] > 1 {
+                        return None;
+                    }
+                    v.offset -= lo[d] as isize * self.strides[d];
+                    let (a, b) = self.valid[d];
+                    v.valid[d] = (a + lo[d], b + lo[d]);
+                    v.shape[d] = self.shape[d] + lo[d] + hi[d];
+                }
+                Some(v)
+            }
+            Structural::Concat(_) => None,
+        }
+    }
+}
+
+/// Where an operand of a tile's computation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Src {
+    /// A register holding a tile.
+    Register(usize),
+    /// Input view `view`, read in place: it reads its buffer in order, so a tile of it is a
+    /// slice of the buffer.
+    Direct(usize),
+}
+
+/// One step of a tile's computation, on registers holding a tile each.
+#[derive(Clone, Debug)]
+pub(crate) enum TileOp {
+    /// Reads input view `view` into `dst`.
+    Load {
+        view: usize,
+        dst: usize,
+    },
+    Unary {
+        op: UnaryOp,
+        src: Src,
+        dst: usize,
+    },
+    PowI {
+        n: i32,
+        src: Src,
+        dst: usize,
+    },
+    Binary {
+        op: BinaryOp,
+        a: Src,
+        b: Src,
+        dst: usize,
+    },
+    /// Writes `src` to output `output`.
+    Store {
+        src: usize,
+        output: usize,
+    },
+}
+
+/// A fused group: equations of one shape run together over tiles.
+#[derive(Clone, Debug)]
+pub(crate) struct Group {
+    /// The iteration space (axes merged where every read allows).
+    pub shape: Vec<usize>,
+    /// The shape of the values written.
+    pub out_shape: Vec<usize>,
+    /// The buffers read, through views of `shape`.
+    pub views: Vec<View>,
+    /// The values written, one buffer each, in store order.
+    pub outputs: Vec<Var>,
+    pub ops: Vec<TileOp>,
+    pub registers: usize,
+}
+
+/// One step of a fused plan.
+#[derive(Clone, Debug)]
+pub(crate) enum Step {
+    /// An equation run by its primitive's kernel.
+    Eqn(usize),
+    /// A fused group.
+    Group(Group),
+}
+
+/// Whether an equation can be computed inside a group: elementwise arithmetic on `f64`.
+fn fusible(prim: &Prim, ins: &[&Aval], out: &Aval) -> bool {
+    let f64s = ins.iter().all(|a| a.dtype == DType::F64) && out.dtype == DType::F64;
+    f64s && match prim {
+        Prim::Elementwise(Elementwise::Unary(op)) => !matches!(
+            op,
+            UnaryOp::Conj | UnaryOp::Real | UnaryOp::Imag | UnaryOp::StopGradient
+        ),
+        Prim::Elementwise(Elementwise::Binary(op)) => *op != BinaryOp::Complex,
+        Prim::Elementwise(Elementwise::PowI(_)) => true,
+        Prim::Elementwise(
+            Elementwise::Convert(_) | Elementwise::Compare(_) | Elementwise::Select,
+        )
+        | Prim::Structural(_)
+        | Prim::Reduce(_)
+        | Prim::MatMul(_)
+        | Prim::Creation(_) => false,
+    }
+}
+
+/// The plan of `program` as steps: fused groups, and the other equations.
+pub(crate) fn fuse(program: &Program) -> Vec<Step> {
+    let eqns = &program.eqns;
+    let aval = |v: Var| program.aval(v);
+    // Who reads each variable.
+    let mut readers: HashMap<Var, Vec<usize>> = HashMap::new();
+    for (i, eqn) in eqns.iter().enumerate() {
+        for &v in &eqn.inputs {
+            readers.entry(v).or_default().push(i);
+        }
+    }
+    let outputs: HashSet<Var> = program.outputs.iter().copied().collect();
+    let fused: Vec<bool> = eqns
+        .iter()
+        .map(|e| {
+            let ins: Vec<&Aval> = e.inputs.iter().map(|&v| aval(v)).collect();
+            e.outputs.len() == 1 && fusible(&e.prim, &ins, aval(e.outputs[0]))
+        })
+        .collect();
+
+    // Structural equations whose every reader is fused (or another such view) become views,
+    // when they compose into a strided read of the buffer they come from. One that does not
+    // compose is run, and the views it justified are checked again.
+    let mut unviewable = vec![false; eqns.len()];
+    let (is_view, views) = loop {
+        let mut is_view = vec![false; eqns.len()];
+        for i in (0..eqns.len()).rev() {
+            let eqn = &eqns[i];
+            if !matches!(eqn.prim, Prim::Structural(_)) || unviewable[i] {
+                continue;
+            }
+            let out = eqn.outputs[0];
+            let all_fused = readers
+                .get(&out)
+                .is_some_and(|rs| rs.iter().all(|&r| fused[r] || is_view[r]));
+            is_view[i] = aval(out).dtype == DType::F64 && all_fused && !outputs.contains(&out);
+        }
+        let mut views: HashMap<Var, View> = HashMap::new();
+        let mut failed = false;
+        for (i, eqn) in eqns.iter().enumerate() {
+            let (true, Prim::Structural(op)) = (is_view[i], &eqn.prim) else {
+                continue;
+            };
+            let input = eqn.inputs[0];
+            let base = views
+                .get(&input)
+                .cloned()
+                .unwrap_or_else(|| View::of(input, &aval(input).shape));
+            match base.then(op) {
+                Some(view) => {
+                    views.insert(eqn.outputs[0], view);
+                }
+                None => {
+                    unviewable[i] = true;
+                    failed = true;
+                }
+            }
+        }
+        if !failed {
+            break (is_view, views);
+        }
+    };
+
+    // The buffer behind each operand: a view's source, or the value itself.
+    let source = |v: &Var| views.get(v).map_or(*v, |view| view.var);
+    let mut steps = Vec::new();
+    // Open groups by id (a closed or merged group is `None`), and the group of each value.
+    let mut groups: Vec<Option<(Vec<usize>, Vec<usize>)>> = Vec::new();
+    let mut member: HashMap<Var, usize> = HashMap::new();
+    let close = |id: usize,
+                 groups: &mut Vec<Option<(Vec<usize>, Vec<usize>)>>,
+                 member: &mut HashMap<Var, usize>,
+                 steps: &mut Vec<Step>| {
+        if let Some((_, members)) = groups[id].take() {
+            member.retain(|_, g| *g != id);
+            steps.push(Step::Group(build(
+                program, &members, &views, &readers, &outputs,
+            )));
+        }
+    };
+    for (i, eqn) in eqns.iter().enumerate() {
+        if is_view[i] {
+            continue;
+        }
+        let shape = &aval(eqn.outputs[0]).shape;
+        // Groups whose values this equation reads from memory close first: those read
+        // through a view, those of another shape, and all of them if it is not fused.
+        let mut joining = Vec::new();
+        let mut closing = Vec::new();
+        for v in &eqn.inputs {
+            let Some(&g) = member.get(&source(v)) else {
+                continue;
+            };
+            let direct = !views.contains_key(v);
+            let same_shape = groups[g].as_ref().is_some_and(|(s, _)| s == shape);
+            if fused[i] && direct && same_shape {
+                joining.push(g);
+            } else {
+                closing.push(g);
+            }
+        }
+        closing.sort_unstable();
+        closing.dedup();
+        for &g in &closing {
+            close(g, &mut groups, &mut member, &mut steps);
+        }
+        if !fused[i] {
+            steps.push(Step::Eqn(i));
+            continue;
+        }
+        // Join the open groups it reads (merging them), or open a new one.
+        joining.retain(|g| groups[*g].is_some());
+        joining.sort_unstable();
+        joining.dedup();
+        // With no operand in a group, it joins an open group of its shape anyway: one loop
+        // over the same space instead of two (open groups have no outside readers yet, so
+        // they run no earlier for it).
+        let same_shape = || {
+            (0..groups.len())
+                .rev()
+                .find(|&g| groups[g].as_ref().is_some_and(|(s, _)| s == shape))
+        };
+        let id = match joining.first().copied().or_else(same_shape) {
+            Some(id) => id,
+            None => {
+                groups.push(Some((shape.clone(), Vec::new())));
+                groups.len() - 1
+            }
+        };
+        for &other in &joining[joining.len().min(1)..] {
+            if let Some((_, moved)) = groups[other].take() {
+                for g in member.values_mut() {
+                    if *g == other {
+                        *g = id;
+                    }
+                }
+                if let Some((_, members)) = groups[id].as_mut() {
+                    members.extend(moved);
+                }
+            }
+        }
+        if let Some((_, members)) = groups[id].as_mut() {
+            members.push(i);
+        }
+        member.insert(eqn.outputs[0], id);
+    }
+    for id in 0..groups.len() {
+        close(id, &mut groups, &mut member, &mut steps);
+    }
+    steps
+}
+
+/// The group of the fused equations `members`.
+fn build(
+    program: &Program,
+    members: &[usize],
+    views: &HashMap<Var, View>,
+    readers: &HashMap<Var, Vec<usize>>,
+    outputs: &HashSet<Var>,
+) -> Group {
+    let mut members = members.to_vec();
+    members.sort_unstable();
+    let eqns = &program.eqns;
+    let shape = program.aval(eqns[members[0]].outputs[0]).shape.clone();
+    let inside: HashSet<usize> = members.iter().copied().collect();
+    // A value is stored when something outside the group (or the caller) reads it.
+    let stored = |v: Var| {
+        outputs.contains(&v)
+            || readers
+                .get(&v)
+                .is_some_and(|rs| rs.iter().any(|r| !inside.contains(r)))
+    };
+
+    // Last use of each value within the group, to reuse registers.
+    let mut last: HashMap<Var, usize> = HashMap::new();
+    for (k, &e) in members.iter().enumerate() {
+        for &v in &eqns[e].inputs {
+            last.insert(v, k);
+        }
+    }
+
+    let mut group = Group {
+        shape: shape.clone(),
+        out_shape: shape.clone(),
+        views: Vec::new(),
+        outputs: Vec::new(),
+        ops: Vec::new(),
+        registers: 0,
+    };
+    let mut free: Vec<usize> = Vec::new();
+    let mut register: HashMap<Var, usize> = HashMap::new();
+    let allocate = |free: &mut Vec<usize>, group: &mut Group| {
+        free.pop().unwrap_or_else(|| {
+            group.registers += 1;
+            group.registers - 1
+        })
+    };
+    for (k, &e) in members.iter().enumerate() {
+        let eqn = &eqns[e];
+        let mut operands = Vec::with_capacity(eqn.inputs.len());
+        for &v in &eqn.inputs {
+            if let Some(&r) = register.get(&v) {
+                operands.push(r);
+                continue;
+            }
+            // A read from memory: through the value's view, broadcast to the group's shape.
+            let view = views
+                .get(&v)
+                .cloned()
+                .unwrap_or_else(|| View::of(v, &program.aval(v).shape))
+                .broadcast(&shape);
+            let index = match group.views.iter().position(|w| *w == view) {
+                Some(index) => index,
+                None => {
+                    group.views.push(view);
+                    group.views.len() - 1
+                }
+            };
+            let r = allocate(&mut free, &mut group);
+            group.ops.push(TileOp::Load {
+                view: index,
+                dst: r,
+            });
+            register.insert(v, r);
+            operands.push(r);
+        }
+        // The result never shares a register with an operand; operands read for the last
+        // time free theirs afterwards.
+        let out = eqn.outputs[0];
+        let dst = allocate(&mut free, &mut group);
+        for &v in &eqn.inputs {
+            if last.get(&v) == Some(&k) {
+                if let Some(r) = register.remove(&v) {
+                    if !free.contains(&r) {
+                        free.push(r);
+                    }
+                }
+            }
+        }
+        let operand = |k: usize| Src::Register(operands[k]);
+        group.ops.push(match &eqn.prim {
+            Prim::Elementwise(Elementwise::Unary(op)) => TileOp::Unary {
+                op: *op,
+                src: operand(0),
+                dst,
+            },
+            Prim::Elementwise(Elementwise::PowI(n)) => TileOp::PowI {
+                n: *n,
+                src: operand(0),
+                dst,
+            },
+            Prim::Elementwise(Elementwise::Binary(op)) => TileOp::Binary {
+                op: *op,
+                a: operand(0),
+                b: operand(1),
+                dst,
+            },
+            other => unreachable!("only fusible equations are grouped, got {other}"),
+        });
+        if stored(out) {
+            group.outputs.push(out);
+            group.ops.push(TileOp::Store {
+                src: dst,
+                output: group.outputs.len() - 1,
+            });
+        }
+        if last.contains_key(&out) {
+            register.insert(out, dst);
+        } else {
+            free.push(dst);
+        }
+    }
+    coalesce(&mut group);
+    read_in_place(&mut group);
+    group
+}
+
+/// Loads of views that read their buffer in order are dropped: their uses read the buffer.
+fn read_in_place(group: &mut Group) {
+    let plain: Vec<bool> = group.views.iter().map(View::is_plain).collect();
+    let mut ops = Vec::with_capacity(group.ops.len());
+    // For each register, the view it stands for while no other value is written to it.
+    let mut standing: HashMap<usize, usize> = HashMap::new();
+    let resolve = |src: Src, standing: &HashMap<usize, usize>| match src {
+        Src::Register(r) => standing.get(&r).map_or(src, |&v| Src::Direct(v)),
+        direct => direct,
+    };
+    for op in std::mem::take(&mut group.ops) {
+        let op = match op {
+            TileOp::Load { view, dst } if plain[view] => {
+                standing.insert(dst, view);
+                continue;
+            }
+            TileOp::Unary { op, src, dst } => TileOp::Unary {
+                op,
+                src: resolve(src, &standing),
+                dst,
+            },
+            TileOp::PowI { n, src, dst } => TileOp::PowI {
+                n,
+                src: resolve(src, &standing),
+                dst,
+            },
+            TileOp::Binary { op, a, b, dst } => TileOp::Binary {
+                op,
+                a: resolve(a, &standing),
+                b: resolve(b, &standing),
+                dst,
+            },
+            other => other,
+        };
+        match &op {
+            TileOp::Load { dst, .. }
+            | TileOp::Unary { dst, .. }
+            | TileOp::PowI { dst, .. }
+            | TileOp::Binary { dst, .. } => {
+                standing.remove(dst);
+            }
+            TileOp::Store { .. } => {}
+        }
+        ops.push(op);
+    }
+    group.ops = ops;
+}
+
+/// Merges neighbouring axes that every view reads as one (`stride[d] = stride[d + 1] *
+/// shape[d + 1]`, no padding), and drops axes of size one: fewer, longer rows to walk.
+fn coalesce(group: &mut Group) {
+    let mut d = 0;
+    while d + 1 < group.shape.len() {
+        let inner = group.shape[d + 1];
+        let mergeable = group.views.iter().all(|v| {
+            v.strides[d] == v.strides[d + 1] * inner as isize
+                && v.valid[d] == (0, group.shape[d])
+                && v.valid[d + 1] == (0, inner)
+        });
+        if mergeable {
+            group.shape[d] *= inner;
+            group.shape.remove(d + 1);
+            for v in &mut group.views {
+                v.strides[d] = v.strides[d + 1];
+                v.strides.remove(d + 1);
+                v.valid[d] = (0, group.shape[d]);
+                v.valid.remove(d + 1);
+                v.shape = group.shape.clone();
+            }
+        } else {
+            d += 1;
+        }
+    }
+    if group.shape.is_empty() {
+        group.shape.push(1);
+        for v in &mut group.views {
+            v.shape = vec![1];
+            v.strides.push(0);
+            v.valid.push((0, 1));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::exec::Plan;
+    use crate::storage::Data;
+    use crate::tensor::Tensor;
+    use crate::{Tensor as T, make_program};
+
+    /// Runs a plan fused and equation by equation; the two must agree exactly.
+    fn agree(plan: &Plan, inputs: &[Tensor]) -> Vec<Vec<f64>> {
+        let data: Vec<Arc<Data>> = inputs.iter().map(|t| t.data().unwrap().clone()).collect();
+        let fused = plan.run(&data, false).unwrap();
+        let reference = plan.run(&data, true).unwrap();
+        let values = |outs: Vec<Arc<Data>>| -> Vec<Vec<f64>> {
+            outs.iter()
+                .map(|d| Tensor::from_shared(d.clone()).to_vec::<f64>().unwrap())
+                .collect()
+        };
+        let (fused, reference) = (values(fused), values(reference));
+        assert_eq!(fused, reference);
+        fused
+    }
+
+    fn groups(plan: &Plan) -> Vec<&Group> {
+        plan.steps
+            .iter()
+            .filter_map(|(s, _)| match s {
+                Step::Group(g) => Some(g),
+                Step::Eqn(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn structural_reads_become_views_of_one_loop() {
+        // Slices, pads (from the sum's transpose), broadcasts and transposes around arithmetic.
+        let f = |x: &T, y: &T| {
+            let a = x.slice_along(1, 1.., 1) * x.slice_along(1, ..-1, 1).exp();
+            let b = (a.transpose() + y).tanh().powi(2);
+            b.transpose() * 3.0 - &a
+        };
+        let x = T::from_vec((0..12).map(|k| k as f64 * 0.1).collect(), &[3, 4]).unwrap();
+        let y = T::from([0.5, -0.5, 1.0]);
+        let plan = Plan::new(make_program(f, (&x, &y)).unwrap());
+        let out = agree(&plan, &[x.clone(), y.clone()]);
+        assert_eq!(out[0], f(&x, &y).to_vec::<f64>().unwrap());
+        // Everything but nothing structural runs alone.
+        assert!(
+            plan.steps.iter().all(|(s, _)| matches!(s, Step::Group(_))),
+            "{:?}",
+            plan.steps
+        );
+    }
+
+    #[test]
+    fn padding_and_strided_slices_read_zeros_and_steps() {
+        // The transpose of a strided slice is an interior pad: it stays an equation.
+        let g = crate::grad(|x: &T| {
+            let strided = x.slice_along(0, .., 2).powi(2).sum();
+            let shifted = (x.slice_along(0, 1.., 1) * x.slice_along(0, ..-1, 1))
+                .sin()
+                .sum();
+            strided + shifted + x.slice_along(0, 1.., 3).exp().sum()
+        });
+        let x = T::linspace(-1.0, 1.0, 9);
+        let plan = g.program(&x).unwrap();
+        let plan = Plan::new(plan);
+        agree(&plan, std::slice::from_ref(&x));
+    }
+
+    #[test]
+    fn a_value_read_outside_its_group_closes_the_group_first() {
+        // b needs the sum of a, so a's group runs, then the sum, then b's group.
+        let f = |x: &T| {
+            let a = x.exp();
+            let s = a.sum();
+            (&a * s + x).sin()
+        };
+        let x = T::from([0.1, 0.2, 0.3]);
+        let plan = Plan::new(make_program(f, &x).unwrap());
+        agree(&plan, std::slice::from_ref(&x));
+        let kinds: Vec<&str> = plan
+            .steps
+            .iter()
+            .map(|(s, _)| match s {
+                Step::Group(_) => "group",
+                Step::Eqn(_) => "eqn",
+            })
+            .collect();
+        assert_eq!(kinds, ["group", "eqn", "group"]);
+        assert_eq!(
+            groups(&plan)[0].outputs.len(),
+            1,
+            "a is stored for the sum and for b"
+        );
+    }
+
+    #[test]
+    fn independent_equations_of_one_shape_share_a_loop() {
+        let f = |x: &T, y: &T| (x.exp(), y.sin(), x * y);
+        let (x, y) = (T::from([1.0, 2.0]), T::from([3.0, 4.0]));
+        let plan = Plan::new(make_program(f, (&x, &y)).unwrap());
+        assert_eq!(groups(&plan).len(), 1);
+        agree(&plan, &[x, y]);
+    }
+
+    #[test]
+    fn views_compose_like_the_kernels() {
+        let x = Data::F64(
+            ndarray::Array::from_shape_fn((3, 4), |(i, j)| (10 * i + j) as f64).into_dyn(),
+        );
+        let shape = [3, 4];
+        let ops = [
+            Structural::Slice {
+                start: vec![1, 0],
+                stop: vec![3, 4],
+                step: vec![1, 2],
+            },
+            Structural::Transpose(vec![1, 0]),
+            Structural::Pad {
+                lo: vec![1, 0],
+                hi: vec![0, 2],
+                interior: vec![0, 0],
+            },
+            Structural::Broadcast(vec![2, 3, 4]),
+        ];
+        // Each op alone, and the first three composed, read as the kernels compute.
+        let read = |view: &View| -> Vec<f64> {
+            let Data::F64(a) = &x else { unreachable!() };
+            let data = a.as_slice().unwrap();
+            let n: usize = view.shape.iter().product();
+            let mut out = vec![0.0; n];
+            let mut coords = vec![0; view.shape.len()];
+            super::super::tile::load(view, data, 0, &mut out, &mut coords);
+            out
+        };
+        let var = Program::default().new_var(Aval::new(&shape, DType::F64));
+        let mut view = View::of(var, &shape);
+        let mut expected = x.clone();
+        for op in &ops[..3] {
+            view = view.then(op).unwrap();
+            expected = Prim::from(op.clone())
+                .eval(&[&expected])
+                .unwrap()
+                .pop()
+                .unwrap();
+            let Data::F64(e) = &expected else {
+                unreachable!()
+            };
+            assert_eq!(read(&view), e.iter().copied().collect::<Vec<_>>(), "{op}");
+        }
+        let Some(broadcast) = View::of(var, &shape).then(&ops[3]) else {
+            panic!()
+        };
+        assert_eq!(read(&broadcast).len(), 24);
+        // Interior padding and concatenation are not views.
+        let interior = Structural::Pad {
+            lo: vec![0, 0],
+            hi: vec![0, 0],
+            interior: vec![0, 1],
+        };
+        assert!(View::of(var, &shape).then(&interior).is_none());
+        assert!(View::of(var, &shape).then(&Structural::Concat(0)).is_none());
+    }
+}

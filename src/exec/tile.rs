@@ -1,0 +1,224 @@
+//! Running a fused group: one pass over its iteration space in tiles of [`TILE`] elements,
+//! each equation a tight loop over a tile held in a register.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use super::fuse::{Group, Src, TileOp, View};
+use crate::error::{Error, Result};
+use crate::ir::Var;
+use crate::primitives::{BinaryOp, UnaryOp};
+use crate::storage::{Data, pool};
+
+/// Elements per tile: the registers of a group stay in the first-level cache.
+const TILE: usize = 512;
+
+thread_local! {
+    /// The registers of the group running on this thread, kept between runs.
+    static REGISTERS: RefCell<Vec<Vec<f64>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Group {
+    /// Runs the group on the values computed so far (`env`, by variable); returns its outputs
+    /// in order.
+    pub fn run(&self, env: &[Option<Arc<Data>>]) -> Result<Vec<Data>> {
+        let numel: usize = self.shape.iter().product();
+        let inputs = self
+            .views
+            .iter()
+            .map(|v| buffer(env, v.var))
+            .collect::<Result<Vec<_>>>()?;
+        let slices: Vec<&[f64]> = inputs
+            .iter()
+            .map(|a| a.as_slice().expect("standard layout"))
+            .collect();
+        let mut outputs: Vec<Vec<f64>> = self.outputs.iter().map(|_| pool::take(numel)).collect();
+        let tile = TILE.min(numel).max(1);
+        let mut coords = vec![0usize; self.shape.len()];
+        REGISTERS.with(|registers| {
+            let mut registers = registers.borrow_mut();
+            if registers.len() < self.registers {
+                registers.resize_with(self.registers, Vec::new);
+            }
+            for r in registers.iter_mut().take(self.registers) {
+                if r.len() < tile {
+                    r.resize(tile, 0.0);
+                }
+            }
+            for start in (0..numel).step_by(tile) {
+                let len = tile.min(numel - start);
+                // A tile of an operand: a register, or a slice of a buffer read in order.
+                fn read<'a>(
+                    src: Src,
+                    registers: &'a [Vec<f64>],
+                    slices: &[&'a [f64]],
+                    views: &[super::fuse::View],
+                    start: usize,
+                    len: usize,
+                ) -> &'a [f64] {
+                    match src {
+                        Src::Register(r) => &registers[r][..len],
+                        Src::Direct(v) => {
+                            let first = views[v].offset as usize + start;
+                            &slices[v][first..first + len]
+                        }
+                    }
+                }
+                let views = &self.views;
+                for op in &self.ops {
+                    match *op {
+                        TileOp::Load { view, dst } => {
+                            let out = &mut registers[dst][..len];
+                            load(&self.views[view], slices[view], start, out, &mut coords);
+                        }
+                        // The result's register is taken out while its operands are read: the
+                        // planner never gives an operand the result's register.
+                        TileOp::Unary { op, src, dst } => {
+                            let mut d = std::mem::take(&mut registers[dst]);
+                            let x = read(src, &registers, &slices, views, start, len);
+                            unary(op, x, &mut d[..len]);
+                            registers[dst] = d;
+                        }
+                        TileOp::PowI { n, src, dst } => {
+                            let mut d = std::mem::take(&mut registers[dst]);
+                            let x = read(src, &registers, &slices, views, start, len);
+                            powi(n, x, &mut d[..len]);
+                            registers[dst] = d;
+                        }
+                        TileOp::Binary { op, a, b, dst } => {
+                            let mut d = std::mem::take(&mut registers[dst]);
+                            let x = read(a, &registers, &slices, views, start, len);
+                            let y = read(b, &registers, &slices, views, start, len);
+                            binary(op, x, y, &mut d[..len]);
+                            registers[dst] = d;
+                        }
+                        TileOp::Store { src, output } => {
+                            outputs[output].extend_from_slice(&registers[src][..len]);
+                        }
+                    }
+                }
+            }
+        });
+        Ok(outputs
+            .into_iter()
+            .map(|values| {
+                Data::F64(
+                    ndarray::ArrayD::from_shape_vec(self.out_shape.as_slice(), values)
+                        .expect("one value per element"),
+                )
+            })
+            .collect())
+    }
+}
+
+/// The `f64` buffer of a variable, in standard layout.
+fn buffer(
+    env: &[Option<Arc<Data>>],
+    var: Var,
+) -> Result<ndarray::CowArray<'_, f64, ndarray::IxDyn>> {
+    match env[var.index()].as_deref() {
+        Some(Data::F64(a)) => Ok(a.as_standard_layout()),
+        Some(other) => Err(Error::dtype("fused loop", "an f64 operand", other.dtype())),
+        None => Err(Error::Trace(
+            "internal: a fused loop reads an undefined value".into(),
+        )),
+    }
+}
+
+/// Reads `dst.len()` elements of `view`, from linear index `start` of its shape, into `dst`.
+pub(super) fn load(view: &View, data: &[f64], start: usize, dst: &mut [f64], coords: &mut [usize]) {
+    let rank = view.shape.len();
+    let inner = rank - 1;
+    let width = view.shape[inner];
+    let mut p = start;
+    for d in (0..rank).rev() {
+        coords[d] = p % view.shape[d];
+        p /= view.shape[d];
+    }
+    let stride = view.strides[inner];
+    let (a, b) = view.valid[inner];
+    let mut filled = 0;
+    while filled < dst.len() {
+        let j = coords[inner];
+        let count = (width - j).min(dst.len() - filled);
+        let out = &mut dst[filled..filled + count];
+        let row_valid =
+            (0..inner).all(|d| view.valid[d].0 <= coords[d] && coords[d] < view.valid[d].1);
+        if !row_valid {
+            out.fill(0.0);
+        } else {
+            let lo = a.clamp(j, j + count);
+            let hi = b.clamp(lo, j + count);
+            out[..lo - j].fill(0.0);
+            out[hi - j..].fill(0.0);
+            let outer: isize = coords[..inner]
+                .iter()
+                .zip(&view.strides)
+                .map(|(&c, &s)| c as isize * s)
+                .sum();
+            let base = view.offset + lo as isize * stride + outer;
+            let read = &mut out[lo - j..hi - j];
+            match stride {
+                0 => read.fill(data[base as usize]),
+                1 => read.copy_from_slice(&data[base as usize..base as usize + read.len()]),
+                s => {
+                    for (k, x) in read.iter_mut().enumerate() {
+                        *x = data[(base + k as isize * s) as usize];
+                    }
+                }
+            }
+        }
+        filled += count;
+        // The next row.
+        coords[inner] = 0;
+        for d in (0..inner).rev() {
+            coords[d] += 1;
+            if coords[d] < view.shape[d] {
+                break;
+            }
+            coords[d] = 0;
+        }
+    }
+}
+
+/// `out[i] = f(x[i])`, monomorphised per `f` so that simple ones vectorise.
+#[inline(always)]
+fn map1(x: &[f64], out: &mut [f64], f: impl Fn(f64) -> f64) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = f(v);
+    }
+}
+
+/// `out[i] = f(x[i], y[i])`.
+#[inline(always)]
+fn map2(x: &[f64], y: &[f64], out: &mut [f64], f: impl Fn(f64, f64) -> f64) {
+    for (o, (&a, &b)) in out.iter_mut().zip(x.iter().zip(y)) {
+        *o = f(a, b);
+    }
+}
+
+fn unary(op: UnaryOp, x: &[f64], out: &mut [f64]) {
+    match op {
+        UnaryOp::Neg => map1(x, out, |v| -v),
+        _ => map1(x, out, |v| op.apply(v)),
+    }
+}
+
+fn powi(n: i32, x: &[f64], out: &mut [f64]) {
+    match n {
+        2 => map1(x, out, |v| v * v),
+        3 => map1(x, out, |v| v * v * v),
+        -1 => map1(x, out, |v| 1.0 / v),
+        _ => map1(x, out, |v| v.powi(n)),
+    }
+}
+
+fn binary(op: BinaryOp, x: &[f64], y: &[f64], out: &mut [f64]) {
+    match op {
+        BinaryOp::Add => map2(x, y, out, |a, b| a + b),
+        BinaryOp::Sub => map2(x, y, out, |a, b| a - b),
+        BinaryOp::Mul => map2(x, y, out, |a, b| a * b),
+        BinaryOp::Div => map2(x, y, out, |a, b| a / b),
+        _ => map2(x, y, out, |a, b| op.apply(a, b)),
+    }
+}
