@@ -69,7 +69,7 @@ pub use num_complex::{Complex32, Complex64};
 pub use primitives::Program;
 pub use state::{GradStates, HiddenState, ParamState, ShortTermState, State, StateKind};
 pub use storage::{Aval, DType, Element};
-pub use tensor::{AxisRange, Operand, Tensor, concatenate, stack, where_};
+pub use tensor::{AxisRange, Operand, Tensor, concatenate, einsum, stack, where_};
 pub use transform::{
     Argnums, Args, Function, GradientTransform, grad, hessian, jacfwd, jacrev, make_program,
 };

@@ -841,7 +841,7 @@ fn every_operation_on_a_failed_tensor_hands_its_first_error_on() {
             "concatenate",
             brainstate::concatenate(&[good.clone(), bad.clone()], 0),
         ),
-        ("stack", brainstate::stack(&[bad.clone()], 0)),
+        ("stack", brainstate::stack(std::slice::from_ref(&bad), 0)),
         (
             "with a unit",
             (&bad * brainstate::units::mV).to_unit(brainstate::units::volt),
