@@ -989,6 +989,22 @@ impl Div<Unit> for &Tensor {
     }
 }
 
+impl Mul<Unit> for f64 {
+    type Output = Tensor;
+    /// A scalar quantity: `-65.0 * mV`.
+    fn mul(self, unit: Unit) -> Tensor {
+        Tensor::scalar(self) * unit
+    }
+}
+
+impl Div<Unit> for f64 {
+    type Output = Tensor;
+    /// A scalar quantity in the inverse unit: `1.0 / ms`.
+    fn div(self, unit: Unit) -> Tensor {
+        Tensor::scalar(self) / unit
+    }
+}
+
 impl Neg for &Tensor {
     type Output = Tensor;
     #[track_caller]
