@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::function::{Function, Signature, Split, trace_function};
 use super::{Argnums, Kind};
@@ -190,7 +191,13 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
             }
         }
     }
+    let start = Instant::now();
     let traced = trace_function(f, signature, name, split)?;
+    log::debug!(
+        "{name}: traced the function in {:.2?} ({} equations)",
+        start.elapsed(),
+        traced.program.len()
+    );
     let mut program = traced.program;
     let out_avals = program.output_avals();
     for aval in &out_avals[..traced.n_value] {
@@ -258,11 +265,18 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
     wrt_units.extend(arg_wrt.iter().map(|&i| signature.units[i]));
     let wrt: Vec<usize> = state_wrt.iter().chain(&arg_wrt).copied().collect();
     let of: Vec<usize> = (0..traced.n_value).collect();
+    let start = Instant::now();
     let derivative = match spec.kind {
         Kind::Grad | Kind::JacRev => jacrev_program(&program, &wrt, &of)?,
         Kind::JacFwd => jacfwd_program(&program, &wrt, &of)?,
         Kind::Hessian => hessian_program(&program, &wrt, &of)?,
     };
+    log::debug!(
+        "{name}: differentiated over {} input leaves in {:.2?} ({} equations)",
+        wrt.len(),
+        start.elapsed(),
+        derivative.program.len()
+    );
     // Keep the function's own outputs (value, aux, written states), then the blocks asked for.
     let mut wanted: Vec<Output> = (0..program.outputs.len()).map(Output::Primal).collect();
     let mut blocks = HashMap::new();
@@ -280,8 +294,15 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
             wanted.push(output);
         }
     }
+    let start = Instant::now();
+    let plan = Plan::new(derivative.select(&wanted));
+    log::debug!(
+        "{name}: simplified and planned in {:.2?} ({} equations)",
+        start.elapsed(),
+        plan.program.len()
+    );
     Ok(Compiled {
-        plan: Plan::new(derivative.select(&wanted)),
+        plan,
         value_def: traced.value_def,
         aux_def: traced.aux_def,
         arg_defs: defs.to_vec(),
