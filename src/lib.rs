@@ -53,21 +53,26 @@ pub mod ir;
 mod storage;
 
 pub mod error;
+pub mod flat;
 pub mod state;
 pub mod tensor;
 pub mod tree;
 pub mod unit;
 
-pub use brainstate_derive::Tree;
+pub use brainstate_derive::{HasStates, Tree};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 pub use error::{Error, Result};
+pub use flat::{Snapshot, Unravel, ravel};
 pub use num_complex::{Complex32, Complex64};
 pub use primitives::Program;
-pub use state::{GradStates, HiddenState, ParamState, ShortTermState, State, StateKind};
+pub use state::{
+    GradStates, HasStates, HiddenState, ParamState, ShortTermState, State, StateCollector,
+    StateKind,
+};
 pub use storage::{Aval, DType, Element};
 pub use tensor::{AxisRange, Operand, Tensor, concatenate, einsum, stack, where_};
 pub use transform::{

@@ -88,7 +88,7 @@ impl Tensor {
     ///
     /// ```
     /// use brainstate::Tensor;
-    /// let x = Tensor::from([[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]]);
+    /// let x = Tensor::from_vec((1..=8).map(f64::from).collect(), &[2, 2, 2]).unwrap();
     /// assert_eq!(x.trace_axes(0, 1, 2).to_vec::<f64>().unwrap(), vec![5.0, 13.0]);
     /// ```
     #[track_caller]
