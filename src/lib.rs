@@ -42,6 +42,7 @@ extern crate self as brainstate;
 pub mod transform;
 
 mod autodiff;
+mod convert;
 mod exec;
 
 mod trace;
