@@ -340,16 +340,26 @@ impl GradStates {
     }
 
     /// The states' current values as one vector, in the order of their derivatives'
-    /// [`Node::flat_vector`] and [`Node::flat_matrix`].
+    /// [`Node::flat_vector`] and [`Node::flat_matrix`]. Inside a transform they are read as
+    /// [`State::value`](crate::State::value) reads them, so a penalty on all parameters can be
+    /// written with it.
     ///
     /// ```
-    /// use brainstate::{GradStates, State, Tensor};
+    /// use brainstate::{grad, GradStates, State, Tensor};
     /// let (a, b) = (State::new(Tensor::from([1.0, 2.0])), State::new(Tensor::scalar(3.0)));
-    /// let v = GradStates::from([&a, &b]).flat_values().unwrap();
-    /// assert_eq!(v.to_vec::<f64>().unwrap(), vec![1.0, 2.0, 3.0]);
+    /// let both = GradStates::from([&a, &b]);
+    /// assert_eq!(both.flat_values().unwrap().to_vec::<f64>().unwrap(), vec![1.0, 2.0, 3.0]);
+    /// let penalty = || both.flat_values().unwrap().powi(2).sum();
+    /// let g = grad(penalty).grad_states(both.clone()).call(()).unwrap();
+    /// assert_eq!(g.flat_vector().unwrap().to_vec::<f64>().unwrap(), vec![2.0, 4.0, 6.0]);
     /// ```
     pub fn flat_values(&self) -> Result<Tensor> {
-        let leaves: Vec<Tensor> = self.states().iter().flat_map(|s| s.leaves()).collect();
+        // Inside a transform, reading registers the states as [`crate::State::value`] does.
+        let leaves: Vec<Tensor> = self
+            .states()
+            .iter()
+            .flat_map(|s| crate::trace::read_state(s).unwrap_or_else(|| s.leaves()))
+            .collect();
         flatten_leaves("flat_values", &leaves)
     }
 
