@@ -146,9 +146,19 @@ impl<T: Tree> Unravel<T> {
     /// let (_, unravel) = ravel(&(Tensor::zeros(&[2, 3]), Tensor::scalar(1.0))).unwrap();
     /// assert_eq!(unravel.len(), 7);
     /// ```
-    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Whether the flat vector is empty (the tree has no values).
+    ///
+    /// ```
+    /// use brainstate::{ravel, Tensor};
+    /// let (_, unravel) = ravel(&Vec::<Tensor>::new()).unwrap();
+    /// assert!(unravel.is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 

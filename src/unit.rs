@@ -168,14 +168,15 @@ impl Symbols {
                 None => return None,
             }
         }
-        let kept: Vec<Factor> = out
-            .factors()
-            .iter()
-            .copied()
-            .filter(|f| f.num != 0)
-            .collect();
-        out.factors[..kept.len()].copy_from_slice(&kept);
-        out.len = kept.len() as u8;
+        // Drop the factors whose powers cancelled, keeping the order of the rest.
+        let mut kept = 0;
+        for i in 0..usize::from(out.len) {
+            if out.factors[i].num != 0 {
+                out.factors[kept] = out.factors[i];
+                kept += 1;
+            }
+        }
+        out.len = kept as u8;
         Some(out)
     }
 

@@ -553,3 +553,34 @@ fn harness_detects_a_wrong_derivative() {
     let err = check(&wrong, 0, &wrong.cases[0]).unwrap_err();
     assert!(err.contains("worst mismatch"), "{err}");
 }
+
+/// The structural primitives and compositions on complex numbers: a holomorphic function
+/// with real coefficients, differentiated at real points through the complex path, equals its
+/// real Hessian there.
+#[test]
+fn complex_operands_take_the_same_paths() {
+    use brainstate::Complex64;
+    let idx = Tensor::from([2_i64, 0, 2, 1]);
+    let f = move |z: &Tensor| {
+        let picked = z.take(&idx, 0);
+        let scanned = z.flip(&[0]).cumsum(0);
+        let contracted = einsum("i,i->", &[&scanned, &scanned.cumprod(0)]);
+        (picked.powi(3).sum() + contracted + z.prod()) * 0.5
+    };
+    let x = [0.7, -1.2, 0.4];
+    let real = hessian(f.clone()).call(&Tensor::from(x)).unwrap();
+    let z = Tensor::from(
+        x.iter()
+            .map(|&v| Complex64::new(v, 0.0))
+            .collect::<Vec<_>>(),
+    );
+    let complex = hessian(f).holomorphic(true).call(&z).unwrap();
+    let complex = complex.tensor().unwrap().to_vec::<Complex64>().unwrap();
+    let real = vals(real.tensor().unwrap());
+    assert_close(
+        &complex.iter().map(|c| c.re).collect::<Vec<_>>(),
+        &real,
+        1e-12,
+    );
+    assert!(complex.iter().all(|c| c.im.abs() < 1e-12));
+}

@@ -52,16 +52,18 @@ impl Tensor {
             };
             // The reduced axes last, as one axis of length n.
             let perm: Vec<usize> = kept.iter().chain(&axes).copied().collect();
-            let mut rows: Vec<usize> = kept.iter().map(|&i| shape[i]).collect();
-            let out = product_tree(
-                &x.permute(&perm)
-                    .reshape_exact(&[rows.clone(), vec![n]].concat()),
-            )?;
-            if keepdims {
-                rows = crate::primitives::keepdims_shape(&shape, &axes);
-            }
+            let rows: Vec<usize> = kept.iter().map(|&i| shape[i]).collect();
+            let lined_up = x
+                .permute(&perm)
+                .reshape_exact(&[rows.as_slice(), &[n]].concat());
+            let out = product_tree(&lined_up)?;
+            let out_shape = if keepdims {
+                crate::primitives::keepdims_shape(&shape, &axes)
+            } else {
+                rows
+            };
             let unit = self.unit().map(|u| u.powi(n as i32));
-            Ok(out.reshape_exact(&rows).with_unit(unit))
+            Ok(out.reshape_exact(&out_shape).with_unit(unit))
         })
     }
 

@@ -369,12 +369,10 @@ impl Tensor {
                 .broadcast(broadcast.as_slice())
                 .ok_or_else(|| Error::mismatch(op, &shape, &index_shape))?;
             // Row r, position j reads element r * n + indices[r, j] of the flattened rows.
-            let flat: Vec<usize> = local
-                .rows()
-                .into_iter()
-                .enumerate()
-                .flat_map(|(r, row)| row.into_iter().map(move |&i| r * n + i).collect::<Vec<_>>())
-                .collect();
+            let mut flat = Vec::with_capacity(local.len());
+            for (r, row) in local.rows().into_iter().enumerate() {
+                flat.extend(row.iter().map(|&i| r * n + i));
+            }
             let numel: usize = rows.iter().product::<usize>() * n;
             let gathered = Tensor::apply(
                 Structural::Gather {
