@@ -1,5 +1,6 @@
-//! `#[derive(Tree)]` for brainstate-rs: makes a struct a tree node whose children are its
-//! fields, in declaration order. Every field's type must implement `brainstate::Tree`.
+//! Derives for brainstate-rs: `#[derive(Tree)]` makes a struct a tree node whose children are
+//! its fields, in declaration order (every field's type must implement `brainstate::Tree`);
+//! `#[derive(HasStates)]` collects the states a struct holds, under its fields' names.
 
 use proc_macro::TokenStream;
 use quote::quote;
