@@ -88,6 +88,16 @@ pub enum Error {
     /// Misuse of traced values, such as a traced tensor that escaped its transform.
     #[error("tracing: {0}")]
     Trace(String),
+    /// A file that could not be written or read.
+    #[error("{op}: {path}: {msg}")]
+    Io {
+        /// The operation.
+        op: String,
+        /// The file.
+        path: String,
+        /// What went wrong.
+        msg: String,
+    },
 }
 
 impl Error {

@@ -18,6 +18,8 @@
 //! assert_eq!(calls.value().item().unwrap(), 1.0);
 //! ```
 
+mod collect;
+
 use std::fmt;
 use std::marker::PhantomData;
 use std::panic::Location;
@@ -29,6 +31,8 @@ use crate::tensor::Tensor;
 use crate::trace::{self, TracedState};
 use crate::tree::{Tree, TreeDef};
 use crate::unit::Unit;
+
+pub use self::collect::{HasStates, StateCollector};
 
 static NEXT_STATE: AtomicU64 = AtomicU64::new(1);
 
@@ -363,6 +367,45 @@ enum Selection {
 }
 
 impl GradStates {
+    /// The number of states.
+    ///
+    /// ```
+    /// use brainstate::{GradStates, State, Tensor};
+    /// let (a, b) = (State::new(Tensor::scalar(1.0)), State::new(Tensor::scalar(2.0)));
+    /// assert_eq!(GradStates::from([&a, &b]).len(), 2);
+    /// ```
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Selection::One(_) => 1,
+            Selection::Seq(v) => v.len(),
+            Selection::Map(m) => m.len(),
+        }
+    }
+
+    /// Whether there are no states.
+    ///
+    /// ```
+    /// use brainstate::{GradStates, State, Tensor};
+    /// assert!(GradStates::from(Vec::<State<Tensor>>::new()).is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The keys of a map of states, in order (none for one state or a sequence).
+    ///
+    /// ```
+    /// use brainstate::{GradStates, State, Tensor};
+    /// let (a, b) = (State::new(Tensor::scalar(1.0)), State::new(Tensor::scalar(2.0)));
+    /// assert_eq!(GradStates::from([("w", &a), ("b", &b)]).keys(), ["b", "w"]);
+    /// ```
+    pub fn keys(&self) -> Vec<String> {
+        match &self.0 {
+            Selection::Map(m) => m.iter().map(|(k, _)| k.clone()).collect(),
+            Selection::One(_) | Selection::Seq(_) => Vec::new(),
+        }
+    }
+
     /// The states, in order.
     pub(crate) fn states(&self) -> Vec<Arc<dyn TracedState>> {
         let handle = |s: &Arc<StateCore>| -> Arc<dyn TracedState> { s.clone() };

@@ -21,6 +21,19 @@
 //! let bad = &v + Tensor::scalar(1.0) * ms;
 //! assert!(bad.error().unwrap().to_string().contains("mV"));
 //! ```
+//!
+//! A unit prints as a named unit when it is one exactly (`mV * nS` is `pA`), else in the named
+//! units it was built from (`mV^2/nS^2`, `mV/ms`), and only as SI base units with a scale when
+//! it was built some other way (with [`Unit::scaled`], say).
+//!
+//! ```
+//! use brainstate::units::{mV, ms, nS};
+//! assert_eq!((mV * nS).to_string(), "pA");
+//! assert_eq!((mV / nS).powi(2).to_string(), "mV^2/nS^2");
+//! assert_eq!((nS * mV / ms).to_string(), "nS*mV/ms");
+//! let v = -65.0 * mV; // a number times a unit is a quantity
+//! assert_eq!(v.to_string(), "-65 mV (f64[])");
+//! ```
 
 use std::fmt;
 use std::ops::{Div, Mul};
@@ -82,6 +95,134 @@ impl fmt::Display for Ratio {
     }
 }
 
+/// One factor of a unit's printed form: named unit `name` (an index into [`units::NAMED`]) to
+/// the power `num / den`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Factor {
+    name: u8,
+    num: i8,
+    den: i8,
+}
+
+impl Factor {
+    fn power(self) -> Ratio {
+        Ratio::new(i32::from(self.num), i32::from(self.den))
+    }
+
+    /// The factor with another power; `None` if it does not fit.
+    fn with_power(self, p: Ratio) -> Option<Factor> {
+        Some(Factor {
+            name: self.name,
+            num: i8::try_from(p.num).ok()?,
+            den: i8::try_from(p.den).ok()?,
+        })
+    }
+}
+
+/// How a unit was built from named units, for printing: up to [`Symbols::CAPACITY`] factors
+/// in the order they first appeared. Units built otherwise, or with more factors, have none
+/// and print in SI base units. Kept inline so that [`Unit`] stays `Copy`.
+#[derive(Clone, Copy, Debug)]
+struct Symbols {
+    len: u8,
+    factors: [Factor; Symbols::CAPACITY],
+}
+
+impl Symbols {
+    const CAPACITY: usize = 6;
+    const EMPTY: Symbols = Symbols {
+        len: 0,
+        factors: [Factor {
+            name: 0,
+            num: 0,
+            den: 1,
+        }; Symbols::CAPACITY],
+    };
+
+    const fn one(name: u8) -> Symbols {
+        let mut symbols = Symbols::EMPTY;
+        symbols.factors[0] = Factor {
+            name,
+            num: 1,
+            den: 1,
+        };
+        symbols.len = 1;
+        symbols
+    }
+
+    fn factors(&self) -> &[Factor] {
+        &self.factors[..usize::from(self.len)]
+    }
+
+    /// The product, merging powers of the same named unit; `None` if it does not fit.
+    fn times(self, other: Symbols) -> Option<Symbols> {
+        let mut out = self;
+        for f in other.factors() {
+            let len = usize::from(out.len);
+            match out.factors[..len].iter_mut().find(|g| g.name == f.name) {
+                Some(g) => *g = g.with_power(g.power().add(f.power()))?,
+                None if len < Symbols::CAPACITY => {
+                    out.factors[len] = *f;
+                    out.len += 1;
+                }
+                None => return None,
+            }
+        }
+        // Drop the factors whose powers cancelled, keeping the order of the rest.
+        let mut kept = 0;
+        for i in 0..usize::from(out.len) {
+            if out.factors[i].num != 0 {
+                out.factors[kept] = out.factors[i];
+                kept += 1;
+            }
+        }
+        out.len = kept as u8;
+        Some(out)
+    }
+
+    /// Every power multiplied by `p`; `None` if one does not fit.
+    fn pow(self, p: Ratio) -> Option<Symbols> {
+        let mut out = self;
+        for f in out.factors[..usize::from(self.len)].iter_mut() {
+            *f = f.with_power(f.power().mul(p))?;
+        }
+        Some(out)
+    }
+}
+
+impl fmt::Display for Symbols {
+    /// `mV*nS/ms`, `pA^2/(mV*nS)`, `1/(ms*nS)`, `ms^(1/2)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let term = |factor: &Factor, p: Ratio| {
+            let name = units::NAMED[usize::from(factor.name)].0;
+            match (p.num, p.den) {
+                (1, 1) => name.to_string(),
+                (_, 1) => format!("{name}^{}", p.num),
+                _ => format!("{name}^({p})"),
+            }
+        };
+        let (mut up, mut down) = (Vec::new(), Vec::new());
+        for factor in self.factors() {
+            let p = factor.power();
+            if p.num > 0 {
+                up.push(term(factor, p));
+            } else {
+                down.push(term(factor, Ratio::new(-p.num, p.den)));
+            }
+        }
+        let up = if up.is_empty() {
+            "1".to_string()
+        } else {
+            up.join("*")
+        };
+        match down.len() {
+            0 => f.write_str(&up),
+            1 => write!(f, "{up}/{}", down[0]),
+            _ => write!(f, "{up}/({})", down.join("*")),
+        }
+    }
+}
+
 /// `x` rounded to 12 significant digits, so that products of scales land on the same double
 /// however they were formed (`ms^3 / ms^2` is exactly `ms`), keeping units comparable.
 fn tidy(x: f64) -> f64 {
@@ -100,7 +241,8 @@ const BASE: [&str; 7] = ["m", "kg", "s", "A", "K", "mol", "cd"];
 /// assert_eq!(ms.powi(2).sqrt(), ms);
 /// assert_eq!(mV.to_string(), "mV");
 /// assert_eq!(ms.powi(3).to_string(), "ms^3");
-/// assert_eq!((volt / second).to_string(), "m^2 kg s^-4 A^-1");
+/// assert_eq!((volt / second).to_string(), "V/s");
+/// assert_eq!(volt.scaled(2.0).to_string(), "2e0 m^2 kg s^-3 A^-1"); // no name: SI
 /// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Unit {
@@ -108,6 +250,8 @@ pub struct Unit {
     dims: [Ratio; 7],
     /// Value of one of this unit in SI units.
     scale: f64,
+    /// The named units it was built from, for printing only: equality and hashing ignore it.
+    symbols: Option<Symbols>,
 }
 
 impl PartialEq for Unit {
@@ -137,12 +281,17 @@ impl Unit {
     pub const ONE: Unit = Unit {
         dims: [Ratio::ZERO; 7],
         scale: 1.0,
+        symbols: Some(Symbols::EMPTY),
     };
 
     const fn base(index: usize, scale: f64) -> Unit {
         let mut dims = [Ratio::ZERO; 7];
         dims[index] = Ratio::int(1);
-        Unit { dims, scale }
+        Unit {
+            dims,
+            scale,
+            symbols: None,
+        }
     }
 
     const fn derived(exponents: [i32; 7], scale: f64) -> Unit {
@@ -152,19 +301,33 @@ impl Unit {
             dims[i] = Ratio::int(exponents[i]);
             i += 1;
         }
-        Unit { dims, scale }
+        Unit {
+            dims,
+            scale,
+            symbols: None,
+        }
     }
 
-    /// The same dimension with another scale: `volt.scaled(1e-3)` is `mV`.
+    /// Named unit `name`, which prints as its symbol.
+    const fn named(name: units::Name) -> Unit {
+        let mut unit = units::NAMED[name as usize].1;
+        unit.symbols = Some(Symbols::one(name as u8));
+        unit
+    }
+
+    /// The same dimension with another scale: `volt.scaled(1e-3)` is `mV`. The result has no
+    /// name of its own: it prints as a named unit it equals, else in SI base units.
     ///
     /// ```
     /// use brainstate::units::{mV, volt};
     /// assert_eq!(volt.scaled(1e-3), mV);
+    /// assert_eq!(volt.scaled(1e-3).to_string(), "mV");
     /// ```
     pub const fn scaled(self, factor: f64) -> Unit {
         Unit {
             dims: self.dims,
             scale: self.scale * factor,
+            symbols: None,
         }
     }
 
@@ -221,17 +384,18 @@ impl Unit {
     /// assert!(ms.powf(std::f64::consts::PI).is_err());
     /// ```
     pub fn powf(&self, p: f64) -> Result<Unit> {
+        let fraction = (1..=12).find_map(|den| {
+            let num = p * den as f64;
+            ((num - num.round()).abs() < 1e-9).then(|| Ratio::new(num.round() as i32, den))
+        });
         if self.is_dimensionless() {
             return Ok(Unit {
                 dims: self.dims,
                 scale: self.scale.powf(p),
+                symbols: fraction.and_then(|r| self.symbols?.pow(r)),
             });
         }
-        (1..=12)
-            .find_map(|den| {
-                let num = p * den as f64;
-                ((num - num.round()).abs() < 1e-9).then(|| Ratio::new(num.round() as i32, den))
-            })
+        fraction
             .map(|r| self.pow_ratio(r))
             .ok_or_else(|| Error::Units {
                 op: "pow".into(),
@@ -245,6 +409,7 @@ impl Unit {
         Unit {
             dims: self.dims.map(|d| d.mul(p)),
             scale: tidy(self.scale.powf(p.as_f64())),
+            symbols: self.symbols.and_then(|s| s.pow(p)),
         }
     }
 
@@ -262,13 +427,22 @@ impl Unit {
     /// or an error naming `op` and both units when their dimensions differ.
     pub(crate) fn factor_to(&self, target: &Unit, op: &str) -> Result<f64> {
         if self.same_dimension(target) {
-            Ok(self.scale / target.scale)
-        } else {
-            Err(Error::Units {
-                op: op.to_string(),
-                msg: format!("incompatible units {target} and {self}"),
-            })
+            return Ok(self.scale / target.scale);
         }
+        let got = if self.is_dimensionless() {
+            "a plain number".to_string()
+        } else {
+            format!("a quantity in {self}")
+        };
+        let msg = if target.is_dimensionless() {
+            format!("expected a plain (dimensionless) number, got {got}")
+        } else {
+            format!("expected a quantity in {target} (or a unit of the same dimension), got {got}")
+        };
+        Err(Error::Units {
+            op: op.to_string(),
+            msg,
+        })
     }
 }
 
@@ -279,9 +453,14 @@ impl Mul for Unit {
         for (d, o) in dims.iter_mut().zip(other.dims) {
             *d = d.add(o);
         }
+        let symbols = match (self.symbols, other.symbols) {
+            (Some(a), Some(b)) => a.times(b),
+            _ => None,
+        };
         Unit {
             dims,
             scale: tidy(self.scale * other.scale),
+            symbols,
         }
     }
 }
@@ -294,16 +473,23 @@ impl Div for Unit {
 }
 
 impl fmt::Display for Unit {
-    /// A named unit (`mV`), a named unit's power (`ms^3`), else SI base units with a scale.
+    /// A named unit (`mV`) or a named unit's power (`ms^3`) that it equals; else the named
+    /// units it was built from (`mV/nS`); else SI base units with a scale.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_dimensionless() && self.scale == 1.0 {
+            return f.write_str("1");
+        }
         let close = |u: &Unit| u.dims == self.dims && (u.scale / self.scale - 1.0).abs() < 1e-12;
         for k in [1, 2, 3, 4, -1, -2, -3, -4] {
-            if let Some((name, _)) = NAMED.iter().find(|(_, u)| close(&u.powi(k))) {
+            if let Some((name, _)) = units::NAMED.iter().find(|(_, u)| close(&u.powi(k))) {
                 return match k {
                     1 => f.write_str(name),
                     _ => write!(f, "{name}^{k}"),
                 };
             }
+        }
+        if let Some(symbols) = self.symbols.filter(|s| s.len > 0) {
+            return write!(f, "{symbols}");
         }
         let mut parts = Vec::new();
         if self.scale != 1.0 {
@@ -324,6 +510,24 @@ impl fmt::Display for Unit {
     }
 }
 
+/// Defines the named units: a constant for each in [`units`], with its documentation, and the
+/// table [`units::NAMED`] of their symbols and SI values, indexed by [`units::Name`].
+macro_rules! named_units {
+    ($($(#[$doc:meta])* $id:ident = $symbol:literal, $si:expr;)*) => {
+        /// Indices of the named units in [`NAMED`].
+        #[derive(Clone, Copy)]
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        pub(super) enum Name {
+            $($id,)*
+        }
+
+        /// The named units: symbol, and value in SI base units.
+        pub(super) const NAMED: &[(&str, Unit)] = &[$(($symbol, $si),)*];
+
+        $($(#[$doc])* pub const $id: Unit = Unit::named(Name::$id);)*
+    };
+}
+
 /// The named units of neuroscience and their SI bases, with prefixes. Lower-case names follow
 /// the symbols (`mV`, `nS`), as brainunit's do.
 ///
@@ -337,258 +541,237 @@ impl fmt::Display for Unit {
 pub mod units {
     use super::Unit;
 
-    /// metre
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert_eq!((meter.to_string(), meter.scale()), ("m".to_string(), 1.0));
-    /// ```
-    pub const meter: Unit = Unit::base(0, 1.0);
-    /// centimetre
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(cm.same_dimension(&meter) && cm.scale() == 1e-2);
-    /// ```
-    pub const cm: Unit = meter.scaled(1e-2);
-    /// millimetre
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(mm.same_dimension(&meter) && mm.scale() == 1e-3);
-    /// ```
-    pub const mm: Unit = meter.scaled(1e-3);
-    /// micrometre
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(um.same_dimension(&meter) && um.scale() == 1e-6);
-    /// ```
-    pub const um: Unit = meter.scaled(1e-6);
-    /// kilogram
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert_eq!((kg.to_string(), kg.scale()), ("kg".to_string(), 1.0));
-    /// ```
-    pub const kg: Unit = Unit::base(1, 1.0);
-    /// gram
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(gram.same_dimension(&kg) && gram.scale() == 1e-3);
-    /// assert_eq!(gram.to_string(), "g");
-    /// ```
-    pub const gram: Unit = kg.scaled(1e-3);
-    /// second
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert_eq!((second.to_string(), second.scale()), ("s".to_string(), 1.0));
-    /// ```
-    pub const second: Unit = Unit::base(2, 1.0);
-    /// millisecond
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(ms.same_dimension(&second) && ms.scale() == 1e-3);
-    /// ```
-    pub const ms: Unit = second.scaled(1e-3);
-    /// microsecond
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(us.same_dimension(&second) && us.scale() == 1e-6);
-    /// assert_eq!((Mohm * pF).to_string(), "us"); // a membrane time constant
-    /// ```
-    pub const us: Unit = second.scaled(1e-6);
-    /// ampere
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert_eq!((amp.to_string(), amp.scale()), ("A".to_string(), 1.0));
-    /// ```
-    pub const amp: Unit = Unit::base(3, 1.0);
-    /// milliampere
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(mA.same_dimension(&amp) && mA.scale() == 1e-3);
-    /// ```
-    pub const mA: Unit = amp.scaled(1e-3);
-    /// nanoampere
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(nA.same_dimension(&amp) && nA.scale() == 1e-9);
-    /// ```
-    pub const nA: Unit = amp.scaled(1e-9);
-    /// picoampere
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(pA.same_dimension(&amp) && pA.scale() == 1e-12);
-    /// assert_eq!((mV * nS).to_string(), "pA");
-    /// ```
-    pub const pA: Unit = amp.scaled(1e-12);
-    /// kelvin
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert_eq!(kelvin.to_string(), "K");
-    /// ```
-    pub const kelvin: Unit = Unit::base(4, 1.0);
-    /// mole
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert_eq!(mole.to_string(), "mol");
-    /// ```
-    pub const mole: Unit = Unit::base(5, 1.0);
-    /// molar, mol/L
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(molar.same_dimension(&(mole / meter.powi(3))));
-    /// assert_eq!(molar.scale(), 1e3); // 1 mol/L is 1000 mol/m^3
-    /// ```
-    pub const molar: Unit = Unit::derived([-3, 0, 0, 0, 0, 1, 0], 1e3);
-    /// millimolar
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(mM.same_dimension(&molar) && (mM.scale() - 1.0).abs() < 1e-12);
-    /// ```
-    pub const mM: Unit = molar.scaled(1e-3);
-    /// micromolar
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(uM.same_dimension(&molar) && (uM.scale() - 1e-3).abs() < 1e-15);
-    /// ```
-    pub const uM: Unit = molar.scaled(1e-6);
-    /// candela
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert_eq!(candela.to_string(), "cd");
-    /// ```
-    pub const candela: Unit = Unit::base(6, 1.0);
-    /// hertz, 1/s
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert_eq!(hertz, second.powi(-1));
-    /// assert_eq!(hertz.to_string(), "Hz");
-    /// ```
-    pub const hertz: Unit = Unit::derived([0, 0, -1, 0, 0, 0, 0], 1.0);
-    /// volt, kg m^2 s^-3 A^-1
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(volt.same_dimension(&(amp * ohm)));
-    /// assert_eq!(volt.to_string(), "V");
-    /// ```
-    pub const volt: Unit = Unit::derived([2, 1, -3, -1, 0, 0, 0], 1.0);
-    /// millivolt
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(mV.same_dimension(&volt) && mV.scale() == 1e-3);
-    /// ```
-    pub const mV: Unit = volt.scaled(1e-3);
-    /// siemens, kg^-1 m^-2 s^3 A^2
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert_eq!(siemens, ohm.powi(-1));
-    /// assert_eq!(siemens.to_string(), "S");
-    /// ```
-    pub const siemens: Unit = Unit::derived([-2, -1, 3, 2, 0, 0, 0], 1.0);
-    /// millisiemens
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(mS.same_dimension(&siemens) && mS.scale() == 1e-3);
-    /// ```
-    pub const mS: Unit = siemens.scaled(1e-3);
-    /// nanosiemens
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(nS.same_dimension(&siemens) && nS.scale() == 1e-9);
-    /// ```
-    pub const nS: Unit = siemens.scaled(1e-9);
-    /// ohm, kg m^2 s^-3 A^-2
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(ohm.same_dimension(&(volt / amp)));
-    /// assert_eq!(ohm.to_string(), "ohm");
-    /// ```
-    pub const ohm: Unit = Unit::derived([2, 1, -3, -2, 0, 0, 0], 1.0);
-    /// megaohm
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(Mohm.same_dimension(&ohm) && Mohm.scale() == 1e6);
-    /// ```
-    pub const Mohm: Unit = ohm.scaled(1e6);
-    /// farad, kg^-1 m^-2 s^4 A^2
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(farad.same_dimension(&(second / ohm)));
-    /// assert_eq!(farad.to_string(), "F");
-    /// ```
-    pub const farad: Unit = Unit::derived([-2, -1, 4, 2, 0, 0, 0], 1.0);
-    /// microfarad
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(uF.same_dimension(&farad) && uF.scale() == 1e-6);
-    /// assert_eq!((Mohm * uF).to_string(), "s");
-    /// ```
-    pub const uF: Unit = farad.scaled(1e-6);
-    /// picofarad
-    ///
-    /// ```
-    /// use brainstate::units::*;
-    /// assert!(pF.same_dimension(&farad) && pF.scale() == 1e-12);
-    /// ```
-    pub const pF: Unit = farad.scaled(1e-12);
-}
+    // The SI units that named units scale (without names of their own).
+    const METRE: Unit = Unit::base(0, 1.0);
+    const KILOGRAM: Unit = Unit::base(1, 1.0);
+    const SECOND: Unit = Unit::base(2, 1.0);
+    const AMPERE: Unit = Unit::base(3, 1.0);
+    const MOLAR: Unit = Unit::derived([-3, 0, 0, 0, 0, 1, 0], 1e3);
+    const VOLT: Unit = Unit::derived([2, 1, -3, -1, 0, 0, 0], 1.0);
+    const SIEMENS: Unit = Unit::derived([-2, -1, 3, 2, 0, 0, 0], 1.0);
+    const OHM: Unit = Unit::derived([2, 1, -3, -2, 0, 0, 0], 1.0);
+    const FARAD: Unit = Unit::derived([-2, -1, 4, 2, 0, 0, 0], 1.0);
 
-/// Units printed by name when a unit equals one exactly.
-const NAMED: [(&str, Unit); 30] = [
-    ("m", units::meter),
-    ("cm", units::cm),
-    ("mm", units::mm),
-    ("um", units::um),
-    ("kg", units::kg),
-    ("g", units::gram),
-    ("s", units::second),
-    ("ms", units::ms),
-    ("us", units::us),
-    ("A", units::amp),
-    ("mA", units::mA),
-    ("nA", units::nA),
-    ("pA", units::pA),
-    ("K", units::kelvin),
-    ("mol", units::mole),
-    ("M", units::molar),
-    ("mM", units::mM),
-    ("uM", units::uM),
-    ("cd", units::candela),
-    ("Hz", units::hertz),
-    ("V", units::volt),
-    ("mV", units::mV),
-    ("S", units::siemens),
-    ("mS", units::mS),
-    ("nS", units::nS),
-    ("ohm", units::ohm),
-    ("Mohm", units::Mohm),
-    ("F", units::farad),
-    ("uF", units::uF),
-    ("pF", units::pF),
-];
+    named_units! {
+        /// metre
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert_eq!((meter.to_string(), meter.scale()), ("m".to_string(), 1.0));
+        /// ```
+        meter = "m", METRE;
+        /// centimetre
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(cm.same_dimension(&meter) && cm.scale() == 1e-2);
+        /// ```
+        cm = "cm", METRE.scaled(1e-2);
+        /// millimetre
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(mm.same_dimension(&meter) && mm.scale() == 1e-3);
+        /// ```
+        mm = "mm", METRE.scaled(1e-3);
+        /// micrometre
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(um.same_dimension(&meter) && um.scale() == 1e-6);
+        /// ```
+        um = "um", METRE.scaled(1e-6);
+        /// kilogram
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert_eq!((kg.to_string(), kg.scale()), ("kg".to_string(), 1.0));
+        /// ```
+        kg = "kg", KILOGRAM;
+        /// gram
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(gram.same_dimension(&kg) && gram.scale() == 1e-3);
+        /// assert_eq!(gram.to_string(), "g");
+        /// ```
+        gram = "g", KILOGRAM.scaled(1e-3);
+        /// second
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert_eq!((second.to_string(), second.scale()), ("s".to_string(), 1.0));
+        /// ```
+        second = "s", SECOND;
+        /// millisecond
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(ms.same_dimension(&second) && ms.scale() == 1e-3);
+        /// ```
+        ms = "ms", SECOND.scaled(1e-3);
+        /// microsecond
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(us.same_dimension(&second) && us.scale() == 1e-6);
+        /// assert_eq!((Mohm * pF).to_string(), "us"); // a membrane time constant
+        /// ```
+        us = "us", SECOND.scaled(1e-6);
+        /// ampere
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert_eq!((amp.to_string(), amp.scale()), ("A".to_string(), 1.0));
+        /// ```
+        amp = "A", AMPERE;
+        /// milliampere
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(mA.same_dimension(&amp) && mA.scale() == 1e-3);
+        /// ```
+        mA = "mA", AMPERE.scaled(1e-3);
+        /// nanoampere
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(nA.same_dimension(&amp) && nA.scale() == 1e-9);
+        /// ```
+        nA = "nA", AMPERE.scaled(1e-9);
+        /// picoampere
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(pA.same_dimension(&amp) && pA.scale() == 1e-12);
+        /// assert_eq!((mV * nS).to_string(), "pA");
+        /// ```
+        pA = "pA", AMPERE.scaled(1e-12);
+        /// kelvin
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert_eq!(kelvin.to_string(), "K");
+        /// ```
+        kelvin = "K", Unit::base(4, 1.0);
+        /// mole
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert_eq!(mole.to_string(), "mol");
+        /// ```
+        mole = "mol", Unit::base(5, 1.0);
+        /// molar, mol/L
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(molar.same_dimension(&(mole / meter.powi(3))));
+        /// assert_eq!(molar.scale(), 1e3); // 1 mol/L is 1000 mol/m^3
+        /// ```
+        molar = "M", MOLAR;
+        /// millimolar
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(mM.same_dimension(&molar) && (mM.scale() - 1.0).abs() < 1e-12);
+        /// ```
+        mM = "mM", MOLAR.scaled(1e-3);
+        /// micromolar
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(uM.same_dimension(&molar) && (uM.scale() - 1e-3).abs() < 1e-15);
+        /// ```
+        uM = "uM", MOLAR.scaled(1e-6);
+        /// candela
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert_eq!(candela.to_string(), "cd");
+        /// ```
+        candela = "cd", Unit::base(6, 1.0);
+        /// hertz, 1/s
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert_eq!(hertz, second.powi(-1));
+        /// assert_eq!(hertz.to_string(), "Hz");
+        /// ```
+        hertz = "Hz", Unit::derived([0, 0, -1, 0, 0, 0, 0], 1.0);
+        /// volt, kg m^2 s^-3 A^-1
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(volt.same_dimension(&(amp * ohm)));
+        /// assert_eq!(volt.to_string(), "V");
+        /// ```
+        volt = "V", VOLT;
+        /// millivolt
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(mV.same_dimension(&volt) && mV.scale() == 1e-3);
+        /// ```
+        mV = "mV", VOLT.scaled(1e-3);
+        /// siemens, kg^-1 m^-2 s^3 A^2
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert_eq!(siemens, ohm.powi(-1));
+        /// assert_eq!(siemens.to_string(), "S");
+        /// ```
+        siemens = "S", SIEMENS;
+        /// millisiemens
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(mS.same_dimension(&siemens) && mS.scale() == 1e-3);
+        /// ```
+        mS = "mS", SIEMENS.scaled(1e-3);
+        /// nanosiemens
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(nS.same_dimension(&siemens) && nS.scale() == 1e-9);
+        /// ```
+        nS = "nS", SIEMENS.scaled(1e-9);
+        /// ohm, kg m^2 s^-3 A^-2
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(ohm.same_dimension(&(volt / amp)));
+        /// assert_eq!(ohm.to_string(), "ohm");
+        /// ```
+        ohm = "ohm", OHM;
+        /// megaohm
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(Mohm.same_dimension(&ohm) && Mohm.scale() == 1e6);
+        /// ```
+        Mohm = "Mohm", OHM.scaled(1e6);
+        /// farad, kg^-1 m^-2 s^4 A^2
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(farad.same_dimension(&(second / ohm)));
+        /// assert_eq!(farad.to_string(), "F");
+        /// ```
+        farad = "F", FARAD;
+        /// microfarad
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(uF.same_dimension(&farad) && uF.scale() == 1e-6);
+        /// assert_eq!((Mohm * uF).to_string(), "s");
+        /// ```
+        uF = "uF", FARAD.scaled(1e-6);
+        /// picofarad
+        ///
+        /// ```
+        /// use brainstate::units::*;
+        /// assert!(pF.same_dimension(&farad) && pF.scale() == 1e-12);
+        /// ```
+        pF = "pF", FARAD.scaled(1e-12);
+    }
+}

@@ -507,7 +507,7 @@ fn all_twelve_layouts_with_exact_types() {
             hessian(plain).grad_states(gs()).argnums(0).joint(&x)
         });
         w.check_mixed(&joint);
-        let joint = once(&m, &x, || {
+        let (joint, v, _aux) = once(&m, &x, || {
             hessian(with_aux)
                 .grad_states(gs())
                 .argnums(0)
@@ -516,6 +516,7 @@ fn all_twelve_layouts_with_exact_types() {
                 .joint(&x)
         });
         w.check_mixed(&joint);
+        w.check_value(&v);
     }
     assert_eq!(m.counter(), 28.0);
 }
@@ -538,7 +539,9 @@ fn reused_transform_assigns_once_per_call() {
         w.check_arg(&arg_grads);
         w.check_value(&v);
         w.check_aux(&aux, n as f64 * 2.0 - 1.0);
-        w.check_mixed(&once(&m, &x, || h.joint(&x)));
+        let (joint, v, _aux) = once(&m, &x, || h.joint(&x));
+        w.check_mixed(&joint);
+        w.check_value(&v);
     }
     assert_eq!(m.counter(), 10.0);
 }

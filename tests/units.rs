@@ -300,7 +300,7 @@ fn products_and_quotients() {
     assert_eq!((mV * mV).to_string(), "mV^2");
     assert_eq!(ms.powi(-1).to_string(), "ms^-1");
     assert_eq!(second.powi(-1).to_string(), "Hz");
-    assert_eq!((volt / second).to_string(), "m^2 kg s^-4 A^-1");
+    assert_eq!((volt / second).to_string(), "V/s");
 }
 
 #[test]
@@ -317,7 +317,7 @@ fn integer_and_fractional_powers() {
     // Fractional exponents are kept exactly.
     let root = ms.sqrt();
     assert!(!root.is_dimensionless());
-    assert!(root.to_string().contains("s^1/2"), "{root}");
+    assert_eq!(root.to_string(), "ms^(1/2)");
     assert_close(&[root.scale()], &[1e-3f64.sqrt()], 1e-11);
     assert_eq!(root * root, ms);
     assert_eq!(ms.powf(0.5).unwrap(), root);
@@ -1536,4 +1536,100 @@ fn plan_cache_retraces_when_a_state_unit_changes() {
     // A dimensionally different state value is refused, and the plan stays valid.
     assert!(w.set_value(qs(2.0, nS)).is_err());
     assert_quantity(leaf(&hw.call(&q([3.0], ms)).unwrap()), ms * ms, &[18.0]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Printing in the units a quantity was built from, and numbers times units.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn compound_units_print_in_the_units_they_were_built_from() {
+    // Named units and their powers, when a unit is one exactly.
+    assert_eq!((mV * nS).to_string(), "pA");
+    assert_eq!((nS * nS).to_string(), "nS^2");
+    assert_eq!((pF * mV / ms).to_string(), "pA");
+    // Otherwise the factors, in the order they were first used, merged by unit.
+    assert_eq!((mV / nS).to_string(), "mV/nS");
+    assert_eq!((mV * mV / (nS * nS)).to_string(), "mV^2/nS^2");
+    assert_eq!((mV / nS).powi(2).to_string(), "mV^2/nS^2");
+    assert_eq!((mV / ms).to_string(), "mV/ms");
+    assert_eq!((pA * pA / (mV * ms)).to_string(), "pA^2/(mV*ms)");
+    assert_eq!((ms * mV / ms / nS).to_string(), "mV/nS");
+    assert_eq!((ms * mV).powi(-1).to_string(), "1/(ms*mV)");
+    assert_eq!(ms.sqrt().to_string(), "ms^(1/2)");
+    assert_eq!((mV / ms.sqrt()).to_string(), "mV/ms^(1/2)");
+    // Dimensionless ratios keep their units; `1` only when the scale is 1.
+    assert_eq!((ms / second).to_string(), "ms/s");
+    assert_eq!((ms / ms).to_string(), "1");
+    // Equality ignores how a unit was written.
+    assert_eq!(mV / nS, (mV * mV / (nS * mV)));
+    assert_eq!(mV * nS, pA);
+    // More factors than are kept, or a unit without a name: SI base units.
+    let many = mV * nS / ms * pF / um * mM;
+    assert_eq!(many.to_string(), "mV*nS*pF*mM/(ms*um)");
+    let more = many / gram;
+    assert_eq!(more.to_string(), "1e-12 m^-6 kg^-2 s^3 A^3 mol");
+    assert_eq!(volt.scaled(2.0).to_string(), "2e0 m^2 kg s^-3 A^-1");
+}
+
+#[test]
+fn a_number_times_a_unit_is_a_quantity() {
+    let v = -65.0 * mV;
+    assert_quantity(&v, mV, &[-65.0]);
+    assert_eq!(v.shape().unwrap(), &[] as &[usize]);
+    assert_quantity(&(2.0 * ms), ms, &[2.0]);
+    let rate = 1.0 / ms;
+    assert_eq!(rate.unit(), Some(ms.powi(-1)));
+    // In expressions with tensors.
+    let dv = (Tensor::from([-70.0, -60.0]) * mV - (-65.0 * mV)) / (10.0 * ms);
+    assert_eq!(dv.unit().unwrap().to_string(), "mV/ms");
+    assert_close(&vals(&dv), &[-0.5, 0.5], 1e-15);
+}
+
+#[test]
+fn comparisons_need_one_dimension_and_say_which_unit() {
+    let v = Tensor::from([-70.0, -40.0]) * mV;
+    // A quantity against a plain number: an error naming the unit expected.
+    let e = failure(&v.gt(-50.0));
+    assert_eq!(
+        e.to_string(),
+        "gt: expected a quantity in mV (or a unit of the same dimension), got a plain number"
+    );
+    let e = failure(&v.lt(2.0 * ms));
+    assert_eq!(
+        e.to_string(),
+        "lt: expected a quantity in mV (or a unit of the same dimension), got a quantity in ms"
+    );
+    // The same number in the right unit works, in any unit of the dimension.
+    assert_eq!(
+        v.gt(-50.0 * mV).to_vec::<bool>().unwrap(),
+        vec![false, true]
+    );
+    assert_eq!(
+        v.gt(-0.05 * volt).to_vec::<bool>().unwrap(),
+        vec![false, true]
+    );
+    // A dimensionless quantity compares with plain numbers, its scale folded in.
+    let ratio = &v / (-50.0 * mV);
+    assert_eq!(ratio.gt(1.0).to_vec::<bool>().unwrap(), vec![true, false]);
+    let scaled = Tensor::from([500.0, 1500.0]) * (ms / second);
+    assert_eq!(scaled.lt(1.0).to_vec::<bool>().unwrap(), vec![true, false]);
+    assert_eq!(
+        Tensor::scalar(0.5)
+            .le(scaled.clone())
+            .to_vec::<bool>()
+            .unwrap(),
+        vec![true, true]
+    );
+    // A quantity where a dimensionless one is expected.
+    let e = failure(&Tensor::scalar(1.0).gt(2.0 * mV));
+    assert_eq!(
+        e.to_string(),
+        "gt: expected a quantity in mV (or a unit of the same dimension), got a plain number"
+    );
+    let e = failure(&scaled.gt(2.0 * mV));
+    assert_eq!(
+        e.to_string(),
+        "gt: expected a plain (dimensionless) number, got a quantity in mV"
+    );
 }

@@ -1,5 +1,6 @@
-//! `#[derive(Tree)]` for brainstate-rs: makes a struct a tree node whose children are its
-//! fields, in declaration order. Every field's type must implement `brainstate::Tree`.
+//! Derives for brainstate-rs: `#[derive(Tree)]` makes a struct a tree node whose children are
+//! its fields, in declaration order (every field's type must implement `brainstate::Tree`);
+//! `#[derive(HasStates)]` collects the states a struct holds, under its fields' names.
 
 use proc_macro::TokenStream;
 use quote::quote;
@@ -71,6 +72,71 @@ pub fn derive_tree(input: TokenStream) -> TokenStream {
                     }
                     other => ::std::result::Result::Err(other.mismatch(concat!("struct ", #name_str))),
                 }
+            }
+        }
+    }
+    .into()
+}
+
+/// Derives `brainstate::HasStates` for a struct: its states are those of its fields, under
+/// their names (or positions), and `&value` converts into `brainstate::GradStates`. Fields
+/// marked `#[states(skip)]` are left out.
+#[proc_macro_derive(HasStates, attributes(states))]
+pub fn derive_has_states(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    let name = &input.ident;
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let Data::Struct(data) = &input.data else {
+        return syn::Error::new_spanned(&input.ident, "#[derive(HasStates)] supports structs only")
+            .to_compile_error()
+            .into();
+    };
+    let mut visits = Vec::new();
+    for (i, field) in data.fields.iter().enumerate() {
+        let mut skip = false;
+        for attr in field.attrs.iter().filter(|a| a.path().is_ident("states")) {
+            let parsed = attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident("skip") {
+                    skip = true;
+                    Ok(())
+                } else {
+                    Err(meta.error("expected `#[states(skip)]`"))
+                }
+            });
+            if let Err(e) = parsed {
+                return e.to_compile_error().into();
+            }
+        }
+        if skip {
+            continue;
+        }
+        let (access, label) = match &field.ident {
+            Some(ident) => (quote!(#ident), ident.to_string()),
+            None => {
+                let index = Index::from(i);
+                (quote!(#index), i.to_string())
+            }
+        };
+        visits.push(quote! {
+            brainstate::HasStates::collect_states(
+                &self.#access,
+                &brainstate::StateCollector::join(path, #label),
+                into,
+            );
+        });
+    }
+    quote! {
+        impl #impl_generics brainstate::HasStates for #name #ty_generics #where_clause {
+            fn collect_states(&self, path: &str, into: &mut brainstate::StateCollector) {
+                #( #visits )*
+            }
+        }
+
+        impl #impl_generics ::std::convert::From<&#name #ty_generics> for brainstate::GradStates
+            #where_clause
+        {
+            fn from(model: &#name #ty_generics) -> brainstate::GradStates {
+                brainstate::HasStates::states(model)
             }
         }
     }

@@ -131,7 +131,20 @@ impl View {
                 }
                 Some(v)
             }
-            Structural::Concat(_) => None,
+            Structural::Rev(axes) => {
+                for &d in axes {
+                    // Coordinate i reads coordinate n - 1 - i.
+                    let n = self.shape[d];
+                    v.offset += (n as isize - 1) * self.strides[d];
+                    v.strides[d] = -self.strides[d];
+                    let (a, b) = self.valid[d];
+                    v.valid[d] = (n - b, n - a);
+                }
+                Some(v)
+            }
+            Structural::Concat(_) | Structural::Gather { .. } | Structural::ScatterAdd { .. } => {
+                None
+            }
         }
     }
 }

@@ -123,6 +123,10 @@ pub(crate) enum Dependence {
     /// Each output element depends on the elements reduced into it (over `axes`); linear or
     /// piecewise linear.
     Reduce(Vec<usize>),
+    /// The transpose of a gather: each output element is the sum of the input elements that
+    /// the given primitive (a [`Dependence::Gather`] from this primitive's output shape to its
+    /// input shape) reads it into. Linear.
+    Scatter(Box<Prim>),
     /// `out[.., i, j]` depends on rows `a[.., i, :]` and columns `b[.., :, j]`, bilinearly.
     MatMul,
 }

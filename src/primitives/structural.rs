@@ -1,14 +1,18 @@
-//! Structural primitives: broadcast, reshape, transpose, slice, pad, concatenate.
+//! Structural primitives: broadcast, reshape, transpose, slice, pad, concatenate, reverse,
+//! gather and scatter-add.
 //!
 //! All are linear, so each JVP applies the same primitive to the tangent (its parameters
-//! shifted past the batch axes), and each transpose is another structural primitive.
+//! shifted past the batch axes), and each transpose is another structural primitive: slice and
+//! pad transpose to each other, as do gather (`out[.., k, ..] = x[.., indices[k], ..]`) and
+//! scatter-add (`out[.., indices[k], ..] += x[.., k, ..]`); reverse is its own transpose.
 
 use std::fmt;
 
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, Axis, Ix1, Ix2, Ix3, Ix4, IxDyn, Slice};
 
 use super::{
-    Dependence, Primal, Rules, Tangent, UnitRule, Units, arity, concat_dims, cotangents, one, tuple,
+    Dependence, Prim, Primal, Rules, Tangent, UnitRule, Units, arity, concat_dims, cotangents, one,
+    tuple,
 };
 use crate::error::{Error, Result};
 use crate::storage::{Aval, Data, pool, with_array};
@@ -50,6 +54,36 @@ pub enum Structural {
     },
     /// Concatenation of all inputs along an axis.
     Concat(usize),
+    /// The order of the elements reversed along each of the given axes (sorted, distinct).
+    Rev(Vec<usize>),
+    /// The elements at constant `indices` along `axis`, in that order (repeats allowed):
+    /// `out[.., k, ..] = x[.., indices[k], ..]`.
+    Gather {
+        /// The axis indexed.
+        axis: usize,
+        /// Positions along `axis`.
+        indices: Vec<usize>,
+    },
+    /// The transpose of [`Structural::Gather`]: slices along `axis` added into zeros of length
+    /// `size` at constant `indices`, `out[.., indices[k], ..] += x[.., k, ..]`.
+    ScatterAdd {
+        /// The axis indexed.
+        axis: usize,
+        /// Positions along `axis` of the result, one per slice of the operand.
+        indices: Vec<usize>,
+        /// Length of `axis` in the result.
+        size: usize,
+    },
+}
+
+/// A list of indices for printing: in full up to 8 entries, else the first ones and the count.
+fn index_list(indices: &[usize]) -> String {
+    const SHOWN: usize = 8;
+    if indices.len() <= SHOWN {
+        return tuple(indices);
+    }
+    let head: Vec<String> = indices[..SHOWN].iter().map(|i| i.to_string()).collect();
+    format!("({},...; {} in all)", head.join(","), indices.len())
 }
 
 impl fmt::Display for Structural {
@@ -75,6 +109,19 @@ impl fmt::Display for Structural {
                 tuple(interior)
             ),
             Structural::Concat(axis) => write!(f, "{name}[axis={axis}]"),
+            Structural::Rev(axes) => write!(f, "{name}[axes={}]", tuple(axes)),
+            Structural::Gather { axis, indices } => {
+                write!(f, "{name}[axis={axis} indices={}]", index_list(indices))
+            }
+            Structural::ScatterAdd {
+                axis,
+                indices,
+                size,
+            } => write!(
+                f,
+                "{name}[axis={axis} indices={} size={size}]",
+                index_list(indices)
+            ),
         }
     }
 }
@@ -101,6 +148,20 @@ impl Structural {
                 interior: pad(interior, 0),
             },
             Structural::Concat(axis) => Structural::Concat(axis + nb),
+            Structural::Rev(axes) => Structural::Rev(axes.iter().map(|a| a + nb).collect()),
+            Structural::Gather { axis, indices } => Structural::Gather {
+                axis: axis + nb,
+                indices: indices.clone(),
+            },
+            Structural::ScatterAdd {
+                axis,
+                indices,
+                size,
+            } => Structural::ScatterAdd {
+                axis: axis + nb,
+                indices: indices.clone(),
+                size: *size,
+            },
         }
     }
 
@@ -119,6 +180,9 @@ impl Rules for Structural {
             Structural::Slice { .. } => "slice",
             Structural::Pad { .. } => "pad",
             Structural::Concat(_) => "concatenate",
+            Structural::Rev(_) => "rev",
+            Structural::Gather { .. } => "gather",
+            Structural::ScatterAdd { .. } => "scatter_add",
         }
     }
 
@@ -133,7 +197,10 @@ impl Rules for Structural {
             | Structural::Reshape(_)
             | Structural::Transpose(_)
             | Structural::Slice { .. }
-            | Structural::Pad { .. } => arity(op, ins, 1)?,
+            | Structural::Pad { .. }
+            | Structural::Rev(_)
+            | Structural::Gather { .. }
+            | Structural::ScatterAdd { .. } => arity(op, ins, 1)?,
         }
         let x = &ins[0];
         let rank_check = |n: usize, what: &str| {
@@ -234,6 +301,49 @@ impl Rules for Structural {
                 }
                 shape
             }
+            Structural::Rev(axes) => {
+                let increasing = axes.windows(2).all(|w| w[0] < w[1]);
+                if !increasing || axes.iter().any(|&a| a >= x.shape.len()) {
+                    return Err(Error::shape(
+                        op,
+                        format!(
+                            "axes {axes:?} must be distinct, increasing and within shape {:?}",
+                            x.shape
+                        ),
+                    ));
+                }
+                x.shape.clone()
+            }
+            Structural::Gather { axis, indices } => {
+                let len = axis_len(op, &x.shape, *axis)?;
+                check_indices(op, indices, len, *axis, &x.shape)?;
+                let mut shape = x.shape.clone();
+                shape[*axis] = indices.len();
+                shape
+            }
+            Structural::ScatterAdd {
+                axis,
+                indices,
+                size,
+            } => {
+                if x.dtype == crate::storage::DType::Bool {
+                    return Err(Error::dtype(op, "needs a numeric operand", x.dtype));
+                }
+                if axis_len(op, &x.shape, *axis)? != indices.len() {
+                    return Err(Error::shape(
+                        op,
+                        format!(
+                            "{} indices for axis {axis} of shape {:?}",
+                            indices.len(),
+                            x.shape
+                        ),
+                    ));
+                }
+                let mut shape = x.shape.clone();
+                shape[*axis] = *size;
+                check_indices(op, indices, *size, *axis, &shape)?;
+                shape
+            }
         };
         Ok(one(Aval::new(&shape, x.dtype)))
     }
@@ -305,6 +415,31 @@ impl Rules for Structural {
                     Data::C128(_) => concat!(C128),
                 }
             }
+            Structural::Rev(axes) => with_array!(x, a => {
+                let mut view = a.view();
+                for &axis in axes {
+                    view.invert_axis(Axis(axis));
+                }
+                Data::from(owned(view))
+            }),
+            Structural::Gather { axis, indices } => {
+                with_array!(x, a => Data::from(a.select(Axis(*axis), indices)))
+            }
+            Structural::ScatterAdd {
+                axis,
+                indices,
+                size,
+            } => {
+                let (axis, size) = (Axis(*axis), *size);
+                match x {
+                    Data::I64(a) => Data::I64(scatter_add(a, axis, indices, size)),
+                    Data::F32(a) => Data::F32(scatter_add(a, axis, indices, size)),
+                    Data::F64(a) => Data::F64(scatter_add(a, axis, indices, size)),
+                    Data::C64(a) => Data::C64(scatter_add(a, axis, indices, size)),
+                    Data::C128(a) => Data::C128(scatter_add(a, axis, indices, size)),
+                    Data::Bool(_) => unreachable!("dtype checked by infer"),
+                }
+            }
         }))
     }
 
@@ -333,7 +468,10 @@ impl Rules for Structural {
             Structural::Reshape(_)
             | Structural::Transpose(_)
             | Structural::Slice { .. }
-            | Structural::Pad { .. } => self.apply_batched(batch, &[&t[0].instantiate()]),
+            | Structural::Pad { .. }
+            | Structural::Rev(_)
+            | Structural::Gather { .. }
+            | Structural::ScatterAdd { .. } => self.apply_batched(batch, &[&t[0].instantiate()]),
         };
         Ok(one(Tangent::Value(tangent)))
     }
@@ -410,6 +548,22 @@ impl Rules for Structural {
                     Structural::Slice { start, stop, step }.apply_batched(batch, &[ct])
                 })
             }
+            Structural::Rev(_) => cotangents(x, batch, &|_| self.apply_batched(batch, &[ct])),
+            Structural::Gather { axis, indices } => {
+                let scatter = Structural::ScatterAdd {
+                    axis: *axis,
+                    indices: indices.clone(),
+                    size: own[*axis],
+                };
+                cotangents(x, batch, &|_| scatter.apply_batched(batch, &[ct]))
+            }
+            Structural::ScatterAdd { axis, indices, .. } => {
+                let gather = Structural::Gather {
+                    axis: *axis,
+                    indices: indices.clone(),
+                };
+                cotangents(x, batch, &|_| gather.apply_batched(batch, &[ct]))
+            }
         }
     }
 
@@ -428,7 +582,10 @@ impl Rules for Structural {
             | Structural::Reshape(_)
             | Structural::Transpose(_)
             | Structural::Slice { .. }
-            | Structural::Pad { .. } => u.same_as_first(),
+            | Structural::Pad { .. }
+            | Structural::Rev(_)
+            | Structural::Gather { .. }
+            | Structural::ScatterAdd { .. } => u.same_as_first(),
         })
     }
 
@@ -439,7 +596,15 @@ impl Rules for Structural {
             | Structural::Transpose(_)
             | Structural::Slice { .. }
             | Structural::Pad { .. }
-            | Structural::Concat(_) => Dependence::Gather,
+            | Structural::Concat(_)
+            | Structural::Rev(_)
+            | Structural::Gather { .. } => Dependence::Gather,
+            Structural::ScatterAdd { axis, indices, .. } => {
+                Dependence::Scatter(Box::new(Prim::from(Structural::Gather {
+                    axis: *axis,
+                    indices: indices.clone(),
+                })))
+            }
         }
     }
 }
@@ -513,4 +678,46 @@ fn transpose_tiled<T: Copy + 'static>(v: ArrayView2<'_, T>) -> Array2<T> {
 /// The zero of an array's element type, found from the array itself.
 fn zero_like<T: Default>(_: &ArrayD<T>) -> T {
     T::default()
+}
+
+/// The length of `axis` of `shape`, or an error naming both.
+fn axis_len(op: &str, shape: &[usize], axis: usize) -> Result<usize> {
+    shape.get(axis).copied().ok_or_else(|| {
+        Error::shape(
+            op,
+            format!("axis {axis} is out of range for shape {shape:?}"),
+        )
+    })
+}
+
+/// Checks that every index is below `len`, the length of `axis` of `shape`.
+fn check_indices(
+    op: &str,
+    indices: &[usize],
+    len: usize,
+    axis: usize,
+    shape: &[usize],
+) -> Result<()> {
+    match indices.iter().find(|&&i| i >= len) {
+        Some(i) => Err(Error::shape(
+            op,
+            format!("index {i} is out of range for axis {axis} of shape {shape:?}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `out[.., indices[k], ..] += a[.., k, ..]` into zeros whose `axis` has length `size`.
+fn scatter_add<T>(a: &ArrayD<T>, axis: Axis, indices: &[usize], size: usize) -> ArrayD<T>
+where
+    T: Copy + num_traits::Zero,
+{
+    let mut shape = a.shape().to_vec();
+    shape[axis.index()] = size;
+    let mut out = ArrayD::zeros(shape);
+    for (k, &i) in indices.iter().enumerate() {
+        out.index_axis_mut(axis, i)
+            .zip_mut_with(&a.index_axis(axis, k), |acc, &v| *acc = *acc + v);
+    }
+    out
 }

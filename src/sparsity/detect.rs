@@ -156,7 +156,10 @@ pub(super) fn upper_pattern(
         let curved = match eqn.prim.dependence(&avals) {
             Dependence::Elementwise { second, .. } => !second.is_empty(),
             Dependence::MatMul => true,
-            Dependence::None | Dependence::Gather | Dependence::Reduce(_) => false,
+            Dependence::None
+            | Dependence::Gather
+            | Dependence::Reduce(_)
+            | Dependence::Scatter(_) => false,
         };
         if curved || eqn.outputs.iter().any(|v| needed.contains_key(v)) {
             for &v in &eqn.inputs {
@@ -268,6 +271,22 @@ fn propagate(
             Ok(Some(Arc::new(Sets::build(len, |e, row| {
                 if let Some((p, i)) = map[e] {
                     row.extend_from_slice(ins[p].get(i));
+                }
+            })?)))
+        }
+        Dependence::Scatter(_) if !reads => empty(),
+        Dependence::Scatter(gather) => {
+            // The gather reads each input element from one output element: invert it.
+            let map = gather_map(&gather, std::slice::from_ref(out))?;
+            let mut members: Vec<Vec<u32>> = vec![Vec::new(); len];
+            for (i, source) in map.iter().enumerate() {
+                if let Some((_, o)) = source {
+                    members[*o].push(i as u32);
+                }
+            }
+            Ok(Some(Arc::new(Sets::build(len, |e, row| {
+                for &i in &members[e] {
+                    row.extend_from_slice(ins[0].get(i as usize));
                 }
             })?)))
         }

@@ -20,7 +20,10 @@
 //! assert_eq!(g.tensor().unwrap().to_vec::<f64>().unwrap(), vec![2.0, 4.0]);
 //! ```
 
+mod linalg;
 mod ops;
+mod reductions;
+mod scan;
 mod shape;
 
 use std::fmt;
@@ -28,6 +31,7 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, IxDyn};
 
+pub use self::linalg::einsum;
 pub use self::ops::{Operand, where_};
 pub use self::shape::{AxisRange, concatenate, stack};
 use crate::error::{Error, Result};

@@ -238,6 +238,20 @@ impl Tensor {
     pub fn sigmoid(&self) -> Tensor {
         self.unary(UnaryOp::Logistic)
     }
+    /// The error function, `2/sqrt(pi)` times the integral of `e^(-t^2)` from 0 to `x` (real
+    /// dtypes).
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::from([0.0, 1.0, -2.0]).erf().to_vec::<f64>().unwrap();
+    /// assert_eq!(y[0], 0.0);
+    /// assert!((y[1] - 0.8427007929497149).abs() < 1e-15);
+    /// assert!((y[2] + 0.9953222650189527).abs() < 1e-15);
+    /// ```
+    #[track_caller]
+    pub fn erf(&self) -> Tensor {
+        self.unary(UnaryOp::Erf)
+    }
     /// The complex conjugate (the identity on real tensors).
     ///
     /// ```
@@ -414,6 +428,18 @@ impl Tensor {
     #[track_caller]
     pub fn relu(&self) -> Tensor {
         self.maximum(0.0)
+    }
+    /// Each element limited to `[lo, hi]`: `minimum(maximum(x, lo), hi)` (NumPy's `clip`).
+    /// At a bound, the derivative is split between `x` and the bound, as for `maximum`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let y = Tensor::from([-2.0, 0.5, 3.0]).clip(-1.0, 1.0);
+    /// assert_eq!(y.to_vec::<f64>().unwrap(), vec![-1.0, 0.5, 1.0]);
+    /// ```
+    #[track_caller]
+    pub fn clip(&self, lo: impl Operand, hi: impl Operand) -> Tensor {
+        self.maximum(lo).minimum(hi)
     }
     /// `log(e^x + e^y)`, computed stably.
     ///
@@ -686,8 +712,21 @@ impl Tensor {
         &e / e.sum_axes(&[axis], true)
     }
 
+    /// `log(softmax(x))` along `axis`, computed stably as `x - logsumexp(x)`.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let x = Tensor::from([1.0, 2.0, 1000.0]);
+    /// let log_p = x.log_softmax(0).to_vec::<f64>().unwrap(); // no overflow
+    /// assert!(log_p[2].abs() < 1e-12 && (log_p[0] + 999.0).abs() < 1e-9);
+    /// ```
+    #[track_caller]
+    pub fn log_softmax(&self, axis: isize) -> Tensor {
+        self - self.logsumexp_axes(&[axis], true)
+    }
+
     /// The tensor itself when floating-point or complex, else cast to `f64`.
-    fn cast_float(&self) -> Tensor {
+    pub(crate) fn cast_float(&self) -> Tensor {
         match self.dtype() {
             Ok(dtype) if !dtype.is_inexact() => self.cast(DType::F64),
             _ => self.clone(),
@@ -947,6 +986,22 @@ impl Div<Unit> for &Tensor {
     type Output = Tensor;
     fn div(self, unit: Unit) -> Tensor {
         self * unit.powi(-1)
+    }
+}
+
+impl Mul<Unit> for f64 {
+    type Output = Tensor;
+    /// A scalar quantity: `-65.0 * mV`.
+    fn mul(self, unit: Unit) -> Tensor {
+        Tensor::scalar(self) * unit
+    }
+}
+
+impl Div<Unit> for f64 {
+    type Output = Tensor;
+    /// A scalar quantity in the inverse unit: `1.0 / ms`.
+    fn div(self, unit: Unit) -> Tensor {
+        Tensor::scalar(self) / unit
     }
 }
 

@@ -155,6 +155,10 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn permute(&self, perm: &[usize]) -> Tensor {
+        let identity = perm.iter().enumerate().all(|(i, &p)| i == p);
+        if identity && self.ndim().is_ok_and(|n| n == perm.len()) {
+            return self.clone();
+        }
         Tensor::apply(Structural::Transpose(perm.to_vec()), &[self])
     }
 
@@ -234,6 +238,209 @@ impl Tensor {
                 .reshape_exact(&shape))
         })
     }
+}
+
+impl Tensor {
+    /// Removes every axis of size 1 (NumPy's `squeeze()`).
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// assert_eq!(Tensor::zeros(&[1, 3, 1]).squeeze().shape().unwrap(), [3]);
+    /// assert_eq!(Tensor::zeros(&[1, 1]).squeeze().shape().unwrap(), [] as [usize; 0]);
+    /// ```
+    #[track_caller]
+    pub fn squeeze(&self) -> Tensor {
+        Tensor::attempt(|| {
+            let kept: Vec<usize> = self.shape()?.iter().copied().filter(|&d| d != 1).collect();
+            Ok(self.reshape_exact(&kept))
+        })
+    }
+
+    /// Removes the given axes, each of which must have size 1.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let x = Tensor::zeros(&[1, 3, 1]);
+    /// assert_eq!(x.squeeze_axes(&[-1]).shape().unwrap(), [1, 3]);
+    /// let err = x.squeeze_axes(&[1]).shape().unwrap_err();
+    /// assert_eq!(err.to_string(), "squeeze: axis 1 has size 3 in shape [1, 3, 1], not 1");
+    /// ```
+    #[track_caller]
+    pub fn squeeze_axes(&self, axes: &[isize]) -> Tensor {
+        Tensor::attempt(|| {
+            let shape = self.shape()?;
+            let axes = axes_index("squeeze", axes, shape.len())?;
+            if let Some(&a) = axes.iter().find(|&&a| shape[a] != 1) {
+                return Err(Error::shape(
+                    "squeeze",
+                    format!("axis {a} has size {} in shape {shape:?}, not 1", shape[a]),
+                ));
+            }
+            let kept: Vec<usize> = (0..shape.len())
+                .filter(|i| !axes.contains(i))
+                .map(|i| shape[i])
+                .collect();
+            Ok(self.reshape_exact(&kept))
+        })
+    }
+
+    /// The elements in reverse order along each of `axes` (NumPy's `flip`).
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let x = Tensor::from([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]);
+    /// assert_eq!(x.flip(&[-1]).to_vec::<f64>().unwrap(), vec![3.0, 2.0, 1.0, 6.0, 5.0, 4.0]);
+    /// assert_eq!(x.flip(&[0, 1]).to_vec::<f64>().unwrap(), vec![6.0, 5.0, 4.0, 3.0, 2.0, 1.0]);
+    /// ```
+    #[track_caller]
+    pub fn flip(&self, axes: &[isize]) -> Tensor {
+        Tensor::attempt(|| {
+            let axes = axes_index("flip", axes, self.ndim()?)?;
+            if axes.is_empty() {
+                return Ok(self.clone());
+            }
+            Ok(Tensor::apply(Structural::Rev(axes), &[self]))
+        })
+    }
+
+    /// The elements at `indices` along `axis` (NumPy's `take`): the result's shape is this
+    /// tensor's with `axis` replaced by the shape of `indices`. The indices are a constant
+    /// integer tensor (not a traced one); negative ones count from the end.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let x = Tensor::from([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]);
+    /// let y = x.take(&Tensor::from([2_i64, 0, -1]), 1);
+    /// assert_eq!(y.to_vec::<f64>().unwrap(), vec![3.0, 1.0, 3.0, 6.0, 4.0, 6.0]);
+    /// let err = x.take(&Tensor::from([3_i64]), 1).shape().unwrap_err();
+    /// assert_eq!(err.to_string(), "take: index 3 is out of range for axis 1 of shape [2, 3]");
+    /// ```
+    #[track_caller]
+    pub fn take(&self, indices: &Tensor, axis: isize) -> Tensor {
+        Tensor::attempt(|| {
+            let shape = self.shape()?;
+            let axis = axis_index("take", axis, shape.len())?;
+            let (indices, index_shape) = constant_indices("take", indices, axis, shape)?;
+            let gathered = Tensor::apply(Structural::Gather { axis, indices }, &[self]);
+            let out: Vec<usize> = shape[..axis]
+                .iter()
+                .chain(&index_shape)
+                .chain(&shape[axis + 1..])
+                .copied()
+                .collect();
+            Ok(gathered.reshape_exact(&out))
+        })
+    }
+
+    /// The elements at `indices` along `axis`, index by index (NumPy's `take_along_axis`):
+    /// `out[i, j] = x[i, indices[i, j]]` for `axis = 1`. `indices` has this tensor's rank and,
+    /// on the other axes, its sizes or 1 (broadcast); it is a constant integer tensor.
+    ///
+    /// ```
+    /// use brainstate::Tensor;
+    /// let log_p = Tensor::from([[-0.1, -2.0, -3.0], [-1.5, -0.3, -2.5]]);
+    /// let labels = Tensor::from([[0_i64], [1]]);
+    /// let picked = log_p.take_along_axis(&labels, 1);
+    /// assert_eq!(picked.to_vec::<f64>().unwrap(), vec![-0.1, -0.3]);
+    /// ```
+    #[track_caller]
+    pub fn take_along_axis(&self, indices: &Tensor, axis: isize) -> Tensor {
+        Tensor::attempt(|| {
+            let op = "take_along_axis";
+            let shape = self.shape()?.to_vec();
+            let axis = axis_index(op, axis, shape.len())?;
+            let index_shape = indices.shape()?.to_vec();
+            let fits = index_shape.len() == shape.len()
+                && (0..shape.len()).all(|i| i == axis || [1, shape[i]].contains(&index_shape[i]));
+            if !fits {
+                return Err(Error::mismatch(op, &shape, &index_shape));
+            }
+            // The other axes first, flattened to rows; `axis` last.
+            let mut perm: Vec<usize> = (0..shape.len()).filter(|&i| i != axis).collect();
+            perm.push(axis);
+            let rows: Vec<usize> = perm[..perm.len() - 1].iter().map(|&i| shape[i]).collect();
+            let (n, k) = (shape[axis], index_shape[axis]);
+            let (local, _) = constant_indices(op, indices, axis, &shape)?;
+            let local = ndarray::ArrayD::from_shape_vec(index_shape.clone(), local)
+                .map_err(|e| Error::shape(op, e.to_string()))?
+                .permuted_axes(perm.clone());
+            let broadcast: Vec<usize> = rows.iter().copied().chain([k]).collect();
+            let local = local
+                .broadcast(broadcast.as_slice())
+                .ok_or_else(|| Error::mismatch(op, &shape, &index_shape))?;
+            // Row r, position j reads element r * n + indices[r, j] of the flattened rows.
+            let mut flat = Vec::with_capacity(local.len());
+            for (r, row) in local.rows().into_iter().enumerate() {
+                flat.extend(row.iter().map(|&i| r * n + i));
+            }
+            let numel: usize = rows.iter().product::<usize>() * n;
+            let gathered = Tensor::apply(
+                Structural::Gather {
+                    axis: 0,
+                    indices: flat,
+                },
+                &[&self.permute(&perm).reshape_exact(&[numel])],
+            );
+            let mut inverse = vec![0; perm.len()];
+            for (i, &p) in perm.iter().enumerate() {
+                inverse[p] = i;
+            }
+            Ok(gathered.reshape_exact(&broadcast).permute(&inverse))
+        })
+    }
+
+    /// Zeros added before (`lo`) and after (`hi`) the elements of `axis`.
+    #[track_caller]
+    pub(crate) fn pad_axis(&self, axis: usize, lo: usize, hi: usize) -> Tensor {
+        Tensor::attempt(|| {
+            let ndim = self.ndim()?;
+            let (mut los, mut his) = (vec![0; ndim], vec![0; ndim]);
+            los[axis] = lo;
+            his[axis] = hi;
+            let pad = Structural::Pad {
+                lo: los,
+                hi: his,
+                interior: vec![0; ndim],
+            };
+            Ok(Tensor::apply(pad, &[self]))
+        })
+    }
+}
+
+/// The values of a constant integer index tensor for `axis` of `shape` (negative ones counting
+/// from the end), row-major, with the index tensor's shape.
+fn constant_indices(
+    op: &str,
+    indices: &Tensor,
+    axis: usize,
+    shape: &[usize],
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    let dtype = indices.dtype()?;
+    if dtype != crate::storage::DType::I64 {
+        return Err(Error::dtype(op, "needs integer (i64) indices", dtype));
+    }
+    if indices.is_traced() {
+        return Err(Error::Trace(format!(
+            "{op}: the indices must be a constant tensor, not one computed from traced values"
+        )));
+    }
+    let len = shape[axis] as i64;
+    let values = indices
+        .to_vec::<i64>()?
+        .into_iter()
+        .map(|i| {
+            let resolved = if i < 0 { i + len } else { i };
+            if (0..len).contains(&resolved) {
+                Ok(resolved as usize)
+            } else {
+                Err(Error::shape(
+                    op,
+                    format!("index {i} is out of range for axis {axis} of shape {shape:?}"),
+                ))
+            }
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    Ok((values, indices.shape()?.to_vec()))
 }
 
 /// Joins tensors along an existing axis.

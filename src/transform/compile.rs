@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use super::function::{Function, Signature, Split, trace_function};
 use super::mode::Evaluation;
@@ -252,7 +253,13 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
             }
         }
     }
+    let start = Instant::now();
     let traced = trace_function(f, signature, name, split)?;
+    log::debug!(
+        "{name}: traced the function in {:.2?} ({} equations)",
+        start.elapsed(),
+        traced.program.len()
+    );
     let mut program = traced.program;
     let out_avals = program.output_avals();
     for aval in &out_avals[..traced.n_value] {
@@ -341,7 +348,15 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
             "{name}: sparse() and diagonal() apply to hessian transforms"
         )));
     }
+    let start = Instant::now();
     let (exec, blocks) = executable(spec, &program, &wrt, &of)?;
+    log::debug!(
+        "{name}: differentiated over {} input leaves, simplified and planned in {:.2?} \
+         ({} equations)",
+        wrt.len(),
+        start.elapsed(),
+        exec.equations(),
+    );
     Ok(Compiled {
         exec,
         derivation: Derivation {
@@ -517,6 +532,26 @@ impl Spec<'_> {
             Evaluation::Pattern => "hessian_sparsity",
             Evaluation::Jvp => "jvp",
             Evaluation::Vjp => "vjp",
+        }
+    }
+}
+
+impl Executable {
+    /// The number of equations of its plans.
+    pub fn equations(&self) -> usize {
+        match self {
+            Executable::Whole(plan) | Executable::Compressed { plan, .. } => plan.program.len(),
+            Executable::Swept { primal, sweeps, .. } => {
+                primal.program.len()
+                    + sweeps
+                        .iter()
+                        .map(|(s, _)| s.plan.program.len())
+                        .sum::<usize>()
+            }
+            Executable::Pattern(_) => 0,
+            Executable::Vjp {
+                primal, pullback, ..
+            } => primal.program.len() + pullback.program.len(),
         }
     }
 }

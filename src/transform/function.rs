@@ -11,7 +11,8 @@ use crate::tree::{Tree, TreeDef};
 use crate::unit::Unit;
 
 /// A Rust function that transforms can trace: any `Fn(&A0, &A1, ...) -> O` of up to six
-/// [`Tree`] arguments returning a [`Tree`]. `Sig` is the tuple of argument types.
+/// [`Tree`] arguments returning a [`Tree`], or an `Fn() -> O` of none that reads only states.
+/// `Sig` is the tuple of argument types (`()` for none).
 ///
 /// ```
 /// use brainstate::{grad, Tensor};
@@ -54,7 +55,7 @@ pub trait Function<Sig> {
 }
 
 /// Arguments for a call of a transformed function of signature `Sig`: `&x` for one argument,
-/// `(&x, &y, ...)` for several.
+/// `(&x, &y, ...)` for several, `()` for none.
 ///
 /// ```
 /// use brainstate::{hessian, Tensor};
@@ -85,6 +86,26 @@ fn flatten_one<T: Tree>(x: &T) -> (TreeDef, Vec<Tensor>) {
 impl<A0: Tree> Args<(A0,)> for &A0 {
     fn flatten_args(&self) -> Vec<(TreeDef, Vec<Tensor>)> {
         vec![flatten_one(*self)]
+    }
+}
+
+/// A function of no arguments, reading only states: `hessian(f).grad_states(&w).call(())`.
+impl<Func, Out> Function<()> for Func
+where
+    Func: Fn() -> Out,
+    Out: Tree,
+{
+    type Output = Out;
+    const ARITY: usize = 0;
+    fn call_flat(&self, _: &[TreeDef], _: Vec<Tensor>) -> Result<Out> {
+        Ok(self())
+    }
+}
+
+/// No arguments, for a function of none: `call(())`.
+impl Args<()> for () {
+    fn flatten_args(&self) -> Vec<(TreeDef, Vec<Tensor>)> {
+        Vec::new()
     }
 }
 

@@ -29,6 +29,7 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 mod blocks;
 mod call;
@@ -104,7 +105,7 @@ impl<const N: usize> From<[usize; N]> for Argnums {
 }
 
 use case::Case;
-use layout::{Layout, Plain};
+use layout::{Aux, Layout, Plain, Value, ValueAux};
 use mode::{Dense, Mode};
 
 /// Which derivative a transform computes.
@@ -540,7 +541,21 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout, M: Mode> GradientTransform<F, Si
             check_states: self.check_states,
             chunk_size: self.chunk_size,
         };
+        let start = Instant::now();
         let compiled = Arc::new(compile(&self.f, self.split, &spec, signature)?);
+        log::info!(
+            "{}: built the plan for a new signature of {} argument leaves in {:.2?} \
+             ({} equations; later calls with this signature only run it){}",
+            self.kind.name(),
+            signature.avals.len(),
+            start.elapsed(),
+            compiled.exec.equations(),
+            compiled
+                .notes()
+                .iter()
+                .map(|n| format!("; {n}"))
+                .collect::<String>()
+        );
         cache()
             .entry(signature.clone())
             .or_default()
@@ -585,7 +600,13 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout, M: Mode> GradientTransform<F, Si
         let (signature, leaves) = signature(&args.flatten_args())?;
         let compiled = self.compiled(&signature)?;
         let vectors = vectors(&compiled)?;
+        let start = Instant::now();
         let mut outputs = run(&compiled, leaves, vectors, self.debug_nan)?;
+        log::debug!(
+            "{}: ran the plan in {:.2?}",
+            self.kind.name(),
+            start.elapsed()
+        );
         let result = build(&compiled, &mut outputs)?;
         outputs.commit();
         Ok(result)
@@ -602,24 +623,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout, M: Mode> GradientTransform<F, Si
 }
 
 impl<F: Function<Sig>, Sig, L: Layout> GradientTransform<F, Sig, case::StatesArgs, L, Dense> {
-    /// All blocks over the joint variable `(states, arguments)` as a 2 x 2 nest:
-    /// `[0][0]` is `var_grads`, `[1][1]` is `arg_grads`, and `[0][1]` (`[1][0]`) holds the
-    /// mixed blocks `d2f / d state d arg` (`d2f / d arg d state`); each nests as output /
-    /// row variable / column variable. For `grad`, `jacrev` and `jacfwd`: `[states, args]`.
-    ///
-    /// ```
-    /// use brainstate::{hessian, State, Tensor};
-    /// let w = State::new(Tensor::scalar(2.0));
-    /// let h = hessian(|x: &Tensor| (w.value() * x * x).sum()).grad_states(&w).argnums(0);
-    /// let joint = h.joint(&Tensor::scalar(3.0)).unwrap();
-    /// assert_eq!(joint[0][1].tensor().unwrap().item().unwrap(), 6.0); // d2/dw dx = 2x
-    /// ```
-    pub fn joint(&self, args: impl Args<Sig>) -> Result<Node> {
-        self.run(&args, no_vectors, |compiled, outputs| {
-            Ok(self.joint_blocks(compiled, outputs))
-        })
-    }
-
+    /// The blocks that `joint` returns.
     fn joint_blocks(&self, compiled: &Compiled, outputs: &Outputs) -> Node {
         let blocks = self.blocks(self.dense_arrangement(), compiled, outputs);
         let part = |rows, cols| blocks.part(rows, cols);
@@ -641,4 +645,109 @@ impl<F: Function<Sig>, Sig, L: Layout> GradientTransform<F, Sig, case::StatesArg
             ])
         }
     }
+}
+
+impl<F: Function<Sig>, Sig> GradientTransform<F, Sig, case::StatesArgs, Plain, Dense> {
+    /// All blocks over the joint variable `(states, arguments)` as a 2 x 2 nest, from one run
+    /// of the function: `[0][0]` is `var_grads`, `[1][1]` is `arg_grads`, and `[0][1]`
+    /// (`[1][0]`) holds the mixed blocks `d2f / d state d arg` (`d2f / d arg d state`); each
+    /// nests as output / row variable / column variable. For `grad`, `jacrev` and `jacfwd`:
+    /// `[states, args]`. With `return_value` and `has_aux`, the value and aux come with it.
+    ///
+    /// ```
+    /// use brainstate::{hessian, State, Tensor};
+    /// let w = State::new(Tensor::scalar(2.0));
+    /// let h = hessian(|x: &Tensor| (w.value() * x * x).sum()).grad_states(&w).argnums(0);
+    /// let joint = h.joint(&Tensor::scalar(3.0)).unwrap();
+    /// assert_eq!(joint[0][1].tensor().unwrap().item().unwrap(), 6.0); // d2/dw dx = 2x
+    /// ```
+    pub fn joint(&self, args: impl Args<Sig>) -> Result<Node> {
+        self.run(&args, no_vectors, |compiled, outputs| {
+            Ok(self.joint_blocks(compiled, outputs))
+        })
+    }
+}
+
+impl<F: Function<Sig>, Sig> GradientTransform<F, Sig, case::StatesArgs, Value, Dense> {
+    /// `(joint, value)`: all blocks over `(states, arguments)` and the function's value,
+    /// from one run.
+    ///
+    /// ```
+    /// use brainstate::{hessian, State, Tensor};
+    /// let w = State::new(Tensor::scalar(2.0));
+    /// let f = |x: &Tensor| (w.value() * x * x).sum();
+    /// let h = hessian(f).grad_states(&w).argnums(0).return_value();
+    /// let (joint, value) = h.joint(&Tensor::scalar(3.0)).unwrap();
+    /// assert_eq!(value.item().unwrap(), 18.0);
+    /// assert_eq!(joint[1][1].tensor().unwrap().item().unwrap(), 4.0); // d2/dx2 = 2w
+    /// ```
+    pub fn joint(&self, args: impl Args<Sig>) -> Result<(Node, F::Output)> {
+        self.run(&args, no_vectors, |compiled, outputs| {
+            let value = value_of(compiled, outputs)?;
+            Ok((self.joint_blocks(compiled, outputs), value))
+        })
+    }
+}
+
+impl<F, Sig, O: Tree, A: Tree> GradientTransform<F, Sig, case::StatesArgs, Aux, Dense>
+where
+    F: Function<Sig, Output = (O, A)>,
+{
+    /// `(joint, aux)`: all blocks over `(states, arguments)` and the aux data, from one run.
+    ///
+    /// ```
+    /// use brainstate::{hessian, State, Tensor};
+    /// let w = State::new(Tensor::scalar(2.0));
+    /// let f = |x: &Tensor| ((w.value() * x * x).sum(), x * 10.0);
+    /// let h = hessian(f).grad_states(&w).argnums(0).has_aux();
+    /// let (joint, aux) = h.joint(&Tensor::scalar(3.0)).unwrap();
+    /// assert_eq!(aux.item().unwrap(), 30.0);
+    /// assert_eq!(joint[0][1].tensor().unwrap().item().unwrap(), 6.0);
+    /// ```
+    pub fn joint(&self, args: impl Args<Sig>) -> Result<(Node, A)> {
+        self.run(&args, no_vectors, |compiled, outputs| {
+            let aux = aux_of(compiled, outputs)?;
+            Ok((self.joint_blocks(compiled, outputs), aux))
+        })
+    }
+}
+
+impl<F, Sig, O: Tree, A: Tree> GradientTransform<F, Sig, case::StatesArgs, ValueAux, Dense>
+where
+    F: Function<Sig, Output = (O, A)>,
+{
+    /// `(joint, value, aux)`: all blocks over `(states, arguments)`, the value and the aux
+    /// data, from one run (so states the function writes are written once).
+    ///
+    /// ```
+    /// use brainstate::{hessian, State, Tensor};
+    /// let w = State::new(Tensor::scalar(2.0));
+    /// let calls = State::new(Tensor::scalar(0.0));
+    /// let f = |x: &Tensor| {
+    ///     calls.set_value(calls.value() + 1.0).unwrap();
+    ///     ((w.value() * x * x).sum(), x * 10.0)
+    /// };
+    /// let h = hessian(f).grad_states(&w).argnums(0).has_aux().return_value();
+    /// let (joint, value, aux) = h.joint(&Tensor::scalar(3.0)).unwrap();
+    /// assert_eq!((value.item().unwrap(), aux.item().unwrap()), (18.0, 30.0));
+    /// assert_eq!(joint[0][0].tensor().unwrap().item().unwrap(), 0.0);
+    /// assert_eq!(calls.value().item().unwrap(), 1.0);
+    /// ```
+    pub fn joint(&self, args: impl Args<Sig>) -> Result<(Node, O, A)> {
+        self.run(&args, no_vectors, |compiled, outputs| {
+            let value = value_of(compiled, outputs)?;
+            let aux = aux_of(compiled, outputs)?;
+            Ok((self.joint_blocks(compiled, outputs), value, aux))
+        })
+    }
+}
+
+/// The function's value, rebuilt from a call's outputs.
+fn value_of<T: Tree>(compiled: &Compiled, outputs: &mut Outputs) -> Result<T> {
+    T::unflatten(&compiled.value_def, &mut outputs.value.drain(..))
+}
+
+/// The aux data, rebuilt from a call's outputs.
+fn aux_of<A: Tree>(compiled: &Compiled, outputs: &mut Outputs) -> Result<A> {
+    A::unflatten(compiled.aux_def(), &mut outputs.aux.drain(..))
 }

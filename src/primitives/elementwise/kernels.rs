@@ -31,6 +31,11 @@ impl UnaryOp {
             UnaryOp::Tan => x.tan(),
             UnaryOp::Tanh => x.tanh(),
             UnaryOp::Logistic => F::one() / (F::one() + (-x).exp()),
+            // Computed in f64 (libm's, from FreeBSD's msun), then rounded to `F`.
+            UnaryOp::Erf => x
+                .to_f64()
+                .and_then(|x| F::from(libm::erf(x)))
+                .unwrap_or_else(F::nan),
             UnaryOp::Abs => x.abs(),
             UnaryOp::Sign => {
                 if x > F::zero() {
@@ -66,6 +71,7 @@ impl UnaryOp {
             UnaryOp::Conj => z.conj(),
             UnaryOp::StopGradient => z,
             UnaryOp::Abs | UnaryOp::Real | UnaryOp::Imag => unreachable!("real-valued, see eval"),
+            UnaryOp::Erf => unreachable!("defined on reals only, see infer"),
         }
     }
 }

@@ -67,6 +67,8 @@ pub enum UnaryOp {
     Tanh,
     /// `1 / (1 + e^-x)`
     Logistic,
+    /// The error function `2/sqrt(pi) * integral from 0 to x of e^(-t^2) dt` (reals)
+    Erf,
     /// `|x|`
     Abs,
     /// `-1`, `0` or `1`
@@ -135,6 +137,7 @@ impl UnaryOp {
             UnaryOp::Tan => "tan",
             UnaryOp::Tanh => "tanh",
             UnaryOp::Logistic => "logistic",
+            UnaryOp::Erf => "erf",
             UnaryOp::Abs => "abs",
             UnaryOp::Sign => "sign",
             UnaryOp::StopGradient => "stop_gradient",
@@ -159,6 +162,7 @@ impl UnaryOp {
             UnaryOp::Tan => t * (out * out + 1.0),
             UnaryOp::Tanh => t * (1.0 - out * out),
             UnaryOp::Logistic => t * (out * (1.0 - out)),
+            UnaryOp::Erf => t * ((-(x * x)).exp() * std::f64::consts::FRAC_2_SQRT_PI),
             UnaryOp::Abs if x.dtype()?.is_complex() => {
                 // d|z| = Re(conj(z) dz) / |z|, taken as 0 at z = 0 (as JAX does).
                 let safe = where_(&out.eq(0.0), &Tensor::scalar_of(1.0, out.dtype()?), out);
@@ -322,6 +326,10 @@ impl Rules for Elementwise {
                 shape(x.dtype.real())
             }
             Elementwise::Unary(UnaryOp::Abs) if x.dtype.is_complex() => shape(x.dtype.real()),
+            Elementwise::Unary(UnaryOp::Erf) => {
+                require(name, x.dtype.is_float(), "a real floating-point", x.dtype)?;
+                shape(x.dtype)
+            }
             Elementwise::Unary(u) => {
                 if !(u.takes_integers() && x.dtype == DType::I64) {
                     inexact(x)?;
@@ -469,6 +477,7 @@ impl Rules for Elementwise {
                 | UnaryOp::Tan
                 | UnaryOp::Tanh
                 | UnaryOp::Logistic
+                | UnaryOp::Erf
                 | UnaryOp::Abs
                 | UnaryOp::Sign
                 | UnaryOp::StopGradient,
@@ -511,7 +520,8 @@ impl Rules for Elementwise {
                 | UnaryOp::Cos
                 | UnaryOp::Tan
                 | UnaryOp::Tanh
-                | UnaryOp::Logistic,
+                | UnaryOp::Logistic
+                | UnaryOp::Erf,
             ) => dimensionless()?,
             Elementwise::Unary(
                 UnaryOp::Neg
@@ -576,7 +586,8 @@ impl Rules for Elementwise {
                 | UnaryOp::Cos
                 | UnaryOp::Tan
                 | UnaryOp::Tanh
-                | UnaryOp::Logistic,
+                | UnaryOp::Logistic
+                | UnaryOp::Erf,
             ) => unary(true, true),
             // |z| of a complex z is curved in its real and imaginary parts.
             Elementwise::Unary(UnaryOp::Abs) => unary(true, ins[0].dtype.is_complex()),
