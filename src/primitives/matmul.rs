@@ -4,14 +4,15 @@
 
 use std::fmt;
 
-use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, Axis, Ix2, IxDyn, linalg::general_mat_mul};
+use ndarray::linalg::{general_mat_mul, general_mat_vec_mul};
+use ndarray::{ArrayD, ArrayView2, ArrayViewMut2, ShapeBuilder};
 
 use super::{
     Dependence, Primal, Rules, Tangent, UnitRule, Units, arity, broadcast_shapes, concat_dims,
     cotangents, not_linear, one,
 };
 use crate::error::{Error, Result};
-use crate::storage::{Aval, Data};
+use crate::storage::{Aval, Data, pool};
 use crate::tensor::Tensor;
 use crate::unit::Unit;
 
@@ -145,9 +146,11 @@ impl Rules for MatMul {
     }
 }
 
-/// `a @ b` over the last two axes, batch axes broadcast. When one operand has no batch (the
-/// common case in derivative programs, where a tangent batch meets a plain matrix), the whole
-/// product is one large matrix product instead of many small ones.
+/// `a @ b` over the last two axes, batch axes broadcast, into a pooled buffer. The batch is
+/// folded into one matrix product where the layouts allow it without copies: a batch of `a`
+/// against one `b` is one `[batch * m, k] @ [k, n]` product, and one `a` against a batch of
+/// column vectors of `b` is one `[m, k] @ [k, batch]` product written through strides; other
+/// batches take one product each.
 fn batched_matmul<T>(a: &ArrayD<T>, b: &ArrayD<T>) -> ArrayD<T>
 where
     T: ndarray::LinalgScalar,
@@ -156,74 +159,60 @@ where
     let (m, k, n) = (a.shape()[ra - 2], a.shape()[ra - 1], b.shape()[rb - 1]);
     let (a_batch, b_batch) = (&a.shape()[..ra - 2], &b.shape()[..rb - 2]);
     let batch = broadcast_shapes("matmul", a_batch, b_batch).expect("checked by infer");
-    let with = |dims: &[usize]| -> Vec<usize> { batch.iter().chain(dims).copied().collect() };
-    let (ca, cb): (usize, usize) = (a_batch.iter().product(), b_batch.iter().product());
-    let count: usize = batch.iter().product();
+    let mut shape = batch.clone();
+    shape.extend([m, n]);
     if k == 1 {
         // An outer product: elementwise, with no matrix kernel's packing overhead.
-        return super::elementwise::zip(a, b, &with(&[m, n]), |x, y| x * y);
+        return super::elementwise::zip(a, b, &shape, |x, y| x * y);
     }
+    let (ca, cb): (usize, usize) = (a_batch.iter().product(), b_batch.iter().product());
+    let count: usize = batch.iter().product();
     let a = a.as_standard_layout();
     let b = b.as_standard_layout();
-    let gemm = |x: ArrayView2<T>, y: ArrayView2<T>| {
-        if y.ncols() == 1 {
-            // Matrix-vector products go faster through a dot-product loop than through gemm.
-            return x.dot(&y.column(0)).insert_axis(Axis(1));
-        }
-        let mut out = Array2::<T>::zeros((x.nrows(), y.ncols()));
-        general_mat_mul(T::one(), &x, &y, T::zero(), &mut out);
-        out
-    };
-    fn matrix<T>(x: ArrayViewD<'_, T>, rows: usize, cols: usize) -> ArrayView2<'_, T> {
-        x.into_shape_with_order((rows, cols)).expect("contiguous")
-    }
+    let (a, b) = (
+        a.as_slice().expect("standard layout"),
+        b.as_slice().expect("standard layout"),
+    );
+    let mut out = pool::take(count * m * n);
+    out.resize(count * m * n, T::zero());
     if cb == 1 && ca == count {
         // [count * m, k] @ [k, n]
-        let out = gemm(matrix(a.view(), ca * m, k), matrix(b.view(), k, n));
-        return out
-            .into_shape_with_order(IxDyn(&with(&[m, n])))
-            .expect("reshape");
+        let c = ArrayViewMut2::from_shape((count * m, n), &mut out[..]).expect("in bounds");
+        product(view(a, count * m, k, (k, 1)), view(b, k, n, (n, 1)), c);
+    } else if ca == 1 && cb == count && n == 1 {
+        // [m, k] @ [k, count]: the columns of b, and of the result, are strided.
+        let c =
+            ArrayViewMut2::from_shape((m, count).strides((1, m)), &mut out[..]).expect("in bounds");
+        product(view(a, m, k, (k, 1)), view(b, k, count, (1, k)), c);
+    } else {
+        // General broadcasting: one product per batch element.
+        for (i, c) in out.chunks_mut(m * n).enumerate() {
+            let ai = broadcast_index(i, &batch, a_batch) * m * k;
+            let bi = broadcast_index(i, &batch, b_batch) * k * n;
+            let c = ArrayViewMut2::from_shape((m, n), c).expect("in bounds");
+            product(
+                view(&a[ai..], m, k, (k, 1)),
+                view(&b[bi..], k, n, (n, 1)),
+                c,
+            );
+        }
     }
-    if ca == 1 && cb == count {
-        // [m, k] @ [k, count * n], then the batch axis moves to the front.
-        let b_cols = b
-            .view()
-            .into_shape_with_order((cb, k, n))
-            .expect("contiguous")
-            .permuted_axes([1, 0, 2])
-            .as_standard_layout()
-            .into_owned()
-            .into_shape_with_order((k, cb * n))
-            .expect("contiguous");
-        let out = gemm(matrix(a.view(), m, k), b_cols.view());
-        let out = out
-            .into_shape_with_order((m, cb, n))
-            .expect("reshape")
-            .permuted_axes([1, 0, 2]);
-        return out
-            .as_standard_layout()
-            .into_owned()
-            .into_shape_with_order(IxDyn(&with(&[m, n])))
-            .expect("reshape");
+    ArrayD::from_shape_vec(shape, out).expect("count * m * n values")
+}
+
+/// A `rows x cols` matrix read from `data` through `strides`.
+fn view<T>(data: &[T], rows: usize, cols: usize, strides: (usize, usize)) -> ArrayView2<'_, T> {
+    ArrayView2::from_shape((rows, cols).strides(strides), data).expect("in bounds")
+}
+
+/// `c = a @ b`; matrix-vector products go through a dot-product loop, faster than the
+/// matrix kernel's packing for one column.
+fn product<T: ndarray::LinalgScalar>(a: ArrayView2<T>, b: ArrayView2<T>, mut c: ArrayViewMut2<T>) {
+    if b.ncols() == 1 {
+        general_mat_vec_mul(T::one(), &a, &b.column(0), T::zero(), &mut c.column_mut(0));
+    } else {
+        general_mat_mul(T::one(), &a, &b, T::zero(), &mut c);
     }
-    // General broadcasting: one product per batch element.
-    let a3 = a
-        .view()
-        .into_shape_with_order((ca, m, k))
-        .expect("contiguous");
-    let b3 = b
-        .view()
-        .into_shape_with_order((cb, k, n))
-        .expect("contiguous");
-    let mut out = ArrayD::<T>::zeros(IxDyn(&[count, m, n]));
-    for (i, mut o) in out.axis_iter_mut(Axis(0)).enumerate() {
-        let ai = a3.index_axis(Axis(0), broadcast_index(i, &batch, a_batch));
-        let bi = b3.index_axis(Axis(0), broadcast_index(i, &batch, b_batch));
-        let mut oi = o.view_mut().into_dimensionality::<Ix2>().expect("2-d");
-        general_mat_mul(T::one(), &ai, &bi, T::zero(), &mut oi);
-    }
-    out.into_shape_with_order(IxDyn(&with(&[m, n])))
-        .expect("reshape")
 }
 
 /// The flat index into an operand of batch shape `own` (right-aligned, size-1 axes broadcast)
@@ -276,6 +265,25 @@ mod tests {
             let y: ndarray::ArrayView2<f64> = b.slice(ndarray::s![c, .., ..]);
             let want = x.dot(&y);
             assert_eq!(out.slice(ndarray::s![bb, c, .., ..]), want);
+        }
+    }
+    #[test]
+    fn folded_batches_agree_with_one_product_per_matrix() {
+        use ndarray::{Array, Axis, s};
+        // a batch of `a` against one `b`: one [batch * m, k] @ [k, n] product
+        let a = Array::from_shape_fn((4, 3, 5), |(b, i, j)| (b * 15 + i * 5 + j) as f64 - 20.0);
+        let b = Array::from_shape_fn((5, 2), |(i, j)| (i * 2 + j) as f64 * 0.5);
+        let out = batched_matmul(&a.clone().into_dyn(), &b.clone().into_dyn());
+        for (i, x) in a.axis_iter(Axis(0)).enumerate() {
+            assert_eq!(out.slice(s![i, .., ..]), x.dot(&b));
+        }
+        // one `a` against a batch of columns: one [m, k] @ [k, batch] product through strides
+        let a = Array::from_shape_fn((3, 5), |(i, j)| (i * 5 + j) as f64 - 7.0);
+        let b = Array::from_shape_fn((4, 5, 1), |(b, i, _)| (b * 5 + i) as f64 * 0.25);
+        let out = batched_matmul(&a.clone().into_dyn(), &b.clone().into_dyn());
+        assert_eq!(out.shape(), &[4, 3, 1]);
+        for (i, y) in b.axis_iter(Axis(0)).enumerate() {
+            assert_eq!(out.slice(s![i, .., ..]), a.dot(&y));
         }
     }
 }
