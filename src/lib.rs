@@ -48,7 +48,7 @@ pub use brainstate_derive::{HasStates, Tree};
 pub use error::{Error, Result};
 pub use flat::{Snapshot, Unravel, ravel};
 pub use num_complex::{Complex32, Complex64};
-pub use primitives::Program;
+pub use primitives::{Program, Progress, ProgressReport};
 pub use sparsity::{SparseHessian, SparsityPattern};
 pub use state::{
     GradStates, HasStates, HiddenState, ParamState, ShortTermState, State, StateCollector,
@@ -57,8 +57,8 @@ pub use state::{
 pub use storage::{Aval, DType, Element};
 pub use tensor::{AxisRange, Operand, Tensor, concatenate, einsum, stack, where_};
 pub use transform::{
-    Argnums, Args, Function, GradientTransform, Pullback, grad, hessian, hessian_sparsity, hvp,
-    jacfwd, jacrev, jvp, make_program, vjp,
+    Argnums, Args, Function, GradientTransform, Pullback, Scan, checkpointed_for_loop, for_loop,
+    grad, hessian, hessian_sparsity, hvp, jacfwd, jacrev, jvp, make_program, scan, vjp,
 };
 pub use tree::{Node, Tree, TreeDef};
 pub use unit::{Unit, units};

@@ -240,7 +240,7 @@ impl<T: Tree> State<T> {
     pub fn of_kind(value: T, kind: StateKind) -> State<T> {
         let mut leaves = Vec::new();
         value.flatten(&mut leaves);
-        State {
+        let state = State {
             core: Arc::new(StateCore {
                 id: NEXT_STATE.fetch_add(1, Ordering::Relaxed),
                 name: Mutex::new(None),
@@ -249,7 +249,10 @@ impl<T: Tree> State<T> {
                 value: Mutex::new((value.def(), leaves)),
             }),
             _value: PhantomData,
-        }
+        };
+        // Inside a loop body, a new state would not outlive its step: the loop fails.
+        trace::note_new_state(|| state.core.describe());
+        state
     }
 
     /// Names the state (every handle sees the name); used in error messages.

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::ir::Var;
 use crate::primitives::{BinaryOp, Eqn, Prim, Program};
 use crate::storage::{Aval, Data};
-use crate::tensor::{Repr, Tensor};
+use crate::tensor::{Repr, Tensor, Tracer};
 use crate::unit::Unit;
 
 static NEXT_FRAME: AtomicU64 = AtomicU64::new(1);
@@ -69,6 +69,12 @@ struct Frame {
     /// equation, that equation's (so derived equations point at the user's code rather than at
     /// a rule); while a user-level operation runs, the user's call.
     source: Option<&'static Location<'static>>,
+    /// For the body of a loop: the traced tensors of enclosing traces that the body uses,
+    /// each with the input of this frame standing for it (the loop passes them in as
+    /// constants). `None` for other frames, which cannot use another trace's tensors.
+    captures: Option<Vec<(Tensor, Var)>>,
+    /// For the body of a loop: the first state created while it was traced, described.
+    new_state: Option<String>,
 }
 
 /// An open trace frame. Finish it with [`Tracing::finish`]; dropping it discards the frame.
@@ -79,6 +85,16 @@ pub(crate) struct Tracing {
 impl Tracing {
     /// Opens a new innermost frame.
     pub fn new() -> Tracing {
+        Tracing::open(None)
+    }
+
+    /// Opens a new innermost frame for the body of a loop: it may use the traced tensors of
+    /// the frames around it (see [`Tracing::captures`]), and it notes states created in it.
+    pub fn body() -> Tracing {
+        Tracing::open(Some(Vec::new()))
+    }
+
+    fn open(captures: Option<Vec<(Tensor, Var)>>) -> Tracing {
         let id = NEXT_FRAME.fetch_add(1, Ordering::Relaxed);
         FRAMES.with(|f| {
             f.borrow_mut().push(Frame {
@@ -88,9 +104,22 @@ impl Tracing {
                 error: None,
                 source: None,
                 states: Vec::new(),
+                captures,
+                new_state: None,
             })
         });
         Tracing { id }
+    }
+
+    /// For a loop body: the tensors of enclosing traces it used, with the inputs standing for
+    /// them, in first-use order.
+    pub fn captures(&self) -> Vec<(Tensor, Var)> {
+        with_frame(self.id, |frame| frame.captures.clone().unwrap_or_default())
+    }
+
+    /// For a loop body: the first state created while it was traced, described.
+    pub fn new_state(&self) -> Option<String> {
+        with_frame(self.id, |frame| frame.new_state.clone())
     }
 
     /// A new program input of the given shape and dtype.
@@ -189,6 +218,7 @@ impl Frame {
     fn var_of(&mut self, tensor: &Tensor) -> Result<Var> {
         match tensor.repr() {
             Repr::Traced(t) if t.frame == self.id => Ok(t.var),
+            Repr::Traced(t) if self.captures.is_some() => Ok(self.capture(tensor, t)),
             Repr::Traced(t) => Err(Error::Trace(format!(
                 "a traced tensor ({}) was used outside the transform that traced it",
                 t.aval
@@ -196,6 +226,24 @@ impl Frame {
             Repr::Failed(e) => Err((**e).clone()),
             Repr::Concrete(data) => Ok(self.constant(data)),
         }
+    }
+
+    /// The input of a loop body standing for a traced tensor of an enclosing trace.
+    fn capture(&mut self, tensor: &Tensor, traced: &Tracer) -> Var {
+        let captures = self.captures.get_or_insert_with(Vec::new);
+        let found = captures.iter().find(|(t, _)| match t.repr() {
+            Repr::Traced(c) => c.frame == traced.frame && c.var == traced.var,
+            _ => false,
+        });
+        if let Some((_, var)) = found {
+            return *var;
+        }
+        let var = self.program.new_var(traced.aval.clone());
+        self.program.inputs.push(var);
+        if let Some(captures) = self.captures.as_mut() {
+            captures.push((tensor.mantissa(), var));
+        }
+        var
     }
 
     fn constant(&mut self, data: &Arc<Data>) -> Var {
@@ -313,6 +361,18 @@ pub(crate) fn write_state(state: &Arc<dyn TracedState>, leaves: &[Tensor]) -> bo
         }
         true
     })
+}
+
+/// Notes that a state described by `describe` is being created: inside the body of a loop,
+/// where the state would not outlive its step, that fails the loop.
+pub(crate) fn note_new_state(describe: impl FnOnce() -> String) {
+    FRAMES.with(|frames| {
+        if let Some(frame) = frames.borrow_mut().last_mut() {
+            if frame.captures.is_some() && frame.new_state.is_none() {
+                frame.new_state = Some(describe());
+            }
+        }
+    });
 }
 
 /// Records `error` as the innermost trace's failure (if tracing) and returns it.
@@ -447,7 +507,10 @@ fn try_apply(
     FRAMES.with(|frames| {
         let mut frames = frames.borrow_mut();
         match frames.last_mut() {
-            Some(frame) if frame.id == frame_id => frame.record(prim.clone(), inputs, caller),
+            // A loop body records operations on the tensors of the traces around it too.
+            Some(frame) if frame.id == frame_id || frame.captures.is_some() => {
+                frame.record(prim.clone(), inputs, caller)
+            }
             _ => Err(Error::Trace(
                 "a traced tensor was used outside the transform that traced it \
                  (nested transforms over a captured traced value are not supported)"

@@ -178,6 +178,20 @@ impl Tree for Tensor {
     }
 }
 
+/// The empty tree: no leaves (a loop without per-step inputs or outputs).
+impl Tree for () {
+    fn flatten(&self, _leaves: &mut Vec<Tensor>) {}
+    fn def(&self) -> TreeDef {
+        TreeDef::Tuple(Vec::new())
+    }
+    fn unflatten(def: &TreeDef, _leaves: &mut dyn Iterator<Item = Tensor>) -> Result<Self> {
+        match def {
+            TreeDef::Tuple(c) if c.is_empty() => Ok(()),
+            other => Err(other.mismatch("an empty tuple")),
+        }
+    }
+}
+
 macro_rules! tuple_tree {
     ($($name:ident $idx:tt),+) => {
         impl<$($name: Tree),+> Tree for ($($name,)+) {

@@ -1,12 +1,25 @@
 //! Forward mode: replaying a program and pushing tangents through every equation with the
 //! primitives' JVP rules.
 
+use super::loops;
 use crate::error::Result;
 use crate::ir::Var;
 use crate::primitives::{Prim, Program, Tangent, concat_dims};
 use crate::storage::Aval;
 use crate::tensor::Tensor;
 use crate::trace;
+
+/// How a JVP is used: pushed forward as it is, or linearised for reverse mode (which
+/// transposes the part that depends on the tangents, and so needs it apart from the primal
+/// computation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Forward mode: a loop's JVP is one loop carrying primal and tangent values together.
+    Forward,
+    /// Reverse mode's forward pass: a loop's JVP is a known loop that stores what the tangent
+    /// computation needs and a linear loop over it (see `loops::linearize`).
+    Linearize,
+}
 
 /// Replays `program` on `primals` (in the innermost frame when they are traced), with input
 /// `tangents` of `batch` directions each. Returns the outputs and their tangents.
@@ -16,7 +29,20 @@ pub(crate) fn jvp_program(
     tangents: &[Tangent],
     batch: &[usize],
 ) -> Result<(Vec<Tensor>, Vec<Tangent>)> {
-    let (outs, mut touts) = jvp_program_sets(program, primals, &[(tangents.to_vec(), batch)])?;
+    let sets = [(tangents.to_vec(), batch)];
+    let (outs, mut touts) = jvp_program_sets(program, primals, &sets, Mode::Forward)?;
+    Ok((outs, touts.swap_remove(0)))
+}
+
+/// [`jvp_program`] for reverse mode's forward pass: the tangent computation is kept apart
+/// from the primal one, loops included.
+pub(crate) fn linearize_program(
+    program: &Program,
+    primals: &[Tensor],
+    tangents: &[Tangent],
+) -> Result<(Vec<Tensor>, Vec<Tangent>)> {
+    let sets = [(tangents.to_vec(), &[][..])];
+    let (outs, mut touts) = jvp_program_sets(program, primals, &sets, Mode::Linearize)?;
     Ok((outs, touts.swap_remove(0)))
 }
 
@@ -27,6 +53,7 @@ pub(crate) fn jvp_program_sets(
     program: &Program,
     primals: &[Tensor],
     sets: &[(Vec<Tangent>, &[usize])],
+    mode: Mode,
 ) -> Result<(Vec<Tensor>, Vec<Vec<Tangent>>)> {
     let n = program.avals.len();
     let mut primal: Vec<Option<Tensor>> = vec![None; n];
@@ -49,6 +76,22 @@ pub(crate) fn jvp_program_sets(
     for eqn in &program.eqns {
         let ins: Vec<Tensor> = eqn.inputs.iter().map(|v| defined(&primal, *v)).collect();
         trace::with_source(eqn.source, || -> Result<()> {
+            if let (Prim::Loop(l), Mode::Linearize, [(_, batch)]) = (&eqn.prim, mode, sets)
+            {
+                let ts: Vec<Tangent> = eqn
+                    .inputs
+                    .iter()
+                    .map(|v| defined(&tangent[0], *v))
+                    .collect();
+                if !ts.iter().all(Tangent::is_zero) {
+                    let (outs, touts) = loops::linearize(l, &ins, &ts, batch)?;
+                    for ((&v, out), t) in eqn.outputs.iter().zip(outs).zip(touts) {
+                        primal[v.index()] = Some(out);
+                        tangent[0][v.index()] = Some(t);
+                    }
+                    return Ok(());
+                }
+            }
             let refs: Vec<&Tensor> = ins.iter().collect();
             let outs = Tensor::apply_all(eqn.prim.clone(), &refs, eqn.outputs.len());
             let out_avals: Vec<&Aval> = eqn.outputs.iter().map(|&v| program.aval(v)).collect();
@@ -103,6 +146,9 @@ fn jvp_eqn(
         .find(|t| t.error().is_some());
     if let Some(failed) = failed {
         return Ok(vec![Tangent::Value(failed.clone()); out_avals.len()]);
+    }
+    if let Prim::Loop(l) = prim {
+        return loops::jvp(l, primals, tangents, batch);
     }
     if !prim.is_elementwise() {
         return prim.jvp(primals, tangents, outs, batch);

@@ -13,6 +13,7 @@
 
 mod directional;
 mod jvp;
+mod loops;
 mod sweep;
 mod transpose;
 

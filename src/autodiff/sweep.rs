@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 
 use super::Output;
-use super::jvp::jvp_program_sets;
+use super::jvp::{Mode, jvp_program_sets};
 use crate::error::{Error, Result};
 use crate::ir::Var;
 use crate::ir::passes::clean;
@@ -77,7 +77,7 @@ pub(crate) fn forward_sweeps(
         tangents[i] = Tangent::Value(tracing.input(&seed));
         sets.push((tangents, &batches[k][..]));
     }
-    let (outs, touts) = jvp_program_sets(program, &inputs, &sets)?;
+    let (outs, touts) = jvp_program_sets(program, &inputs, &sets, Mode::Forward)?;
 
     // One program with every output: the originals, then each input's nonzero blocks.
     let mut results = outs;

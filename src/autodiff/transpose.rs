@@ -7,7 +7,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::jvp::jvp_program;
+use super::jvp::linearize_program;
+use super::loops;
 use crate::error::Result;
 use crate::ir::Var;
 use crate::primitives::{Prim, Primal, Program, Reduce, Tangent, concat_dims};
@@ -35,7 +36,7 @@ pub(crate) fn vjp_program(
         tangents[i] = Tangent::Value(placeholder.clone());
         placeholders.push(tracing.var_of(&placeholder)?);
     }
-    let (outs, touts) = jvp_program(program, primals, &tangents, &[])?;
+    let (outs, touts) = linearize_program(program, primals, &tangents)?;
 
     // The linear equations are those that depend on a placeholder.
     let eqns = tracing.eqns_since(start);
@@ -66,16 +67,13 @@ pub(crate) fn vjp_program(
         if !eqn.outputs.iter().any(|v| cts.contains_key(v)) {
             continue;
         }
-        // Outputs without a cotangent get explicit zeros (only multi-output primitives).
+        // Outputs without a cotangent have zero ones (only multi-output primitives).
         let out_cts = eqn
             .outputs
             .iter()
             .map(|v| match cts.remove(v) {
-                Some(ct) => Ok(ct),
-                None => {
-                    let aval = tracing.tensor(*v).aval()?;
-                    Ok(Tangent::zero(batch, &aval).instantiate())
-                }
+                Some(ct) => Ok(Tangent::Value(ct)),
+                None => Ok(Tangent::zero(batch, &tracing.tensor(*v).aval()?)),
             })
             .collect::<Result<Vec<_>>>()?;
         let ins = eqn
@@ -111,17 +109,24 @@ pub(crate) fn vjp_program(
 }
 
 /// One transpose rule application; cotangents of broadcast operands are summed back to the
-/// operand's shape here, once for all rules.
-fn transpose_eqn(
+/// operand's shape here, once for all rules. A loop is transposed by `loops::transpose`, which
+/// keeps zero cotangents symbolic (its stacked outputs can be large); other rules get them
+/// as zeros.
+pub(super) fn transpose_eqn(
     prim: &Prim,
-    cts: &[Tensor],
+    cts: &[Tangent],
     primals: &[Primal],
     batch: &[usize],
 ) -> Result<Vec<Tangent>> {
-    for ct in cts {
+    for ct in cts.iter().filter_map(Tangent::value) {
         ct.aval()?;
     }
-    let in_cts = prim.transpose(cts, primals, batch)?;
+    if let Prim::Loop(l) = prim {
+        let cts: Vec<Option<Tensor>> = cts.iter().map(|c| c.value().cloned()).collect();
+        return loops::transpose(l, &cts, primals, batch);
+    }
+    let cts: Vec<Tensor> = cts.iter().map(Tangent::instantiate).collect();
+    let in_cts = prim.transpose(&cts, primals, batch)?;
     in_cts
         .into_iter()
         .zip(primals)

@@ -230,7 +230,8 @@ fn fusible(prim: &Prim, ins: &[&Aval], out: &Aval) -> bool {
         | Prim::Structural(_)
         | Prim::Reduce(_)
         | Prim::MatMul(_)
-        | Prim::Creation(_) => false,
+        | Prim::Creation(_)
+        | Prim::Loop(_) => false,
     }
 }
 

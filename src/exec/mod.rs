@@ -7,11 +7,13 @@
 //! produce programs, and this runs them.
 
 mod fuse;
+mod loops;
 mod plan;
 mod simplify;
 mod sweep;
 mod tile;
 
+pub(crate) use self::loops::run_loop;
 pub(crate) use self::plan::Plan;
 pub(crate) use self::simplify::simplify;
 pub(crate) use self::sweep::Sweep;

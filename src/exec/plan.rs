@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use std::collections::HashMap;
 
 use super::fuse::{Step, fuse};
+use super::loops::LoopPlan;
 use crate::ir::Var;
 use crate::ir::passes::last_uses;
 use crate::primitives::{Elementwise, Eqn, Prim, Program, eval_in_place};
@@ -21,6 +22,8 @@ pub(crate) struct Plan {
     frees: Vec<Vec<Var>>,
     /// The fused steps, each with the variables dead once it has run.
     pub(super) steps: Vec<(Step, Vec<Var>)>,
+    /// For each loop equation, its body's plan.
+    loops: Vec<Option<LoopPlan>>,
 }
 
 impl Plan {
@@ -30,10 +33,19 @@ impl Plan {
         let frees = last_uses(&program);
         let steps = fuse(&program);
         let dying = step_frees(&program, &steps);
+        let loops = program
+            .eqns
+            .iter()
+            .map(|eqn| match &eqn.prim {
+                Prim::Loop(l) => Some(LoopPlan::new(l)),
+                _ => None,
+            })
+            .collect();
         Plan {
             program,
             frees,
             steps: steps.into_iter().zip(dying).collect(),
+            loops,
         }
     }
 
@@ -132,7 +144,7 @@ impl Plan {
     }
 
     /// Runs equation `i` by its primitive's kernel (in the buffer of a dying operand when
-    /// it can), after the values it reads.
+    /// it can; a loop by its planned body), after the values it reads.
     fn run_eqn(
         &self,
         i: usize,
@@ -142,19 +154,29 @@ impl Plan {
     ) -> Result<()> {
         let program = &self.program;
         let eqn = &program.eqns[i];
-        let outs = match self.in_place(eqn, frees, env) {
-            Some(out) => vec![out],
-            None => {
-                let ins: Vec<&Data> = eqn
-                    .inputs
-                    .iter()
-                    .map(|v| {
-                        &**env[v.index()]
-                            .as_ref()
-                            .expect("planned programs define before use")
-                    })
-                    .collect();
-                eqn.prim.eval(&ins)?
+        let defined = |v: &Var| {
+            env[v.index()]
+                .clone()
+                .expect("planned programs define before use")
+        };
+        let outs = if let Some(the_loop) = &self.loops[i] {
+            let ins: Vec<Arc<Data>> = eqn.inputs.iter().map(defined).collect();
+            the_loop.run(&ins, check_finite)?
+        } else {
+            match self.in_place(eqn, frees, env) {
+                Some(out) => vec![out],
+                None => {
+                    let ins: Vec<&Data> = eqn
+                        .inputs
+                        .iter()
+                        .map(|v| {
+                            &**env[v.index()]
+                                .as_ref()
+                                .expect("planned programs define before use")
+                        })
+                        .collect();
+                    eqn.prim.eval(&ins)?
+                }
             }
         };
         if check_finite && !outs.iter().all(Data::all_finite) {

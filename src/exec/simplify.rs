@@ -6,16 +6,71 @@ use std::sync::Arc;
 
 use crate::ir::Var;
 use crate::ir::passes::clean;
-use crate::primitives::{Prim, Program};
+use crate::primitives::{Prim, Program, Structural};
 use crate::storage::Data;
 
 /// Largest output (in elements) that constant folding computes ahead of time. Larger constant
 /// subprograms, like tangent bases, stay generators that run with the program.
 const FOLD_LIMIT: usize = 4096;
 
-/// Folds small constants, merges duplicates, drops dead code and renumbers variables.
+/// Folds small constants, merges duplicates, composes chains of transposes and of reshapes,
+/// drops dead code and renumbers variables.
 pub(crate) fn simplify(program: Program) -> Program {
-    clean(fold_constants(program))
+    clean(compose_structural(fold_constants(program)))
+}
+
+/// A transpose of a transpose is one transpose, a reshape of a reshape one reshape, and
+/// either is nothing when it gives back its source's shape and order. Derived programs are
+/// full of such pairs: a loop's per-step tangents move their axis of steps to the front for
+/// the loop and back for the next one, and rules reshape to apply a matrix product and back.
+fn compose_structural(mut program: Program) -> Program {
+    // For a transpose's or reshape's output: its source before the chain, and the permutation
+    // from it (transposes) or nothing (reshapes).
+    let mut chain: HashMap<Var, (Var, Option<Vec<usize>>)> = HashMap::new();
+    let mut rename: HashMap<Var, Var> = HashMap::new();
+    let mut eqns = Vec::with_capacity(program.eqns.len());
+    for mut eqn in std::mem::take(&mut program.eqns) {
+        for v in &mut eqn.inputs {
+            *v = *rename.get(v).unwrap_or(v);
+        }
+        let out = eqn.outputs[0];
+        match &eqn.prim {
+            Prim::Structural(Structural::Transpose(perm)) => {
+                let (source, before) = match chain.get(&eqn.inputs[0]) {
+                    Some((source, Some(first))) => {
+                        (*source, perm.iter().map(|&p| first[p]).collect::<Vec<_>>())
+                    }
+                    _ => (eqn.inputs[0], perm.clone()),
+                };
+                if before.iter().enumerate().all(|(i, &p)| i == p) {
+                    rename.insert(out, source);
+                    continue;
+                }
+                eqn.inputs[0] = source;
+                eqn.prim = Prim::Structural(Structural::Transpose(before.clone()));
+                chain.insert(out, (source, Some(before)));
+            }
+            Prim::Structural(Structural::Reshape(shape)) => {
+                let source = match chain.get(&eqn.inputs[0]) {
+                    Some((source, None)) => *source,
+                    _ => eqn.inputs[0],
+                };
+                if program.aval(source).shape == *shape {
+                    rename.insert(out, source);
+                    continue;
+                }
+                eqn.inputs[0] = source;
+                chain.insert(out, (source, None));
+            }
+            _ => {}
+        }
+        eqns.push(eqn);
+    }
+    for v in &mut program.outputs {
+        *v = *rename.get(v).unwrap_or(v);
+    }
+    program.eqns = eqns;
+    program
 }
 
 /// Evaluates, once, the equations whose inputs are all constants and whose outputs are small.
@@ -24,7 +79,8 @@ fn fold_constants(mut program: Program) -> Program {
     let mut eqns = Vec::with_capacity(program.eqns.len());
     for eqn in std::mem::take(&mut program.eqns) {
         // Creation primitives stay generators: a tangent basis is never stored as a constant.
-        let creates = matches!(eqn.prim, Prim::Creation(_));
+        // Loops run with the program: however small their results, their steps may be many.
+        let creates = matches!(eqn.prim, Prim::Creation(_) | Prim::Loop(_));
         let foldable = !creates
             && eqn
                 .outputs
@@ -110,6 +166,27 @@ mod tests {
         });
         p.outputs.push(eye);
         assert_eq!(simplify(p).len(), 1);
+    }
+
+    #[test]
+    fn chains_of_transposes_and_reshapes_compose() {
+        use crate::{Tensor, make_program};
+        let f = |x: &Tensor| {
+            let back = x.permute(&[1, 2, 0]).permute(&[2, 0, 1]); // the identity
+            let turned = x.permute(&[1, 0, 2]).permute(&[0, 2, 1]); // one transpose
+            let flat = x.reshape(&[6, 4]).reshape(&[24]).reshape(&[2, 3, 4]); // x again
+            (back + flat).exp() + turned.sum()
+        };
+        let x = Tensor::from_vec((0..24).map(f64::from).collect(), &[2, 3, 4]).unwrap();
+        let p = simplify(make_program(f, &x).unwrap());
+        let text = p.to_string();
+        assert_eq!(text.matches("transpose").count(), 1, "{text}");
+        assert!(text.contains("transpose[perm=(1,2,0)]"), "{text}");
+        assert!(!text.contains("reshape"), "{text}");
+        let plan = crate::exec::Plan::new(p);
+        let out = plan.run(&[x.data().unwrap().clone()], false).unwrap();
+        let got = Tensor::from_shared(out[0].clone()).to_vec::<f64>().unwrap();
+        assert_eq!(got, f(&x).to_vec::<f64>().unwrap());
     }
 
     #[test]

@@ -188,7 +188,10 @@ impl<P: fmt::Display> fmt::Display for Program<P> {
         for eqn in &self.eqns {
             let outs: Vec<String> = eqn.outputs.iter().map(typed).collect();
             let args = names(&eqn.inputs, " ");
-            writeln!(f, "    {} = {} {args}", outs.join(" "), eqn.prim)?;
+            // A primitive printed on several lines (a loop and its body) is indented with
+            // its equation.
+            let prim = eqn.prim.to_string().replace('\n', "\n    ");
+            writeln!(f, "    {} = {prim} {args}", outs.join(" "))?;
         }
         write!(f, "  in ({}) }}", names(&self.outputs, ", "))
     }

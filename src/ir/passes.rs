@@ -7,31 +7,56 @@ use std::hash::Hash;
 
 use super::{Eqn, Program, Var};
 
+/// Primitives whose equations can shed outputs nobody reads, and then inputs: loops, whose
+/// unused carries and per-step outputs are work inside their body.
+pub(crate) trait Prune: Sized {
+    /// A primitive computing the outputs flagged in `used` (and perhaps others it needs),
+    /// which of its inputs it still reads and which of its outputs it keeps; `None` when it
+    /// cannot shed anything.
+    fn prune(&self, used: &[bool]) -> Option<(Self, Vec<bool>, Vec<bool>)>;
+}
+
 /// Common subexpressions merged, dead code dropped, variables renumbered.
-pub(crate) fn clean<P: Clone + Eq + Hash>(program: Program<P>) -> Program<P> {
+pub(crate) fn clean<P: Clone + Eq + Hash + Prune>(program: Program<P>) -> Program<P> {
     compact(dead_code(deduplicate(program)))
 }
 
 /// Drops the equations none of whose outputs reaches the program's outputs, and unused
-/// constants. Primitives have no side effects, so this never changes a result.
-pub(crate) fn dead_code<P>(mut program: Program<P>) -> Program<P> {
+/// constants; an equation that can shed its unused outputs (see [`Prune`]) does. Primitives
+/// have no side effects, so this never changes a result.
+pub(crate) fn dead_code<P: Prune>(mut program: Program<P>) -> Program<P> {
     let mut live = vec![false; program.avals.len()];
     for v in &program.outputs {
         live[v.index()] = true;
     }
     let mut kept = Vec::new();
-    for eqn in program.eqns.drain(..).rev() {
-        if eqn.outputs.iter().any(|v| live[v.index()]) {
-            for v in &eqn.inputs {
-                live[v.index()] = true;
-            }
-            kept.push(eqn);
+    for mut eqn in program.eqns.drain(..).rev() {
+        let used: Vec<bool> = eqn.outputs.iter().map(|v| live[v.index()]).collect();
+        if !used.iter().any(|&u| u) {
+            continue;
         }
+        if let Some((prim, reads, kept)) = eqn.prim.prune(&used) {
+            eqn.prim = prim;
+            eqn.inputs = keep(&eqn.inputs, &reads);
+            eqn.outputs = keep(&eqn.outputs, &kept);
+        }
+        for v in &eqn.inputs {
+            live[v.index()] = true;
+        }
+        kept.push(eqn);
     }
     kept.reverse();
     program.eqns = kept;
     program.consts.retain(|(v, _)| live[v.index()]);
     program
+}
+
+/// The variables flagged in `flags`.
+fn keep(vars: &[Var], flags: &[bool]) -> Vec<Var> {
+    vars.iter()
+        .zip(flags)
+        .filter_map(|(&v, &k)| k.then_some(v))
+        .collect()
 }
 
 /// Common subexpression elimination: an equation identical to an earlier one (same primitive
@@ -129,6 +154,12 @@ mod tests {
         Add,
         /// Two outputs.
         Split,
+    }
+
+    impl Prune for Toy {
+        fn prune(&self, _used: &[bool]) -> Option<(Self, Vec<bool>, Vec<bool>)> {
+            None
+        }
     }
 
     fn scalar() -> Aval {

@@ -21,6 +21,7 @@
 
 mod creation;
 mod elementwise;
+pub(crate) mod loops;
 mod matmul;
 mod reduce;
 mod structural;
@@ -30,6 +31,7 @@ use std::fmt;
 pub use self::creation::Creation;
 pub(crate) use self::elementwise::eval_in_place;
 pub use self::elementwise::{BinaryOp, CmpOp, Elementwise, UnaryOp};
+pub use self::loops::{Loop, Progress, ProgressReport};
 pub use self::matmul::MatMul;
 pub use self::reduce::{Reduce, ReduceOp, keepdims_shape};
 pub use self::structural::Structural;
@@ -64,6 +66,8 @@ pub enum Prim {
     MatMul(MatMul),
     /// Arrays generated from their parameters alone.
     Creation(Creation),
+    /// A loop whose body is a program (`scan`).
+    Loop(Loop),
 }
 
 /// The rules of one primitive family, over its own op type. Implementations match
@@ -129,6 +133,8 @@ pub(crate) enum Dependence {
     Scatter(Box<Prim>),
     /// `out[.., i, j]` depends on rows `a[.., i, :]` and columns `b[.., :, j]`, bilinearly.
     MatMul,
+    /// Through a body program (a loop): the detector follows the body, step after step.
+    Body,
 }
 
 /// A tangent or cotangent: a symbolic zero, which rules skip, or a value.
@@ -306,6 +312,7 @@ macro_rules! dispatch {
             Prim::Reduce($op) => $body,
             Prim::MatMul($op) => $body,
             Prim::Creation($op) => $body,
+            Prim::Loop($op) => $body,
         }
     };
 }
@@ -362,6 +369,21 @@ impl Prim {
     }
 }
 
+impl crate::ir::passes::Prune for Prim {
+    fn prune(&self, used: &[bool]) -> Option<(Prim, Vec<bool>, Vec<bool>)> {
+        match self {
+            Prim::Loop(l) => l
+                .prune(used)
+                .map(|(l, reads, kept)| (Prim::Loop(l), reads, kept)),
+            Prim::Elementwise(_)
+            | Prim::Structural(_)
+            | Prim::Reduce(_)
+            | Prim::MatMul(_)
+            | Prim::Creation(_) => None,
+        }
+    }
+}
+
 impl fmt::Display for Prim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         dispatch!(self, op => op.fmt(f))
@@ -386,6 +408,7 @@ into_prim!(
     Reduce => Reduce,
     MatMul => MatMul,
     Creation => Creation,
+    Loop => Loop,
 );
 
 /// `(1,2,3)`-style list for printed parameters.

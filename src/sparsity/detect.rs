@@ -17,7 +17,7 @@ use ndarray::ArrayD;
 use crate::error::{Error, Result};
 use crate::ir::Var;
 use crate::ir::passes::dead_code;
-use crate::primitives::{Dependence, Prim, Program, Structural, broadcast_shapes};
+use crate::primitives::{Dependence, Loop, Prim, Program, Structural, broadcast_shapes};
 use crate::storage::{Aval, Data};
 
 /// Index sets, one per element of a value: element `e` depends on the differentiated input
@@ -144,68 +144,31 @@ pub(super) fn upper_pattern(
     scalar.outputs.truncate(1);
     let program = dead_code(scalar);
 
-    // Demand: which values' sets the detection reads. The final reductions of a loss are
-    // never read, so their (large) sets are never built.
-    let mut needed: HashMap<Var, bool> = HashMap::new();
-    for eqn in program.eqns.iter().rev() {
-        let avals: Vec<Aval> = eqn
-            .inputs
-            .iter()
-            .map(|&v| program.aval(v).clone())
-            .collect();
-        let curved = match eqn.prim.dependence(&avals) {
-            Dependence::Elementwise { second, .. } => !second.is_empty(),
-            Dependence::MatMul => true,
-            Dependence::None
-            | Dependence::Gather
-            | Dependence::Reduce(_)
-            | Dependence::Scatter(_) => false,
-        };
-        if curved || eqn.outputs.iter().any(|v| needed.contains_key(v)) {
-            for &v in &eqn.inputs {
-                needed.insert(v, true);
-            }
-        }
-    }
-
-    let mut sets: HashMap<Var, Arc<Sets>> = HashMap::new();
-    for (k, &v) in program.inputs.iter().enumerate() {
-        let len = program.aval(v).numel();
-        let own = if wrt.contains(&k) {
-            let offset = wrt
-                .iter()
-                .take_while(|&&i| i != k)
-                .map(|&i| program.aval(program.inputs[i]).numel())
-                .sum::<usize>();
-            Sets::identity(offset, len)
-        } else {
-            Sets::Empty
-        };
-        sets.insert(v, Arc::new(own));
-    }
-    for (v, _) in &program.consts {
-        sets.insert(*v, Arc::new(Sets::Empty));
-    }
+    let inputs: Vec<Arc<Sets>> = program
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(k, &v)| {
+            let len = program.aval(v).numel();
+            Arc::new(if wrt.contains(&k) {
+                let offset = wrt
+                    .iter()
+                    .take_while(|&&i| i != k)
+                    .map(|&i| program.aval(program.inputs[i]).numel())
+                    .sum::<usize>();
+                Sets::identity(offset, len)
+            } else {
+                Sets::Empty
+            })
+        })
+        .collect();
     let mut entries = Entries {
         keys: Vec::new(),
         sorted: 0,
         limit,
     };
-    for eqn in &program.eqns {
-        let avals: Vec<Aval> = eqn
-            .inputs
-            .iter()
-            .map(|&v| program.aval(v).clone())
-            .collect();
-        let ins: Vec<Arc<Sets>> = eqn.inputs.iter().map(|v| sets[v].clone()).collect();
-        let out = program.aval(eqn.outputs[0]);
-        let reads = eqn.outputs.iter().any(|v| needed.contains_key(v));
-        let Some(result) = propagate(&eqn.prim, &avals, &ins, out, reads, &mut entries)? else {
-            return Ok(None);
-        };
-        for &v in &eqn.outputs {
-            sets.insert(v, result.clone());
-        }
+    if run_program(&program, inputs, false, &mut entries)?.is_none() {
+        return Ok(None);
     }
     entries.compact();
     if entries.sorted > limit {
@@ -218,6 +181,157 @@ pub(super) fn upper_pattern(
             .map(|&k| ((k >> 32) as u32, k as u32))
             .collect(),
     ))
+}
+
+/// Which values' sets the detection reads: those that equations with second derivatives (or
+/// loops) read, and what they are computed from. The final reductions of a loss are never
+/// read, so their (large) sets are never built.
+fn demand(program: &Program) -> HashMap<Var, bool> {
+    let mut needed: HashMap<Var, bool> = HashMap::new();
+    for eqn in program.eqns.iter().rev() {
+        let avals: Vec<Aval> = eqn
+            .inputs
+            .iter()
+            .map(|&v| program.aval(v).clone())
+            .collect();
+        let curved = match eqn.prim.dependence(&avals) {
+            Dependence::Elementwise { second, .. } => !second.is_empty(),
+            Dependence::MatMul | Dependence::Body => true,
+            Dependence::None
+            | Dependence::Gather
+            | Dependence::Reduce(_)
+            | Dependence::Scatter(_) => false,
+        };
+        if curved || eqn.outputs.iter().any(|v| needed.contains_key(v)) {
+            for &v in &eqn.inputs {
+                needed.insert(v, true);
+            }
+        }
+    }
+    needed
+}
+
+/// Propagates the inputs' sets through `program`, adding its Hessian entries, and returns the
+/// outputs' sets (`None` once the entries outgrow their limit). With `all`, every value's
+/// sets are built (a loop body's outputs are read by the next step); otherwise only those
+/// that [`demand`] finds read.
+fn run_program(
+    program: &Program,
+    inputs: Vec<Arc<Sets>>,
+    all: bool,
+    entries: &mut Entries,
+) -> Result<Option<Vec<Arc<Sets>>>> {
+    let needed = if all { HashMap::new() } else { demand(program) };
+    let mut sets: HashMap<Var, Arc<Sets>> = HashMap::new();
+    for (&v, own) in program.inputs.iter().zip(inputs) {
+        sets.insert(v, own);
+    }
+    for (v, _) in &program.consts {
+        sets.insert(*v, Arc::new(Sets::Empty));
+    }
+    for eqn in &program.eqns {
+        let avals: Vec<Aval> = eqn
+            .inputs
+            .iter()
+            .map(|&v| program.aval(v).clone())
+            .collect();
+        let ins: Vec<Arc<Sets>> = eqn.inputs.iter().map(|v| sets[v].clone()).collect();
+        if let Prim::Loop(l) = &eqn.prim {
+            let Some(outs) = through_loop(l, &ins, entries)? else {
+                return Ok(None);
+            };
+            for (&v, out) in eqn.outputs.iter().zip(outs) {
+                sets.insert(v, out);
+            }
+            continue;
+        }
+        let out = program.aval(eqn.outputs[0]);
+        let reads = all || eqn.outputs.iter().any(|v| needed.contains_key(v));
+        let Some(result) = propagate(&eqn.prim, &avals, &ins, out, reads, entries)? else {
+            return Ok(None);
+        };
+        for &v in &eqn.outputs {
+            sets.insert(v, result.clone());
+        }
+    }
+    Ok(Some(
+        program
+            .outputs
+            .iter()
+            .map(|v| sets.get(v).cloned().unwrap_or_else(|| Arc::new(Sets::Empty)))
+            .collect(),
+    ))
+}
+
+/// A loop: the body's dependence iterated over the carry to a fixed point (each carry's sets
+/// the union of its sets at every step so far), with each per-step input's sets the union over
+/// the steps. At most `length` passes reach every step's sets; each pass adds the body's
+/// Hessian entries at the sets it sees, which hold every step's. Conservative: a step's value
+/// depends on no more than the union.
+fn through_loop(
+    l: &Loop,
+    ins: &[Arc<Sets>],
+    entries: &mut Entries,
+) -> Result<Option<Vec<Arc<Sets>>>> {
+    let (nc, nh) = (l.consts, l.carry);
+    let body = &*l.body;
+    let in_avals = body.input_avals();
+    let steps = l.length;
+    let per_step: Vec<Arc<Sets>> = (nc + nh..in_avals.len())
+        .map(|i| {
+            let len = in_avals[i].numel();
+            if ins[i].is_empty() {
+                return Ok(Arc::new(Sets::Empty));
+            }
+            Ok(Arc::new(Sets::build(len, |e, row| {
+                for t in 0..steps {
+                    row.extend_from_slice(ins[i].get(t * len + e));
+                }
+            })?))
+        })
+        .collect::<Result<_>>()?;
+    let mut carry: Vec<Arc<Sets>> = ins[nc..nc + nh].to_vec();
+    let mut ys: Vec<Arc<Sets>> = vec![Arc::new(Sets::Empty); l.n_ys()];
+    for _ in 0..steps {
+        let mut inputs: Vec<Arc<Sets>> = ins[..nc].to_vec();
+        inputs.extend(carry.iter().cloned());
+        inputs.extend(per_step.iter().cloned());
+        let Some(outs) = run_program(body, inputs, true, entries)? else {
+            return Ok(None);
+        };
+        ys = outs[nh..].to_vec();
+        let mut grew = false;
+        for (k, out) in outs.iter().take(nh).enumerate() {
+            let len = in_avals[nc + k].numel();
+            let merged = union(&carry[k], out, len)?;
+            grew |= (0..len).any(|e| merged.get(e).len() != carry[k].get(e).len());
+            carry[k] = Arc::new(merged);
+        }
+        if !grew {
+            break;
+        }
+    }
+    let out_avals = body.output_avals();
+    let mut outputs = carry;
+    for (y, aval) in ys.iter().zip(&out_avals[nh..]) {
+        let len = aval.numel();
+        outputs.push(if y.is_empty() {
+            Arc::new(Sets::Empty)
+        } else {
+            Arc::new(Sets::build(steps * len, |e, row| {
+                row.extend_from_slice(y.get(e % len))
+            })?)
+        });
+    }
+    Ok(Some(outputs))
+}
+
+/// The element-wise union of two sets of `len` elements.
+fn union(a: &Sets, b: &Sets, len: usize) -> Result<Sets> {
+    Sets::build(len, |e, row| {
+        row.extend_from_slice(a.get(e));
+        row.extend_from_slice(b.get(e));
+    })
 }
 
 /// One equation: the output's sets (empty when nothing reads them) and its Hessian entries.
@@ -307,6 +421,10 @@ fn propagate(
             })?)))
         }
         Dependence::MatMul => matmul(avals, ins, out, reads, entries),
+        // Loops are followed through their body by `run_program`.
+        Dependence::Body => Err(Error::Trace(
+            "internal: a loop reached the single-equation rule of sparsity detection".into(),
+        )),
     }
 }
 

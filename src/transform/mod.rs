@@ -35,6 +35,7 @@ mod blocks;
 mod call;
 mod compile;
 mod function;
+mod loops;
 mod run;
 mod typestate;
 
@@ -42,6 +43,7 @@ use self::blocks::{Arrangement, Blocks, Part};
 pub use self::call::Pullback;
 use self::compile::{Compiled, Spec, compile};
 pub use self::function::{Args, Function};
+pub use self::loops::{Scan, checkpointed_for_loop, for_loop, scan};
 use self::function::{Signature, Split, signature, split_aux, split_plain, trace_function};
 use self::run::{Outputs, run};
 pub use self::typestate::{case, layout, mode};

@@ -1,0 +1,39 @@
+//! Running loops: the body is planned once, with the plan of the program around it, and run
+//! step after step (see [`crate::primitives::Loop`] for what a loop computes).
+
+use std::sync::Arc;
+
+use super::Plan;
+use crate::error::Result;
+use crate::primitives::Loop;
+use crate::primitives::loops::run_steps;
+use crate::storage::Data;
+
+/// A loop equation ready to run: its parameters and its body's plan.
+#[derive(Debug)]
+pub(crate) struct LoopPlan {
+    the_loop: Loop,
+    body: Plan,
+}
+
+impl LoopPlan {
+    pub fn new(the_loop: &Loop) -> LoopPlan {
+        LoopPlan {
+            the_loop: the_loop.clone(),
+            body: Plan::new((*the_loop.body).clone()),
+        }
+    }
+
+    /// Runs the loop on its operands (`consts ++ init ++ xs`): the final carry, then the
+    /// stacked per-step outputs.
+    pub fn run(&self, ins: &[Arc<Data>], check_finite: bool) -> Result<Vec<Data>> {
+        run_steps(&self.the_loop, ins, &mut |inputs| {
+            self.body.run(inputs, check_finite)
+        })
+    }
+}
+
+/// Runs a loop equation on concrete operands, outside any plan (a loop called eagerly).
+pub(crate) fn run_loop(the_loop: &Loop, ins: &[Arc<Data>]) -> Result<Vec<Data>> {
+    LoopPlan::new(the_loop).run(ins, false)
+}
