@@ -10,7 +10,7 @@ use super::fuse::{Step, fuse};
 use super::loops::LoopPlan;
 use crate::ir::Var;
 use crate::ir::passes::last_uses;
-use crate::primitives::{Elementwise, Eqn, Prim, Program, eval_in_place};
+use crate::primitives::{Elementwise, Eqn, Prim, Program, Structural, eval_in_place};
 use crate::storage::{Data, pool};
 
 /// A program ready to run many times.
@@ -32,6 +32,7 @@ impl Plan {
         let program = super::simplify(program);
         let frees = last_uses(&program);
         let steps = fuse(&program);
+        if std::env::var("BS_DEBUG_FUSE").is_ok() { for s in &steps { if let Step::Eqn(i) = s { let e = &program.eqns[*i]; eprintln!("eqn {}: {:?} -> {:?}", e.prim, e.inputs.iter().map(|v| program.aval(*v).shape.clone()).collect::<Vec<_>>(), e.outputs.iter().map(|v| program.aval(*v).shape.clone()).collect::<Vec<_>>()); } } eprintln!("----"); }
         let dying = step_frees(&program, &steps);
         let loops = program
             .eqns
@@ -71,39 +72,42 @@ impl Plan {
         peak
     }
 
-    /// Evaluates an elementwise equation in the buffer of an operand that dies here, when one
-    /// has the output's shape and dtype and nothing else holds it.
+    /// Evaluates an elementwise equation or a reshape in the buffer of an operand that dies
+    /// here, when nothing else holds it (for elementwise ones, of the output's shape and dtype).
     fn in_place(&self, eqn: &Eqn, frees: &[Var], env: &mut [Option<Arc<Data>>]) -> Option<Data> {
-        let Prim::Elementwise(
-            op @ (Elementwise::Unary(_) | Elementwise::Binary(_) | Elementwise::PowI(_)),
-        ) = &eqn.prim
-        else {
-            return None;
-        };
         let out = self.program.aval(eqn.outputs[0]);
-        for (slot, &v) in eqn.inputs.iter().enumerate() {
-            let reusable = frees.contains(&v)
+        let dying = |v: Var, env: &[Option<Arc<Data>>], same_shape: bool| {
+            frees.contains(&v)
                 && eqn.inputs.iter().filter(|&&u| u == v).count() == 1
                 && env[v.index()].as_ref().is_some_and(|d| {
                     Arc::strong_count(d) == 1
-                        && d.shape() == out.shape.as_slice()
+                        && (!same_shape || d.shape() == out.shape.as_slice())
                         && d.dtype() == out.dtype
-                });
-            if !reusable {
-                continue;
+                })
+        };
+        match &eqn.prim {
+            Prim::Structural(Structural::Reshape(shape)) if dying(eqn.inputs[0], env, false) => {
+                let data = Arc::try_unwrap(env[eqn.inputs[0].index()].take()?).ok()?;
+                Some(data.into_shape(shape))
             }
-            let mut target = Arc::try_unwrap(env[v.index()].take()?).ok()?;
-            let other = eqn
-                .inputs
-                .get(1 - slot)
-                .and_then(|u| env[u.index()].as_deref());
-            if eval_in_place(op, &mut target, slot, other) {
-                return Some(target);
+            Prim::Elementwise(
+                op @ (Elementwise::Unary(_) | Elementwise::Binary(_) | Elementwise::PowI(_)),
+            ) => {
+                let slot = (0..eqn.inputs.len()).find(|&s| dying(eqn.inputs[s], env, true))?;
+                let v = eqn.inputs[slot];
+                let mut target = Arc::try_unwrap(env[v.index()].take()?).ok()?;
+                let other = eqn
+                    .inputs
+                    .get(1 - slot)
+                    .and_then(|u| env[u.index()].as_deref());
+                if eval_in_place(op, &mut target, slot, other) {
+                    return Some(target);
+                }
+                env[v.index()] = Some(Arc::new(target));
+                None
             }
-            env[v.index()] = Some(Arc::new(target));
-            return None;
+            _ => None,
         }
-        None
     }
 
     /// Runs the program. With `check_finite`, equation by equation, the first equation whose
@@ -297,6 +301,35 @@ mod tests {
             Some(Data::F64(ndarray::Array::from_elem(4, 2.0).into_dyn()))
         );
         assert!(env[y.index()].is_none(), "the buffer moved into the result");
+    }
+
+    #[test]
+    fn a_dying_operand_is_reshaped_without_a_copy() {
+        let mut p = Program::default();
+        let x = p.new_var(Aval::new(&[2, 3], DType::F64));
+        let y = p.new_var(Aval::new(&[6], DType::F64));
+        p.inputs.push(x);
+        p.eqns.push(Eqn {
+            prim: Structural::Reshape(vec![6]).into(),
+            inputs: vec![x],
+            outputs: vec![y],
+            source: None,
+        });
+        p.outputs.push(y);
+        let plan = Plan::new(p);
+        let values = ndarray::Array::from_shape_fn((2, 3), |(i, j)| (3 * i + j) as f64);
+        let mut env: Vec<Option<Arc<Data>>> = vec![None; plan.program.avals.len()];
+        env[x.index()] = Some(Arc::new(Data::F64(values.into_dyn())));
+        let address = |d: &Data| match d {
+            Data::F64(a) => a.as_ptr(),
+            _ => unreachable!(),
+        };
+        let before = address(env[x.index()].as_deref().unwrap());
+        let out = plan.in_place(&plan.program.eqns[0], &[x], &mut env).unwrap();
+        assert_eq!(out.shape(), &[6]);
+        assert_eq!(address(&out), before, "the buffer moved, uncopied");
+        let expected = ndarray::Array::from_iter((0..6).map(f64::from)).into_dyn();
+        assert_eq!(out, Data::F64(expected));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 // `Element` is sealed through a supertrait whose methods name the crate-private `Data`.
 #![allow(private_interfaces)]
 
-use ndarray::ArrayD;
+use ndarray::{ArrayD, IxDyn};
 use num_complex::{Complex32, Complex64};
 
 use self::sealed::Storage as _;
@@ -79,6 +79,15 @@ impl Data {
         } else {
             self.cast(dtype)
         }
+    }
+
+    /// The same values in row-major order, as `shape` (of as many elements): the buffer moves
+    /// without a copy when the array is in standard layout.
+    pub(crate) fn into_shape(self, shape: &[usize]) -> Data {
+        with_array!(self, a => {
+            let a = if a.is_standard_layout() { a } else { a.as_standard_layout().into_owned() };
+            Data::from(a.into_shape_with_order(IxDyn(shape)).expect("as many elements"))
+        })
     }
 
     /// Casts to `dtype` with `as` semantics (floats truncate toward zero into integers;

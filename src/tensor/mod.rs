@@ -277,7 +277,18 @@ impl Tensor {
     /// assert_eq!(x.to_vec::<f64>().unwrap(), vec![1.5, 2.5]);
     /// ```
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
-        Ok(T::unwrap(self.data()?).iter().copied().collect())
+        let array = T::unwrap(self.data()?);
+        if !array.is_standard_layout() {
+            return Ok(array.iter().copied().collect());
+        }
+        let len = array.len();
+        match array.into_raw_vec_and_offset() {
+            (values, Some(0) | None) if values.len() == len => Ok(values),
+            (values, offset) => {
+                let start = offset.unwrap_or(0);
+                Ok(values[start..start + len].to_vec())
+            }
+        }
     }
 
     /// The values as an `ndarray` array, cast to `T`.

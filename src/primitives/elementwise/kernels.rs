@@ -143,7 +143,7 @@ impl CmpOp {
 /// `f` over two arrays broadcast to `shape`. Contiguous operands of the output's shape, and
 /// scalars, take a flat loop; the rest iterate with a fixed-rank `Zip`, which is far faster
 /// than a dynamic-rank one.
-pub(crate) fn zip<A: Copy, B: Copy, C: 'static>(
+pub(crate) fn zip<A: Copy, B: Copy, C: Clone + 'static>(
     a: &ArrayD<A>,
     b: &ArrayD<B>,
     shape: &[usize],
@@ -169,14 +169,22 @@ pub(crate) fn zip<A: Copy, B: Copy, C: 'static>(
     }
     let a = a.broadcast(shape).expect("shapes checked by infer");
     let b = b.broadcast(shape).expect("shapes checked by infer");
+    let len = shape.iter().product();
+    let mut buffer = pool::take(len);
+    // Any value does as a placeholder: every element is written below.
+    if let (Some(&x), Some(&y)) = (a.iter().next(), b.iter().next()) {
+        buffer.resize(len, f(x, y));
+    }
+    let mut out = ArrayD::from_shape_vec(shape, buffer).expect("one value per element");
     macro_rules! fixed_rank {
         ($dim:ty) => {{
             let a = a.into_dimensionality::<$dim>().expect("rank");
             let b = b.into_dimensionality::<$dim>().expect("rank");
-            Zip::from(&a)
+            let out = out.view_mut().into_dimensionality::<$dim>().expect("rank");
+            Zip::from(out)
+                .and(&a)
                 .and(&b)
-                .map_collect(|&x, &y| f(x, y))
-                .into_dyn()
+                .for_each(|o, &x, &y| *o = f(x, y))
         }};
     }
     // Broadcasting operands: Zip's strided inner loops beat element iterators here.
@@ -185,8 +193,12 @@ pub(crate) fn zip<A: Copy, B: Copy, C: 'static>(
         2 => fixed_rank!(ndarray::Ix2),
         3 => fixed_rank!(ndarray::Ix3),
         4 => fixed_rank!(ndarray::Ix4),
-        _ => Zip::from(&a).and(&b).map_collect(|&x, &y| f(x, y)),
+        _ => Zip::from(&mut out)
+            .and(&a)
+            .and(&b)
+            .for_each(|o, &x, &y| *o = f(x, y)),
     }
+    out
 }
 
 /// `f` over every element, in a pooled buffer when the array is contiguous.
