@@ -13,10 +13,20 @@ fn rnn_step(w: &Tensor, r: &Tensor, input: &Tensor) -> Tensor {
 #[test]
 fn smoke() {
     let xs = Tensor::from([1.0, 2.0, 3.0]);
-    let (last, ys) = scan(|h: &Tensor, x: &Tensor| (h * 0.5 + x, h * 2.0), &Tensor::scalar(1.0), &xs).unwrap();
+    let (last, ys) = scan(
+        |h: &Tensor, x: &Tensor| (h * 0.5 + x, h * 2.0),
+        &Tensor::scalar(1.0),
+        &xs,
+    )
+    .unwrap();
     println!("{:?} {:?}", last.item(), vals(&ys));
     let f = |x: &Tensor| {
-        let (last, ys) = scan(|h: &Tensor, xi: &Tensor| (h * x.sin() + xi, h.powi(2)), &Tensor::scalar(1.0), &Tensor::from([1.0, 2.0, 3.0])).unwrap();
+        let (last, ys) = scan(
+            |h: &Tensor, xi: &Tensor| (h * x.sin() + xi, h.powi(2)),
+            &Tensor::scalar(1.0),
+            &Tensor::from([1.0, 2.0, 3.0]),
+        )
+        .unwrap();
         last + ys.sum()
     };
     let unrolled = |x: &Tensor| {

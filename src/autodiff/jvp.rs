@@ -76,8 +76,7 @@ pub(crate) fn jvp_program_sets(
     for eqn in &program.eqns {
         let ins: Vec<Tensor> = eqn.inputs.iter().map(|v| defined(&primal, *v)).collect();
         trace::with_source(eqn.source, || -> Result<()> {
-            if let (Prim::Loop(l), Mode::Linearize, [(_, batch)]) = (&eqn.prim, mode, sets)
-            {
+            if let (Prim::Loop(l), Mode::Linearize, [(_, batch)]) = (&eqn.prim, mode, sets) {
                 let ts: Vec<Tangent> = eqn
                     .inputs
                     .iter()

@@ -65,7 +65,10 @@ fn steps_after_batch(t: &Tensor, nb: usize) -> Tensor {
     }
     Tensor::attempt(|| {
         let rank = t.ndim()?;
-        let perm: Vec<usize> = (1..=nb).chain(std::iter::once(0)).chain(nb + 1..rank).collect();
+        let perm: Vec<usize> = (1..=nb)
+            .chain(std::iter::once(0))
+            .chain(nb + 1..rank)
+            .collect();
         Ok(t.permute(&perm))
     })
 }
@@ -515,10 +518,7 @@ pub(super) fn transpose(
         out_cts[nh + j] = Some(tracing.input(&with_batch(&out_avals[nh + j])));
     }
     let in_cts = transpose_program(&l.body, &known, &out_cts, batch)?;
-    let mut results: Vec<Tensor> = carry
-        .clone()
-        .map(|i| in_cts[i].instantiate())
-        .collect();
+    let mut results: Vec<Tensor> = carry.clone().map(|i| in_cts[i].instantiate()).collect();
     for (a, &i) in acc.iter().zip(&linear_consts) {
         results.push(match &in_cts[i] {
             Tangent::Value(ct) => a + ct,
@@ -529,9 +529,9 @@ pub(super) fn transpose(
     let body = clean(tracing.finish(&results)?);
 
     let known_of = |i: usize| -> Result<Tensor> {
-        x[i].known().cloned().ok_or_else(|| {
-            Error::Trace("internal: a loop's known input is linear".into())
-        })
+        x[i].known()
+            .cloned()
+            .ok_or_else(|| Error::Trace("internal: a loop's known input is linear".into()))
     };
     let mut inputs: Vec<Tensor> = known_consts
         .iter()
@@ -658,9 +658,7 @@ pub(super) fn transpose_program(
         let out_cts: Vec<Tangent> = eqn
             .outputs
             .iter()
-            .map(|&v| {
-                Tangent::or_zero(ct[v.index()].take(), batch, program.aval(v))
-            })
+            .map(|&v| Tangent::or_zero(ct[v.index()].take(), batch, program.aval(v)))
             .collect();
         let ins: Vec<Primal> = eqn
             .inputs

@@ -36,6 +36,12 @@ use crate::storage::{Aval, DType, Data, pool, with_array};
 use crate::tensor::Tensor;
 use crate::unit::Unit;
 
+/// The units a loop's body was traced with: of its inputs, then of its outputs.
+pub(crate) type LoopUnits = Arc<(Vec<Option<Unit>>, Vec<Option<Unit>>)>;
+
+/// One step of a loop's body on concrete values: its inputs to its outputs.
+pub(crate) type StepFn<'a> = dyn FnMut(&[Arc<Data>]) -> Result<Vec<Arc<Data>>> + 'a;
+
 /// A loop: the body program, how its inputs divide into constants, carry and per-step
 /// inputs, and how many steps run. Printed as JAX prints `scan`, with the body indented.
 ///
@@ -48,7 +54,7 @@ use crate::unit::Unit;
 /// let p = make_program(f, &Tensor::from([1.0, 2.0, 3.0])).unwrap();
 /// let text = p.to_string();
 /// assert!(text.contains("= scan[length=3 reverse=false consts=0 carry=1"), "{text}");
-/// assert!(text.contains("jaxpr={ lambda ; "), "{text}");
+/// assert!(text.contains("jaxpr={ lambda "), "{text}");
 /// assert_eq!(p.len(), 1); // one equation, however many steps
 /// ```
 #[derive(Clone, Debug)]
@@ -71,7 +77,7 @@ pub struct Loop {
     pub(crate) linear: Vec<bool>,
     /// The units the body was traced with: of its inputs, then of its outputs (`None`: a
     /// loop of plain values).
-    pub(crate) units: Option<Arc<(Vec<Option<Unit>>, Vec<Option<Unit>>)>>,
+    pub(crate) units: Option<LoopUnits>,
     /// Progress reporting while it runs.
     pub(crate) progress: Option<Tracker>,
 }
@@ -92,11 +98,6 @@ impl Loop {
         }
     }
 
-    /// The number of per-step inputs.
-    pub(crate) fn n_xs(&self) -> usize {
-        self.body.inputs.len() - self.consts - self.carry
-    }
-
     /// The number of per-step outputs.
     pub(crate) fn n_ys(&self) -> usize {
         self.body.outputs.len() - self.carry
@@ -109,11 +110,7 @@ impl Loop {
 
     /// The index step `t` reads and writes.
     pub(crate) fn index(&self, t: usize) -> usize {
-        if self.reverse {
-            self.length - 1 - t
-        } else {
-            t
-        }
+        if self.reverse { self.length - 1 - t } else { t }
     }
 
     /// The loop without the outputs nobody uses (`used` flags each output), with which of its
@@ -238,7 +235,14 @@ impl Eq for Loop {}
 impl Hash for Loop {
     fn hash<H: Hasher>(&self, state: &mut H) {
         (Arc::as_ptr(&self.body) as usize).hash(state);
-        (self.consts, self.carry, self.length, self.reverse, self.remat).hash(state);
+        (
+            self.consts,
+            self.carry,
+            self.length,
+            self.reverse,
+            self.remat,
+        )
+            .hash(state);
     }
 }
 
@@ -384,11 +388,7 @@ impl Rules for Loop {
 /// Runs the steps of `l` on its operands (`consts ++ init ++ xs`), with `step` running the
 /// body once: the final carry, then the stacked outputs. Shared by the reference kernel here
 /// and the planned one in `exec`.
-pub(crate) fn run_steps(
-    l: &Loop,
-    ins: &[Arc<Data>],
-    step: &mut dyn FnMut(&[Arc<Data>]) -> Result<Vec<Arc<Data>>>,
-) -> Result<Vec<Data>> {
+pub(crate) fn run_steps(l: &Loop, ins: &[Arc<Data>], step: &mut StepFn<'_>) -> Result<Vec<Data>> {
     let (nc, nh) = (l.consts, l.carry);
     let xs = &ins[nc + nh..];
     let mut ys: Vec<Data> = l.body.output_avals()[nh..]
@@ -483,11 +483,7 @@ pub(crate) fn run_reference(program: &Program, inputs: &[Arc<Data>]) -> Result<V
             env[v.index()] = Some(Arc::new(out));
         }
     }
-    program
-        .outputs
-        .iter()
-        .map(|&v| defined(&env, v))
-        .collect()
+    program.outputs.iter().map(|&v| defined(&env, v)).collect()
 }
 
 /// How a loop reports its progress (brainstate's `pbar`): a text progress bar, the `log`
@@ -577,7 +573,8 @@ impl Progress {
     /// Calls `f` with a [`ProgressReport`] every step by default (see [`Progress::every`]).
     ///
     /// ```
-    ///     /// use std::sync::Arc;
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
     /// use brainstate::{Progress, Scan, Tensor};
     /// let calls = Arc::new(AtomicUsize::new(0));
     /// let c = calls.clone();
@@ -739,11 +736,7 @@ fn draw_bar(report: &ProgressReport, finished: bool) {
     } else {
         format!("{} ({})", report.desc, report.pass)
     };
-    let _ = write!(
-        err,
-        "\r{label} [{bar}] {}/{}",
-        report.step, report.length
-    );
+    let _ = write!(err, "\r{label} [{bar}] {}/{}", report.step, report.length);
     if finished {
         let _ = writeln!(err);
     }

@@ -258,7 +258,11 @@ fn run_program(
         program
             .outputs
             .iter()
-            .map(|v| sets.get(v).cloned().unwrap_or_else(|| Arc::new(Sets::Empty)))
+            .map(|v| {
+                sets.get(v)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Sets::Empty))
+            })
             .collect(),
     ))
 }
@@ -291,7 +295,8 @@ fn through_loop(
         })
         .collect::<Result<_>>()?;
     let mut carry: Vec<Arc<Sets>> = ins[nc..nc + nh].to_vec();
-    let mut ys: Vec<Arc<Sets>> = vec![Arc::new(Sets::Empty); l.n_ys()];
+    let empty = Arc::new(Sets::Empty);
+    let mut ys: Vec<Arc<Sets>> = vec![empty; l.n_ys()];
     for _ in 0..steps {
         let mut inputs: Vec<Arc<Sets>> = ins[..nc].to_vec();
         inputs.extend(carry.iter().cloned());

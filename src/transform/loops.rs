@@ -31,9 +31,9 @@
 //!     last + hs.sum()
 //! };
 //! let xs = Tensor::from([1.0, 2.0, 3.0]);
-//! assert_eq!(f(&xs).item().unwrap(), 5.625 + 1.0 + 1.5 + 2.75); // eagerly
+//! assert_eq!(f(&xs).item().unwrap(), 4.375 + 1.0 + 1.5 + 2.75); // eagerly
 //! let g = grad(f).grad_states(&w).call(&xs).unwrap(); // d/dw through the loop
-//! assert!((g.tensor().unwrap().item().unwrap() - 6.5).abs() < 1e-12);
+//! assert!((g.tensor().unwrap().item().unwrap() - 6.75).abs() < 1e-12);
 //! ```
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -41,9 +41,9 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::exec::run_loop;
-use crate::ir::passes::clean;
 use crate::ir::Var;
-use crate::primitives::loops::Tracker;
+use crate::ir::passes::clean;
+use crate::primitives::loops::{LoopUnits, Tracker};
 use crate::primitives::{Loop, Prim, Program, Progress};
 use crate::state;
 use crate::storage::{Aval, Data};
@@ -283,7 +283,7 @@ struct Body {
     /// The states written, carried after the user's carry: each with its leaf count.
     carried: Vec<(Arc<dyn TracedState>, usize)>,
     /// Units of the body's inputs, then outputs (`None` when all are plain).
-    units: Option<Arc<(Vec<Option<Unit>>, Vec<Option<Unit>>)>>,
+    units: Option<LoopUnits>,
     /// The structure of the per-step outputs.
     y_def: TreeDef,
 }
@@ -479,7 +479,7 @@ fn checkpointed(
     body: &Arc<Program>,
     operands: &[Tensor],
     length: usize,
-    units: &Option<Arc<(Vec<Option<Unit>>, Vec<Option<Unit>>)>>,
+    units: &Option<LoopUnits>,
     tracker: &dyn Fn(usize, usize) -> Option<Tracker>,
     offset: usize,
 ) -> Result<Vec<Tensor>> {
@@ -558,8 +558,20 @@ fn checkpointed(
     let mut rest_operands: Vec<Tensor> = operands[..nc].to_vec();
     rest_operands.extend(carry);
     rest_operands.extend(xs.iter().map(|x| take(x, &other)));
-    let other_offset = if shape.reverse { offset } else { offset + segments * segment };
-    let tail = checkpointed(shape, body, &rest_operands, rest, units, tracker, other_offset)?;
+    let other_offset = if shape.reverse {
+        offset
+    } else {
+        offset + segments * segment
+    };
+    let tail = checkpointed(
+        shape,
+        body,
+        &rest_operands,
+        rest,
+        units,
+        tracker,
+        other_offset,
+    )?;
     let mut result: Vec<Tensor> = tail[..nh].to_vec();
     for (main_y, other_y) in ys.iter().zip(&tail[nh..]) {
         let parts = if shape.reverse {
@@ -652,7 +664,12 @@ fn trace_body<C: Tree, X: Tree, Y: Tree>(
                 got.dtype,
             ));
         }
-        outputs.push(same_unit(name, out, first.unit(), &format!("carry leaf {k}"))?);
+        outputs.push(same_unit(
+            name,
+            out,
+            first.unit(),
+            &format!("carry leaf {k}"),
+        )?);
     }
 
     // States: those read and not written are constants; those written are carried.
