@@ -7,6 +7,7 @@
 //! produce programs, and this runs them.
 
 mod fuse;
+mod hoist;
 mod loops;
 mod plan;
 mod simplify;

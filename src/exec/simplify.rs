@@ -13,10 +13,11 @@ use crate::storage::Data;
 /// subprograms, like tangent bases, stay generators that run with the program.
 const FOLD_LIMIT: usize = 4096;
 
-/// Folds small constants, merges duplicates, composes chains of transposes and of reshapes,
-/// drops dead code and renumbers variables.
+/// Folds small constants, moves loop-invariant work out of loops, merges duplicates,
+/// composes chains of transposes and of reshapes, drops dead code and renumbers variables.
 pub(crate) fn simplify(program: Program) -> Program {
-    clean(compose_structural(fold_constants(program)))
+    let program = super::hoist::hoist_invariants(fold_constants(program));
+    clean(compose_structural(program))
 }
 
 /// A transpose of a transpose is one transpose, a reshape of a reshape one reshape, and
