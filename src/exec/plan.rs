@@ -29,7 +29,6 @@ impl Plan {
         let program = super::simplify(program);
         let frees = last_uses(&program);
         let steps = fuse(&program);
-        if std::env::var("BS_DEBUG_FUSE").is_ok() { for s in &steps { if let Step::Eqn(i) = s { let e = &program.eqns[*i]; eprintln!("eqn {}: {:?} -> {:?}", e.prim, e.inputs.iter().map(|v| program.aval(*v).shape.clone()).collect::<Vec<_>>(), e.outputs.iter().map(|v| program.aval(*v).shape.clone()).collect::<Vec<_>>()); } } eprintln!("----"); }
         let dying = step_frees(&program, &steps);
         Plan {
             program,
@@ -303,7 +302,9 @@ mod tests {
             _ => unreachable!(),
         };
         let before = address(env[x.index()].as_deref().unwrap());
-        let out = plan.in_place(&plan.program.eqns[0], &[x], &mut env).unwrap();
+        let out = plan
+            .in_place(&plan.program.eqns[0], &[x], &mut env)
+            .unwrap();
         assert_eq!(out.shape(), &[6]);
         assert_eq!(address(&out), before, "the buffer moved, uncopied");
         let expected = ndarray::Array::from_iter((0..6).map(f64::from)).into_dyn();

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::primitives::Tangent;
 use crate::sparsity::Recover;
 use crate::state;
-use crate::storage::Data;
+use crate::storage::{Data, pool};
 use crate::tensor::Tensor;
 use crate::trace::{self, TracedState};
 use crate::tree::TreeDef;
@@ -125,6 +125,7 @@ fn execute(compiled: &Compiled, inputs: &[Arc<Data>], debug_nan: bool) -> Result
             for (sweep, _) in sweeps {
                 blocks.extend(shared(sweep.run(&residuals, debug_nan)?));
             }
+            pool::recycle_all(residuals);
             blocks.extend(
                 zeros
                     .iter()
@@ -147,6 +148,7 @@ fn execute(compiled: &Compiled, inputs: &[Arc<Data>], debug_nan: bool) -> Result
             let shapes: Vec<Vec<usize>> =
                 compiled.wrt_avals.iter().map(|a| a.shape.clone()).collect();
             let blocks = compression.decompress(&products, &shapes, *into)?;
+            pool::recycle_all(products);
             Run {
                 outputs,
                 blocks: shared(blocks).collect(),
