@@ -413,10 +413,10 @@ impl Unit {
     /// when the unit has a dimension; an error otherwise, or when an exponent overflows.
     ///
     /// ```
-    /// use brainstate::units::{kilogram, ms};
+    /// use brainstate::units::{kg, ms};
     /// assert_eq!(ms.powi(2).powf(0.5).unwrap(), ms);
     /// assert!(ms.powf(std::f64::consts::PI).is_err());
-    /// assert!(kilogram.powf(1e10).is_err()); // the exponent does not fit
+    /// assert!(kg.powf(1e10).is_err()); // the exponent does not fit
     /// ```
     pub fn powf(&self, p: f64) -> Result<Unit> {
         let fraction = (1..=12).find_map(|den| {
