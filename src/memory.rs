@@ -117,9 +117,14 @@ fn default_limit() -> usize {
 /// The bytes of an array of `shape` and `dtype`, or an error naming `op` and the shape when
 /// that size cannot be counted or exceeds what one allocation may hold (`isize::MAX` bytes).
 pub(crate) fn array_bytes(op: &str, shape: &[usize], dtype: DType) -> Result<usize> {
-    shape
+    // As for ndarray and NumPy, the nonzero dimensions must have a countable product even
+    // when another dimension is zero.
+    let countable = shape
         .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .try_fold(1usize, |n, &d| n.checked_mul(d.max(1)))
+        .filter(|&n| n <= isize::MAX as usize);
+    countable
+        .and_then(|_| shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)))
         .and_then(|n| n.checked_mul(dtype.size_bytes()))
         .filter(|&bytes| bytes <= isize::MAX as usize)
         .ok_or_else(|| {
@@ -235,7 +240,8 @@ mod tests {
     fn sizes_never_overflow() {
         assert!(array_bytes("t", &[usize::MAX], DType::F64).is_err());
         assert!(array_bytes("t", &[1 << 31, 1 << 31], DType::F64).is_err());
-        assert!(array_bytes("t", &[0, usize::MAX], DType::F64).is_ok()); // empty
+        assert!(array_bytes("t", &[0, 1 << 40], DType::F64).is_ok()); // empty
+        assert!(array_bytes("t", &[0, usize::MAX], DType::F64).is_err()); // as ndarray
         assert_eq!(array_bytes("t", &[2, 3], DType::C128).unwrap(), 96);
         let err = array_bytes("zeros", &[usize::MAX], DType::F64).unwrap_err();
         assert!(err.to_string().starts_with("zeros: an array of shape"));
