@@ -142,6 +142,28 @@ type Typestate<Sig, C, L, M> = PhantomData<fn() -> (Sig, C, L, M)>;
 /// and `M` the [`mode`] (how the derivatives are computed and returned); they change with the
 /// builder methods, so the result's type always matches.
 ///
+/// A transform can be called from several threads at once. A call is atomic with respect to
+/// the states its function writes: it holds their locks (taken in one global order) from
+/// reading them to assigning their new values, so concurrent calls that write a common state
+/// run one after another and lose no update. A call that fails assigns nothing. Tracing is per
+/// thread: see the crate's documentation on states and threads for what a function that
+/// uses helper threads may do.
+///
+/// ```
+/// use brainstate::{grad, State, Tensor};
+/// let calls = State::new(Tensor::scalar(0.0));
+/// let g = grad(|x: &Tensor| {
+///     calls.set_value(calls.value() + 1.0).unwrap();
+///     x.powi(2).sum()
+/// });
+/// std::thread::scope(|s| {
+///     for _ in 0..4 {
+///         s.spawn(|| (0..25).for_each(|_| { g.call(&Tensor::from([1.0])).unwrap(); }));
+///     }
+/// });
+/// assert_eq!(calls.value().item().unwrap(), 100.0); // no update lost
+/// ```
+///
 /// ```
 /// use brainstate::{hessian, Tensor};
 /// let f = |x: &Tensor| (x.powi(3)).sum();
