@@ -57,19 +57,10 @@ fn watched() -> MutexGuard<'static, Vec<Watched>> {
     WATCHED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Records `error` in the open trace `frame`, from any thread, so that it fails.
+/// Records `error` in the open trace `frame` of another thread, so that it fails.
 fn record_in(frame: u64, error: &Error) {
-    let on_this_thread = FRAMES.with(|frames| {
-        let mut frames = frames.borrow_mut();
-        let found = frames.iter_mut().find(|f| f.id == frame);
-        found
-            .map(|f| f.error.get_or_insert_with(|| error.clone()))
-            .is_some()
-    });
-    if !on_this_thread {
-        if let Some(w) = watched().iter_mut().find(|w| w.frame == frame) {
-            w.error.get_or_insert_with(|| error.clone());
-        }
+    if let Some(w) = watched().iter_mut().find(|w| w.frame == frame) {
+        w.error.get_or_insert_with(|| error.clone());
     }
 }
 
@@ -463,7 +454,7 @@ fn with_frame<R>(id: u64, f: impl FnOnce(&mut Frame) -> R) -> R {
 /// Inside a trace, the traced leaves of `state`: the value last written in this trace, or the
 /// program inputs registered at its first read. `None` outside any trace.
 pub(crate) fn read_state(state: &Arc<dyn TracedState>) -> Option<Vec<Tensor>> {
-    let traced = read_in_frame(state);
+    let traced = read_traced(state);
     if traced.is_none() && WATCHED_COUNT.load(Ordering::Relaxed) > 0 {
         // Read on a thread that is not tracing while another thread traces: that trace is
         // told, since the value may reach it as a constant.
@@ -476,7 +467,9 @@ pub(crate) fn read_state(state: &Arc<dyn TracedState>) -> Option<Vec<Tensor>> {
     traced
 }
 
-fn read_in_frame(state: &Arc<dyn TracedState>) -> Option<Vec<Tensor>> {
+/// [`read_state`] for the library's own reads (a transform gathering its inputs): a read
+/// outside any trace is not reported to the traces of other threads.
+pub(crate) fn read_traced(state: &Arc<dyn TracedState>) -> Option<Vec<Tensor>> {
     FRAMES.with(|frames| {
         let mut frames = frames.borrow_mut();
         let frame = frames.last_mut()?;
@@ -648,23 +641,26 @@ fn try_apply(
             .map(Tensor::from_data)
             .collect());
     };
-    FRAMES
-        .with(|frames| {
-            let mut frames = frames.borrow_mut();
-            match frames.last_mut() {
-                Some(frame) if frame.id == frame_id => frame.record(prim.clone(), inputs, caller),
-                Some(_) => Err(Error::Trace(
-                    "a traced tensor was used outside the transform that traced it \
+    FRAMES.with(|frames| {
+        let mut frames = frames.borrow_mut();
+        match frames.last_mut() {
+            Some(frame) if frame.id == frame_id => frame.record(prim.clone(), inputs, caller),
+            Some(_) => Err(Error::Trace(
+                "a traced tensor was used outside the transform that traced it \
                  (nested transforms over a captured traced value are not supported)"
-                        .into(),
-                )),
-                None => Err(Error::Trace(format!(
-                    "`{}` was applied to a traced tensor on a thread that is not tracing: tracing \
-                 is per thread, so compute with traced values on the thread that runs the \
-                 transformed function (or after the call, with its results)",
+                    .into(),
+            )),
+            None => {
+                let error = Error::Trace(format!(
+                    "`{}` was applied to a traced tensor on a thread that is not tracing: \
+                         tracing is per thread, so compute with traced values on the thread \
+                         that runs the transformed function (or after the call, with its \
+                         results)",
                     prim.name()
-                ))),
+                ));
+                record_in(frame_id, &error);
+                Err(error)
             }
-        })
-        .inspect_err(|e| record_in(frame_id, e))
+        }
+    })
 }

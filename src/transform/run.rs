@@ -56,7 +56,7 @@ pub(crate) fn run(
     let mut inputs = leaves;
     for (state, _) in &compiled.state_inputs {
         // Inside another trace, reading registers the state there too.
-        inputs.extend(trace::read_state(state).unwrap_or_else(|| state.leaves()));
+        inputs.extend(trace::read_traced(state).unwrap_or_else(|| state.leaves()));
     }
     inputs.extend(vectors);
     let (outputs, blocks, residuals) = if inputs.iter().any(Tensor::is_traced) {
