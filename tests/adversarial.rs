@@ -35,7 +35,8 @@ fn failed(what: &str, t: impl FnOnce() -> Tensor) -> Error {
 
 #[test]
 fn impossible_sizes_are_errors() {
-    let cases: Vec<(&str, Box<dyn FnOnce() -> Tensor>)> = vec![
+    type Make = Box<dyn FnOnce() -> Tensor>;
+    let cases: Vec<(&str, Make)> = vec![
         ("zeros", Box::new(|| Tensor::zeros(&[usize::MAX]))),
         ("ones", Box::new(|| Tensor::ones(&[1 << 31, 1 << 31]))),
         (

@@ -841,8 +841,9 @@ impl Tensor {
             ));
         }
         let count = ((stop - start) / step).ceil().max(0.0);
-        // `as` would saturate a count too large for usize (or turn NaN into 0).
-        if !(count < usize::MAX as f64) {
+        // `as` would saturate a count too large for usize (start, stop and step are finite, so
+        // the count is not NaN).
+        if count >= usize::MAX as f64 {
             return Tensor::failed(Error::shape(
                 "arange",
                 format!("{start} to {stop} by {step} has too many elements ({count})"),
