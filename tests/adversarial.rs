@@ -552,6 +552,44 @@ fn integer_overflow_wraps() {
     assert_eq!(vals(common::leaf(&j)), vec![i32::MIN as f64]);
     let h = hessian(|x: &Tensor| x.powi(i32::MIN).sum()).call(&Tensor::from([1.0]));
     assert!(h.is_ok());
+    // Every integer operation either wraps or is an error.
+    let ints = [
+        Tensor::from([i64::MIN, -1, 0, 1, i64::MAX]),
+        Tensor::from([-1_i64, 0, i64::MAX, i64::MIN, 2]),
+    ];
+    let (a, b) = (&ints[0], &ints[1]);
+    type Op<'a> = Box<dyn Fn() -> Tensor + 'a>;
+    let ops: Vec<(&str, Op)> = vec![
+        ("div", Box::new(|| a / b)),
+        ("pow", Box::new(|| a.pow(b))),
+        ("powi", Box::new(|| a.powi(i32::MAX))),
+        ("sub", Box::new(|| a - b)),
+        ("max", Box::new(|| a.maximum(b))),
+        ("cumsum", Box::new(|| a.cumsum(0))),
+        ("cumprod", Box::new(|| a.cumprod(0))),
+        ("matmul", Box::new(|| a.matmul(b))),
+        ("prod", Box::new(|| a.prod())),
+        ("mean", Box::new(|| a.mean())),
+        ("var", Box::new(|| a.var())),
+        ("square", Box::new(|| a * a)),
+        ("sign", Box::new(|| a.sign())),
+        (
+            "take",
+            Box::new(|| a.take(&Tensor::from([i64::MIN + 1]), 0)),
+        ),
+        (
+            "clip",
+            Box::new(|| a.clip(i64::MIN as f64, i64::MAX as f64)),
+        ),
+        (
+            "cast",
+            Box::new(|| Tensor::from([f64::MAX, f64::NAN]).cast(brainstate::DType::I64)),
+        ),
+    ];
+    for (name, op) in ops {
+        let t = catch_unwind(AssertUnwindSafe(op)).unwrap_or_else(|_| panic!("{name} panicked"));
+        let _ = t.to_vec::<f64>(); // a value or an error
+    }
     let idx = Tensor::from([i64::MAX, i64::MAX]);
     assert_eq!(idx.prod().to_vec::<i64>().unwrap(), vec![1]);
 }
