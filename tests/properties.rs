@@ -2,10 +2,11 @@
 //! symmetry, random bad inputs that must give errors (never panics), and random failing calls
 //! after which every state is bit-for-bit unchanged.
 //!
-//! Each property prints its campaign figures (attempts, clean errors, panics, wrong results,
-//! corrupted states). The default run is bounded to stay fast; `PROPTEST_CASES=N` runs `N`
-//! cases per property (for example `PROPTEST_CASES=2000 cargo test --release --test
-//! properties -- --nocapture`).
+//! Each property prints its campaign figures (attempts, clean errors, panics, aborts, wrong
+//! results, corrupted states; an abort would end the test process, so a printed line means
+//! none happened). The default run is bounded to stay fast; `PROPTEST_CASES=N` runs `N` cases
+//! per property (for example `PROPTEST_CASES=2000 cargo test --release --test properties --
+//! --nocapture`).
 
 mod common;
 
