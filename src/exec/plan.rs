@@ -41,7 +41,7 @@ impl Plan {
     pub fn peak_bytes(&self) -> usize {
         let bytes = |v: &Var| {
             let aval = self.program.aval(*v);
-            aval.numel() * aval.dtype.size_bytes()
+            crate::memory::array_bytes("plan", &aval.shape, aval.dtype).unwrap_or(usize::MAX)
         };
         let intermediate: HashSet<Var> = self
             .program
@@ -51,10 +51,11 @@ impl Plan {
             .collect();
         let (mut live, mut peak) = (0usize, 0usize);
         for (eqn, frees) in self.program.eqns.iter().zip(&self.frees) {
-            live += eqn.outputs.iter().map(bytes).sum::<usize>();
+            let made = eqn.outputs.iter().map(bytes).fold(0, usize::saturating_add);
+            live = live.saturating_add(made);
             peak = peak.max(live);
             let dead = frees.iter().filter(|v| intermediate.contains(v));
-            live -= dead.map(bytes).sum::<usize>();
+            live = live.saturating_sub(dead.map(bytes).fold(0, usize::saturating_add));
         }
         peak
     }

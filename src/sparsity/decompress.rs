@@ -72,8 +72,11 @@ impl Compression {
         let leaf_of = |v: usize| starts.partition_point(|&s| s <= v) - 1;
         let k = blocks.len();
         let mut out: Vec<Vec<T>> = (0..k * k)
-            .map(|b| vec![T::default(); blocks[b / k] * blocks[b % k]])
-            .collect();
+            .map(|b| {
+                let len = blocks[b / k].saturating_mul(blocks[b % k]);
+                crate::memory::try_filled("hessian", len, T::default())
+            })
+            .collect::<Result<_>>()?;
         let pattern = &self.pattern;
         for r in 0..pattern.size() {
             let i = leaf_of(r);
