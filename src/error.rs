@@ -82,6 +82,22 @@ pub enum Error {
         /// written.
         source_hint: Option<String>,
     },
+    /// A computation that needs more memory than the limit allows (see [`crate::memory`]).
+    #[error(
+        "{op}: needs {} ({needed} bytes), more than the memory limit of {}: {msg}",
+        crate::memory::human(*needed),
+        crate::memory::human(*limit)
+    )]
+    Memory {
+        /// The operation or transform.
+        op: String,
+        /// The bytes it needs.
+        needed: usize,
+        /// The limit in force.
+        limit: usize,
+        /// What takes the memory, and what to use instead.
+        msg: String,
+    },
     /// The function panicked while it was being traced.
     #[error("the function panicked while being traced: {0}")]
     Panic(String),

@@ -324,9 +324,10 @@ impl Snapshot {
 fn write(writes: Vec<(Arc<dyn TracedState>, Vec<Tensor>)>) -> Result<()> {
     for (state, leaves) in &writes {
         if let Some(e) = leaves.iter().find_map(Tensor::error) {
-            return Err(e.clone());
+            return Err(crate::trace::record_error(e.clone()));
         }
-        state.check(leaves)?;
+        crate::trace::check_writable(leaves, &**state)?;
+        state.check(leaves).map_err(crate::trace::record_error)?;
     }
     state::commit(writes);
     Ok(())

@@ -10,6 +10,7 @@
 //! - [`flat`]: flat vectors and back ([`ravel`]), flat steps and snapshots of states;
 //! - [`unit`](mod@unit): physical units;
 //! - [`primitives`] and [`ir`]: the primitive set with its rules, and programs;
+//! - [`memory`]: checked sizes and the memory limit;
 //! - [`error`]: the one error type.
 //!
 //! Conversions to `ndarray` arrays of a static rank, and with the features `nalgebra`, `faer`
@@ -38,6 +39,7 @@ mod storage;
 
 pub mod error;
 pub mod flat;
+pub mod memory;
 pub mod state;
 pub mod tensor;
 pub mod tree;

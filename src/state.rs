@@ -63,6 +63,10 @@ pub(crate) struct StateCore {
     pub created: &'static Location<'static>,
     /// The value, flattened.
     pub value: Mutex<(TreeDef, Vec<Tensor>)>,
+    /// Assignments so far.
+    pub version: AtomicU64,
+    /// Serializes the calls that write the state (see [`lock_all`]).
+    pub call: Mutex<()>,
 }
 
 impl StateCore {
@@ -142,13 +146,45 @@ impl TracedState for StateCore {
 
     fn assign(&self, leaves: Vec<Tensor>) {
         self.value.lock().unwrap_or_else(|e| e.into_inner()).1 = leaves;
+        self.version.fetch_add(1, Ordering::Release);
     }
+
+    fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    fn call_lock(&self) -> &Mutex<()> {
+        &self.call
+    }
+}
+
+/// Locks the states a call writes, in one global order (by identity) so that calls locking
+/// overlapping sets never deadlock: held from reading the call's inputs to committing its
+/// writes, it makes concurrent calls that write a common state run one after another.
+pub(crate) fn lock_all<'a>(
+    states: impl IntoIterator<Item = &'a Arc<dyn TracedState>>,
+) -> Vec<std::sync::MutexGuard<'a, ()>> {
+    let mut states: Vec<&Arc<dyn TracedState>> = states.into_iter().collect();
+    states.sort_by_key(|s| s.id());
+    states.dedup_by_key(|s| s.id());
+    states
+        .into_iter()
+        .map(|s| s.call_lock().lock().unwrap_or_else(|e| e.into_inner()))
+        .collect()
 }
 
 /// Hands checked values on to the states they were written to: inside a trace the writes are
 /// recorded there (and applied when that trace's own call succeeds); otherwise they are
-/// assigned now. This is the one path by which written values reach states.
+/// assigned now, in turn with the calls that write those states. This is the one path by
+/// which written values reach states.
 pub(crate) fn commit(writes: Vec<(Arc<dyn TracedState>, Vec<Tensor>)>) {
+    let states: Vec<Arc<dyn TracedState>> = writes.iter().map(|(s, _)| s.clone()).collect();
+    let _serialized = lock_all(&states);
+    commit_held(writes);
+}
+
+/// [`commit`] by a caller that holds the states' call locks (see [`lock_all`]).
+pub(crate) fn commit_held(writes: Vec<(Arc<dyn TracedState>, Vec<Tensor>)>) {
     for (state, leaves) in writes {
         if !trace::write_state(&state, &leaves) {
             state.assign(leaves);
@@ -246,12 +282,16 @@ impl<T: Tree> State<T> {
                 name: Mutex::new(None),
                 kind,
                 created: Location::caller(),
-                value: Mutex::new((value.def(), leaves)),
+                value: Mutex::new((value.def(), leaves.clone())),
+                version: AtomicU64::new(0),
+                call: Mutex::new(()),
             }),
             _value: PhantomData,
         };
         // Inside a loop body, a new state would not outlive its step: the loop fails.
         trace::note_new_state(|| state.core.describe());
+        // Created with traced values inside a trace: it loses them when the trace ends.
+        trace::adopt_temporary(&state.handle(), &leaves);
         state
     }
 
@@ -323,9 +363,11 @@ impl<T: Tree> State<T> {
     pub fn set_value(&self, value: T) -> Result<()> {
         let mut leaves = Vec::new();
         value.flatten(&mut leaves);
+        // Inside a trace, an invalid write fails the call too, even if this error is ignored.
         if let Some(e) = leaves.iter().find_map(|t| t.error()) {
-            return Err(e.clone());
+            return Err(trace::record_error(e.clone()));
         }
+        trace::check_writable(&leaves, &*self.core)?;
         self.core
             .check_write(&value.def(), &leaves)
             .map_err(trace::record_error)?;

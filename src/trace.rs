@@ -10,12 +10,18 @@
 //! States are known here only through [`TracedState`]: reading one inside a trace registers it
 //! as a program input, writing one records the new value; the transform decides what to do with
 //! them when the trace ends.
+//!
+//! Tracing is per thread, so what other threads do while a user function is traced is watched
+//! (see [`Tracing::watch`]): a traced tensor used or written to a state on another thread fails
+//! the trace, states read on other threads are reported to the transform (their values may be
+//! constants of the program), and states created with traced values lose them when the trace
+//! ends, so that no state ever holds a traced tensor after a call.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::panic::Location;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::error::{Error, Result};
 use crate::ir::Var;
@@ -28,6 +34,42 @@ static NEXT_FRAME: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
     static FRAMES: RefCell<Vec<Frame>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The traces of user functions open now, on any thread: what other threads need of them.
+static WATCHED: Mutex<Vec<Watched>> = Mutex::new(Vec::new());
+/// How many there are, read without the lock on every untraced state read.
+static WATCHED_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// What other threads record about an open trace of a user function.
+struct Watched {
+    frame: u64,
+    /// The first error raised on another thread with one of its traced tensors.
+    error: Option<Error>,
+    /// States read on threads that were not tracing while it was open, with their versions
+    /// when first read.
+    foreign_reads: Vec<(Arc<dyn TracedState>, u64)>,
+    /// States created with its traced values on other threads.
+    temporaries: Vec<Weak<dyn TracedState>>,
+}
+
+fn watched() -> MutexGuard<'static, Vec<Watched>> {
+    WATCHED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records `error` in the open trace `frame` of another thread, so that it fails.
+fn record_in(frame: u64, error: &Error) {
+    if let Some(w) = watched().iter_mut().find(|w| w.frame == frame) {
+        w.error.get_or_insert_with(|| error.clone());
+    }
+}
+
+/// The frame a traced leaf belongs to, if one is.
+fn traced_frame(leaves: &[Tensor]) -> Option<u64> {
+    leaves.iter().find_map(|t| match t.repr() {
+        Repr::Traced(tr) => Some(tr.frame),
+        _ => None,
+    })
 }
 
 /// What tracing and the transforms need of a state: a stable identity, its current leaves,
@@ -43,6 +85,10 @@ pub(crate) trait TracedState: Send + Sync {
     fn assign(&self, leaves: Vec<Tensor>);
     /// How error messages name the state.
     fn describe(&self) -> String;
+    /// How many times a value has been assigned.
+    fn version(&self) -> u64;
+    /// Held by a call that writes the state, from reading its inputs to committing.
+    fn call_lock(&self) -> &Mutex<()>;
 }
 
 /// A state touched by a trace: the program inputs standing for the value it had when first
@@ -75,11 +121,17 @@ struct Frame {
     captures: Option<Vec<(Tensor, Var)>>,
     /// For the body of a loop: the first state created while it was traced, described.
     new_state: Option<String>,
+    /// Whether a transform inlined here asked for `debug_nan`.
+    debug_nan: bool,
+    /// States created here with traced values.
+    temporaries: Vec<Weak<dyn TracedState>>,
 }
 
 /// An open trace frame. Finish it with [`Tracing::finish`]; dropping it discards the frame.
 pub(crate) struct Tracing {
     id: u64,
+    /// Whether other threads watch it (see [`Tracing::watch`]).
+    watched: bool,
 }
 
 impl Tracing {
@@ -106,9 +158,41 @@ impl Tracing {
                 states: Vec::new(),
                 captures,
                 new_state: None,
+                debug_nan: false,
+                temporaries: Vec::new(),
             })
         });
-        Tracing { id }
+        Tracing { id, watched: false }
+    }
+
+    /// Has other threads watch this trace while it is open (for the trace of a user
+    /// function): an error they raise with its traced tensors fails it, and the states they
+    /// read are reported by [`Tracing::foreign_reads`].
+    pub fn watch(&mut self) {
+        let mut all = watched();
+        all.push(Watched {
+            frame: self.id,
+            error: None,
+            foreign_reads: Vec::new(),
+            temporaries: Vec::new(),
+        });
+        WATCHED_COUNT.store(all.len(), Ordering::Relaxed);
+        self.watched = true;
+    }
+
+    /// The states read on other threads that were not tracing while this trace was open
+    /// (whose values, if the function got them from there, are constants of its program).
+    pub fn foreign_reads(&self) -> Vec<(Arc<dyn TracedState>, u64)> {
+        watched()
+            .iter()
+            .find(|w| w.frame == self.id)
+            .map(|w| w.foreign_reads.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether a transform inlined in this trace asked for `debug_nan`.
+    pub fn debug_nan(&self) -> bool {
+        with_frame(self.id, |frame| frame.debug_nan)
     }
 
     /// For a loop body: the tensors of enclosing traces it used, with the inputs standing for
@@ -173,8 +257,16 @@ impl Tracing {
 
     /// Closes the frame and returns its program, with `outputs` as the program's outputs.
     pub fn finish(self, outputs: &[Tensor]) -> Result<Program> {
+        let foreign = if self.watched {
+            watched()
+                .iter_mut()
+                .find(|w| w.frame == self.id)
+                .and_then(|w| w.error.take())
+        } else {
+            None
+        };
         let result = with_frame(self.id, |frame| {
-            if let Some(e) = frame.error.take() {
+            if let Some(e) = frame.error.take().or(foreign) {
                 return Err(e);
             }
             let vars = outputs
@@ -192,13 +284,102 @@ impl Tracing {
 
 impl Drop for Tracing {
     fn drop(&mut self) {
-        FRAMES.with(|f| {
+        let mut temporaries = FRAMES.with(|f| {
             let mut frames = f.borrow_mut();
-            if let Some(pos) = frames.iter().rposition(|fr| fr.id == self.id) {
-                frames.truncate(pos);
-            }
+            let Some(pos) = frames.iter().rposition(|fr| fr.id == self.id) else {
+                return Vec::new();
+            };
+            let closed = frames.split_off(pos);
+            closed
+                .into_iter()
+                .flat_map(|fr| fr.temporaries)
+                .collect::<Vec<_>>()
         });
+        if self.watched {
+            let mut all = watched();
+            if let Some(pos) = all.iter().position(|w| w.frame == self.id) {
+                temporaries.extend(all.swap_remove(pos).temporaries);
+            }
+            WATCHED_COUNT.store(all.len(), Ordering::Relaxed);
+        }
+        // A state created with traced values loses them: its value is an error from now on.
+        for state in temporaries.iter().filter_map(Weak::upgrade) {
+            let leaves = state.leaves();
+            if traced_frame(&leaves).is_some() {
+                let error = Error::Trace(format!(
+                    "{} was created inside a traced function with a traced value, which does \
+                     not exist after the call; create states outside the function",
+                    state.describe()
+                ));
+                state.assign(
+                    leaves
+                        .iter()
+                        .map(|_| Tensor::failed(error.clone()))
+                        .collect(),
+                );
+            }
+        }
     }
+}
+
+/// Registers `state`, created with `leaves`, as a temporary of the trace its traced leaves
+/// belong to: when that trace ends, its value becomes an error rather than a dead tracer.
+pub(crate) fn adopt_temporary(state: &Arc<dyn TracedState>, leaves: &[Tensor]) {
+    let Some(frame) = traced_frame(leaves) else {
+        return;
+    };
+    let weak = Arc::downgrade(state);
+    let here = FRAMES.with(|frames| {
+        let mut frames = frames.borrow_mut();
+        let found = frames.iter_mut().find(|f| f.id == frame);
+        found.map(|f| f.temporaries.push(weak.clone())).is_some()
+    });
+    if !here {
+        match watched().iter_mut().find(|w| w.frame == frame) {
+            Some(w) => w.temporaries.push(weak),
+            // Its trace has ended already: it holds a dead tracer from the start.
+            None => state.assign(
+                leaves
+                    .iter()
+                    .map(|_| {
+                        Tensor::failed(Error::Trace(
+                            "a state was created with a traced value after its trace ended".into(),
+                        ))
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// An error unless `leaves` may be written to a state from this thread: a traced leaf must
+/// belong to a trace open on this thread (the error also fails that trace).
+pub(crate) fn check_writable(leaves: &[Tensor], state: &dyn TracedState) -> Result<()> {
+    let Some(frame) = traced_frame(leaves) else {
+        return Ok(());
+    };
+    let open_here = FRAMES.with(|frames| frames.borrow().iter().any(|f| f.id == frame));
+    if open_here {
+        return Ok(());
+    }
+    let error = Error::Trace(format!(
+        "writing {}: the new value is traced by a transform on another thread (or one that \
+         has ended); tracing is per thread, so read and write states in the traced function \
+         itself, and pass values (not traced tensors) to other threads",
+        state.describe()
+    ));
+    record_in(frame, &error);
+    Err(error)
+}
+
+/// Requests `debug_nan` for the innermost trace (a transform that checks for NaNs was inlined
+/// there): the enclosing transform then checks too.
+pub(crate) fn request_debug_nan() {
+    FRAMES.with(|frames| {
+        if let Some(frame) = frames.borrow_mut().last_mut() {
+            frame.debug_nan = true;
+        }
+    });
 }
 
 impl Frame {
@@ -321,6 +502,22 @@ fn with_frame<R>(id: u64, f: impl FnOnce(&mut Frame) -> R) -> R {
 /// Inside a trace, the traced leaves of `state`: the value last written in this trace, or the
 /// program inputs registered at its first read. `None` outside any trace.
 pub(crate) fn read_state(state: &Arc<dyn TracedState>) -> Option<Vec<Tensor>> {
+    let traced = read_traced(state);
+    if traced.is_none() && WATCHED_COUNT.load(Ordering::Relaxed) > 0 {
+        // Read on a thread that is not tracing while another thread traces: that trace is
+        // told, since the value may reach it as a constant.
+        for w in watched().iter_mut() {
+            if !w.foreign_reads.iter().any(|(s, _)| s.id() == state.id()) {
+                w.foreign_reads.push((state.clone(), state.version()));
+            }
+        }
+    }
+    traced
+}
+
+/// [`read_state`] for the library's own reads (a transform gathering its inputs): a read
+/// outside any trace is not reported to the traces of other threads.
+pub(crate) fn read_traced(state: &Arc<dyn TracedState>) -> Option<Vec<Tensor>> {
     FRAMES.with(|frames| {
         let mut frames = frames.borrow_mut();
         let frame = frames.last_mut()?;
@@ -492,7 +689,7 @@ fn try_apply(
             .iter()
             .map(|t| t.aval())
             .collect::<Result<Vec<_>>>()?;
-        prim.infer(&avals)?;
+        crate::memory::check_results(prim.name(), &prim.infer(&avals)?)?;
         let datas = inputs
             .iter()
             .map(|t| t.data())
@@ -511,11 +708,22 @@ fn try_apply(
             Some(frame) if frame.id == frame_id || frame.captures.is_some() => {
                 frame.record(prim.clone(), inputs, caller)
             }
-            _ => Err(Error::Trace(
+            Some(_) => Err(Error::Trace(
                 "a traced tensor was used outside the transform that traced it \
                  (nested transforms over a captured traced value are not supported)"
                     .into(),
             )),
+            None => {
+                let error = Error::Trace(format!(
+                    "`{}` was applied to a traced tensor on a thread that is not tracing: \
+                         tracing is per thread, so compute with traced values on the thread \
+                         that runs the transformed function (or after the call, with its \
+                         results)",
+                    prim.name()
+                ));
+                record_in(frame_id, &error);
+                Err(error)
+            }
         }
     })
 }

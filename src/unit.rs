@@ -54,30 +54,38 @@ impl Ratio {
         Ratio { num: n, den: 1 }
     }
 
-    fn new(num: i32, den: i32) -> Ratio {
-        fn gcd(a: i32, b: i32) -> i32 {
+    /// `num / den` reduced, or `None` when it does not fit `i32` or `den` is 0.
+    fn new(num: i128, den: i128) -> Option<Ratio> {
+        fn gcd(a: i128, b: i128) -> i128 {
             if b == 0 {
                 a.abs().max(1)
             } else {
                 gcd(b, a % b)
             }
         }
-        let g = gcd(num, den) * den.signum();
-        Ratio {
-            num: num / g,
-            den: den / g,
+        if den == 0 {
+            return None;
         }
+        let g = gcd(num, den) * den.signum();
+        Some(Ratio {
+            num: i32::try_from(num / g).ok()?,
+            den: i32::try_from(den / g).ok()?,
+        })
     }
 
-    fn add(self, other: Ratio) -> Ratio {
-        Ratio::new(
-            self.num * other.den + other.num * self.den,
-            self.den * other.den,
-        )
+    /// The parts in `i128`, where sums and products of two `i32` fractions never overflow.
+    fn wide(self) -> (i128, i128) {
+        (i128::from(self.num), i128::from(self.den))
     }
 
-    fn mul(self, other: Ratio) -> Ratio {
-        Ratio::new(self.num * other.num, self.den * other.den)
+    fn add(self, other: Ratio) -> Option<Ratio> {
+        let ((a, b), (c, d)) = (self.wide(), other.wide());
+        Ratio::new(a * d + c * b, b * d)
+    }
+
+    fn mul(self, other: Ratio) -> Option<Ratio> {
+        let ((a, b), (c, d)) = (self.wide(), other.wide());
+        Ratio::new(a * c, b * d)
     }
 
     fn as_f64(self) -> f64 {
@@ -106,7 +114,10 @@ struct Factor {
 
 impl Factor {
     fn power(self) -> Ratio {
-        Ratio::new(i32::from(self.num), i32::from(self.den))
+        Ratio {
+            num: i32::from(self.num),
+            den: i32::from(self.den),
+        }
     }
 
     /// The factor with another power; `None` if it does not fit.
@@ -160,7 +171,7 @@ impl Symbols {
         for f in other.factors() {
             let len = usize::from(out.len);
             match out.factors[..len].iter_mut().find(|g| g.name == f.name) {
-                Some(g) => *g = g.with_power(g.power().add(f.power()))?,
+                Some(g) => *g = g.with_power(g.power().add(f.power())?)?,
                 None if len < Symbols::CAPACITY => {
                     out.factors[len] = *f;
                     out.len += 1;
@@ -184,7 +195,7 @@ impl Symbols {
     fn pow(self, p: Ratio) -> Option<Symbols> {
         let mut out = self;
         for f in out.factors[..usize::from(self.len)].iter_mut() {
-            *f = f.with_power(f.power().mul(p))?;
+            *f = f.with_power(f.power().mul(p)?)?;
         }
         Some(out)
     }
@@ -207,7 +218,13 @@ impl fmt::Display for Symbols {
             if p.num > 0 {
                 up.push(term(factor, p));
             } else {
-                down.push(term(factor, Ratio::new(-p.num, p.den)));
+                down.push(term(
+                    factor,
+                    Ratio {
+                        num: -p.num,
+                        den: p.den,
+                    },
+                ));
             }
         }
         let up = if up.is_empty() {
@@ -366,61 +383,144 @@ impl Unit {
 
     /// This unit to the integer power `n`.
     ///
+    /// # Panics
+    ///
+    /// When an exponent overflows (`i32`), as integer arithmetic does; operations on tensors
+    /// use [`Unit::checked_powi`] and fail with an error instead.
+    ///
     /// ```
     /// use brainstate::units::{hertz, ms, second};
     /// assert_eq!(ms.powi(2).to_string(), "ms^2");
     /// assert_eq!(second.powi(-1), hertz);
     /// ```
     pub fn powi(&self, n: i32) -> Unit {
-        self.pow_ratio(Ratio::int(n))
+        self.checked_powi(n).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// This unit to the power `p`, which must be a fraction with a small denominator (up to 12)
-    /// when the unit has a dimension.
+    /// This unit to the integer power `n`, or an error when an exponent overflows.
     ///
     /// ```
     /// use brainstate::units::ms;
+    /// assert_eq!(ms.checked_powi(3).unwrap().to_string(), "ms^3");
+    /// let err = ms.checked_powi(i32::MAX).unwrap().checked_powi(2).unwrap_err();
+    /// assert!(err.to_string().contains("overflow"));
+    /// ```
+    pub fn checked_powi(&self, n: i32) -> Result<Unit> {
+        self.pow_ratio(Ratio::int(n), "powi")
+    }
+
+    /// This unit to the power `p`, which must be a fraction with a small denominator (up to 12)
+    /// when the unit has a dimension; an error otherwise, or when an exponent overflows.
+    ///
+    /// ```
+    /// use brainstate::units::{kg, ms};
     /// assert_eq!(ms.powi(2).powf(0.5).unwrap(), ms);
     /// assert!(ms.powf(std::f64::consts::PI).is_err());
+    /// assert!(kg.powf(1e10).is_err()); // the exponent does not fit
     /// ```
     pub fn powf(&self, p: f64) -> Result<Unit> {
         let fraction = (1..=12).find_map(|den| {
-            let num = p * den as f64;
-            ((num - num.round()).abs() < 1e-9).then(|| Ratio::new(num.round() as i32, den))
+            let num = (p * den as f64).round();
+            ((p * den as f64 - num).abs() < 1e-9).then_some((num, den))
         });
         if self.is_dimensionless() {
             return Ok(Unit {
                 dims: self.dims,
                 scale: self.scale.powf(p),
-                symbols: fraction.and_then(|r| self.symbols?.pow(r)),
+                symbols: fraction
+                    .and_then(|(num, den)| {
+                        fits_i64(num).and_then(|n| Ratio::new(n.into(), den.into()))
+                    })
+                    .and_then(|r| self.symbols?.pow(r)),
             });
         }
-        fraction
-            .map(|r| self.pow_ratio(r))
-            .ok_or_else(|| Error::Units {
-                op: "pow".into(),
-                msg: format!(
-                    "cannot raise {self} to the power {p}: exponents must be simple fractions"
-                ),
-            })
+        let (num, den) = fraction.ok_or_else(|| Error::Units {
+            op: "pow".into(),
+            msg: format!(
+                "cannot raise {self} to the power {p}: exponents must be simple fractions"
+            ),
+        })?;
+        let ratio = fits_i64(num)
+            .and_then(|n| Ratio::new(n.into(), den.into()))
+            .ok_or_else(|| overflow("pow", self, &format!("the power {p}")))?;
+        self.pow_ratio(ratio, "pow")
     }
 
-    fn pow_ratio(&self, p: Ratio) -> Unit {
-        Unit {
-            dims: self.dims.map(|d| d.mul(p)),
+    fn pow_ratio(&self, p: Ratio, op: &str) -> Result<Unit> {
+        let mut dims = self.dims;
+        for d in &mut dims {
+            *d = d
+                .mul(p)
+                .ok_or_else(|| overflow(op, self, &format!("the power {p}")))?;
+        }
+        Ok(Unit {
+            dims,
             scale: tidy(self.scale.powf(p.as_f64())),
             symbols: self.symbols.and_then(|s| s.pow(p)),
-        }
+        })
     }
 
     /// The square root.
+    ///
+    /// # Panics
+    ///
+    /// When an exponent's denominator overflows (`i32`); operations on tensors use
+    /// [`Unit::checked_sqrt`] and fail with an error instead.
     ///
     /// ```
     /// use brainstate::units::mV;
     /// assert_eq!((mV * mV).sqrt(), mV);
     /// ```
     pub fn sqrt(&self) -> Unit {
-        self.pow_ratio(Ratio::new(1, 2))
+        self.checked_sqrt().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The square root, or an error when an exponent's denominator overflows.
+    ///
+    /// ```
+    /// use brainstate::units::mV;
+    /// let mut u = mV;
+    /// for _ in 0..29 {
+    ///     u = u.checked_sqrt().unwrap();
+    /// }
+    /// assert!(u.checked_sqrt().unwrap().checked_sqrt().is_err()); // mV^(1/2^31)
+    /// ```
+    pub fn checked_sqrt(&self) -> Result<Unit> {
+        self.pow_ratio(Ratio { num: 1, den: 2 }, "sqrt")
+    }
+
+    /// The product, or an error when an exponent overflows.
+    ///
+    /// ```
+    /// use brainstate::units::{mV, nS};
+    /// assert_eq!(mV.checked_mul(&nS).unwrap().to_string(), "pA");
+    /// ```
+    pub fn checked_mul(&self, other: &Unit) -> Result<Unit> {
+        let mut dims = self.dims;
+        for (d, o) in dims.iter_mut().zip(other.dims) {
+            *d = d
+                .add(o)
+                .ok_or_else(|| overflow("mul", self, &format!("times {other}")))?;
+        }
+        let symbols = match (self.symbols, other.symbols) {
+            (Some(a), Some(b)) => a.times(b),
+            _ => None,
+        };
+        Ok(Unit {
+            dims,
+            scale: tidy(self.scale * other.scale),
+            symbols,
+        })
+    }
+
+    /// The quotient, or an error when an exponent overflows.
+    ///
+    /// ```
+    /// use brainstate::units::{mV, ms};
+    /// assert_eq!(mV.checked_div(&ms).unwrap().to_string(), "mV/ms");
+    /// ```
+    pub fn checked_div(&self, other: &Unit) -> Result<Unit> {
+        self.checked_mul(&other.checked_powi(-1)?)
     }
 
     /// The factor that converts values counted in this unit into values counted in `target`,
@@ -446,29 +546,40 @@ impl Unit {
     }
 }
 
+/// The product of units.
+///
+/// # Panics
+///
+/// When an exponent overflows (`i32`); operations on tensors use [`Unit::checked_mul`].
 impl Mul for Unit {
     type Output = Unit;
     fn mul(self, other: Unit) -> Unit {
-        let mut dims = self.dims;
-        for (d, o) in dims.iter_mut().zip(other.dims) {
-            *d = d.add(o);
-        }
-        let symbols = match (self.symbols, other.symbols) {
-            (Some(a), Some(b)) => a.times(b),
-            _ => None,
-        };
-        Unit {
-            dims,
-            scale: tidy(self.scale * other.scale),
-            symbols,
-        }
+        self.checked_mul(&other).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
+/// The quotient of units.
+///
+/// # Panics
+///
+/// When an exponent overflows (`i32`); operations on tensors use [`Unit::checked_div`].
 impl Div for Unit {
     type Output = Unit;
     fn div(self, other: Unit) -> Unit {
-        self * other.powi(-1)
+        self.checked_div(&other).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// `x` as an `i64` when it is an integer that fits.
+fn fits_i64(x: f64) -> Option<i64> {
+    (x.abs() < i64::MAX as f64).then_some(x as i64)
+}
+
+/// The error for an exponent that overflows.
+fn overflow(op: &str, unit: &Unit, what: &str) -> Error {
+    Error::Units {
+        op: op.to_string(),
+        msg: format!("the exponents of {unit} to {what} overflow (they are 32-bit fractions)"),
     }
 }
 

@@ -652,6 +652,24 @@ mod tests {
     }
 
     #[test]
+    fn large_groups_split_across_threads_agree_with_one_pass() {
+        // Enough elements for several ranges of tiles, and a length that is not a multiple of
+        // the tile, with shifted slices and a pad so that ranges start inside rows.
+        let n = 3 * (1 << 16) + 77;
+        let g = crate::grad(|x: &T| {
+            let shifted = x.slice_along(0, 1.., 1) - x.slice_along(0, ..-1, 1).powi(2);
+            (shifted.powi(2) * 100.0).sum() + (1.0 - x).powi(2).sum()
+        });
+        let x = T::from_vec((0..n).map(|k| (k as f64 * 1e-3).sin()).collect(), &[n]).unwrap();
+        let plan = Plan::new(g.program(&x).unwrap());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        pool.install(|| agree(&plan, std::slice::from_ref(&x)));
+    }
+
+    #[test]
     fn padding_and_strided_slices_read_zeros_and_steps() {
         // The transpose of a strided slice is an interior pad: it stays an equation.
         let g = crate::grad(|x: &T| {

@@ -32,26 +32,6 @@ impl Plan {
         let program = super::simplify(program);
         let frees = last_uses(&program);
         let steps = fuse(&program);
-        if std::env::var("BS_DEBUG_FUSE").is_ok() {
-            for s in &steps {
-                if let Step::Eqn(i) = s {
-                    let e = &program.eqns[*i];
-                    eprintln!(
-                        "eqn {}: {:?} -> {:?}",
-                        e.prim,
-                        e.inputs
-                            .iter()
-                            .map(|v| program.aval(*v).shape.clone())
-                            .collect::<Vec<_>>(),
-                        e.outputs
-                            .iter()
-                            .map(|v| program.aval(*v).shape.clone())
-                            .collect::<Vec<_>>()
-                    );
-                }
-            }
-            eprintln!("----");
-        }
         let dying = step_frees(&program, &steps);
         let loops = program
             .eqns
@@ -73,7 +53,7 @@ impl Plan {
     pub fn peak_bytes(&self) -> usize {
         let bytes = |v: &Var| {
             let aval = self.program.aval(*v);
-            aval.numel() * aval.dtype.size_bytes()
+            crate::memory::array_bytes("plan", &aval.shape, aval.dtype).unwrap_or(usize::MAX)
         };
         let intermediate: HashSet<Var> = self
             .program
@@ -83,10 +63,11 @@ impl Plan {
             .collect();
         let (mut live, mut peak) = (0usize, 0usize);
         for (eqn, frees) in self.program.eqns.iter().zip(&self.frees) {
-            live += eqn.outputs.iter().map(bytes).sum::<usize>();
+            let made = eqn.outputs.iter().map(bytes).fold(0, usize::saturating_add);
+            live = live.saturating_add(made);
             peak = peak.max(live);
             let dead = frees.iter().filter(|v| intermediate.contains(v));
-            live -= dead.map(bytes).sum::<usize>();
+            live = live.saturating_sub(dead.map(bytes).fold(0, usize::saturating_add));
         }
         peak
     }

@@ -34,9 +34,9 @@ impl Sweep {
             .map(|out| {
                 let mut shape = out.shape[1..].to_vec();
                 shape.extend(&self.input.shape);
-                Data::zeros(&shape, out.dtype)
+                crate::memory::zeros("sweep", &shape, out.dtype)
             })
-            .collect::<Vec<_>>();
+            .collect::<Result<Vec<_>>>()?;
         let mut inputs: Vec<Arc<Data>> = residuals.to_vec();
         inputs.push(Arc::new(Data::scalar(0.0, DType::F64)));
         for start in (0..n).step_by(self.chunk.max(1)) {

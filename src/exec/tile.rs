@@ -2,7 +2,10 @@
 //! each equation a tight loop over a tile held in a register.
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::Arc;
+
+use rayon::prelude::*;
 
 use super::fuse::{Group, Src, TileOp, View};
 use crate::error::{Error, Result};
@@ -13,6 +16,10 @@ use crate::storage::{Data, pool};
 /// Elements per tile: the registers of a group stay in the first-level cache.
 const TILE: usize = 512;
 
+/// Groups of at least this many elements per thread run on the thread pool: below it, the
+/// cost of waking threads exceeds the work shared.
+const PARALLEL_MIN: usize = 1 << 16;
+
 thread_local! {
     /// The registers of the group running on this thread, kept between runs.
     static REGISTERS: RefCell<Vec<Vec<f64>>> = const { RefCell::new(Vec::new()) };
@@ -20,7 +27,7 @@ thread_local! {
 
 impl Group {
     /// Runs the group on the values computed so far (`env`, by variable); returns its outputs
-    /// in order.
+    /// in order. Large groups are split into contiguous ranges of tiles run on the thread pool.
     pub fn run(&self, env: &[Option<Arc<Data>>]) -> Result<Vec<Data>> {
         let numel: usize = self.shape.iter().product();
         let inputs = self
@@ -32,8 +39,57 @@ impl Group {
             .iter()
             .map(|a| a.as_slice().expect("standard layout"))
             .collect();
-        let mut outputs: Vec<Vec<f64>> = self.outputs.iter().map(|_| pool::take(numel)).collect();
-        let tile = TILE.min(numel).max(1);
+        let mut outputs: Vec<Vec<f64>> = self
+            .outputs
+            .iter()
+            .map(|_| {
+                let mut buffer = pool::take(numel);
+                buffer.resize(numel, 0.0);
+                buffer
+            })
+            .collect();
+        let parts = (numel / PARALLEL_MIN).min(rayon::current_num_threads());
+        if parts <= 1 {
+            let mut targets: Vec<&mut [f64]> = outputs.iter_mut().map(|o| &mut o[..]).collect();
+            self.run_range(&slices, 0..numel, &mut targets);
+        } else {
+            // Contiguous ranges of whole tiles, one per thread, each writing its own part of
+            // every output.
+            let size = numel.div_ceil(parts).next_multiple_of(TILE);
+            let mut ranges: Vec<(Range<usize>, Vec<&mut [f64]>)> = Vec::with_capacity(parts);
+            let mut rests: Vec<&mut [f64]> = outputs.iter_mut().map(|o| &mut o[..]).collect();
+            let mut start = 0;
+            while start < numel {
+                let len = size.min(numel - start);
+                let mut heads = Vec::with_capacity(rests.len());
+                for rest in rests.iter_mut() {
+                    let (head, tail) = std::mem::take(rest).split_at_mut(len);
+                    heads.push(head);
+                    *rest = tail;
+                }
+                ranges.push((start..start + len, heads));
+                start += len;
+            }
+            ranges
+                .into_par_iter()
+                .for_each(|(range, mut targets)| self.run_range(&slices, range, &mut targets));
+        }
+        Ok(outputs
+            .into_iter()
+            .map(|values| {
+                Data::F64(
+                    ndarray::ArrayD::from_shape_vec(self.out_shape.as_slice(), values)
+                        .expect("one value per element"),
+                )
+            })
+            .collect())
+    }
+
+    /// Runs the tiles of the elements `range` of the iteration space, writing output `k`
+    /// into `targets[k]` (of `range.len()` values), in this thread's registers.
+    fn run_range(&self, slices: &[&[f64]], range: Range<usize>, targets: &mut [&mut [f64]]) {
+        let Range { start, end } = range;
+        let tile = TILE.min(end - start).max(1);
         let mut coords = vec![0usize; self.shape.len()];
         REGISTERS.with(|registers| {
             let mut registers = registers.borrow_mut();
@@ -45,14 +101,14 @@ impl Group {
                     r.resize(tile, 0.0);
                 }
             }
-            for start in (0..numel).step_by(tile) {
-                let len = tile.min(numel - start);
+            for first in (start..end).step_by(tile) {
+                let len = tile.min(end - first);
                 // A tile of an operand: a register, or a slice of a buffer read in order.
                 fn read<'a>(
                     src: Src,
                     registers: &'a [Vec<f64>],
                     slices: &[&'a [f64]],
-                    views: &[super::fuse::View],
+                    views: &[View],
                     start: usize,
                     len: usize,
                 ) -> &'a [f64] {
@@ -69,45 +125,37 @@ impl Group {
                     match *op {
                         TileOp::Load { view, dst } => {
                             let out = &mut registers[dst][..len];
-                            load(&self.views[view], slices[view], start, out, &mut coords);
+                            load(&views[view], slices[view], first, out, &mut coords);
                         }
                         // The result's register is taken out while its operands are read: the
                         // planner never gives an operand the result's register.
                         TileOp::Unary { op, src, dst } => {
                             let mut d = std::mem::take(&mut registers[dst]);
-                            let x = read(src, &registers, &slices, views, start, len);
+                            let x = read(src, &registers, slices, views, first, len);
                             unary(op, x, &mut d[..len]);
                             registers[dst] = d;
                         }
                         TileOp::PowI { n, src, dst } => {
                             let mut d = std::mem::take(&mut registers[dst]);
-                            let x = read(src, &registers, &slices, views, start, len);
+                            let x = read(src, &registers, slices, views, first, len);
                             powi(n, x, &mut d[..len]);
                             registers[dst] = d;
                         }
                         TileOp::Binary { op, a, b, dst } => {
                             let mut d = std::mem::take(&mut registers[dst]);
-                            let x = read(a, &registers, &slices, views, start, len);
-                            let y = read(b, &registers, &slices, views, start, len);
+                            let x = read(a, &registers, slices, views, first, len);
+                            let y = read(b, &registers, slices, views, first, len);
                             binary(op, x, y, &mut d[..len]);
                             registers[dst] = d;
                         }
                         TileOp::Store { src, output } => {
-                            outputs[output].extend_from_slice(&registers[src][..len]);
+                            let at = first - start;
+                            targets[output][at..at + len].copy_from_slice(&registers[src][..len]);
                         }
                     }
                 }
             }
         });
-        Ok(outputs
-            .into_iter()
-            .map(|values| {
-                Data::F64(
-                    ndarray::ArrayD::from_shape_vec(self.out_shape.as_slice(), values)
-                        .expect("one value per element"),
-                )
-            })
-            .collect())
     }
 }
 

@@ -138,7 +138,7 @@ impl Rules for MatMul {
 
     fn units(&self, units: &[Option<Unit>], _inputs: &[&Tensor]) -> Result<UnitRule> {
         let u = Units::new(self.name(), units);
-        Ok(u.keep(Some(u.of(0) * u.of(1))))
+        Ok(u.keep(Some(u.of(0).checked_mul(&u.of(1))?)))
     }
 
     fn dependence(&self, _ins: &[Aval]) -> Dependence {

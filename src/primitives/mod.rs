@@ -25,6 +25,7 @@ pub(crate) mod loops;
 mod matmul;
 mod reduce;
 mod structural;
+mod sum;
 
 use std::fmt;
 
@@ -328,8 +329,12 @@ impl Prim {
         dispatch!(self, op => op.name())
     }
 
+    /// The outputs' shapes and dtypes; an error when the inputs do not fit, or when an
+    /// output could not exist (its size overflows: see [`crate::memory`]).
     pub(crate) fn infer(&self, ins: &[Aval]) -> Result<Vec<Aval>> {
-        dispatch!(self, op => op.infer(ins))
+        let outs = dispatch!(self, op => op.infer(ins))?;
+        crate::memory::avals_bytes(self.name(), &outs)?;
+        Ok(outs)
     }
 
     pub(crate) fn eval(&self, ins: &[&Data]) -> Result<Vec<Data>> {

@@ -4,6 +4,7 @@ use std::fmt;
 
 use ndarray::{ArrayD, Axis};
 
+use super::sum::{Summand, sum_axes};
 use super::{
     Dependence, Primal, Rules, Tangent, UnitRule, Units, arity, concat_dims, cotangents,
     not_linear, one, tuple,
@@ -172,12 +173,15 @@ impl Rules for Reduce {
 
 fn reduce_array<T>(a: &ArrayD<T>, axes: &[usize], op: ReduceOp) -> ArrayD<T>
 where
-    T: Copy + PartialOrd + num_traits::Zero + std::ops::Add<Output = T>,
+    T: Summand + PartialOrd,
 {
+    if op == ReduceOp::Sum {
+        return sum_axes(a, axes);
+    }
     let mut out = a.clone();
     for &axis in axes.iter().rev() {
         out = match op {
-            ReduceOp::Sum => sum_axis(&out, axis),
+            ReduceOp::Sum => sum_axes(&out, &[axis]),
             ReduceOp::Max | ReduceOp::Min => {
                 let mut acc = out.index_axis(Axis(axis), 0).to_owned();
                 for lane in out.axis_iter(Axis(axis)).skip(1) {
@@ -200,29 +204,6 @@ where
     out
 }
 
-/// Sum along one axis, with fixed-rank iteration where possible (much faster than dynamic).
-fn sum_axis<T>(a: &ArrayD<T>, axis: usize) -> ArrayD<T>
-where
-    T: Copy + num_traits::Zero + std::ops::Add<Output = T>,
-{
-    macro_rules! fixed_rank {
-        ($dim:ty) => {
-            a.view()
-                .into_dimensionality::<$dim>()
-                .expect("rank")
-                .sum_axis(Axis(axis))
-                .into_dyn()
-        };
-    }
-    match a.ndim() {
-        1 => fixed_rank!(ndarray::Ix1),
-        2 => fixed_rank!(ndarray::Ix2),
-        3 => fixed_rank!(ndarray::Ix3),
-        4 => fixed_rank!(ndarray::Ix4),
-        _ => a.sum_axis(Axis(axis)),
-    }
-}
-
 /// `v != v`: true only for a floating-point NaN.
 #[allow(clippy::eq_op)]
 fn is_nan<T: PartialEq>(v: T) -> bool {
@@ -235,16 +216,8 @@ fn eval(op: ReduceOp, axes: &[usize], x: &Data) -> Data {
         Data::F32(a) => Data::F32(reduce_array(a, axes, op)),
         Data::I64(a) => Data::I64(reduce_array(a, axes, op)),
         // Only sums are defined on complex numbers (infer checks).
-        Data::C128(a) => Data::C128(
-            axes.iter()
-                .rev()
-                .fold(a.clone(), |acc, &axis| sum_axis(&acc, axis)),
-        ),
-        Data::C64(a) => Data::C64(
-            axes.iter()
-                .rev()
-                .fold(a.clone(), |acc, &axis| sum_axis(&acc, axis)),
-        ),
+        Data::C128(a) => Data::C128(sum_axes(a, axes)),
+        Data::C64(a) => Data::C64(sum_axes(a, axes)),
         Data::Bool(_) => unreachable!("dtype checked by infer"),
     }
 }

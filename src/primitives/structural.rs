@@ -10,6 +10,7 @@ use std::fmt;
 
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, Axis, Ix1, Ix2, Ix3, Ix4, IxDyn, Slice};
 
+use super::sum::scatter_add;
 use super::{
     Dependence, Prim, Primal, Rules, Tangent, UnitRule, Units, arity, concat_dims, cotangents, one,
     tuple,
@@ -229,7 +230,8 @@ impl Rules for Structural {
                 shape.clone()
             }
             Structural::Reshape(shape) => {
-                if shape.iter().product::<usize>() != x.numel() {
+                let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+                if numel != Some(x.numel()) {
                     return Err(Error::mismatch("reshape", &x.shape, shape));
                 }
                 shape.clone()
@@ -267,11 +269,21 @@ impl Rules for Structural {
                 rank_check(lo.len(), "lo")?;
                 rank_check(hi.len(), "hi")?;
                 rank_check(interior.len(), "interior")?;
+                let padded = |i: usize| {
+                    x.shape[i]
+                        .saturating_sub(1)
+                        .checked_mul(interior[i])?
+                        .checked_add(x.shape[i])?
+                        .checked_add(lo[i])?
+                        .checked_add(hi[i])
+                };
                 (0..x.shape.len())
                     .map(|i| {
-                        lo[i] + hi[i] + x.shape[i] + x.shape[i].saturating_sub(1) * interior[i]
+                        padded(i).ok_or_else(|| {
+                            Error::shape(op, format!("the padded size of axis {i} overflows"))
+                        })
                     })
-                    .collect()
+                    .collect::<Result<Vec<usize>>>()?
             }
             Structural::Concat(axis) => {
                 let first = ins
@@ -297,7 +309,9 @@ impl Rules for Structural {
                             other.dtype,
                         ));
                     }
-                    shape[*axis] += other.shape[*axis];
+                    shape[*axis] = shape[*axis]
+                        .checked_add(other.shape[*axis])
+                        .ok_or_else(|| Error::shape(op, "the joined size overflows"))?;
                 }
                 shape
             }
@@ -368,7 +382,9 @@ impl Rules for Structural {
                 for i in 0..start.len() {
                     view.slice_axis_inplace(
                         Axis(i),
-                        Slice::new(start[i] as isize, Some(stop[i] as isize), step[i] as isize),
+                        // Steps past the axis's length take its first element (and must
+                        // not wrap to negative steps).
+                        Slice::new(start[i] as isize, Some(stop[i] as isize), step[i].min(isize::MAX as usize) as isize),
                     );
                 }
                 Data::from(owned(view))
@@ -705,19 +721,4 @@ fn check_indices(
         )),
         None => Ok(()),
     }
-}
-
-/// `out[.., indices[k], ..] += a[.., k, ..]` into zeros whose `axis` has length `size`.
-fn scatter_add<T>(a: &ArrayD<T>, axis: Axis, indices: &[usize], size: usize) -> ArrayD<T>
-where
-    T: Copy + num_traits::Zero,
-{
-    let mut shape = a.shape().to_vec();
-    shape[axis.index()] = size;
-    let mut out = ArrayD::zeros(shape);
-    for (k, &i) in indices.iter().enumerate() {
-        out.index_axis_mut(axis, i)
-            .zip_mut_with(&a.index_axis(axis, k), |acc, &v| *acc = *acc + v);
-    }
-    out
 }

@@ -1,52 +1,63 @@
 //! Reading a Hessian's entries out of its compressed products.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use ndarray::ArrayD;
+use ndarray::{ArrayD, ArrayViewD};
 
 use super::Compression;
 use crate::error::{Error, Result};
-use crate::storage::Data;
+use crate::storage::{Data, pool};
 
 impl Compression {
     /// The compressed products `B` (`[colors, n]`, row-major) from one product per
-    /// differentiated leaf (`[colors] ++ leaf shape` each).
-    fn gathered<T: Copy>(&self, products: &[&ArrayD<T>]) -> Result<Vec<T>> {
+    /// differentiated leaf (`[colors] ++ leaf shape` each): the one product itself when there
+    /// is one leaf, else its rows gathered.
+    fn gathered<'a, T: Copy>(&self, products: &[ArrayViewD<'a, T>]) -> Result<Cow<'a, [T]>> {
         let sizes = self.pattern.sizes();
+        let mut flats = Vec::with_capacity(products.len());
+        for (product, &len) in products.iter().zip(&sizes) {
+            let flat = product
+                .to_slice()
+                .ok_or_else(|| Error::shape("sparse hessian", "a product out of layout"))?;
+            if flat.len() != self.colors * len {
+                return Err(Error::shape(
+                    "sparse hessian",
+                    format!(
+                        "a product of {} values for {} colors of {len} variables",
+                        flat.len(),
+                        self.colors
+                    ),
+                ));
+            }
+            flats.push(flat);
+        }
+        if let [flat] = flats[..] {
+            return Ok(Cow::Borrowed(flat));
+        }
         let n: usize = sizes.iter().sum();
         let mut b = Vec::with_capacity(self.colors * n);
         for c in 0..self.colors {
-            for (product, &len) in products.iter().zip(&sizes) {
-                let flat = product
-                    .as_slice()
-                    .ok_or_else(|| Error::shape("sparse hessian", "a product out of layout"))?;
-                if flat.len() != self.colors * len {
-                    return Err(Error::shape(
-                        "sparse hessian",
-                        format!(
-                            "a product of {} values for {} colors of {len} variables",
-                            flat.len(),
-                            self.colors
-                        ),
-                    ));
-                }
+            for (flat, &len) in flats.iter().zip(&sizes) {
                 b.extend_from_slice(&flat[c * len..(c + 1) * len]);
             }
         }
-        Ok(b)
+        Ok(Cow::Owned(b))
     }
 
     /// The values of the pattern's entries, in its order.
-    fn entries<T: Copy>(&self, products: &[&ArrayD<T>]) -> Result<Vec<T>> {
+    fn entries<T: Copy + 'static>(&self, products: &[ArrayViewD<T>]) -> Result<Vec<T>> {
         let b = self.gathered(products)?;
-        Ok(self.sources.iter().map(|&s| b[s]).collect())
+        let mut values = pool::take(self.sources.len());
+        values.extend(self.sources.iter().map(|&s| b[s]));
+        Ok(values)
     }
 
     /// The dense blocks `H[i][j]` (shape `leaf i ++ leaf j`, row-major over `i` then `j`),
     /// zero outside the pattern.
-    fn dense<T: Copy + Default>(
+    fn dense<T: Copy + Default + 'static>(
         &self,
-        products: &[&ArrayD<T>],
+        products: &[ArrayViewD<T>],
         shapes: &[Vec<usize>],
     ) -> Result<Vec<ArrayD<T>>> {
         let values = self.entries(products)?;
@@ -61,8 +72,11 @@ impl Compression {
         let leaf_of = |v: usize| starts.partition_point(|&s| s <= v) - 1;
         let k = blocks.len();
         let mut out: Vec<Vec<T>> = (0..k * k)
-            .map(|b| vec![T::default(); blocks[b / k] * blocks[b % k]])
-            .collect();
+            .map(|b| {
+                let len = blocks[b / k].saturating_mul(blocks[b % k]);
+                crate::memory::try_filled("hessian", len, T::default())
+            })
+            .collect::<Result<_>>()?;
         let pattern = &self.pattern;
         for r in 0..pattern.size() {
             let i = leaf_of(r);
@@ -88,7 +102,7 @@ impl Compression {
     /// diagonal entry.
     fn diagonal<T: Copy + Default>(
         &self,
-        products: &[&ArrayD<T>],
+        products: &[ArrayViewD<T>],
         shapes: &[Vec<usize>],
     ) -> Result<Vec<ArrayD<T>>> {
         let b = self.gathered(products)?;
@@ -136,11 +150,8 @@ impl Compression {
                         )),
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let arrays: Vec<_> = arrays
-                    .iter()
-                    .map(|a| a.as_standard_layout().into_owned())
-                    .collect();
-                let refs: Vec<&ArrayD<_>> = arrays.iter().collect();
+                let arrays: Vec<_> = arrays.iter().map(|a| a.as_standard_layout()).collect();
+                let refs: Vec<ArrayViewD<_>> = arrays.iter().map(|a| a.view()).collect();
                 Ok(match into {
                     Recover::Dense => self
                         .dense(&refs, shapes)?

@@ -104,6 +104,11 @@ struct Entries {
 impl Entries {
     /// Adds every `(p, q)` for `p` in `a` and `q` in `b`; `false` once over the limit.
     fn product(&mut self, a: &[u32], b: &[u32]) -> bool {
+        // `a x b` holds at least `|a| |b| / 2` distinct entries: stop before storing them
+        // when those alone are over the limit.
+        if a.len().saturating_mul(b.len()) / 2 > self.limit {
+            return false;
+        }
         for &p in a {
             for &q in b {
                 let (lo, hi) = if p <= q { (p, q) } else { (q, p) };

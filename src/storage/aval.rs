@@ -28,14 +28,16 @@ impl Aval {
         }
     }
 
-    /// Number of elements.
+    /// Number of elements (saturating at `usize::MAX` for a shape no array can have: every
+    /// aval of a tensor or a program can exist, see [`crate::memory`]).
     ///
     /// ```
     /// use brainstate::{Aval, DType};
     /// assert_eq!(Aval { shape: vec![2, 3], dtype: DType::F64 }.numel(), 6);
+    /// assert_eq!(Aval { shape: vec![usize::MAX, 2], dtype: DType::F64 }.numel(), usize::MAX);
     /// ```
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().fold(1, |n, &d| n.saturating_mul(d))
     }
 }
 

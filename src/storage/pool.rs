@@ -60,6 +60,16 @@ pub(crate) fn recycle(data: Data) {
     }
 }
 
+/// Returns the storage of the arrays nothing else holds to the pool: a plan's outputs that
+/// the caller has read, so that the next run takes their pages again instead of fresh ones.
+pub(crate) fn recycle_all(arrays: Vec<std::sync::Arc<Data>>) {
+    for array in arrays {
+        if let Ok(data) = std::sync::Arc::try_unwrap(array) {
+            recycle(data);
+        }
+    }
+}
+
 /// Returns a buffer to the pool (dropped when the pool is full).
 pub(crate) fn give(mut buffer: Vec<f64>) {
     let capacity = buffer.capacity();

@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::primitives::{
     BinaryOp, CmpOp, Creation, Elementwise, MatMul, Reduce, ReduceOp, UnaryOp,
 };
-use crate::storage::DType;
+use crate::storage::{Aval, DType};
 use crate::unit::Unit;
 
 /// A value that can stand on the other side of an operation with a tensor: a tensor, or a
@@ -799,6 +799,10 @@ impl Tensor {
     /// assert_eq!(x.to_vec::<f64>().unwrap(), vec![-1.0, -0.5, 0.0, 0.5, 1.0]);
     /// ```
     pub fn linspace(start: f64, stop: f64, n: usize) -> Tensor {
+        let aval = Aval::new(&[n], DType::F64);
+        if let Err(e) = crate::memory::check_results("linspace", &[aval]) {
+            return Tensor::failed(e);
+        }
         let step = if n > 1 {
             (stop - start) / (n - 1) as f64
         } else {
@@ -830,7 +834,25 @@ impl Tensor {
                 format!("step must be finite and non-zero, got {step}"),
             ));
         }
-        let n = ((stop - start) / step).ceil().max(0.0) as usize;
+        if !start.is_finite() || !stop.is_finite() {
+            return Tensor::failed(Error::shape(
+                "arange",
+                format!("start and stop must be finite, got {start} and {stop}"),
+            ));
+        }
+        let count = ((stop - start) / step).ceil().max(0.0);
+        // `as` would saturate a count too large for usize (start, stop and step are finite, so
+        // the count is not NaN).
+        if count >= usize::MAX as f64 {
+            return Tensor::failed(Error::shape(
+                "arange",
+                format!("{start} to {stop} by {step} has too many elements ({count})"),
+            ));
+        }
+        let n = count as usize;
+        if let Err(e) = crate::memory::check_results("arange", &[Aval::new(&[n], DType::F64)]) {
+            return Tensor::failed(e);
+        }
         Tensor::from(
             (0..n)
                 .map(|i| start + step * i as f64)
@@ -969,8 +991,10 @@ impl Mul<Unit> for Tensor {
 impl Mul<Unit> for &Tensor {
     type Output = Tensor;
     fn mul(self, unit: Unit) -> Tensor {
-        let unit = self.unit().map_or(unit, |u| u * unit);
-        self.with_unit(Some(unit))
+        match self.unit().map_or(Ok(unit), |u| u.checked_mul(&unit)) {
+            Ok(unit) => self.with_unit(Some(unit)),
+            Err(e) => Tensor::failed(e),
+        }
     }
 }
 
@@ -978,14 +1002,17 @@ impl Div<Unit> for Tensor {
     type Output = Tensor;
     /// Divides the unit (`x / ms` counts `x` per millisecond).
     fn div(self, unit: Unit) -> Tensor {
-        &self * unit.powi(-1)
+        &self / unit
     }
 }
 
 impl Div<Unit> for &Tensor {
     type Output = Tensor;
     fn div(self, unit: Unit) -> Tensor {
-        self * unit.powi(-1)
+        match unit.checked_powi(-1) {
+            Ok(inverse) => self * inverse,
+            Err(e) => Tensor::failed(e),
+        }
     }
 }
 

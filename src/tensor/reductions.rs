@@ -8,7 +8,7 @@
 
 use super::Tensor;
 use super::shape::axes_index;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::storage::DType;
 
 impl Tensor {
@@ -62,7 +62,14 @@ impl Tensor {
             } else {
                 rows
             };
-            let unit = self.unit().map(|u| u.powi(n as i32));
+            let power = i32::try_from(n).map_err(|_| Error::Units {
+                op: "prod".into(),
+                msg: format!("the unit of a product of {n} quantities overflows"),
+            });
+            let unit = match self.unit() {
+                Some(u) => Some(u.checked_powi(power?)?),
+                None => None,
+            };
             Ok(out.reshape_exact(&out_shape).with_unit(unit))
         })
     }

@@ -51,22 +51,25 @@ pub trait AxisRange {
     /// assert_eq!((1..-1).resolve(5), (1, 4));
     /// assert_eq!((-2..).resolve(5), (3, 5));
     /// assert_eq!((2..100).resolve(5), (2, 5)); // clamped, as in Python
+    /// assert_eq!((0..=isize::MAX).resolve(3), (0, 3)); // no bound overflows
     /// ```
     fn resolve(&self, len: usize) -> (usize, usize);
 }
 
 impl<R: RangeBounds<isize>> AxisRange for R {
     fn resolve(&self, len: usize) -> (usize, usize) {
-        let n = len as isize;
-        let clamp = |i: isize| (if i < 0 { i + n } else { i }).clamp(0, n) as usize;
+        // In i128, where no bound of an isize range can overflow.
+        let n = len as i128;
+        let from_end = |i: isize| if i < 0 { i as i128 + n } else { i as i128 };
+        let clamp = |i: i128| i.clamp(0, n) as usize;
         let start = match self.start_bound() {
-            Bound::Included(&i) => clamp(i),
-            Bound::Excluded(&i) => clamp(i + 1),
+            Bound::Included(&i) => clamp(from_end(i)),
+            Bound::Excluded(&i) => clamp(from_end(i) + 1),
             Bound::Unbounded => 0,
         };
         let stop = match self.end_bound() {
-            Bound::Included(&i) => clamp(if i == -1 { n } else { i + 1 }),
-            Bound::Excluded(&i) => clamp(i),
+            Bound::Included(&i) => clamp(from_end(i) + 1),
+            Bound::Excluded(&i) => clamp(from_end(i)),
             Bound::Unbounded => len,
         };
         (start, stop.max(start))
@@ -86,11 +89,16 @@ impl Tensor {
     pub fn reshape(&self, shape: &[isize]) -> Tensor {
         Tensor::attempt(|| {
             let numel = self.numel()?;
-            let known: usize = shape
+            let own = self.shape()?;
+            let cannot =
+                || Error::shape("reshape", format!("cannot reshape {own:?} into {shape:?}"));
+            let Some(known) = shape
                 .iter()
                 .filter(|&&d| d >= 0)
-                .map(|&d| d as usize)
-                .product();
+                .try_fold(1usize, |n, &d| n.checked_mul(d as usize))
+            else {
+                return Err(cannot());
+            };
             let inferred = shape.iter().filter(|&&d| d < 0).count();
             let resolved: Vec<usize> = match inferred {
                 0 => shape.iter().map(|&d| d as usize).collect(),
@@ -98,12 +106,7 @@ impl Tensor {
                     .iter()
                     .map(|&d| if d < 0 { numel / known } else { d as usize })
                     .collect(),
-                _ => {
-                    return Err(Error::shape(
-                        "reshape",
-                        format!("cannot reshape {:?} into {shape:?}", self.shape()?),
-                    ));
-                }
+                _ => return Err(cannot()),
             };
             Ok(self.reshape_exact(&resolved))
         })
@@ -186,6 +189,7 @@ impl Tensor {
     /// let x = Tensor::from([0.0, 1.0, 2.0, 3.0, 4.0]);
     /// assert_eq!(x.slice_along(0, 1..-1, 1).to_vec::<f64>().unwrap(), vec![1.0, 2.0, 3.0]);
     /// assert_eq!(x.slice_along(0, .., 2).to_vec::<f64>().unwrap(), vec![0.0, 2.0, 4.0]);
+    /// assert_eq!(x.slice_along(0, 1.., usize::MAX).to_vec::<f64>().unwrap(), vec![1.0]);
     /// ```
     #[track_caller]
     pub fn slice_along(&self, axis: isize, range: impl AxisRange, step: usize) -> Tensor {
@@ -196,6 +200,8 @@ impl Tensor {
                 return Err(Error::shape("slice", "step must be at least 1"));
             }
             let (lo, hi) = range.resolve(shape[axis]);
+            // A step past the range takes its first element, as in Python.
+            let step = step.min((hi - lo).max(1));
             let mut start = vec![0; shape.len()];
             let mut stop = shape.to_vec();
             let mut steps = vec![1; shape.len()];

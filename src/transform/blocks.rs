@@ -71,22 +71,29 @@ impl Blocks<'_> {
                         out: o,
                         wrt: (row, col),
                     },
-                    out_unit / (wrt_unit(row) * wrt_unit(col)),
+                    wrt_unit(row)
+                        .checked_mul(&wrt_unit(col))
+                        .and_then(|w| out_unit.checked_div(&w)),
                 ),
                 (Arrangement::Jacobian { .. } | Arrangement::Hessian, _) => (
                     Output::Jacobian { out: o, wrt: row },
-                    out_unit / wrt_unit(row),
+                    out_unit.checked_div(&wrt_unit(row)),
                 ),
-                (Arrangement::Products, _) => {
-                    (Output::Product { wrt: row }, out_unit / wrt_unit(row))
-                }
+                (Arrangement::Products, _) => (
+                    Output::Product { wrt: row },
+                    out_unit.checked_div(&wrt_unit(row)),
+                ),
                 (Arrangement::Diagonal, _) => (
                     Output::Product { wrt: row },
-                    out_unit / wrt_unit(row).powi(2),
+                    wrt_unit(row)
+                        .checked_powi(2)
+                        .and_then(|w| out_unit.checked_div(&w)),
                 ),
                 (Arrangement::Cotangents(ct), _) => (
                     Output::Cotangent { wrt: row },
-                    out_unit * ct / wrt_unit(row),
+                    out_unit
+                        .checked_mul(&ct)
+                        .and_then(|u| u.checked_div(&wrt_unit(row))),
                 ),
             };
             let tensor = &self.blocks[self.compiled.blocks[&output]];
@@ -94,6 +101,10 @@ impl Blocks<'_> {
                 return Node::Leaf(tensor.clone());
             }
             // With unit_aware, each block carries the unit of what it is.
+            let unit = match unit {
+                Ok(unit) => unit,
+                Err(e) => return Node::Leaf(Tensor::failed(e)),
+            };
             Node::Leaf(if unit.is_dimensionless() {
                 if unit.scale() == 1.0 {
                     tensor.clone()

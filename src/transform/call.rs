@@ -121,14 +121,17 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout, M: Mode> GradientTransform<F, Si
             .first()
             .cloned()
             .ok_or_else(|| Error::Trace("internal: a sparse Hessian without values".into()))?;
-        let units = self.unit_aware.then(|| {
+        let units = if self.unit_aware {
             let out = compiled.output_units[0].unwrap_or(Unit::ONE);
             let wrt = |p: usize| compiled.wrt_units[p].unwrap_or(Unit::ONE);
             let k = compiled.wrt_units.len();
-            (0..k * k)
-                .map(|b| out / (wrt(b / k) * wrt(b % k)))
-                .collect()
-        });
+            let units = (0..k * k)
+                .map(|b| out.checked_div(&wrt(b / k).checked_mul(&wrt(b % k))?))
+                .collect::<Result<Vec<Unit>>>()?;
+            Some(units)
+        } else {
+            None
+        };
         Ok(SparseHessian::new(
             compression.pattern.clone(),
             values,
@@ -343,7 +346,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L, 
             argnums: self.argnums.clone(),
             grad_states: self.grad_states.clone(),
             unit_aware: self.unit_aware,
-            debug_nan: self.debug_nan,
+            debug_nan: self.debug_nan || compiled.debug_nan,
             compiled: compiled.clone(),
             _case: std::marker::PhantomData,
         })
@@ -418,6 +421,9 @@ impl<C: Case> Pullback<C> {
             inputs.push(plain);
         }
         let blocks: Vec<Tensor> = if inputs.iter().any(Tensor::is_traced) {
+            if self.debug_nan {
+                crate::trace::request_debug_nan();
+            }
             let zeros = inputs
                 .iter()
                 .map(|t| Ok(Tangent::zero(&[], &t.aval()?)))

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use super::footprint;
 use super::function::{Function, Signature, Split, trace_function};
 use super::mode::Evaluation;
 use super::{Argnums, Kind};
@@ -17,6 +18,7 @@ use crate::autodiff::{
 };
 use crate::error::{Error, Result};
 use crate::exec::{Plan, Sweep};
+use crate::memory;
 use crate::primitives::Program;
 use crate::sparsity::{Compression, Recover, SparsityPattern, hessian_pattern};
 use crate::state::GradStates;
@@ -37,6 +39,8 @@ pub(crate) struct Spec<'a> {
     pub check_states: bool,
     /// Directions per sweep of a forward-mode derivative; `None` chooses by memory.
     pub chunk_size: Option<usize>,
+    /// The memory limit in bytes that a call must fit.
+    pub memory_limit: usize,
 }
 
 /// How a compiled transform computes a call's outputs.
@@ -102,6 +106,17 @@ pub(crate) struct Compiled {
     pub wrt_avals: Vec<Aval>,
     /// Shapes and dtypes of the function's value leaves.
     pub value_avals: Vec<Aval>,
+    /// The transform's name in error messages.
+    pub name: &'static str,
+    /// Whether a transform inlined in the function asked for `debug_nan`.
+    pub debug_nan: bool,
+    /// States read on other threads while the function was traced, whose values may be
+    /// constants of the plan, with their versions then: the plan is stale once one changes.
+    pub watched: Vec<(Arc<dyn TracedState>, u64)>,
+    /// The bytes a call allocates at most (see [`footprint`]).
+    pub needed: usize,
+    /// What takes those bytes, and what to use instead, for an error.
+    pub needed_note: String,
 }
 
 /// The traced function and what is differentiated: enough to derive the whole program.
@@ -125,6 +140,14 @@ impl Compiled {
     pub fn aux_def(&self) -> &TreeDef {
         static NONE: TreeDef = TreeDef::Tuple(Vec::new());
         self.aux_def.as_ref().unwrap_or(&NONE)
+    }
+
+    /// Whether a state read on another thread while the function was traced has changed
+    /// since: its value may be a constant of the plan, which then never fits again.
+    pub fn is_stale(&self) -> bool {
+        self.watched
+            .iter()
+            .any(|(s, version)| s.version() != *version)
     }
 
     /// Whether the states this plan reads still have the shapes, dtypes and units it was
@@ -318,6 +341,30 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
             wrt_units.push(*unit);
         }
     }
+    // States read on other threads: a differentiated one would lose the derivatives through
+    // what was computed there; the others make the plan stale when they change.
+    for (s, _) in &traced.foreign_reads {
+        if grad_states.iter().any(|g| g.id() == s.id()) {
+            return Err(Error::Trace(format!(
+                "{name}: {} is differentiated, but it was read on another thread while the \
+                 function was traced; tracing is per thread, so a value computed there is a \
+                 constant and derivatives through it would be lost. Read states in the \
+                 function itself and pass values to other threads (or avoid reading this state \
+                 from other threads during the first call)",
+                s.describe()
+            )));
+        }
+    }
+    let watched = traced.foreign_reads.clone();
+    if let Some((s, _)) = watched.first() {
+        log::warn!(
+            "{name}: {} (and {} other states) read on another thread while the function was \
+             traced; the plan is rebuilt whenever they change. Read states in the function \
+             itself and pass values to helper threads",
+            s.describe(),
+            watched.len() - 1
+        );
+    }
     let writes = traced
         .states
         .iter()
@@ -348,8 +395,32 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
             "{name}: sparse() and diagonal() apply to hessian transforms"
         )));
     }
+    let (block_bytes, dense) =
+        footprint::dense_blocks(name, spec.kind, evaluation, &program, &wrt, &of)?;
+    let advice = footprint::advice(spec.kind, evaluation);
+    memory::check(name, block_bytes, spec.memory_limit, || {
+        format!(
+            "its blocks {} alone take {}; {advice}",
+            footprint::shapes(&dense),
+            memory::human(block_bytes)
+        )
+    })?;
     let start = Instant::now();
     let (exec, blocks) = executable(spec, &program, &wrt, &of)?;
+    let needed = footprint::executable_bytes(&exec, &wrt_avals).max(block_bytes);
+    let needed_note = if dense.is_empty() {
+        format!(
+            "its plan's intermediates at their peak, over inputs {}; {advice}",
+            footprint::shapes(&wrt_avals)
+        )
+    } else {
+        format!(
+            "its blocks {} take {} and its intermediates the rest; {advice}",
+            footprint::shapes(&dense),
+            memory::human(block_bytes)
+        )
+    };
+    memory::check(name, needed, spec.memory_limit, || needed_note.clone())?;
     log::debug!(
         "{name}: differentiated over {} input leaves, simplified and planned in {:.2?} \
          ({} equations)",
@@ -378,6 +449,11 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
         blocks,
         wrt_avals,
         value_avals,
+        name,
+        debug_nan: traced.debug_nan,
+        watched,
+        needed,
+        needed_note,
     })
 }
 
@@ -427,15 +503,15 @@ fn executable(
             )
         }
         Evaluation::Pattern => {
-            let pattern = full_pattern(program, wrt)?;
+            let pattern = full_pattern(spec, program, wrt)?;
             (Executable::Pattern(Arc::new(pattern)), HashMap::new())
         }
         Evaluation::Sparse => {
-            let compression = Compression::new(full_pattern(program, wrt)?)?;
+            let compression = Compression::new(full_pattern(spec, program, wrt)?)?;
             compressed(program, wrt, compression, Recover::Entries)?
         }
         Evaluation::Diagonal => {
-            let compression = Compression::new(full_pattern(program, wrt)?)?;
+            let compression = Compression::new(full_pattern(spec, program, wrt)?)?;
             compressed(program, wrt, compression, Recover::Diagonal)?
         }
         Evaluation::Dense => match spec.kind {
@@ -447,7 +523,7 @@ fn executable(
                 let (exec, order) = swept(sweeps(spec, program, wrt, of)?);
                 (exec, numbered(order))
             }
-            Kind::Hessian => match sparse_enough(program, wrt, of)? {
+            Kind::Hessian => match sparse_enough(spec, program, wrt, of)? {
                 Some(compression) => compressed(program, wrt, compression, Recover::Dense)?,
                 None => {
                     let (exec, order) = swept(sweeps(spec, program, wrt, of)?);
@@ -458,16 +534,41 @@ fn executable(
     })
 }
 
-/// The Hessian pattern, however dense (a pattern too dense to detect economically is
-/// reported dense).
-fn full_pattern(program: &Program, wrt: &[usize]) -> Result<SparsityPattern> {
-    hessian_pattern(program, wrt, None)?
-        .ok_or_else(|| Error::Trace("internal: a pattern without a limit".into()))
+/// The most upper-triangle entries of a sparsity pattern that fit the spec's memory limit.
+fn pattern_entries(spec: &Spec) -> usize {
+    spec.memory_limit / footprint::PATTERN_ENTRY_BYTES
+}
+
+/// The Hessian pattern, however dense, or an error when it has more entries than the memory
+/// limit holds.
+fn full_pattern(spec: &Spec, program: &Program, wrt: &[usize]) -> Result<SparsityPattern> {
+    let most = pattern_entries(spec);
+    hessian_pattern(program, wrt, Some(most))?.ok_or_else(|| Error::Memory {
+        op: spec.name().to_string(),
+        needed: most
+            .saturating_add(1)
+            .saturating_mul(footprint::PATTERN_ENTRY_BYTES),
+        limit: spec.memory_limit,
+        msg: format!(
+            "the Hessian's sparsity pattern over inputs {} has more than {most} entries; {}",
+            footprint::shapes(
+                &wrt.iter()
+                    .map(|&i| program.aval(program.inputs[i]).clone())
+                    .collect::<Vec<_>>()
+            ),
+            footprint::advice(spec.kind, spec.evaluation)
+        ),
+    })
 }
 
 /// A dense Hessian is computed from its sparsity when its pattern, detected at plan time,
 /// takes at most a quarter as many colors (Hessian-vector products) as it has columns.
-fn sparse_enough(program: &Program, wrt: &[usize], of: &[usize]) -> Result<Option<Compression>> {
+fn sparse_enough(
+    spec: &Spec,
+    program: &Program,
+    wrt: &[usize],
+    of: &[usize],
+) -> Result<Option<Compression>> {
     let scalar = of.len() == 1 && program.aval(program.outputs[of[0]]).shape.is_empty();
     let n: usize = wrt
         .iter()
@@ -478,7 +579,8 @@ fn sparse_enough(program: &Program, wrt: &[usize], of: &[usize]) -> Result<Optio
     }
     // With more than n^2 / 8 entries in the upper triangle, some row has more than n / 4
     // entries, and a coloring needs more colors than that: stop detecting there.
-    let Some(pattern) = hessian_pattern(program, wrt, Some(n * n / 8))? else {
+    let most = (n.saturating_mul(n) / 8).min(pattern_entries(spec));
+    let Some(pattern) = hessian_pattern(program, wrt, Some(most))? else {
         return Ok(None);
     };
     let compression = Compression::new(pattern)?;

@@ -1,12 +1,13 @@
 //! Functions that transforms can trace, and their arguments.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::primitives::Program;
 use crate::storage::Aval;
 use crate::tensor::Tensor;
-use crate::trace::{StateSlot, Tracing};
+use crate::trace::{StateSlot, TracedState, Tracing};
 use crate::tree::{Tree, TreeDef};
 use crate::unit::Unit;
 
@@ -185,6 +186,10 @@ pub(crate) struct Traced {
     pub states: Vec<StateSlot>,
     /// Units of the outputs (value, aux, written states).
     pub output_units: Vec<Option<Unit>>,
+    /// States read on other threads while the function was traced, with their versions then.
+    pub foreign_reads: Vec<(Arc<dyn TracedState>, u64)>,
+    /// Whether a transform inlined in the function asked for `debug_nan`.
+    pub debug_nan: bool,
 }
 
 /// Traces `f` on fresh inputs of the given avals.
@@ -194,7 +199,8 @@ pub(crate) fn trace_function<F: Function<Sig>, Sig>(
     op: &str,
     split: fn(&F::Output) -> Split,
 ) -> Result<Traced> {
-    let tracing = Tracing::new();
+    let mut tracing = Tracing::new();
+    tracing.watch();
     let defs = &signature.defs;
     let inputs: Vec<Tensor> = signature
         .avals
@@ -220,8 +226,12 @@ pub(crate) fn trace_function<F: Function<Sig>, Sig>(
         .flat_map(|leaves| leaves.iter().cloned());
     let outputs: Vec<Tensor> = value.into_iter().chain(aux).chain(written).collect();
     let output_units = outputs.iter().map(Tensor::unit).collect();
+    let foreign_reads = tracing.foreign_reads();
+    let debug_nan = tracing.debug_nan();
     Ok(Traced {
         output_units,
+        foreign_reads,
+        debug_nan,
         program: tracing.finish(&outputs)?,
         value_def,
         aux_def,

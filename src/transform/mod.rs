@@ -26,20 +26,22 @@
 //! assert_eq!(again[1][0].tensor().unwrap().item().unwrap(), 1.0);
 //! ```
 
-use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 mod blocks;
+mod cache;
 mod call;
 mod compile;
+mod footprint;
 mod function;
 mod loops;
 mod run;
 mod typestate;
 
 use self::blocks::{Arrangement, Blocks, Part};
+use self::cache::PlanCache;
 pub use self::call::Pullback;
 use self::compile::{Compiled, Spec, compile};
 pub use self::function::{Args, Function};
@@ -50,7 +52,7 @@ pub use self::typestate::{case, layout, mode};
 use crate::error::Result;
 use crate::exec::simplify;
 use crate::primitives::Program;
-use crate::state::GradStates;
+use crate::state::{self, GradStates};
 
 use crate::tensor::Tensor;
 use crate::tree::{Node, Tree};
@@ -142,6 +144,28 @@ type Typestate<Sig, C, L, M> = PhantomData<fn() -> (Sig, C, L, M)>;
 /// and `M` the [`mode`] (how the derivatives are computed and returned); they change with the
 /// builder methods, so the result's type always matches.
 ///
+/// A transform can be called from several threads at once. A call is atomic with respect to
+/// the states its function writes: it holds their locks (taken in one global order) from
+/// reading them to assigning their new values, so concurrent calls that write a common state
+/// run one after another and lose no update. A call that fails assigns nothing. Tracing is per
+/// thread: see the crate's documentation on states and threads for what a function that
+/// uses helper threads may do.
+///
+/// ```
+/// use brainstate::{grad, State, Tensor};
+/// let calls = State::new(Tensor::scalar(0.0));
+/// let g = grad(|x: &Tensor| {
+///     calls.set_value(calls.value() + 1.0).unwrap();
+///     x.powi(2).sum()
+/// });
+/// std::thread::scope(|s| {
+///     for _ in 0..4 {
+///         s.spawn(|| (0..25).for_each(|_| { g.call(&Tensor::from([1.0])).unwrap(); }));
+///     }
+/// });
+/// assert_eq!(calls.value().item().unwrap(), 100.0); // no update lost
+/// ```
+///
 /// ```
 /// use brainstate::{hessian, Tensor};
 /// let f = |x: &Tensor| (x.powi(3)).sum();
@@ -162,8 +186,10 @@ pub struct GradientTransform<F: Function<Sig>, Sig, C = case::Args, L = Plain, M
     unit_aware: bool,
     debug_nan: bool,
     chunk_size: Option<usize>,
-    /// Plans by argument signature; each also checks the states it read (see `fits_states`).
-    cache: Mutex<HashMap<Signature, Vec<Arc<Compiled>>>>,
+    /// The memory limit of a call in bytes; `None` follows the global one.
+    memory_limit: Option<usize>,
+    /// Plans by argument signature, least recently used dropped first.
+    cache: Mutex<PlanCache>,
     _marker: Typestate<Sig, C, L, M>,
 }
 
@@ -182,7 +208,8 @@ fn transform<F: Function<Sig>, Sig, M>(
         unit_aware: false,
         debug_nan: false,
         chunk_size: None,
-        cache: Mutex::new(HashMap::new()),
+        memory_limit: None,
+        cache: Mutex::new(PlanCache::new(cache::DEFAULT_CAPACITY)),
         _marker: PhantomData,
     }
 }
@@ -324,6 +351,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout, M: Mode> GradientTransform<F, Si
         self,
         split: fn(&F::Output) -> Split,
     ) -> GradientTransform<F, Sig, C2, L2, M2> {
+        let capacity = self.cache_capacity();
         GradientTransform {
             f: self.f,
             split,
@@ -335,7 +363,8 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout, M: Mode> GradientTransform<F, Si
             unit_aware: self.unit_aware,
             debug_nan: self.debug_nan,
             chunk_size: self.chunk_size,
-            cache: Mutex::new(HashMap::new()),
+            memory_limit: self.memory_limit,
+            cache: Mutex::new(PlanCache::new(capacity)),
             _marker: PhantomData,
         }
     }
@@ -502,6 +531,69 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout, M: Mode> GradientTransform<F, Si
         self
     }
 
+    /// The most memory a call may allocate, in bytes (default: the global limit of
+    /// [`crate::memory`], a fraction of the physical memory). The bytes a call needs (the
+    /// blocks it returns and its plans' intermediates at their peak) are known once its plan
+    /// is built; a call that needs more fails with [`Error::Memory`](crate::Error::Memory),
+    /// naming the bytes, the shapes and what to use instead, before it allocates anything.
+    ///
+    /// ```
+    /// use brainstate::{hessian, Error, Tensor};
+    /// let f = |x: &Tensor| x.powi(2).sum();
+    /// let h = hessian(f).memory_limit(1 << 20); // 1 MiB
+    /// assert!(h.call(&Tensor::zeros(&[100])).is_ok()); // 80 kB of blocks
+    /// let err = h.call(&Tensor::zeros(&[1000])).unwrap_err(); // 8 MB of blocks
+    /// assert!(matches!(err, Error::Memory { needed: 8_000_000, .. }));
+    /// assert!(err.to_string().contains("hvp"));
+    /// ```
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// How many plans (one per signature of the arguments and of the states read) the
+    /// transform keeps (default 64): beyond that, the least recently used is dropped, and
+    /// built again if its signature comes back.
+    ///
+    /// ```
+    /// use brainstate::{grad, Tensor};
+    /// let g = grad(|x: &Tensor| x.powi(2).sum()).cache_size(2);
+    /// for n in 1..10 {
+    ///     g.call(&Tensor::ones(&[n])).unwrap(); // a new signature each time
+    /// }
+    /// assert_eq!(g.cached_plans(), 2);
+    /// ```
+    pub fn cache_size(self, plans: usize) -> Self {
+        self.cache().set_capacity(plans);
+        self
+    }
+
+    /// The number of plans the transform holds now.
+    ///
+    /// ```
+    /// use brainstate::{grad, Tensor};
+    /// let g = grad(|x: &Tensor| x.sum());
+    /// assert_eq!(g.cached_plans(), 0);
+    /// g.call(&Tensor::ones(&[3])).unwrap();
+    /// assert_eq!(g.cached_plans(), 1);
+    /// ```
+    pub fn cached_plans(&self) -> usize {
+        self.cache().len()
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, PlanCache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cache_capacity(&self) -> usize {
+        self.cache().capacity()
+    }
+
+    /// The memory limit in force for a call.
+    fn limit(&self) -> usize {
+        self.memory_limit.unwrap_or_else(crate::memory::limit)
+    }
+
     /// The derivative program for arguments like `args`: one program computing the
     /// function's outputs, then every block. Notes above it say how it runs when that is
     /// not as one program: forward-mode derivatives in sweeps over chunks of directions, a
@@ -523,11 +615,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout, M: Mode> GradientTransform<F, Si
 
     /// The plan for this signature, from the cache or newly built.
     fn compiled(&self, signature: &Signature) -> Result<Arc<Compiled>> {
-        let cache = || self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(found) = cache()
-            .get(signature)
-            .and_then(|plans| plans.iter().find(|c| c.fits_states()).cloned())
-        {
+        if let Some(found) = self.cache().get(signature) {
             return Ok(found);
         }
         let spec = Spec {
@@ -542,6 +630,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout, M: Mode> GradientTransform<F, Si
             holomorphic: self.holomorphic,
             check_states: self.check_states,
             chunk_size: self.chunk_size,
+            memory_limit: self.limit(),
         };
         let start = Instant::now();
         let compiled = Arc::new(compile(&self.f, self.split, &spec, signature)?);
@@ -558,10 +647,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout, M: Mode> GradientTransform<F, Si
                 .map(|n| format!("; {n}"))
                 .collect::<String>()
         );
-        cache()
-            .entry(signature.clone())
-            .or_default()
-            .push(compiled.clone());
+        self.cache().insert(signature, compiled.clone());
         Ok(compiled)
     }
 
@@ -603,7 +689,14 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout, M: Mode> GradientTransform<F, Si
         let compiled = self.compiled(&signature)?;
         let vectors = vectors(&compiled)?;
         let start = Instant::now();
-        let mut outputs = run(&compiled, leaves, vectors, self.debug_nan)?;
+        // Read, compute and commit as one step for the states the function writes: calls
+        // that write a common state run one after another.
+        let _serialized = state::lock_all(compiled.writes.iter().map(|(s, _)| s));
+        let settings = run::Settings {
+            debug_nan: self.debug_nan || compiled.debug_nan,
+            memory_limit: self.limit(),
+        };
+        let mut outputs = run(&compiled, leaves, vectors, &settings)?;
         log::debug!(
             "{}: ran the plan in {:.2?}",
             self.kind.name(),

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::primitives::Tangent;
 use crate::sparsity::Recover;
 use crate::state;
-use crate::storage::Data;
+use crate::storage::{Data, pool};
 use crate::tensor::Tensor;
 use crate::trace::{self, TracedState};
 use crate::tree::TreeDef;
@@ -30,10 +30,19 @@ pub(crate) struct Outputs {
 }
 
 impl Outputs {
-    /// Hands the written values on to their states (see [`state::commit`]).
+    /// Hands the written values on to their states (see [`state::commit`]); the caller holds
+    /// their call locks.
     pub fn commit(self) {
-        state::commit(self.writes);
+        state::commit_held(self.writes);
     }
+}
+
+/// How a call runs.
+pub(crate) struct Settings {
+    /// Check every primitive's results for NaNs and infinities.
+    pub debug_nan: bool,
+    /// The bytes the call may allocate.
+    pub memory_limit: usize,
 }
 
 /// Runs a compiled plan on argument leaves, the states' current values, and the call's
@@ -42,15 +51,19 @@ pub(crate) fn run(
     compiled: &Compiled,
     leaves: Vec<Tensor>,
     vectors: Vec<Tensor>,
-    debug_nan: bool,
+    settings: &Settings,
 ) -> Result<Outputs> {
     let mut inputs = leaves;
     for (state, _) in &compiled.state_inputs {
         // Inside another trace, reading registers the state there too.
-        inputs.extend(trace::read_state(state).unwrap_or_else(|| state.leaves()));
+        inputs.extend(trace::read_traced(state).unwrap_or_else(|| state.leaves()));
     }
     inputs.extend(vectors);
     let (outputs, blocks, residuals) = if inputs.iter().any(Tensor::is_traced) {
+        if settings.debug_nan {
+            // The enclosing call checks too, at every level.
+            trace::request_debug_nan();
+        }
         let (outputs, blocks) = inline(compiled, &inputs)?;
         (outputs, blocks, Vec::new())
     } else {
@@ -58,7 +71,14 @@ pub(crate) fn run(
             .iter()
             .map(|t| t.data().cloned())
             .collect::<Result<_>>()?;
-        let run = execute(compiled, &data, debug_nan)?;
+        // The limit may have changed since the plan was built: checked before each run.
+        crate::memory::check(
+            compiled.name,
+            compiled.needed,
+            settings.memory_limit,
+            || compiled.needed_note.clone(),
+        )?;
+        let run = execute(compiled, &data, settings.debug_nan)?;
         let tensors = |data: Vec<Arc<Data>>| data.into_iter().map(Tensor::from_shared).collect();
         (tensors(run.outputs), tensors(run.blocks), run.residuals)
     };
@@ -125,11 +145,10 @@ fn execute(compiled: &Compiled, inputs: &[Arc<Data>], debug_nan: bool) -> Result
             for (sweep, _) in sweeps {
                 blocks.extend(shared(sweep.run(&residuals, debug_nan)?));
             }
-            blocks.extend(
-                zeros
-                    .iter()
-                    .map(|(_, a)| Arc::new(Data::zeros(&a.shape, a.dtype))),
-            );
+            pool::recycle_all(residuals);
+            for (_, a) in zeros {
+                blocks.push(Arc::new(crate::memory::zeros("sweep", &a.shape, a.dtype)?));
+            }
             Run {
                 outputs,
                 blocks,
@@ -147,6 +166,7 @@ fn execute(compiled: &Compiled, inputs: &[Arc<Data>], debug_nan: bool) -> Result
             let shapes: Vec<Vec<usize>> =
                 compiled.wrt_avals.iter().map(|a| a.shape.clone()).collect();
             let blocks = compression.decompress(&products, &shapes, *into)?;
+            pool::recycle_all(products);
             Run {
                 outputs,
                 blocks: shared(blocks).collect(),

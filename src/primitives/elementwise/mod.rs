@@ -397,7 +397,14 @@ impl Rules for Elementwise {
                 None => None,
             },
             Elementwise::PowI(0) => None,
-            Elementwise::PowI(n) => t[0].value().map(|t| t * (x[0].powi(n - 1) * f64::from(*n))),
+            Elementwise::PowI(n) => t[0].value().map(|t| {
+                // x^(n-1), also where n - 1 does not fit an i32.
+                let lower = match n.checked_sub(1) {
+                    Some(m) => x[0].powi(m),
+                    None => x[0].powi(*n) / &x[0],
+                };
+                t * (lower * f64::from(*n))
+            }),
             Elementwise::Binary(op) => op.jvp((&x[0], &x[1]), out, (t[0].value(), t[1].value()))?,
             // Booleans and integers carry no derivative.
             Elementwise::Compare(_) => None,
@@ -509,7 +516,7 @@ impl Rules for Elementwise {
             })
         };
         Ok(match self {
-            Elementwise::Unary(UnaryOp::Sqrt) => u.keep(Some(u.of(0).sqrt())),
+            Elementwise::Unary(UnaryOp::Sqrt) => u.keep(Some(u.of(0).checked_sqrt()?)),
             Elementwise::Unary(UnaryOp::Sign) => u.keep(None),
             Elementwise::Unary(
                 UnaryOp::Exp
@@ -532,9 +539,9 @@ impl Rules for Elementwise {
                 | UnaryOp::Imag,
             )
             | Elementwise::Convert(_) => u.same_as_first(),
-            Elementwise::PowI(n) => u.keep(Some(u.of(0).powi(*n))),
-            Elementwise::Binary(BinaryOp::Mul) => u.keep(Some(u.of(0) * u.of(1))),
-            Elementwise::Binary(BinaryOp::Div) => u.keep(Some(u.of(0) / u.of(1))),
+            Elementwise::PowI(n) => u.keep(Some(u.of(0).checked_powi(*n)?)),
+            Elementwise::Binary(BinaryOp::Mul) => u.keep(Some(u.of(0).checked_mul(&u.of(1))?)),
+            Elementwise::Binary(BinaryOp::Div) => u.keep(Some(u.of(0).checked_div(&u.of(1))?)),
             Elementwise::Binary(BinaryOp::Pow) if u.of(0).is_dimensionless() => UnitRule {
                 factors: vec![u.dimensionless(0)?, u.dimensionless(1)?],
                 outputs: vec![None],

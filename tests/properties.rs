@@ -1,0 +1,669 @@
+//! Property-based tests (proptest): random programs against finite differences and Hessian
+//! symmetry, random bad inputs that must give errors (never panics), and random failing calls
+//! after which every state is bit-for-bit unchanged.
+//!
+//! Each property prints its campaign figures (attempts, clean errors, panics, aborts, wrong
+//! results, corrupted states; an abort would end the test process, so a printed line means
+//! none happened). The default run is bounded to stay fast; `PROPTEST_CASES=N` runs `N` cases
+//! per property (for example `PROPTEST_CASES=2000 cargo test --release --test properties --
+//! --nocapture`).
+
+mod common;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use brainstate::units::{mV, ms};
+use brainstate::{Error, State, Tensor, concatenate, grad, hessian, hvp, jacfwd, jacrev, jvp};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+/// Cases per property: `PROPTEST_CASES`, or a bound that keeps the default run fast.
+fn config(default: u32) -> Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    }
+}
+
+/// Figures of one campaign.
+#[derive(Default)]
+struct Figures {
+    attempts: AtomicUsize,
+    clean_errors: AtomicUsize,
+    panics: AtomicUsize,
+    wrong: AtomicUsize,
+    corrupted: AtomicUsize,
+}
+
+impl Figures {
+    fn report(&self, name: &str) {
+        let get = |a: &AtomicUsize| a.load(Ordering::Relaxed);
+        println!(
+            "campaign {name}: attempts {}, clean errors {}, panics {}, aborts 0, wrong results {}, corrupted states {}",
+            get(&self.attempts),
+            get(&self.clean_errors),
+            get(&self.panics),
+            get(&self.wrong),
+            get(&self.corrupted)
+        );
+        assert_eq!(get(&self.panics), 0, "{name}: panics");
+        assert_eq!(get(&self.wrong), 0, "{name}: wrong results");
+        assert_eq!(get(&self.corrupted), 0, "{name}: corrupted states");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random programs.
+// ---------------------------------------------------------------------------------------------
+
+/// One step of a random program: a new vector from one or two earlier ones (by index, taken
+/// modulo the number of values so far). Every value has the input's shape `[n]`.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Sin(usize),
+    Tanh(usize),
+    Exp(usize),
+    Square(usize),
+    Cube(usize),
+    SoftSqrt(usize),
+    Log1pSquare(usize),
+    Softmax(usize),
+    Flip(usize),
+    Roll(usize),
+    Cumsum(usize),
+    Add(usize, usize),
+    Sub(usize, usize),
+    Mul(usize, usize),
+    SafeDiv(usize, usize),
+    TimesMean(usize, usize),
+    PlusLogsumexp(usize, usize),
+    Outer(usize, usize),
+    Where(usize, usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let a = 0usize..16;
+    prop_oneof![
+        a.clone().prop_map(Op::Sin),
+        a.clone().prop_map(Op::Tanh),
+        a.clone().prop_map(Op::Exp),
+        a.clone().prop_map(Op::Square),
+        a.clone().prop_map(Op::Cube),
+        a.clone().prop_map(Op::SoftSqrt),
+        a.clone().prop_map(Op::Log1pSquare),
+        a.clone().prop_map(Op::Softmax),
+        a.clone().prop_map(Op::Flip),
+        a.clone().prop_map(Op::Roll),
+        a.clone().prop_map(Op::Cumsum),
+        (a.clone(), a.clone()).prop_map(|(x, y)| Op::Add(x, y)),
+        (a.clone(), a.clone()).prop_map(|(x, y)| Op::Sub(x, y)),
+        (a.clone(), a.clone()).prop_map(|(x, y)| Op::Mul(x, y)),
+        (a.clone(), a.clone()).prop_map(|(x, y)| Op::SafeDiv(x, y)),
+        (a.clone(), a.clone()).prop_map(|(x, y)| Op::TimesMean(x, y)),
+        (a.clone(), a.clone()).prop_map(|(x, y)| Op::PlusLogsumexp(x, y)),
+        (a.clone(), a.clone()).prop_map(|(x, y)| Op::Outer(x, y)),
+        (a.clone(), a).prop_map(|(x, y)| Op::Where(x, y)),
+    ]
+}
+
+/// The scalar the program computes from `x` (shape `[n]`), eagerly or traced.
+fn run_program(ops: &[Op], x: &Tensor) -> Tensor {
+    let mut values = vec![x.clone()];
+    for op in ops {
+        let v = |i: usize| values[i % values.len()].clone();
+        let n = x.numel().unwrap_or(1) as isize;
+        let next = match *op {
+            Op::Sin(a) => v(a).sin(),
+            Op::Tanh(a) => v(a).tanh(),
+            Op::Exp(a) => (v(a).tanh() * 0.5).exp(),
+            Op::Square(a) => v(a).powi(2),
+            Op::Cube(a) => v(a).tanh().powi(3),
+            Op::SoftSqrt(a) => (v(a).powi(2) + 1.0).sqrt(),
+            Op::Log1pSquare(a) => v(a).powi(2).log1p(),
+            Op::Softmax(a) => v(a).softmax(-1),
+            Op::Flip(a) => v(a).flip(&[0]),
+            Op::Roll(a) => concatenate(
+                &[v(a).slice_along(0, 1.., 1), v(a).slice_along(0, ..1, 1)],
+                0,
+            ),
+            Op::Cumsum(a) => v(a).cumsum(0) / n as f64,
+            Op::Add(a, b) => v(a) + v(b),
+            Op::Sub(a, b) => v(a) - v(b),
+            Op::Mul(a, b) => v(a) * v(b),
+            Op::SafeDiv(a, b) => v(a) / (v(b).powi(2) + 1.0),
+            Op::TimesMean(a, b) => v(a) * v(b).mean(),
+            Op::PlusLogsumexp(a, b) => v(a) + v(b).logsumexp(),
+            Op::Outer(a, b) => {
+                let outer = v(a).expand_dims(1).matmul(&v(b).tanh().expand_dims(0));
+                outer.sum_axes(&[1], false) / n as f64
+            }
+            Op::Where(a, b) => brainstate::where_(&v(b).gt(0.0), &v(a), &v(a).sin()),
+        };
+        values.push(next);
+    }
+    values.last().map(|v| v.sum()).unwrap_or_else(|| x.sum())
+}
+
+fn vals(t: &Tensor) -> Vec<f64> {
+    t.to_vec::<f64>().unwrap_or_default()
+}
+
+/// Whether `got` matches `want` to `tol`, relative to the largest magnitude.
+fn close(got: &[f64], want: &[f64], tol: f64) -> bool {
+    let scale = want.iter().chain(got).fold(1.0f64, |m, v| m.max(v.abs()));
+    got.len() == want.len()
+        && got
+            .iter()
+            .zip(want)
+            .all(|(a, b)| (a - b).abs() <= tol * scale)
+}
+
+/// Checks one random program at `x`: the gradient against central differences of the value,
+/// the Hessian against central differences of the gradient, and its symmetry; also `hvp`,
+/// `jvp`, `jacfwd` and `jacrev` against the Hessian and gradient. `Err` says what disagreed.
+fn check_program(ops: &[Op], x: &[f64]) -> Result<(), String> {
+    let f = |t: &Tensor| run_program(ops, t);
+    let n = x.len();
+    let xt = Tensor::from(x.to_vec());
+    let value = f(&xt).item().map_err(|e| format!("value: {e}"))?;
+    if !value.is_finite() {
+        return Ok(()); // nothing to compare
+    }
+    let g = grad(f).call(&xt).map_err(|e| format!("grad: {e}"))?;
+    let g = vals(common::leaf(&g));
+    let h = hessian(f).call(&xt).map_err(|e| format!("hessian: {e}"))?;
+    let h = vals(common::leaf(&h));
+    let eps = 1e-5;
+    let shifted = |k: usize, d: f64| {
+        let mut y = x.to_vec();
+        y[k] += d;
+        Tensor::from(y)
+    };
+    let fd_g: Vec<f64> = (0..n)
+        .map(|k| {
+            let up = f(&shifted(k, eps)).item().unwrap_or(f64::NAN);
+            let down = f(&shifted(k, -eps)).item().unwrap_or(f64::NAN);
+            (up - down) / (2.0 * eps)
+        })
+        .collect();
+    if !close(&g, &fd_g, 1e-5) {
+        return Err(format!("gradient {g:?} vs differences {fd_g:?}"));
+    }
+    let grad_at = |t: &Tensor| {
+        grad(f)
+            .call(t)
+            .ok()
+            .and_then(|g| g.tensor().ok().map(vals))
+            .unwrap_or_default()
+    };
+    let eps = 1e-4;
+    let mut fd_h = vec![0.0; n * n];
+    for k in 0..n {
+        let (up, down) = (grad_at(&shifted(k, eps)), grad_at(&shifted(k, -eps)));
+        for i in 0..n {
+            fd_h[i * n + k] = (up.get(i).copied().unwrap_or(f64::NAN)
+                - down.get(i).copied().unwrap_or(f64::NAN))
+                / (2.0 * eps);
+        }
+    }
+    if !close(&h, &fd_h, 1e-4) {
+        return Err(format!("hessian {h:?} vs differences {fd_h:?}"));
+    }
+    for i in 0..n {
+        for j in 0..i {
+            let (a, b) = (h[i * n + j], h[j * n + i]);
+            if (a - b).abs() > 1e-9 * (1.0 + a.abs()) {
+                return Err(format!("hessian not symmetric at ({i}, {j}): {a} vs {b}"));
+            }
+        }
+    }
+    // Products and Jacobians agree with the blocks.
+    let v: Vec<f64> = (0..n).map(|k| 1.0 / (k + 1) as f64).collect();
+    let hv = hvp(f)
+        .call(&xt, &Tensor::from(v.clone()))
+        .map_err(|e| format!("hvp: {e}"))?;
+    let want: Vec<f64> = (0..n)
+        .map(|i| (0..n).map(|j| h[i * n + j] * v[j]).sum())
+        .collect();
+    if !close(&vals(common::leaf(&hv)), &want, 1e-9) {
+        return Err(format!("hvp {:?} vs H v {want:?}", vals(common::leaf(&hv))));
+    }
+    let t = jvp(f)
+        .call(&xt, &Tensor::from(v.clone()))
+        .map_err(|e| format!("jvp: {e}"))?;
+    let want: f64 = g.iter().zip(&v).map(|(a, b)| a * b).sum();
+    if !close(&vals(common::leaf(&t)), &[want], 1e-9) {
+        return Err(format!("jvp {:?} vs g . v {want}", vals(common::leaf(&t))));
+    }
+    for (name, jac) in [
+        ("jacfwd", jacfwd(f).call(&xt)),
+        ("jacrev", jacrev(f).call(&xt)),
+    ] {
+        let jac = jac.map_err(|e| format!("{name}: {e}"))?;
+        if !close(&vals(common::leaf(&jac)), &g, 1e-9) {
+            return Err(format!("{name} disagrees with grad"));
+        }
+    }
+    let chunked = hessian(f)
+        .chunk_size(2)
+        .call(&xt)
+        .map_err(|e| format!("chunked: {e}"))?;
+    if !close(&vals(common::leaf(&chunked)), &h, 1e-9) {
+        return Err("a chunked Hessian disagrees".into());
+    }
+    Ok(())
+}
+
+#[test]
+fn random_programs_agree_with_finite_differences() {
+    let figures = Figures::default();
+    let strategy = (
+        prop::collection::vec(op(), 1..7),
+        prop::collection::vec(-1.0f64..1.0, 1..5),
+    );
+    let mut runner = TestRunner::new(config(48));
+    let result = runner.run(&strategy, |(ops, x)| {
+        figures.attempts.fetch_add(1, Ordering::Relaxed);
+        match catch_unwind(AssertUnwindSafe(|| check_program(&ops, &x))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => {
+                figures.wrong.fetch_add(1, Ordering::Relaxed);
+                Err(TestCaseError::fail(msg))
+            }
+            Err(_) => {
+                figures.panics.fetch_add(1, Ordering::Relaxed);
+                Err(TestCaseError::fail("panicked"))
+            }
+        }
+    });
+    if let Err(e) = &result {
+        println!("random_programs: {e}");
+    }
+    figures.report("random_programs");
+    result.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random bad inputs: errors, never panics.
+// ---------------------------------------------------------------------------------------------
+
+/// An extreme or ordinary size.
+fn size() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        0usize..5,
+        Just(usize::MAX),
+        Just(usize::MAX / 2),
+        Just(1 << 31),
+        Just(1 << 40),
+        Just(1 << 62),
+        any::<usize>(),
+    ]
+}
+
+/// An extreme or ordinary signed index.
+fn index() -> impl Strategy<Value = isize> {
+    prop_oneof![
+        -5isize..5,
+        Just(isize::MIN),
+        Just(isize::MAX),
+        Just(isize::MIN + 1),
+        Just(isize::MAX - 1),
+        any::<isize>(),
+    ]
+}
+
+/// A misuse of the library.
+#[derive(Clone, Debug)]
+enum Misuse {
+    Zeros(Vec<usize>),
+    Eye(usize),
+    Linspace(usize),
+    Arange(f64, f64, f64),
+    Reshape(Vec<usize>, Vec<isize>),
+    Broadcast(Vec<usize>, Vec<usize>),
+    TracedBroadcast(Vec<usize>),
+    Slice(usize, isize, isize, usize, bool),
+    Index(usize, isize, isize),
+    SumAxes(Vec<isize>),
+    Take(Vec<i64>),
+    PowI(i32, i32),
+    PowF(f64),
+    UnitSqrts(usize),
+    Argnums(Vec<usize>),
+    HvpVector(Vec<usize>),
+    FromVec(usize, Vec<usize>),
+    Limit(usize, usize),
+}
+
+fn misuse() -> impl Strategy<Value = Misuse> {
+    let shape = || prop::collection::vec(size(), 0..4);
+    prop_oneof![
+        shape().prop_map(Misuse::Zeros),
+        size().prop_map(Misuse::Eye),
+        size().prop_map(Misuse::Linspace),
+        (any::<f64>(), any::<f64>(), any::<f64>()).prop_map(|(a, b, c)| Misuse::Arange(a, b, c)),
+        (
+            prop::collection::vec(0usize..4, 0..4),
+            prop::collection::vec(index(), 0..4)
+        )
+            .prop_map(|(s, t)| Misuse::Reshape(s, t)),
+        (prop::collection::vec(0usize..4, 0..3), shape())
+            .prop_map(|(s, t)| Misuse::Broadcast(s, t)),
+        shape().prop_map(Misuse::TracedBroadcast),
+        (0usize..6, index(), index(), size(), any::<bool>())
+            .prop_map(|(n, a, b, s, t)| Misuse::Slice(n, a, b, s, t)),
+        (0usize..4, index(), index()).prop_map(|(n, a, i)| Misuse::Index(n, a, i)),
+        prop::collection::vec(index(), 0..4).prop_map(Misuse::SumAxes),
+        prop::collection::vec(any::<i64>(), 0..4).prop_map(Misuse::Take),
+        (any::<i32>(), any::<i32>()).prop_map(|(a, b)| Misuse::PowI(a, b)),
+        any::<f64>().prop_map(Misuse::PowF),
+        (0usize..80).prop_map(Misuse::UnitSqrts),
+        prop::collection::vec(size(), 0..3).prop_map(Misuse::Argnums),
+        prop::collection::vec(0usize..4, 0..3).prop_map(Misuse::HvpVector),
+        (0usize..8, shape()).prop_map(|(n, s)| Misuse::FromVec(n, s)),
+        (0usize..(1 << 16), 0usize..300).prop_map(|(l, n)| Misuse::Limit(l, n)),
+    ]
+}
+
+/// Applies a misuse; `Ok(true)` for a clean error, `Ok(false)` when it was fine to succeed,
+/// `Err` for a result that should not be.
+fn apply(m: &Misuse) -> Result<bool, String> {
+    let fails = |t: Tensor| Ok(t.shape().is_err());
+    let x = Tensor::from([1.0, 2.0, 3.0]);
+    match m {
+        Misuse::Zeros(shape) => fails(Tensor::zeros(shape)),
+        Misuse::Eye(n) => fails(Tensor::eye(*n)),
+        Misuse::Linspace(n) => fails(Tensor::linspace(0.0, 1.0, *n)),
+        Misuse::Arange(a, b, c) => {
+            let count = ((b - a) / c).ceil();
+            let want = if count <= 0.0 {
+                Some(0.0)
+            } else {
+                count.is_finite().then_some(count)
+            };
+            match Tensor::arange(*a, *b, *c).shape() {
+                Ok(s) if Some(s[0] as f64) == want => Ok(false),
+                Ok(s) => Err(format!("arange({a}, {b}, {c}) has {} elements", s[0])),
+                Err(_) => Ok(true),
+            }
+        }
+        Misuse::Reshape(shape, target) => {
+            let t = Tensor::zeros(shape).reshape(target);
+            match t.shape() {
+                Ok(s) if s.iter().product::<usize>() == shape.iter().product::<usize>() => {
+                    Ok(false)
+                }
+                Ok(s) => Err(format!("reshape {shape:?} to {target:?} gave {s:?}")),
+                Err(_) => Ok(true),
+            }
+        }
+        Misuse::Broadcast(shape, target) => fails(Tensor::zeros(shape).broadcast_to(target)),
+        Misuse::TracedBroadcast(target) => {
+            let target = target.clone();
+            let r = grad(move |x: &Tensor| x.sum().broadcast_to(&target).sum()).call(&x);
+            Ok(r.is_err())
+        }
+        Misuse::Slice(n, a, b, step, inclusive) => {
+            let t = Tensor::arange(0.0, *n as f64, 1.0);
+            let got = if *inclusive {
+                t.slice_along(0, *a..=*b, *step)
+            } else {
+                t.slice_along(0, *a..*b, *step)
+            };
+            let want = python_slice(*n, *a, *b, *step, *inclusive);
+            match (got.to_vec::<f64>(), want) {
+                (Ok(g), Some(w)) if g == w => Ok(false),
+                (Err(_), None) => Ok(true),
+                (g, w) => Err(format!("slice {n} [{a}, {b}] step {step}: {g:?} vs {w:?}")),
+            }
+        }
+        Misuse::Index(n, axis, i) => fails(Tensor::zeros(&[*n]).index(*axis, *i)).map(|_| true),
+        Misuse::SumAxes(axes) => Ok(x.sum_axes(axes, false).shape().is_err()),
+        Misuse::Take(indices) => Ok(x.take(&Tensor::from(indices.clone()), 0).shape().is_err()),
+        Misuse::PowI(a, b) => {
+            let u = (Tensor::from([2.0]) * mV).powi(*a).powi(*b);
+            Ok(u.shape().is_err())
+        }
+        Misuse::PowF(p) => Ok((Tensor::from([2.0]) * ms).powf(*p).shape().is_err()),
+        Misuse::UnitSqrts(k) => {
+            let mut v = Tensor::from([4.0]) * mV;
+            for _ in 0..*k {
+                v = v.sqrt();
+            }
+            Ok(v.shape().is_err())
+        }
+        Misuse::Argnums(argnums) => {
+            let r = hessian(|a: &Tensor, b: &Tensor| (a * b).sum())
+                .argnums(argnums.clone())
+                .call((&x, &x));
+            Ok(r.is_err())
+        }
+        Misuse::HvpVector(shape) => {
+            let r = hvp(|a: &Tensor| a.powi(3).sum()).call(&x, &Tensor::zeros(shape));
+            Ok(r.is_err())
+        }
+        Misuse::FromVec(n, shape) => Ok(Tensor::from_vec(vec![0.0; *n], shape).is_err()),
+        Misuse::Limit(limit, n) => {
+            let r = hessian(|a: &Tensor| a.powi(3).sum())
+                .memory_limit(*limit)
+                .call(&Tensor::ones(&[*n]));
+            match r {
+                Err(Error::Memory { needed, .. }) if needed > *limit => Ok(true),
+                Err(e) => Err(format!("limit {limit}, n {n}: {e}")),
+                Ok(_) if n * n * 8 <= *limit => Ok(false),
+                Ok(_) => Err(format!("a Hessian of {n} values fit in {limit} bytes")),
+            }
+        }
+    }
+}
+
+/// Python's `list(range(n))[a:b:step]` (`a:b+1` when inclusive), `None` for step 0.
+fn python_slice(n: usize, a: isize, b: isize, step: usize, inclusive: bool) -> Option<Vec<f64>> {
+    if step == 0 {
+        return None;
+    }
+    let len = n as i128;
+    let resolve = |i: i128| (if i < 0 { i + len } else { i }).clamp(0, len);
+    let start = resolve(a as i128);
+    let stop = if inclusive {
+        (if (b as i128) < 0 {
+            b as i128 + len
+        } else {
+            b as i128
+        } + 1)
+            .clamp(0, len)
+    } else {
+        resolve(b as i128)
+    };
+    let mut out = Vec::new();
+    let mut i = start;
+    while i < stop {
+        out.push(i as f64);
+        i += step as i128;
+    }
+    Some(out)
+}
+
+#[test]
+fn bad_inputs_give_errors_never_panics() {
+    // Sizes that are possible but large would be allocated (slowly) under the default limit;
+    // this binary's tests all compute on small values, so a small global limit suits them all.
+    brainstate::memory::set_limit(Some(64 << 20));
+    let figures = Figures::default();
+    let mut runner = TestRunner::new(config(400));
+    let result = runner.run(&misuse(), |m| {
+        figures.attempts.fetch_add(1, Ordering::Relaxed);
+        match catch_unwind(AssertUnwindSafe(|| apply(&m))) {
+            Ok(Ok(clean_error)) => {
+                if clean_error {
+                    figures.clean_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Ok(Err(msg)) => {
+                figures.wrong.fetch_add(1, Ordering::Relaxed);
+                Err(TestCaseError::fail(msg))
+            }
+            Err(_) => {
+                figures.panics.fetch_add(1, Ordering::Relaxed);
+                Err(TestCaseError::fail(format!("{m:?} panicked")))
+            }
+        }
+    });
+    if let Err(e) = &result {
+        println!("bad_inputs: {e}");
+    }
+    figures.report("bad_inputs");
+    result.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random failing calls: every state bit-for-bit unchanged.
+// ---------------------------------------------------------------------------------------------
+
+/// How a call fails.
+#[derive(Clone, Copy, Debug)]
+enum Failure {
+    ShapeMismatch,
+    WriteFailed,
+    WriteWrongShape,
+    Panic,
+    NonFinite,
+    MemoryLimit,
+    AuxFailed,
+    HelperThreadWrite,
+}
+
+fn failure() -> impl Strategy<Value = Failure> {
+    prop_oneof![
+        Just(Failure::ShapeMismatch),
+        Just(Failure::WriteFailed),
+        Just(Failure::WriteWrongShape),
+        Just(Failure::Panic),
+        Just(Failure::NonFinite),
+        Just(Failure::MemoryLimit),
+        Just(Failure::AuxFailed),
+        Just(Failure::HelperThreadWrite),
+    ]
+}
+
+/// The bits of every state's value.
+fn bits(states: &[State]) -> Vec<Vec<u64>> {
+    states
+        .iter()
+        .map(|s| {
+            let v = s.value();
+            assert!(!v.is_traced(), "a state holds a tracer");
+            v.to_vec::<f64>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn failing_calls_change_no_state() {
+    let figures = Figures::default();
+    let strategy = (
+        failure(),
+        prop::collection::vec(-2.0f64..2.0, 1..4),
+        0usize..3,
+        any::<bool>(),
+        0usize..4,
+    );
+    let mut runner = TestRunner::new(config(96));
+    let result = runner.run(&strategy, |(failure, init, writes, aux, layout)| {
+        figures.attempts.fetch_add(1, Ordering::Relaxed);
+        let n = init.len();
+        let states: Vec<State> = (0..3)
+            .map(|k| {
+                State::new(Tensor::from(
+                    init.iter().map(|v| v + k as f64).collect::<Vec<_>>(),
+                ))
+            })
+            .collect();
+        let before = bits(&states);
+        let bad = Tensor::zeros(&[n]).reshape(&[n as isize + 1]);
+        let f = |x: &Tensor| {
+            for s in &states[..writes] {
+                s.set_value(s.value() * x.sum().tanh() + 1.0).unwrap();
+            }
+            let mut y = (x * states[0].value()).sum();
+            match failure {
+                Failure::ShapeMismatch => y = y + x.reshape(&[n as isize + 1]).sum(),
+                Failure::WriteFailed => {
+                    states[2].set_value(bad.clone()).ok();
+                }
+                Failure::WriteWrongShape => {
+                    states[1].set_value(Tensor::zeros(&[n + 2])).ok();
+                }
+                Failure::Panic => panic!("injected"),
+                Failure::NonFinite => y = y + (x - x).sqrt().sum(),
+                Failure::MemoryLimit | Failure::AuxFailed => {}
+                Failure::HelperThreadWrite => {
+                    std::thread::scope(|scope| {
+                        scope
+                            .spawn(|| states[2].set_value(x.clone()).ok())
+                            .join()
+                            .ok()
+                    });
+                }
+            }
+            let aux = if matches!(failure, Failure::AuxFailed) {
+                bad.clone()
+            } else {
+                x.clone()
+            };
+            (y, aux)
+        };
+        let x = Tensor::from(init.clone());
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let limit = if matches!(failure, Failure::MemoryLimit) {
+                1
+            } else {
+                usize::MAX
+            };
+            let h = hessian(f).has_aux().debug_nan(true).memory_limit(limit);
+            let g = grad(f).has_aux().debug_nan(true).memory_limit(limit);
+            match (layout, aux) {
+                (0, _) => h.call(&x).map(|_| ()),
+                (1, _) => h.return_value().call(&x).map(|_| ()),
+                (2, true) => g.call(&x).map(|_| ()),
+                _ => g.return_value().call(&x).map(|_| ()),
+            }
+        }));
+        match outcome {
+            Err(_) => {
+                figures.panics.fetch_add(1, Ordering::Relaxed);
+                return Err(TestCaseError::fail("the call panicked"));
+            }
+            Ok(Ok(())) => {
+                figures.wrong.fetch_add(1, Ordering::Relaxed);
+                return Err(TestCaseError::fail(format!(
+                    "{failure:?}: the call succeeded"
+                )));
+            }
+            Ok(Err(_)) => {
+                figures.clean_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if catch_unwind(AssertUnwindSafe(|| bits(&states))).ok() != Some(before) {
+            figures.corrupted.fetch_add(1, Ordering::Relaxed);
+            return Err(TestCaseError::fail(format!("{failure:?}: a state changed")));
+        }
+        Ok(())
+    });
+    if let Err(e) = &result {
+        println!("failing_calls: {e}");
+    }
+    figures.report("failing_calls");
+    result.unwrap();
+}
