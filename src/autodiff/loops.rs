@@ -398,7 +398,8 @@ pub(super) fn linearize(
         carry: n_carry,
         linear: mask,
         units: None,
-        progress: None,
+        // Reports as the tangent loop; its transpose reports as the reverse pass.
+        progress: l.progress.as_ref().map(|p| p.for_pass("scan jvp")),
         ..l.clone()
     };
     let n_lin = linear_loop.body.outputs.len();
