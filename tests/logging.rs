@@ -1,6 +1,7 @@
 //! Feedback on long work: building a plan (trace, differentiate, simplify and plan) and
-//! running it are logged through the `log` facade, with times and program sizes. One test in
-//! its own binary, so that no other test's transforms log meanwhile.
+//! running it are logged through the `log` facade, with times and program sizes, and so is a
+//! loop's progress when it asks for it. One test in its own binary, so that no other test's
+//! transforms log meanwhile.
 
 use std::sync::Mutex;
 
@@ -60,4 +61,16 @@ fn building_a_plan_is_logged_with_times_and_sizes() {
         .count();
     let runs = lines.iter().filter(|l| l.contains("ran the plan")).count();
     assert_eq!((plans, runs), (1, 2));
+
+    // Loops report their progress through the same facade when asked to.
+    let progress = brainstate::Progress::log().every(50).desc("simulating");
+    brainstate::Scan::new()
+        .progress(progress)
+        .for_loop(|x: &Tensor| x * 2.0, &Tensor::zeros(&[120]))
+        .unwrap();
+    let lines = CAPTURE.0.lock().unwrap().clone();
+    let reports: Vec<&String> = lines.iter().filter(|l| l.contains("simulating")).collect();
+    assert_eq!(reports.len(), 3, "{reports:#?}"); // steps 50, 100 and the last
+    assert!(reports[0].starts_with("INFO") && reports[0].contains("50/120 steps"));
+    assert!(reports[2].contains("120/120 steps"), "{reports:#?}");
 }
