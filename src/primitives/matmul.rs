@@ -161,10 +161,6 @@ where
     let batch = broadcast_shapes("matmul", a_batch, b_batch).expect("checked by infer");
     let mut shape = batch.clone();
     shape.extend([m, n]);
-    if k == 1 {
-        // An outer product: elementwise, with no matrix kernel's packing overhead.
-        return super::elementwise::zip(a, b, &shape, |x, y| x * y);
-    }
     let (ca, cb): (usize, usize) = (a_batch.iter().product(), b_batch.iter().product());
     let count: usize = batch.iter().product();
     let a = a.as_standard_layout();
@@ -174,6 +170,19 @@ where
         b.as_slice().expect("standard layout"),
     );
     let mut out = pool::take(count * m * n);
+    if k == 1 {
+        // An outer product per batch element: a column of `m` values times a row of `n`,
+        // written row after row, with no matrix kernel's packing overhead.
+        for i in 0..count {
+            let ai = broadcast_index(i, &batch, a_batch) * m;
+            let bi = broadcast_index(i, &batch, b_batch) * n;
+            let row = &b[bi..bi + n];
+            for &x in &a[ai..ai + m] {
+                out.extend(row.iter().map(|&y| x * y));
+            }
+        }
+        return ArrayD::from_shape_vec(shape, out).expect("count * m * n values");
+    }
     out.resize(count * m * n, T::zero());
     if cb == 1 && ca == count {
         // [count * m, k] @ [k, n]
