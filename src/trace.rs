@@ -211,6 +211,17 @@ impl Tracing {
         with_frame(self.id, |frame| frame.input(aval))
     }
 
+    /// A constant of this frame's program as a traced tensor: operations on it are recorded,
+    /// not evaluated now, so that derived arrays (slices of a seed matrix, say) are computed
+    /// by the plan where they are used instead of being stored beside it.
+    pub fn constant(&self, data: Data) -> Tensor {
+        with_frame(self.id, |frame| {
+            let aval = Aval::new(data.shape(), data.dtype());
+            let var = frame.constant(&Arc::new(data));
+            Tensor::traced(frame.id, var, aval)
+        })
+    }
+
     /// A variable of this frame with no definition yet: the tangent placeholders that reverse
     /// mode linearises around. It must not reach the program's outputs.
     pub fn placeholder(&self, aval: &Aval) -> Tensor {

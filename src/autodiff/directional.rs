@@ -65,7 +65,7 @@ pub(crate) fn hessian_products(
     let batch = [seeds.first().map_or(1, |s| s.shape()[0])];
     let mut tangents: Vec<Tangent> = in_avals.iter().map(|a| Tangent::zero(&batch, a)).collect();
     for (&i, seed) in wrt.iter().zip(seeds) {
-        tangents[i] = Tangent::Value(Tensor::from_data(seed.clone()));
+        tangents[i] = Tangent::Value(tracing.constant(seed.clone()));
     }
     let (outs, touts) = jvp_program(&grad.program, &inputs, &tangents, &batch)?;
     let mut results = outs;

@@ -5,7 +5,8 @@
 //! about 1 ms per 8 MB); small ones cost a call into the allocator each. A plan frees each
 //! intermediate buffer after its last use; those buffers come back here, and kernels take
 //! their storage from here, so a plan run many times stops paying for either after its first
-//! run. Buffers are kept by size class (powers of two), so taking one is a constant-time pop.
+//! run. Buffers are allocated at their exact size and kept by size class (powers of two), so
+//! taking one is a pop, or a short search of one class.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -14,8 +15,10 @@ use super::Data;
 
 /// Buffers smaller than this many elements are left to the allocator.
 const MIN_LEN: usize = 16;
-/// At most this many bytes of buffers are kept per thread.
-const MAX_BYTES: usize = 1 << 30;
+/// At most this many bytes of buffers are kept per thread: enough for the working set of the
+/// suite's largest plans, small enough that buffers left by one plan do not stack up under
+/// the next one's.
+const MAX_BYTES: usize = 1 << 28;
 
 /// Free buffers by size class: class `c` holds buffers with room for at least `2^c` values.
 struct Pool {
@@ -27,25 +30,39 @@ thread_local! {
     static POOL: RefCell<Pool> = const { RefCell::new(Pool { classes: Vec::new(), bytes: 0 }) };
 }
 
-/// The class whose buffers hold `len` values: `ceil(log2(len))`.
-fn class_for(len: usize) -> usize {
-    len.next_power_of_two().trailing_zeros() as usize
+/// The class of a buffer with room for `capacity` values: the largest `c` with
+/// `2^c <= capacity`, so every buffer of class `c` serves any request of up to `2^c` values.
+fn class_of(capacity: usize) -> usize {
+    (usize::BITS - 1 - capacity.leading_zeros()) as usize
 }
 
 /// An empty vector with room for `len` elements: for `f64`, from the pool when it holds one
-/// of the right class, else a new one of that class's size.
+/// large enough, else a new one of exactly that size (rounding up to a power of two would
+/// waste up to half of every large buffer).
+///
+/// A plan run again asks for the sizes it returned, so besides the class that serves any
+/// `len` (the next power of two) the class `len` itself falls in is searched for a buffer of
+/// at least `len`.
 pub(crate) fn take<T: 'static>(len: usize) -> Vec<T> {
     if len < MIN_LEN || std::any::TypeId::of::<T>() != std::any::TypeId::of::<f64>() {
         return Vec::with_capacity(len);
     }
-    let class = class_for(len);
     let found = POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
-        let buffer = pool.classes.get_mut(class)?.pop()?;
+        let own = class_of(len);
+        let any_fits = own + usize::from(!len.is_power_of_two());
+        let buffer = match pool.classes.get_mut(any_fits).and_then(Vec::pop) {
+            Some(buffer) => buffer,
+            None => {
+                let class = pool.classes.get_mut(own)?;
+                let at = class.iter().position(|b| b.capacity() >= len)?;
+                class.swap_remove(at)
+            }
+        };
         pool.bytes -= buffer.capacity() * std::mem::size_of::<f64>();
         Some(buffer)
     });
-    let buffer = found.unwrap_or_else(|| Vec::<f64>::with_capacity(1 << class));
+    let buffer = found.unwrap_or_else(|| Vec::<f64>::with_capacity(len));
     let any: Box<dyn Any> = Box::new(buffer);
     match any.downcast::<Vec<T>>() {
         Ok(buffer) => *buffer,
@@ -70,20 +87,23 @@ pub(crate) fn recycle_all(arrays: Vec<std::sync::Arc<Data>>) {
     }
 }
 
-/// Returns a buffer to the pool (dropped when the pool is full).
+/// Returns a buffer to the pool. When the pool is full, the largest buffers it holds make
+/// room: the buffer just freed belongs to the plan running now, and those to plans before it.
 pub(crate) fn give(mut buffer: Vec<f64>) {
     let capacity = buffer.capacity();
-    if capacity < MIN_LEN {
+    if !(MIN_LEN..=MAX_BYTES / std::mem::size_of::<f64>()).contains(&capacity) {
         return;
     }
     buffer.clear();
-    // The largest class the buffer can serve.
-    let class = (usize::BITS - 1 - capacity.leading_zeros()) as usize;
+    let class = class_of(capacity);
     let bytes = capacity * std::mem::size_of::<f64>();
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
-        if pool.bytes + bytes > MAX_BYTES {
-            return;
+        while pool.bytes + bytes > MAX_BYTES {
+            let Some(evicted) = pool.classes.iter_mut().rev().find_map(|class| class.pop()) else {
+                break;
+            };
+            pool.bytes -= evicted.capacity() * std::mem::size_of::<f64>();
         }
         if pool.classes.len() <= class {
             pool.classes.resize_with(class + 1, Vec::new);
@@ -103,9 +123,16 @@ mod tests {
         assert!(buffer.capacity() >= 1000);
         let address = buffer.as_ptr();
         give(buffer);
-        let again = take::<f64>(600); // the same class: 1024
+        let again = take::<f64>(600); // served by class 512, which holds buffers >= 512
         assert_eq!(again.as_ptr(), address);
         assert!(again.is_empty() && again.capacity() >= 600);
+        give(again);
+        assert!(
+            take::<f64>(1001).capacity() >= 1001,
+            "too small a buffer is never handed out"
+        );
+        let smaller = take::<f64>(999);
+        assert_eq!(smaller.as_ptr(), address, "a smaller request of its class");
         // Other element types and tiny buffers go to the allocator.
         assert!(take::<i64>(1000).capacity() >= 1000);
         assert_eq!(take::<f64>(3).capacity(), 3);
