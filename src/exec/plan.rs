@@ -24,6 +24,9 @@ pub(crate) struct Plan {
     pub(super) steps: Vec<(Step, Vec<Var>)>,
     /// For each loop equation, its body's plan.
     loops: Vec<Option<LoopPlan>>,
+    /// The variables only matrix products read (not outputs), which may be left in any
+    /// layout: a transpose into one of them permutes strides instead of copying.
+    read_by_matmul_only: HashSet<Var>,
 }
 
 impl Plan {
@@ -41,11 +44,13 @@ impl Plan {
                 _ => None,
             })
             .collect();
+        let read_by_matmul_only = read_by_matmul_only(&program);
         Plan {
             program,
             frees,
             steps: steps.into_iter().zip(dying).collect(),
             loops,
+            read_by_matmul_only,
         }
     }
 
@@ -72,8 +77,9 @@ impl Plan {
         peak
     }
 
-    /// Evaluates an elementwise equation or a reshape in the buffer of an operand that dies
-    /// here, when nothing else holds it (for elementwise ones, of the output's shape and dtype).
+    /// Evaluates an elementwise equation, a reshape, or a transpose read only by matrix
+    /// products in the buffer of an operand that dies here, when nothing else holds it (for
+    /// elementwise ones, of the output's shape and dtype).
     fn in_place(&self, eqn: &Eqn, frees: &[Var], env: &mut [Option<Arc<Data>>]) -> Option<Data> {
         let out = self.program.aval(eqn.outputs[0]);
         let dying = |v: Var, env: &[Option<Arc<Data>>], same_shape: bool| {
@@ -89,6 +95,13 @@ impl Plan {
             Prim::Structural(Structural::Reshape(shape)) if dying(eqn.inputs[0], env, false) => {
                 let data = Arc::try_unwrap(env[eqn.inputs[0].index()].take()?).ok()?;
                 Some(data.into_shape(shape))
+            }
+            Prim::Structural(Structural::Transpose(perm))
+                if self.read_by_matmul_only.contains(&eqn.outputs[0])
+                    && dying(eqn.inputs[0], env, false) =>
+            {
+                let data = Arc::try_unwrap(env[eqn.inputs[0].index()].take()?).ok()?;
+                Some(data.into_permuted(perm))
             }
             Prim::Elementwise(
                 op @ (Elementwise::Unary(_) | Elementwise::Binary(_) | Elementwise::PowI(_)),
@@ -243,6 +256,24 @@ fn step_frees(program: &Program, steps: &[Step]) -> Vec<Vec<Var>> {
     dying
 }
 
+/// The variables that only matrix products read and that are not outputs of `program`.
+fn read_by_matmul_only(program: &Program) -> HashSet<Var> {
+    let mut only: HashMap<Var, bool> = HashMap::new();
+    for eqn in &program.eqns {
+        let matmul = matches!(eqn.prim, Prim::MatMul(_));
+        for &v in &eqn.inputs {
+            *only.entry(v).or_insert(true) &= matmul;
+        }
+    }
+    for v in &program.outputs {
+        only.insert(*v, false);
+    }
+    only.into_iter()
+        .filter(|&(_, m)| m)
+        .map(|(v, _)| v)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,6 +363,47 @@ mod tests {
         assert_eq!(address(&out), before, "the buffer moved, uncopied");
         let expected = ndarray::Array::from_iter((0..6).map(f64::from)).into_dyn();
         assert_eq!(out, Data::F64(expected));
+    }
+
+    #[test]
+    fn a_transpose_read_only_by_a_product_permutes_strides_instead_of_copying() {
+        // z = transpose(x) @ y, and the same with the transpose also an output (then copied)
+        for transpose_is_output in [false, true] {
+            let mut p = Program::default();
+            let x = p.new_var(Aval::new(&[3, 2], DType::F64));
+            let y = p.new_var(Aval::new(&[3, 1], DType::F64));
+            let xt = p.new_var(Aval::new(&[2, 3], DType::F64));
+            let z = p.new_var(Aval::new(&[2, 1], DType::F64));
+            p.inputs.extend([x, y]);
+            p.eqns.push(Eqn {
+                prim: Structural::Transpose(vec![1, 0]).into(),
+                inputs: vec![x],
+                outputs: vec![xt],
+                source: None,
+            });
+            p.eqns.push(Eqn {
+                prim: Prim::MatMul(crate::primitives::MatMul),
+                inputs: vec![xt, y],
+                outputs: vec![z],
+                source: None,
+            });
+            p.outputs.push(z);
+            if transpose_is_output {
+                p.outputs.push(xt);
+            }
+            let plan = Plan::new(p);
+            let x_values = ndarray::Array::from_shape_fn((3, 2), |(i, j)| (2 * i + j) as f64);
+            let mut env: Vec<Option<Arc<Data>>> = vec![None; plan.program.avals.len()];
+            env[x.index()] = Some(Arc::new(Data::F64(x_values.clone().into_dyn())));
+            let moved = plan.in_place(&plan.program.eqns[0], &[x], &mut env);
+            assert_eq!(moved.is_some(), !transpose_is_output);
+            // Either way the product is right.
+            let x = Arc::new(Data::F64(x_values.clone().into_dyn()));
+            let y = Arc::new(Data::F64(ndarray::Array::ones((3, 1)).into_dyn()));
+            let out = plan.run(&[x, y], false).unwrap();
+            let want = x_values.t().dot(&ndarray::Array::<f64, _>::ones((3, 1)));
+            assert_eq!(*out[0], Data::F64(want.into_dyn()));
+        }
     }
 
     #[test]

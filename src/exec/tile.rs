@@ -42,11 +42,8 @@ impl Group {
         let mut outputs: Vec<Vec<f64>> = self
             .outputs
             .iter()
-            .map(|_| {
-                let mut buffer = pool::take(numel);
-                buffer.resize(numel, 0.0);
-                buffer
-            })
+            // Every element is stored by the tile loop.
+            .map(|_| pool::take_to_overwrite(numel))
             .collect();
         let parts = (numel / PARALLEL_MIN).min(rayon::current_num_threads());
         if parts <= 1 {

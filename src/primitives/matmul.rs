@@ -5,7 +5,7 @@
 use std::fmt;
 
 use ndarray::linalg::{general_mat_mul, general_mat_vec_mul};
-use ndarray::{ArrayD, ArrayView2, ArrayViewMut2, ShapeBuilder};
+use ndarray::{ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, Dimension, IxDyn, ShapeBuilder};
 
 use super::{
     Dependence, Primal, Rules, Tangent, UnitRule, Units, arity, broadcast_shapes, concat_dims,
@@ -150,7 +150,7 @@ impl Rules for MatMul {
 /// folded into one matrix product where the layouts allow it without copies: a batch of `a`
 /// against one `b` is one `[batch * m, k] @ [k, n]` product, and one `a` against a batch of
 /// column vectors of `b` is one `[m, k] @ [k, batch]` product written through strides; other
-/// batches take one product each.
+/// batches take one product each. Operands of any layout are read in place.
 fn batched_matmul<T>(a: &ArrayD<T>, b: &ArrayD<T>) -> ArrayD<T>
 where
     T: ndarray::LinalgScalar,
@@ -161,18 +161,15 @@ where
     let batch = broadcast_shapes("matmul", a_batch, b_batch).expect("checked by infer");
     let mut shape = batch.clone();
     shape.extend([m, n]);
-    let (ca, cb): (usize, usize) = (a_batch.iter().product(), b_batch.iter().product());
-    let count: usize = batch.iter().product();
-    let a = a.as_standard_layout();
-    let b = b.as_standard_layout();
-    let (a, b) = (
-        a.as_slice().expect("standard layout"),
-        b.as_slice().expect("standard layout"),
-    );
-    let mut out = pool::take(count * m * n);
     if k == 1 {
         // An outer product per batch element: a column of `m` values times a row of `n`,
-        // written row after row, with no matrix kernel's packing overhead.
+        // written row after row, with no matrix kernel's packing overhead; other layouts
+        // elementwise.
+        let (Some(a), Some(b)) = (a.as_slice(), b.as_slice()) else {
+            return super::elementwise::zip(a, b, &shape, |x, y| x * y);
+        };
+        let count: usize = batch.iter().product();
+        let mut out = pool::take(count * m * n);
         for i in 0..count {
             let ai = broadcast_index(i, &batch, a_batch) * m;
             let bi = broadcast_index(i, &batch, b_batch) * n;
@@ -183,30 +180,56 @@ where
         }
         return ArrayD::from_shape_vec(shape, out).expect("count * m * n values");
     }
+    let (ca, cb): (usize, usize) = (a_batch.iter().product(), b_batch.iter().product());
+    let count: usize = batch.iter().product();
+    let mut out = pool::take(count * m * n);
     out.resize(count * m * n, T::zero());
-    if cb == 1 && ca == count {
-        // [count * m, k] @ [k, n]
-        let c = ArrayViewMut2::from_shape((count * m, n), &mut out[..]).expect("in bounds");
-        product(view(a, count * m, k, (k, 1)), view(b, k, n, (n, 1)), c);
-    } else if ca == 1 && cb == count && n == 1 {
-        // [m, k] @ [k, count]: the columns of b, and of the result, are strided.
-        let c =
-            ArrayViewMut2::from_shape((m, count).strides((1, m)), &mut out[..]).expect("in bounds");
-        product(view(a, m, k, (k, 1)), view(b, k, count, (1, k)), c);
-    } else {
-        // General broadcasting: one product per batch element.
-        for (i, c) in out.chunks_mut(m * n).enumerate() {
-            let ai = broadcast_index(i, &batch, a_batch) * m * k;
-            let bi = broadcast_index(i, &batch, b_batch) * k * n;
-            let c = ArrayViewMut2::from_shape((m, n), c).expect("in bounds");
-            product(
-                view(&a[ai..], m, k, (k, 1)),
-                view(&b[bi..], k, n, (n, 1)),
-                c,
-            );
+    if out.is_empty() || k == 0 {
+        return ArrayD::from_shape_vec(shape, out).expect("count * m * n values");
+    }
+    if let (Some(a), Some(b)) = (a.as_slice(), b.as_slice()) {
+        if cb == 1 && ca == count {
+            // [count * m, k] @ [k, n]
+            let c = ArrayViewMut2::from_shape((count * m, n), &mut out[..]).expect("in bounds");
+            product(view(a, count * m, k, (k, 1)), view(b, k, n, (n, 1)), c);
+            return ArrayD::from_shape_vec(shape, out).expect("count * m * n values");
+        }
+        if ca == 1 && cb == count && n == 1 {
+            // [m, k] @ [k, count]: the columns of b, and of the result, are strided.
+            let c = ArrayViewMut2::from_shape((m, count).strides((1, m)), &mut out[..])
+                .expect("in bounds");
+            product(view(a, m, k, (k, 1)), view(b, k, count, (1, k)), c);
+            return ArrayD::from_shape_vec(shape, out).expect("count * m * n values");
         }
     }
+    // One product per batch element, each operand read through its own strides (a
+    // transposed operand is a column-major matrix to the kernel, not a copy).
+    let (a, b) = (a.view(), b.view());
+    for (index, c) in ndarray::indices(&batch[..])
+        .into_iter()
+        .zip(out.chunks_mut(m * n))
+    {
+        let c = ArrayViewMut2::from_shape((m, n), c).expect("in bounds");
+        product(matrix(&a, &index), matrix(&b, &index), c);
+    }
     ArrayD::from_shape_vec(shape, out).expect("count * m * n values")
+}
+
+/// The matrix of `x` (batch axes, then two) at the batch index `index` of the full,
+/// broadcast batch (right-aligned; a batch axis of size 1 is broadcast).
+fn matrix<'a, T>(x: &ArrayViewD<'a, T>, index: &IxDyn) -> ArrayView2<'a, T> {
+    let own = x.ndim() - 2;
+    let lead = index.ndim() - own;
+    let mut matrix = x.clone();
+    for d in 0..own {
+        let at = if x.shape()[d] == 1 {
+            0
+        } else {
+            index[lead + d]
+        };
+        matrix = matrix.index_axis_move(ndarray::Axis(0), at);
+    }
+    matrix.into_dimensionality().expect("two axes left")
 }
 
 /// A `rows x cols` matrix read from `data` through `strides`.
@@ -248,22 +271,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn broadcast_index_maps_the_full_batch_onto_an_operand() {
-        // batch [2, 3]; an operand of batch [3] repeats along the first axis
-        let own: Vec<usize> = (0..6).map(|i| broadcast_index(i, &[2, 3], &[3])).collect();
-        assert_eq!(own, vec![0, 1, 2, 0, 1, 2]);
-        // an operand of batch [2, 1] repeats along the second
-        let own: Vec<usize> = (0..6)
-            .map(|i| broadcast_index(i, &[2, 3], &[2, 1]))
-            .collect();
-        assert_eq!(own, vec![0, 0, 0, 1, 1, 1]);
-        // no batch at all: always the one matrix
-        assert!((0..6).all(|i| broadcast_index(i, &[2, 3], &[]) == 0));
-        // the full batch itself
-        assert!((0..6).all(|i| broadcast_index(i, &[2, 3], &[2, 3]) == i));
-    }
-
-    #[test]
     fn batched_products_broadcast_their_leading_axes() {
         let a = ndarray::Array::from_shape_fn((2, 1, 2, 3), |(b, _, i, j)| (b + i * 3 + j) as f64);
         let b = ndarray::Array::from_shape_fn((3, 3, 2), |(c, i, j)| (c * 6 + i * 2 + j) as f64);
@@ -294,5 +301,38 @@ mod tests {
         for (i, y) in b.axis_iter(Axis(0)).enumerate() {
             assert_eq!(out.slice(s![i, .., ..]), a.dot(&y));
         }
+    }
+
+    #[test]
+    fn operands_of_any_layout_are_read_in_place() {
+        use ndarray::{Array, IxDyn};
+        let a = Array::from_shape_fn((3, 4, 5), |(b, i, j)| (b * 20 + i * 5 + j) as f64 - 30.0);
+        let b = Array::from_shape_fn((3, 4, 2), |(b, i, j)| ((b + i * 2 + j) as f64).sin());
+        // `a` transposed over its last two axes, as a plan hands it over without a copy
+        let at = a.clone().into_dyn().permuted_axes(IxDyn(&[0, 2, 1]));
+        assert!(!at.is_standard_layout());
+        let want = batched_matmul(&at.as_standard_layout().into_owned(), &b.clone().into_dyn());
+        assert_eq!(batched_matmul(&at, &b.clone().into_dyn()), want);
+        // and broadcast against a transposed matrix
+        let bt = b
+            .index_axis(ndarray::Axis(0), 1)
+            .t()
+            .as_standard_layout()
+            .into_owned()
+            .into_dyn();
+        let btt = b
+            .index_axis(ndarray::Axis(0), 1)
+            .to_owned()
+            .reversed_axes()
+            .into_dyn();
+        assert!(!btt.is_standard_layout());
+        let a2 = a.slice(ndarray::s![.., .., ..2]).to_owned().into_dyn();
+        assert_eq!(batched_matmul(&a2, &btt), batched_matmul(&a2, &bt));
+        // empty inner dimension: zeros
+        let e = batched_matmul(
+            &Array::<f64, _>::zeros((2, 0)).into_dyn(),
+            &Array::<f64, _>::zeros((0, 3)).into_dyn(),
+        );
+        assert_eq!(e, Array::<f64, _>::zeros((2, 3)).into_dyn());
     }
 }

@@ -178,30 +178,25 @@ where
     if op == ReduceOp::Sum {
         return sum_axes(a, axes);
     }
-    let mut out = a.clone();
+    let mut out = std::borrow::Cow::Borrowed(a);
     for &axis in axes.iter().rev() {
-        out = match op {
-            ReduceOp::Sum => sum_axes(&out, &[axis]),
-            ReduceOp::Max | ReduceOp::Min => {
-                let mut acc = out.index_axis(Axis(axis), 0).to_owned();
-                for lane in out.axis_iter(Axis(axis)).skip(1) {
-                    ndarray::Zip::from(&mut acc).and(&lane).for_each(|acc, &v| {
-                        let better = if op == ReduceOp::Max {
-                            v > *acc
-                        } else {
-                            v < *acc
-                        };
-                        // A NaN, once met, stays (as in NumPy).
-                        if !is_nan(*acc) && (better || is_nan(v)) {
-                            *acc = v;
-                        }
-                    });
+        let mut acc = out.index_axis(Axis(axis), 0).to_owned();
+        for lane in out.axis_iter(Axis(axis)).skip(1) {
+            ndarray::Zip::from(&mut acc).and(&lane).for_each(|acc, &v| {
+                let better = if op == ReduceOp::Max {
+                    v > *acc
+                } else {
+                    v < *acc
+                };
+                // A NaN, once met, stays (as in NumPy).
+                if !is_nan(*acc) && (better || is_nan(v)) {
+                    *acc = v;
                 }
-                acc
-            }
-        };
+            });
+        }
+        out = std::borrow::Cow::Owned(acc);
     }
-    out
+    out.into_owned()
 }
 
 /// `v != v`: true only for a floating-point NaN.

@@ -8,12 +8,17 @@
 //! of [`ROWS`] rows one after another, then the blocks' sums pairwise. Integers wrap on
 //! overflow, as JAX's do.
 
+use std::borrow::Cow;
+use std::ops::Range;
+
 use ndarray::{ArrayD, Axis, IxDyn};
 use num_complex::{Complex32, Complex64};
 
+use crate::storage::pool;
+
 /// Values that can be summed: `+` for floating-point and complex numbers, wrapping `+` for
 /// integers.
-pub(crate) trait Summand: Copy + num_traits::Zero {
+pub(crate) trait Summand: Copy + num_traits::Zero + 'static {
     /// `self + other` (wrapping for integers).
     fn plus(self, other: Self) -> Self;
 }
@@ -95,19 +100,19 @@ fn sum_rows<T: Summand>(src: &[T], rows: usize, out: &mut [T]) {
     }
 }
 
-/// The sum of `a` along `axis`, which is removed.
-pub(crate) fn sum_axis<T: Summand>(a: &ArrayD<T>, axis: usize) -> ArrayD<T> {
-    let shape = a.shape();
-    let (outer, n): (usize, usize) = (shape[..axis].iter().product(), shape[axis]);
-    let inner: usize = shape[axis + 1..].iter().product();
-    let mut out_shape = shape.to_vec();
-    out_shape.remove(axis);
-    let standard = a.as_standard_layout();
-    let values = standard.as_slice().unwrap_or(&[]);
-    let mut out = vec![T::zero(); outer * inner];
+/// The sum over the axes `run` (consecutive) of row-major `values` of `shape`: the values
+/// of the shape with those axes removed, into a pooled buffer.
+fn sum_run<T: Summand>(values: &[T], shape: &[usize], run: Range<usize>) -> Vec<T> {
+    let outer: usize = shape[..run.start].iter().product();
+    let n: usize = shape[run.clone()].iter().product();
+    let inner: usize = shape[run.end..].iter().product();
+    let mut out = pool::take(outer * inner);
+    out.resize(outer * inner, T::zero());
     if n > 0 && inner > 0 {
-        for (o, block) in values.chunks_exact(n * inner).enumerate().take(outer) {
-            let target = &mut out[o * inner..(o + 1) * inner];
+        for (block, target) in values
+            .chunks_exact(n * inner)
+            .zip(out.chunks_exact_mut(inner))
+        {
             if inner == 1 {
                 target[0] = pairwise(block);
             } else {
@@ -115,22 +120,30 @@ pub(crate) fn sum_axis<T: Summand>(a: &ArrayD<T>, axis: usize) -> ArrayD<T> {
             }
         }
     }
-    ArrayD::from_shape_vec(IxDyn(&out_shape), out).unwrap_or_else(|_| ArrayD::zeros(out_shape))
+    out
 }
 
-/// The sum of `a` over `axes` (increasing, distinct), which are removed; over all of them at
-/// once when they are all of its axes.
+/// The sum of `a` over `axes` (increasing, distinct), which are removed. Consecutive axes are
+/// summed as one (in row-major order they are one axis), so summing all axes is one pairwise
+/// sum, and `a` is read in place when it is in standard layout.
 pub(crate) fn sum_axes<T: Summand>(a: &ArrayD<T>, axes: &[usize]) -> ArrayD<T> {
-    if !axes.is_empty() && axes.len() == a.ndim() {
-        let standard = a.as_standard_layout();
-        let total = standard.as_slice().map_or_else(T::zero, pairwise);
-        return ndarray::arr0(total).into_dyn();
+    let standard = a.as_standard_layout();
+    let mut values = Cow::Borrowed(standard.as_slice().unwrap_or(&[]));
+    let mut shape = a.shape().to_vec();
+    // Runs of consecutive axes, summed from the last so earlier indices stay valid.
+    let mut runs: Vec<Range<usize>> = Vec::new();
+    for &axis in axes {
+        match runs.last_mut() {
+            Some(run) if run.end == axis => run.end += 1,
+            _ => runs.push(axis..axis + 1),
+        }
     }
-    let mut out = a.clone();
-    for &axis in axes.iter().rev() {
-        out = sum_axis(&out, axis);
+    for run in runs.into_iter().rev() {
+        values = Cow::Owned(sum_run(&values, &shape, run.clone()));
+        shape.drain(run);
     }
-    out
+    let values = values.into_owned();
+    ArrayD::from_shape_vec(IxDyn(&shape), values).unwrap_or_else(|_| ArrayD::zeros(shape))
 }
 
 /// `out[.., indices[k], ..] += a[.., k, ..]` into zeros whose `axis` has length `size`.
@@ -163,7 +176,7 @@ mod tests {
         assert!((sum - exact).abs() / exact < 1e-6, "{sum} vs {exact}");
         // Along a leading axis too.
         let a = ArrayD::from_shape_vec(IxDyn(&[n / 4, 4]), values).unwrap();
-        let rows = sum_axis(&a, 0);
+        let rows = sum_axes(&a, &[0]);
         for &s in rows.iter() {
             let exact = exact / 4.0;
             assert!((s as f64 - exact).abs() / exact < 1e-6, "{s} vs {exact}");
@@ -177,12 +190,18 @@ mod tests {
         });
         for axis in 0..3 {
             let want = a.sum_axis(Axis(axis));
-            assert_eq!(sum_axis(&a, axis), want, "axis {axis}");
+            assert_eq!(sum_axes(&a, &[axis]), want, "axis {axis}");
         }
         assert_eq!(sum_axes(&a, &[0, 1, 2]).into_iter().next(), Some(a.sum()));
         assert_eq!(sum_axes(&a, &[0, 2]), a.sum_axis(Axis(2)).sum_axis(Axis(0)));
+        // Consecutive axes are summed as one.
+        assert_eq!(sum_axes(&a, &[0, 1]), a.sum_axis(Axis(1)).sum_axis(Axis(0)));
+        assert_eq!(sum_axes(&a, &[1, 2]), a.sum_axis(Axis(2)).sum_axis(Axis(1)));
+        // Any layout.
+        let t = a.clone().permuted_axes(IxDyn(&[2, 0, 1]));
+        assert_eq!(sum_axes(&t, &[1, 2]), t.sum_axis(Axis(2)).sum_axis(Axis(1)));
         let empty = ArrayD::<f64>::zeros(IxDyn(&[2, 0, 3]));
-        assert_eq!(sum_axis(&empty, 1), ArrayD::zeros(IxDyn(&[2, 3])));
+        assert_eq!(sum_axes(&empty, &[1]), ArrayD::zeros(IxDyn(&[2, 3])));
     }
 
     #[test]

@@ -90,6 +90,12 @@ impl Data {
         })
     }
 
+    /// The array with its axes permuted, in the same buffer: element `i` of the result is
+    /// element `i[perm^-1]` of `self`, read through permuted strides (not standard layout).
+    pub(crate) fn into_permuted(self, perm: &[usize]) -> Data {
+        with_array!(self, a => Data::from(a.permuted_axes(IxDyn(perm))))
+    }
+
     /// Casts to `dtype` with `as` semantics (floats truncate toward zero into integers;
     /// non-zero is `true`; a complex number cast to a real dtype keeps its real part).
     pub fn cast(&self, dtype: DType) -> Data {

@@ -36,18 +36,13 @@ fn class_of(capacity: usize) -> usize {
     (usize::BITS - 1 - capacity.leading_zeros()) as usize
 }
 
-/// An empty vector with room for `len` elements: for `f64`, from the pool when it holds one
-/// large enough, else a new one of exactly that size (rounding up to a power of two would
-/// waste up to half of every large buffer).
+/// A pooled buffer with room for `len` values, holding whatever values it last held.
 ///
 /// A plan run again asks for the sizes it returned, so besides the class that serves any
 /// `len` (the next power of two) the class `len` itself falls in is searched for a buffer of
 /// at least `len`.
-pub(crate) fn take<T: 'static>(len: usize) -> Vec<T> {
-    if len < MIN_LEN || std::any::TypeId::of::<T>() != std::any::TypeId::of::<f64>() {
-        return Vec::with_capacity(len);
-    }
-    let found = POOL.with(|pool| {
+fn find(len: usize) -> Option<Vec<f64>> {
+    POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let own = class_of(len);
         let any_fits = own + usize::from(!len.is_power_of_two());
@@ -61,13 +56,35 @@ pub(crate) fn take<T: 'static>(len: usize) -> Vec<T> {
         };
         pool.bytes -= buffer.capacity() * std::mem::size_of::<f64>();
         Some(buffer)
-    });
-    let buffer = found.unwrap_or_else(|| Vec::<f64>::with_capacity(len));
+    })
+}
+
+/// An empty vector with room for `len` elements: for `f64`, from the pool when it holds one
+/// large enough, else a new one of exactly that size (rounding up to a power of two would
+/// waste up to half of every large buffer).
+pub(crate) fn take<T: 'static>(len: usize) -> Vec<T> {
+    if len < MIN_LEN || std::any::TypeId::of::<T>() != std::any::TypeId::of::<f64>() {
+        return Vec::with_capacity(len);
+    }
+    let mut buffer = find(len).unwrap_or_else(|| Vec::<f64>::with_capacity(len));
+    buffer.clear();
     let any: Box<dyn Any> = Box::new(buffer);
     match any.downcast::<Vec<T>>() {
         Ok(buffer) => *buffer,
         Err(_) => Vec::with_capacity(len),
     }
+}
+
+/// `len` values for a caller that overwrites every one before it reads any: a pooled buffer
+/// keeps the values it last held (only those past them are zeroed), so a plan run again does
+/// not pay for a fill it does not need.
+pub(crate) fn take_to_overwrite(len: usize) -> Vec<f64> {
+    if len < MIN_LEN {
+        return vec![0.0; len];
+    }
+    let mut buffer = find(len).unwrap_or_default();
+    buffer.resize(len, 0.0);
+    buffer
 }
 
 /// Returns the storage of a dead array to the pool.
@@ -89,12 +106,11 @@ pub(crate) fn recycle_all(arrays: Vec<std::sync::Arc<Data>>) {
 
 /// Returns a buffer to the pool. When the pool is full, the largest buffers it holds make
 /// room: the buffer just freed belongs to the plan running now, and those to plans before it.
-pub(crate) fn give(mut buffer: Vec<f64>) {
+pub(crate) fn give(buffer: Vec<f64>) {
     let capacity = buffer.capacity();
     if !(MIN_LEN..=MAX_BYTES / std::mem::size_of::<f64>()).contains(&capacity) {
         return;
     }
-    buffer.clear();
     let class = class_of(capacity);
     let bytes = capacity * std::mem::size_of::<f64>();
     POOL.with(|pool| {
@@ -133,6 +149,10 @@ mod tests {
         );
         let smaller = take::<f64>(999);
         assert_eq!(smaller.as_ptr(), address, "a smaller request of its class");
+        give(smaller);
+        let reused = take_to_overwrite(999);
+        assert_eq!((reused.len(), reused.as_ptr()), (999, address));
+        assert_eq!(take_to_overwrite(3), vec![0.0; 3]);
         // Other element types and tiny buffers go to the allocator.
         assert!(take::<i64>(1000).capacity() >= 1000);
         assert_eq!(take::<f64>(3).capacity(), 3);

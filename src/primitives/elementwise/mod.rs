@@ -9,6 +9,7 @@ mod kernels;
 use std::fmt;
 
 pub(crate) use self::kernels::eval_in_place;
+pub(super) use self::kernels::zip;
 use super::{
     Dependence, Primal, Rules, Tangent, UnitRule, Units, arity, broadcast_shapes, cotangents,
     not_linear, one, require,
