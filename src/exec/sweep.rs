@@ -8,7 +8,7 @@ use num_complex::Complex64;
 
 use super::Plan;
 use crate::error::{Error, Result};
-use crate::storage::{Aval, DType, Data, Element};
+use crate::storage::{Aval, DType, Data, Element, pool};
 
 /// A linear plan whose last input is a seed of `chunk` directions of `input` (shape
 /// `[chunk] ++ input shape`), after the residuals. Output `b` of the plan, of shape
@@ -46,6 +46,8 @@ impl Sweep {
             for (out, block) in outs.iter().zip(&mut blocks) {
                 place(out, block, start, valid, n)?;
             }
+            // The chunk's outputs serve the next chunk's (and the next call's) products.
+            pool::recycle_all(outs);
         }
         Ok(blocks)
     }

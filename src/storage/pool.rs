@@ -24,10 +24,25 @@ const MAX_BYTES: usize = 1 << 28;
 struct Pool {
     classes: Vec<Vec<Vec<f64>>>,
     bytes: usize,
+    /// Per class, the buffers handed out and not given back. Only those are taken back: a
+    /// buffer the pool never lent (an input's copy, say) would otherwise pile up, one per run.
+    lent: Vec<usize>,
+}
+
+impl Pool {
+    fn lend(&mut self, capacity: usize) {
+        let class = class_of(capacity);
+        if self.lent.len() <= class {
+            self.lent.resize(class + 1, 0);
+        }
+        self.lent[class] += 1;
+    }
 }
 
 thread_local! {
-    static POOL: RefCell<Pool> = const { RefCell::new(Pool { classes: Vec::new(), bytes: 0 }) };
+    static POOL: RefCell<Pool> = const {
+        RefCell::new(Pool { classes: Vec::new(), bytes: 0, lent: Vec::new() })
+    };
 }
 
 /// The class of a buffer with room for `capacity` values: the largest `c` with
@@ -55,8 +70,15 @@ fn find(len: usize) -> Option<Vec<f64>> {
             }
         };
         pool.bytes -= buffer.capacity() * std::mem::size_of::<f64>();
+        pool.lend(buffer.capacity());
         Some(buffer)
     })
+}
+
+/// A new buffer of `len` values' room, lent by the pool (it takes it back when freed).
+fn new_buffer(len: usize) -> Vec<f64> {
+    POOL.with(|pool| pool.borrow_mut().lend(len));
+    Vec::with_capacity(len)
 }
 
 /// An empty vector with room for `len` elements: for `f64`, from the pool when it holds one
@@ -66,7 +88,7 @@ pub(crate) fn take<T: 'static>(len: usize) -> Vec<T> {
     if len < MIN_LEN || std::any::TypeId::of::<T>() != std::any::TypeId::of::<f64>() {
         return Vec::with_capacity(len);
     }
-    let mut buffer = find(len).unwrap_or_else(|| Vec::<f64>::with_capacity(len));
+    let mut buffer = find(len).unwrap_or_else(|| new_buffer(len));
     buffer.clear();
     let any: Box<dyn Any> = Box::new(buffer);
     match any.downcast::<Vec<T>>() {
@@ -82,7 +104,7 @@ pub(crate) fn take_to_overwrite(len: usize) -> Vec<f64> {
     if len < MIN_LEN {
         return vec![0.0; len];
     }
-    let mut buffer = find(len).unwrap_or_default();
+    let mut buffer = find(len).unwrap_or_else(|| new_buffer(len));
     buffer.resize(len, 0.0);
     buffer
 }
@@ -104,7 +126,7 @@ pub(crate) fn recycle_all(arrays: Vec<std::sync::Arc<Data>>) {
     }
 }
 
-/// Returns a buffer to the pool. When the pool is full, the largest buffers it holds make
+/// Returns a buffer to the pool, if the pool lent one of its class. When the pool is full, the largest buffers it holds make
 /// room: the buffer just freed belongs to the plan running now, and those to plans before it.
 pub(crate) fn give(buffer: Vec<f64>) {
     let capacity = buffer.capacity();
@@ -115,6 +137,10 @@ pub(crate) fn give(buffer: Vec<f64>) {
     let bytes = capacity * std::mem::size_of::<f64>();
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
+        match pool.lent.get_mut(class) {
+            Some(lent) if *lent > 0 => *lent -= 1,
+            _ => return,
+        }
         while pool.bytes + bytes > MAX_BYTES {
             let Some(evicted) = pool.classes.iter_mut().rev().find_map(|class| class.pop()) else {
                 break;
@@ -153,6 +179,11 @@ mod tests {
         let reused = take_to_overwrite(999);
         assert_eq!((reused.len(), reused.as_ptr()), (999, address));
         assert_eq!(take_to_overwrite(3), vec![0.0; 3]);
+        // A buffer the pool did not lend is not kept.
+        let held = || POOL.with(|pool| pool.borrow().bytes);
+        let before = held();
+        give(Vec::with_capacity(1 << 20));
+        assert_eq!(held(), before);
         // Other element types and tiny buffers go to the allocator.
         assert!(take::<i64>(1000).capacity() >= 1000);
         assert_eq!(take::<f64>(3).capacity(), 3);

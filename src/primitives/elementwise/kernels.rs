@@ -29,7 +29,10 @@ impl UnaryOp {
             UnaryOp::Sin => x.sin(),
             UnaryOp::Cos => x.cos(),
             UnaryOp::Tan => x.tan(),
-            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Tanh => x
+                .to_f64()
+                .and_then(|x| F::from(super::math::tanh(x)))
+                .unwrap_or_else(F::nan),
             UnaryOp::Logistic => F::one() / (F::one() + (-x).exp()),
             // Computed in f64 (libm's, from FreeBSD's msun), then rounded to `F`.
             UnaryOp::Erf => x

@@ -5,6 +5,7 @@
 //! operations promote before calling them. The kernels are in [`kernels`].
 
 mod kernels;
+mod math;
 
 use std::fmt;
 
