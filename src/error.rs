@@ -85,8 +85,8 @@ pub enum Error {
     /// A computation that needs more memory than the limit allows (see [`crate::memory`]).
     #[error(
         "{op}: needs {} ({needed} bytes), more than the memory limit of {}: {msg}",
-        crate::memory::human(*needed),
-        crate::memory::human(*limit)
+        human_bytes(*needed),
+        human_bytes(*limit)
     )]
     Memory {
         /// The operation or transform.
@@ -151,3 +151,19 @@ impl Error {
 /// assert_eq!(total(&Tensor::from([1.0, 2.0])).unwrap(), 3.0);
 /// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A size in bytes for people (`1.5 GiB`), for messages; public as [`crate::memory::human`].
+pub(crate) fn human_bytes(bytes: usize) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

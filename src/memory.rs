@@ -182,18 +182,7 @@ pub(crate) fn check_results(op: &str, avals: &[Aval]) -> Result<()> {
 /// assert_eq!(brainstate::memory::human(512), "512 B");
 /// ```
 pub fn human(bytes: usize) -> String {
-    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    crate::error::human_bytes(bytes)
 }
 
 /// Allocations from this many bytes on are first tried fallibly (see [`probe`]).
