@@ -43,7 +43,7 @@ pub(crate) fn jvp_program_of(program: &Program, wrt: &[usize], of: &[usize]) -> 
 /// derivative along the vector.
 pub(crate) fn hvp_program(program: &Program, wrt: &[usize]) -> Result<Derivative> {
     let grad = jacrev_program(program, wrt, &[0])?;
-    let gradients = jacobian_positions(&grad);
+    let (gradients, _) = grad.jacobians();
     let forward = jvp_program_of(&grad.program, wrt, &gradients)?;
     Ok(relabel(forward, &grad, |out| Output::Product { wrt: out }))
 }
@@ -58,7 +58,7 @@ pub(crate) fn hessian_products(
     seeds: &[Data],
 ) -> Result<Derivative> {
     let grad = jacrev_program(program, wrt, &[0])?;
-    let gradients = jacobian_positions(&grad);
+    let (gradients, _) = grad.jacobians();
     let tracing = Tracing::new();
     let in_avals = grad.program.input_avals();
     let inputs: Vec<Tensor> = in_avals.iter().map(|a| tracing.input(a)).collect();
@@ -114,13 +114,6 @@ pub(crate) fn vjp_split(program: &Program, wrt: &[usize], of: &[usize]) -> Resul
     })
 }
 
-/// The positions of a derivative program's Jacobian outputs.
-fn jacobian_positions(derivative: &Derivative) -> Vec<usize> {
-    (0..derivative.outputs.len())
-        .filter(|&k| matches!(derivative.outputs[k], Output::Jacobian { .. }))
-        .collect()
-}
-
 /// A forward derivative of a gradient program, its outputs described in terms of the
 /// original program: primal outputs as the gradient program has them, tangents of the
 /// gradient of input `i` as `tangent(i)`.
@@ -129,7 +122,7 @@ fn relabel(
     grad: &Derivative,
     tangent: impl Fn(usize) -> Output,
 ) -> Derivative {
-    let gradients = jacobian_positions(grad);
+    let (gradients, _) = grad.jacobians();
     let outputs = forward
         .outputs
         .iter()

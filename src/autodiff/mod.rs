@@ -58,6 +58,19 @@ pub(crate) struct Derivative {
 }
 
 impl Derivative {
+    /// The positions of the Jacobian outputs (the gradients, in a gradient program) and, for
+    /// each, its `(out, wrt)`.
+    pub(super) fn jacobians(&self) -> (Vec<usize>, Vec<(usize, usize)>) {
+        self.outputs
+            .iter()
+            .enumerate()
+            .filter_map(|(k, output)| match *output {
+                Output::Jacobian { out, wrt } => Some((k, (out, wrt))),
+                _ => None,
+            })
+            .unzip()
+    }
+
     /// The program with only the `wanted` outputs, in that order (each must be one it has).
     pub fn select(mut self, wanted: &[Output]) -> Program {
         let position: HashMap<Output, usize> = self
@@ -199,6 +212,22 @@ pub(crate) fn jacfwd_program(program: &Program, wrt: &[usize], of: &[usize]) -> 
     })
 }
 
+/// A forward Jacobian of a gradient program's Jacobian outputs, described in terms of the
+/// original program: the Jacobian of gradient `blocks[out]` (the gradient of output `o` with
+/// respect to input `i`) with respect to input `j` is the Hessian block `(o, (i, j))`.
+fn second_order(blocks: &[(usize, usize)], output: Output) -> Output {
+    match output {
+        Output::Jacobian { out, wrt: j } => {
+            let (o, i) = blocks[out];
+            Output::Hessian {
+                out: o,
+                wrt: (i, j),
+            }
+        }
+        other => other,
+    }
+}
+
 /// The program `x -> outputs ++ gradients ++ Hessians`: forward mode over reverse mode.
 pub(crate) fn hessian_program(
     program: &Program,
@@ -207,29 +236,14 @@ pub(crate) fn hessian_program(
 ) -> Result<Derivative> {
     let grad = jacrev_program(program, wrt, of)?;
     // The forward pass differentiates the gradient program's Jacobian outputs.
-    let (positions, blocks): (Vec<usize>, Vec<(usize, usize)>) = grad
-        .outputs
-        .iter()
-        .enumerate()
-        .filter_map(|(k, output)| match *output {
-            Output::Jacobian { out, wrt } => Some((k, (out, wrt))),
-            _ => None,
-        })
-        .unzip();
+    let (positions, blocks) = grad.jacobians();
     let forward = jacfwd_program(&grad.program, wrt, &positions)?;
     let outputs = forward
         .outputs
         .iter()
         .map(|&output| match output {
             Output::Primal(k) => grad.outputs[k],
-            Output::Jacobian { out, wrt: j } => {
-                let (o, i) = blocks[out];
-                Output::Hessian {
-                    out: o,
-                    wrt: (i, j),
-                }
-            }
-            other => other,
+            other => second_order(&blocks, other),
         })
         .collect();
     Ok(Derivative {
@@ -249,26 +263,9 @@ pub(crate) fn hessian_sweeps(
     chunks: &[usize],
 ) -> Result<Sweeps> {
     let grad = jacrev_program(program, wrt, of)?;
-    let (positions, blocks): (Vec<usize>, Vec<(usize, usize)>) = grad
-        .outputs
-        .iter()
-        .enumerate()
-        .filter_map(|(k, output)| match *output {
-            Output::Jacobian { out, wrt } => Some((k, (out, wrt))),
-            _ => None,
-        })
-        .unzip();
+    let (positions, blocks) = grad.jacobians();
     let mut sweeps = sweep::forward_sweeps(&grad.program, wrt, &positions, chunks)?;
-    let second = |output: Output| match output {
-        Output::Jacobian { out, wrt: j } => {
-            let (o, i) = blocks[out];
-            Output::Hessian {
-                out: o,
-                wrt: (i, j),
-            }
-        }
-        other => other,
-    };
+    let second = |output: Output| second_order(&blocks, output);
     for columns in &mut sweeps.columns {
         columns.blocks = columns.blocks.iter().map(|&b| second(b)).collect();
         for (block, _) in &mut columns.zeros {

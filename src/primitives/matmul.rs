@@ -161,6 +161,7 @@ where
     let batch = broadcast_shapes("matmul", a_batch, b_batch).expect("checked by infer");
     let mut shape = batch.clone();
     shape.extend([m, n]);
+    let count: usize = batch.iter().product();
     if k == 1 {
         // An outer product per batch element: a column of `m` values times a row of `n`,
         // written row after row, with no matrix kernel's packing overhead; other layouts
@@ -168,7 +169,6 @@ where
         let (Some(a), Some(b)) = (a.as_slice(), b.as_slice()) else {
             return super::elementwise::zip(a, b, &shape, |x, y| x * y);
         };
-        let count: usize = batch.iter().product();
         let mut out = pool::take(count * m * n);
         for i in 0..count {
             let ai = broadcast_index(i, &batch, a_batch) * m;
@@ -181,7 +181,6 @@ where
         return ArrayD::from_shape_vec(shape, out).expect("count * m * n values");
     }
     let (ca, cb): (usize, usize) = (a_batch.iter().product(), b_batch.iter().product());
-    let count: usize = batch.iter().product();
     let mut out = pool::take(count * m * n);
     out.resize(count * m * n, T::zero());
     if out.is_empty() || k == 0 {
