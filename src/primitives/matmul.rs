@@ -270,6 +270,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn broadcast_index_maps_the_full_batch_onto_an_operand() {
+        // batch [2, 3]; an operand of batch [3] repeats along the first axis
+        let own: Vec<usize> = (0..6).map(|i| broadcast_index(i, &[2, 3], &[3])).collect();
+        assert_eq!(own, vec![0, 1, 2, 0, 1, 2]);
+        // an operand of batch [2, 1] repeats along the second
+        let own: Vec<usize> = (0..6)
+            .map(|i| broadcast_index(i, &[2, 3], &[2, 1]))
+            .collect();
+        assert_eq!(own, vec![0, 0, 0, 1, 1, 1]);
+        // no batch at all: always the one matrix
+        assert!((0..6).all(|i| broadcast_index(i, &[2, 3], &[]) == 0));
+        // the full batch itself
+        assert!((0..6).all(|i| broadcast_index(i, &[2, 3], &[2, 3]) == i));
+    }
+
+    #[test]
     fn batched_products_broadcast_their_leading_axes() {
         let a = ndarray::Array::from_shape_fn((2, 1, 2, 3), |(b, _, i, j)| (b + i * 3 + j) as f64);
         let b = ndarray::Array::from_shape_fn((3, 3, 2), |(c, i, j)| (c * 6 + i * 2 + j) as f64);
