@@ -35,6 +35,7 @@ pub mod primitives;
 
 pub mod ir;
 
+mod simd;
 mod storage;
 
 pub mod error;

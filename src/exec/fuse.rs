@@ -670,6 +670,32 @@ mod tests {
     }
 
     #[test]
+    fn operands_repeated_along_rows_are_walked_in_blocks_of_columns() {
+        // A [3, n] group reading shifted [n] vectors: walked a tile of columns down the three
+        // rows at a time, on several threads, with ranges that end inside a tile.
+        let n = (1 << 16) + 77;
+        let f = |x: &T, y: &T| {
+            let (head, tail) = (x.slice_along(0, ..-1, 1), x.slice_along(0, 1.., 1));
+            (y.slice_along(1, 1.., 1) * head.sin() + tail).tanh() * 2.0
+        };
+        let x = T::from_vec((0..n).map(|k| (k as f64 * 1e-3).sin()).collect(), &[n]).unwrap();
+        let y = T::from_vec(
+            (0..3 * n).map(|k| (k as f64 * 7e-4).cos()).collect(),
+            &[3, n],
+        )
+        .unwrap();
+        let plan = Plan::new(make_program(f, (&x, &y)).unwrap());
+        let rows = groups(&plan).into_iter().find(|g| g.shape.len() == 2);
+        assert_eq!(rows.unwrap().blocks(3 * (n - 1)), (3, n - 1));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let out = pool.install(|| agree(&plan, &[x.clone(), y.clone()]));
+        assert_eq!(out[0], f(&x, &y).to_vec::<f64>().unwrap());
+    }
+
+    #[test]
     fn padding_and_strided_slices_read_zeros_and_steps() {
         // The transpose of a strided slice is an interior pad: it stays an equation.
         let g = crate::grad(|x: &T| {

@@ -11,6 +11,7 @@ use super::fuse::{Group, Src, TileOp, View};
 use crate::error::{Error, Result};
 use crate::ir::Var;
 use crate::primitives::{BinaryOp, UnaryOp};
+use crate::simd::multiversion;
 use crate::storage::{Data, pool};
 
 /// Elements per tile: the registers of a group stay in the first-level cache.
@@ -27,7 +28,7 @@ thread_local! {
 
 impl Group {
     /// Runs the group on the values computed so far (`env`, by variable); returns its outputs
-    /// in order. Large groups are split into contiguous ranges of tiles run on the thread pool.
+    /// in order. Large groups are split into ranges of columns run on the thread pool.
     pub fn run(&self, env: &[Option<Arc<Data>>]) -> Result<Vec<Data>> {
         let numel: usize = self.shape.iter().product();
         let inputs = self
@@ -45,31 +46,42 @@ impl Group {
             // Every element is stored by the tile loop.
             .map(|_| pool::take_to_overwrite(numel))
             .collect();
-        let parts = (numel / PARALLEL_MIN).min(rayon::current_num_threads());
-        if parts <= 1 {
-            let mut targets: Vec<&mut [f64]> = outputs.iter_mut().map(|o| &mut o[..]).collect();
-            self.run_range(&slices, 0..numel, &mut targets);
-        } else {
-            // Contiguous ranges of whole tiles, one per thread, each writing its own part of
-            // every output.
-            let size = numel.div_ceil(parts).next_multiple_of(TILE);
-            let mut ranges: Vec<(Range<usize>, Vec<&mut [f64]>)> = Vec::with_capacity(parts);
-            let mut rests: Vec<&mut [f64]> = outputs.iter_mut().map(|o| &mut o[..]).collect();
-            let mut start = 0;
-            while start < numel {
-                let len = size.min(numel - start);
-                let mut heads = Vec::with_capacity(rests.len());
-                for rest in rests.iter_mut() {
-                    let (head, tail) = std::mem::take(rest).split_at_mut(len);
-                    heads.push(head);
-                    *rest = tail;
+        if numel > 0 {
+            let (rows, cols) = self.blocks(numel);
+            let parts = (numel / PARALLEL_MIN).clamp(1, rayon::current_num_threads());
+            // Ranges of whole tiles of columns, one per thread, each writing its columns of
+            // every row of every output.
+            let width = cols.div_ceil(parts).next_multiple_of(TILE);
+            let ranges: Vec<Range<usize>> = (0..cols)
+                .step_by(width)
+                .map(|c| c..cols.min(c + width))
+                .collect();
+            let mut pieces: Vec<Vec<Vec<&mut [f64]>>> = ranges
+                .iter()
+                .map(|_| Vec::with_capacity(outputs.len()))
+                .collect();
+            for output in outputs.iter_mut() {
+                for piece in pieces.iter_mut() {
+                    piece.push(Vec::with_capacity(rows));
                 }
-                ranges.push((start..start + len, heads));
-                start += len;
+                for row in output.chunks_mut(cols) {
+                    for (piece, part) in pieces.iter_mut().zip(row.chunks_mut(width)) {
+                        piece.last_mut().expect("pushed above").push(part);
+                    }
+                }
             }
-            ranges
-                .into_par_iter()
-                .for_each(|(range, mut targets)| self.run_range(&slices, range, &mut targets));
+            let work = ranges.into_iter().zip(pieces);
+            if parts == 1 {
+                work.for_each(|(range, mut targets)| {
+                    self.run_columns(&slices, rows, cols, range, &mut targets)
+                });
+            } else {
+                work.collect::<Vec<_>>()
+                    .into_par_iter()
+                    .for_each(|(range, mut targets)| {
+                        self.run_columns(&slices, rows, cols, range, &mut targets)
+                    });
+            }
         }
         Ok(outputs
             .into_iter()
@@ -82,9 +94,35 @@ impl Group {
             .collect())
     }
 
-    /// Runs the tiles of the elements `range` of the iteration space, writing output `k`
-    /// into `targets[k]` (of `range.len()` values), in this thread's registers.
-    fn run_range(&self, slices: &[&[f64]], range: Range<usize>, targets: &mut [&mut [f64]]) {
+    /// The iteration space as `rows x cols`, walked a tile of columns at a time down every
+    /// row. That is the last axis against the others when an operand is repeated along the
+    /// rows (a broadcast over leading axes): its tile is then read from memory once and from
+    /// the cache for the other rows. Otherwise it is one row read in order.
+    pub(super) fn blocks(&self, numel: usize) -> (usize, usize) {
+        let rank = self.shape.len();
+        let cols = self.shape[rank - 1];
+        let repeated = self.views.iter().any(|v| {
+            v.strides[rank - 1] != 0
+                && (0..rank - 1).any(|d| v.strides[d] == 0 && self.shape[d] > 1)
+        });
+        if repeated && cols >= TILE {
+            (numel / cols, cols)
+        } else {
+            (1, numel)
+        }
+    }
+
+    /// Runs the tiles of columns `range` of every row of the `rows x cols` iteration space,
+    /// writing output `k`'s row `r` into `targets[k][r]` (of `range.len()` values), in this
+    /// thread's registers.
+    fn run_columns(
+        &self,
+        slices: &[&[f64]],
+        rows: usize,
+        cols: usize,
+        range: Range<usize>,
+        targets: &mut [Vec<&mut [f64]>],
+    ) {
         let Range { start, end } = range;
         let tile = TILE.min(end - start).max(1);
         let mut coords = vec![0usize; self.shape.len()];
@@ -98,8 +136,12 @@ impl Group {
                     r.resize(tile, 0.0);
                 }
             }
-            for first in (start..end).step_by(tile) {
-                let len = tile.min(end - first);
+            for (column, row) in (start..end)
+                .step_by(tile)
+                .flat_map(|c| (0..rows).map(move |r| (c, r)))
+            {
+                let len = tile.min(end - column);
+                let first = row * cols + column;
                 // A tile of an operand: a register, or a slice of a buffer read in order.
                 fn read<'a>(
                     src: Src,
@@ -146,8 +188,9 @@ impl Group {
                             registers[dst] = d;
                         }
                         TileOp::Store { src, output } => {
-                            let at = first - start;
-                            targets[output][at..at + len].copy_from_slice(&registers[src][..len]);
+                            let at = column - start;
+                            targets[output][row][at..at + len]
+                                .copy_from_slice(&registers[src][..len]);
                         }
                     }
                 }
@@ -242,28 +285,36 @@ fn map2(x: &[f64], y: &[f64], out: &mut [f64], f: impl Fn(f64, f64) -> f64) {
     }
 }
 
-fn unary(op: UnaryOp, x: &[f64], out: &mut [f64]) {
-    match op {
-        UnaryOp::Neg => map1(x, out, |v| -v),
-        _ => map1(x, out, |v| op.apply(v)),
+multiversion! {
+    fn unary(op: UnaryOp, x: &[f64], out: &mut [f64]) {
+        match op {
+            UnaryOp::Neg => map1(x, out, |v| -v),
+            UnaryOp::Tanh => map1(x, out, |v| UnaryOp::Tanh.apply(v)),
+            UnaryOp::Exp => map1(x, out, |v| UnaryOp::Exp.apply(v)),
+            _ => map1(x, out, |v| op.apply(v)),
+        }
     }
 }
 
-fn powi(n: i32, x: &[f64], out: &mut [f64]) {
-    match n {
-        2 => map1(x, out, |v| v * v),
-        3 => map1(x, out, |v| v * v * v),
-        -1 => map1(x, out, |v| 1.0 / v),
-        _ => map1(x, out, |v| v.powi(n)),
+multiversion! {
+    fn powi(n: i32, x: &[f64], out: &mut [f64]) {
+        match n {
+            2 => map1(x, out, |v| v * v),
+            3 => map1(x, out, |v| v * v * v),
+            -1 => map1(x, out, |v| 1.0 / v),
+            _ => map1(x, out, |v| v.powi(n)),
+        }
     }
 }
 
-fn binary(op: BinaryOp, x: &[f64], y: &[f64], out: &mut [f64]) {
-    match op {
-        BinaryOp::Add => map2(x, y, out, |a, b| a + b),
-        BinaryOp::Sub => map2(x, y, out, |a, b| a - b),
-        BinaryOp::Mul => map2(x, y, out, |a, b| a * b),
-        BinaryOp::Div => map2(x, y, out, |a, b| a / b),
-        _ => map2(x, y, out, |a, b| op.apply(a, b)),
+multiversion! {
+    fn binary(op: BinaryOp, x: &[f64], y: &[f64], out: &mut [f64]) {
+        match op {
+            BinaryOp::Add => map2(x, y, out, |a, b| a + b),
+            BinaryOp::Sub => map2(x, y, out, |a, b| a - b),
+            BinaryOp::Mul => map2(x, y, out, |a, b| a * b),
+            BinaryOp::Div => map2(x, y, out, |a, b| a / b),
+            _ => map2(x, y, out, |a, b| op.apply(a, b)),
+        }
     }
 }
