@@ -5,7 +5,7 @@
 use std::fmt;
 
 use ndarray::linalg::{general_mat_mul, general_mat_vec_mul};
-use ndarray::{ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, Dimension, IxDyn, ShapeBuilder};
+use ndarray::{ArrayD, ArrayView2, ArrayViewMut2, CowArray, IxDyn, ShapeBuilder};
 
 use super::{
     Dependence, Primal, Rules, Tangent, UnitRule, Units, arity, broadcast_shapes, concat_dims,
@@ -166,13 +166,14 @@ where
         // An outer product per batch element: a column of `m` values times a row of `n`,
         // written row after row, with no matrix kernel's packing overhead; other layouts
         // elementwise.
+        let (sa, sb) = (strides(a.strides()), strides(b.strides()));
         let (Some(a), Some(b)) = (a.as_slice(), b.as_slice()) else {
             return super::elementwise::zip(a, b, &shape, |x, y| x * y);
         };
         let mut out = pool::take(count * m * n);
         for i in 0..count {
-            let ai = broadcast_index(i, &batch, a_batch) * m;
-            let bi = broadcast_index(i, &batch, b_batch) * n;
+            let ai = broadcast_offset(i, &batch, a_batch, &sa);
+            let bi = broadcast_offset(i, &batch, b_batch, &sb);
             let row = &b[bi..bi + n];
             for &x in &a[ai..ai + m] {
                 out.extend(row.iter().map(|&y| x * y));
@@ -201,34 +202,42 @@ where
             return ArrayD::from_shape_vec(shape, out).expect("count * m * n values");
         }
     }
-    // One product per batch element, each operand read through its own strides (a
+    // One product per batch element, each operand read in place through its own strides (a
     // transposed operand is a column-major matrix to the kernel, not a copy).
-    let (a, b) = (a.view(), b.view());
-    for (index, c) in ndarray::indices(&batch[..])
-        .into_iter()
-        .zip(out.chunks_mut(m * n))
-    {
+    let (a, b) = (in_memory_order(a), in_memory_order(b));
+    let (sa, sb) = (strides(a.strides()), strides(b.strides()));
+    let (a_data, b_data) = (memory(&a), memory(&b));
+    for (i, c) in out.chunks_mut(m * n).enumerate() {
+        let a0 = broadcast_offset(i, &batch, a_batch, &sa);
+        let b0 = broadcast_offset(i, &batch, b_batch, &sb);
         let c = ArrayViewMut2::from_shape((m, n), c).expect("in bounds");
-        product(matrix(&a, &index), matrix(&b, &index), c);
+        product(
+            view(&a_data[a0..], m, k, (sa[ra - 2], sa[ra - 1])),
+            view(&b_data[b0..], k, n, (sb[rb - 2], sb[rb - 1])),
+            c,
+        );
     }
     ArrayD::from_shape_vec(shape, out).expect("count * m * n values")
 }
 
-/// The matrix of `x` (batch axes, then two) at the batch index `index` of the full,
-/// broadcast batch (right-aligned; a batch axis of size 1 is broadcast).
-fn matrix<'a, T>(x: &ArrayViewD<'a, T>, index: &IxDyn) -> ArrayView2<'a, T> {
-    let own = x.ndim() - 2;
-    let lead = index.ndim() - own;
-    let mut matrix = x.clone();
-    for d in 0..own {
-        let at = if x.shape()[d] == 1 {
-            0
-        } else {
-            index[lead + d]
-        };
-        matrix = matrix.index_axis_move(ndarray::Axis(0), at);
+/// `x` itself when its elements are one block of memory with non-negative strides (standard
+/// layouts and their permutations, as plans hand operands over), else a standard copy.
+fn in_memory_order<T: Clone>(x: &ArrayD<T>) -> CowArray<'_, T, IxDyn> {
+    if x.strides().iter().all(|&s| s >= 0) && x.as_slice_memory_order().is_some() {
+        CowArray::from(x.view())
+    } else {
+        CowArray::from(x.as_standard_layout().into_owned())
     }
-    matrix.into_dimensionality().expect("two axes left")
+}
+
+/// Non-negative strides (of an array [`in_memory_order`]) as offsets.
+fn strides(strides: &[isize]) -> Vec<usize> {
+    strides.iter().map(|&s| s as usize).collect()
+}
+
+/// The memory of an array [`in_memory_order`], from its first element.
+fn memory<'a, T>(x: &'a CowArray<'_, T, IxDyn>) -> &'a [T] {
+    x.as_slice_memory_order().expect("in memory order")
 }
 
 /// A `rows x cols` matrix read from `data` through `strides`.
@@ -246,23 +255,20 @@ fn product<T: ndarray::LinalgScalar>(a: ArrayView2<T>, b: ArrayView2<T>, mut c: 
     }
 }
 
-/// The flat index into an operand of batch shape `own` (right-aligned, size-1 axes broadcast)
-/// of the element at flat index `i` of the full batch shape `batch`.
-fn broadcast_index(mut i: usize, batch: &[usize], own: &[usize]) -> usize {
+/// The offset, through the operand's `strides`, of the matrix of an operand of batch shape
+/// `own` at flat index `i` of the full batch shape `batch` (right-aligned; size-1 axes
+/// broadcast).
+fn broadcast_offset(mut i: usize, batch: &[usize], own: &[usize], strides: &[usize]) -> usize {
     let lead = batch.len() - own.len();
-    let (mut index, mut stride) = (0, 1);
+    let mut offset = 0;
     for d in (0..batch.len()).rev() {
         let coordinate = i % batch[d];
         i /= batch[d];
-        if d >= lead {
-            let size = own[d - lead];
-            if size != 1 {
-                index += coordinate * stride;
-            }
-            stride *= size;
+        if d >= lead && own[d - lead] != 1 {
+            offset += coordinate * strides[d - lead];
         }
     }
-    index
+    offset
 }
 
 #[cfg(test)]
@@ -270,19 +276,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn broadcast_index_maps_the_full_batch_onto_an_operand() {
-        // batch [2, 3]; an operand of batch [3] repeats along the first axis
-        let own: Vec<usize> = (0..6).map(|i| broadcast_index(i, &[2, 3], &[3])).collect();
-        assert_eq!(own, vec![0, 1, 2, 0, 1, 2]);
+    fn broadcast_offset_maps_the_full_batch_onto_an_operand() {
+        // batch [2, 3]; an operand of batch [3] (matrices 10 apart) repeats along the first
+        // axis
+        let offset = |own: &[usize], strides: &[usize]| -> Vec<usize> {
+            (0..6)
+                .map(|i| broadcast_offset(i, &[2, 3], own, strides))
+                .collect()
+        };
+        assert_eq!(offset(&[3], &[10]), [0, 10, 20, 0, 10, 20]);
         // an operand of batch [2, 1] repeats along the second
-        let own: Vec<usize> = (0..6)
-            .map(|i| broadcast_index(i, &[2, 3], &[2, 1]))
-            .collect();
-        assert_eq!(own, vec![0, 0, 0, 1, 1, 1]);
+        assert_eq!(offset(&[2, 1], &[7, 7]), [0, 0, 0, 7, 7, 7]);
         // no batch at all: always the one matrix
-        assert!((0..6).all(|i| broadcast_index(i, &[2, 3], &[]) == 0));
-        // the full batch itself
-        assert!((0..6).all(|i| broadcast_index(i, &[2, 3], &[2, 3]) == i));
+        assert_eq!(offset(&[], &[]), [0; 6]);
+        // the full batch, permuted in memory: the second axis outer
+        assert_eq!(offset(&[2, 3], &[1, 2]), [0, 2, 4, 1, 3, 5]);
     }
 
     #[test]

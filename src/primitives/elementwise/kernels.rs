@@ -18,6 +18,7 @@ impl UnaryOp {
         )
     }
 
+    #[inline(always)] // so that loops over a known operation vectorise
     pub(crate) fn apply<F: Float>(self, x: F) -> F {
         match self {
             UnaryOp::Neg => -x,
@@ -80,6 +81,7 @@ impl UnaryOp {
 }
 
 impl BinaryOp {
+    #[inline(always)]
     pub(crate) fn apply<F: Float>(self, a: F, b: F) -> F {
         match self {
             BinaryOp::Add => a + b,
