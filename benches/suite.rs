@@ -72,10 +72,16 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let json = args.iter().any(|a| a == "--json");
     let all: Vec<&str> = cases::REFERENCE.iter().map(|r| r.0).collect();
+    // The names after `--cases`, separated by commas or spaces (`a,b` or `a, b`).
     let cases: Vec<String> = match args.iter().position(|a| a == "--cases") {
-        Some(i) => args
-            .get(i + 1)
-            .map_or(vec![], |c| c.split(',').map(String::from).collect()),
+        Some(i) => args[i + 1..]
+            .iter()
+            .take_while(|a| !a.starts_with("--"))
+            .flat_map(|a| a.split(','))
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+            .collect(),
         None => all.iter().map(|s| s.to_string()).collect(),
     };
     for case in &cases {

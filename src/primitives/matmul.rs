@@ -12,6 +12,7 @@ use super::{
     cotangents, not_linear, one,
 };
 use crate::error::{Error, Result};
+use crate::simd::multiversion;
 use crate::storage::{Aval, Data, pool};
 use crate::tensor::Tensor;
 use crate::unit::Unit;
@@ -174,10 +175,7 @@ where
         for i in 0..count {
             let ai = broadcast_offset(i, &batch, a_batch, &sa);
             let bi = broadcast_offset(i, &batch, b_batch, &sb);
-            let row = &b[bi..bi + n];
-            for &x in &a[ai..ai + m] {
-                out.extend(row.iter().map(|&y| x * y));
-            }
+            append_outer(&a[ai..ai + m], &b[bi..bi + n], &mut out);
         }
         return ArrayD::from_shape_vec(shape, out).expect("count * m * n values");
     }
@@ -218,6 +216,19 @@ where
         );
     }
     ArrayD::from_shape_vec(shape, out).expect("count * m * n values")
+}
+
+multiversion! {
+    /// Appends the outer product of `column` and `row` to `out`, row after row.
+    fn append_outer<T: ndarray::LinalgScalar>(column: &[T], row: &[T], out: &mut Vec<T>) {
+        let start = out.len();
+        out.resize(start + column.len() * row.len(), T::zero());
+        for (dst, &x) in out[start..].chunks_exact_mut(row.len().max(1)).zip(column) {
+            for (d, &y) in dst.iter_mut().zip(row) {
+                *d = x * y;
+            }
+        }
+    }
 }
 
 /// `x` itself when its elements are one block of memory with non-negative strides (standard
