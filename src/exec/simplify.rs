@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use crate::ir::Var;
 use crate::ir::passes::clean;
-use crate::primitives::{Prim, Program, Structural};
+use crate::primitives::{BinaryOp, Elementwise, Prim, Program, Structural, UnaryOp};
 use crate::storage::Data;
+use crate::storage::{Aval, DType};
 
 /// Largest output (in elements) that constant folding computes ahead of time. Larger constant
 /// subprograms, like tangent bases, stay generators that run with the program.
@@ -17,7 +18,171 @@ const FOLD_LIMIT: usize = 4096;
 /// composes chains of transposes and of reshapes, drops dead code and renumbers variables.
 pub(crate) fn simplify(program: Program) -> Program {
     let program = super::hoist::hoist_invariants(fold_constants(program));
-    clean(compose_structural(program))
+    clean(compose_structural(sink_pads(program)))
+}
+
+/// Zero padding moved through the linear arithmetic (`+`, `-`, `*`, negation) that computes
+/// the value padded, down to the values that arithmetic reads: `pad(a * b)` is
+/// `pad(a) * pad(b)`, as zeros times zeros are zeros. Reverse-mode derivatives pad the
+/// cotangents of slices back to their source's shape and add them up (`x[1:]` and
+/// `x[:-1]` in a stencil); with the pads on the values read they are views, and the
+/// arithmetic and the sum run as one loop over the padded shape, instead of one loop
+/// storing each unpadded cotangent and another reading them back.
+///
+/// Where the value padded is read elsewhere too, its arithmetic runs twice; the equations
+/// added are bounded by the program's size. Padded elements may come out as `-0.0` (from a
+/// negation) where the pad wrote `0.0`: equal as numbers.
+fn sink_pads(mut program: Program) -> Program {
+    let original = std::mem::take(&mut program.eqns);
+    let mut sink = PadSink {
+        producer: original
+            .iter()
+            .enumerate()
+            .flat_map(|(i, e)| e.outputs.iter().map(move |&v| (v, i)))
+            .collect(),
+        original: &original,
+        budget: 4 * original.len(),
+        rename: HashMap::new(),
+        memo: HashMap::new(),
+        eqns: Vec::with_capacity(original.len()),
+        program: &mut program,
+    };
+    for eqn in &original {
+        let input = sink.renamed(eqn.inputs.first().copied());
+        match (&eqn.prim, input) {
+            (Prim::Structural(Structural::Pad { lo, hi, interior }), Some(input))
+                if interior.iter().all(|&i| i == 0) && sink.linear(input) =>
+            {
+                let padded = sink.padded(input, lo, hi);
+                sink.rename.insert(eqn.outputs[0], padded);
+            }
+            _ => {
+                let mut eqn = eqn.clone();
+                for v in &mut eqn.inputs {
+                    *v = sink.renamed(Some(*v)).expect("an input");
+                }
+                sink.eqns.push(eqn);
+            }
+        }
+    }
+    let (eqns, rename) = (sink.eqns, sink.rename);
+    for v in &mut program.outputs {
+        *v = *rename.get(v).unwrap_or(v);
+    }
+    program.eqns = eqns;
+    program
+}
+
+/// The state of [`sink_pads`]: the equations emitted so far, and the padded values made.
+struct PadSink<'a> {
+    program: &'a mut Program,
+    original: &'a [crate::primitives::Eqn],
+    /// The equation of the original program computing each value.
+    producer: HashMap<Var, usize>,
+    /// Values replaced by their padded computation.
+    rename: HashMap<Var, Var>,
+    /// Values already made, by what they are: a value padded by `(lo, hi)`, or broadcast
+    /// to a shape (`hi` empty).
+    memo: HashMap<(Var, Vec<usize>, Vec<usize>), Var>,
+    eqns: Vec<crate::primitives::Eqn>,
+    /// Equations that may still be added.
+    budget: usize,
+}
+
+impl PadSink<'_> {
+    fn renamed(&self, v: Option<Var>) -> Option<Var> {
+        v.map(|v| *self.rename.get(&v).unwrap_or(&v))
+    }
+
+    /// Whether `v` is computed by linear arithmetic on `f64` (and budget is left to copy it).
+    fn linear(&self, v: Var) -> bool {
+        let Some(&i) = self.producer.get(&v) else {
+            return false;
+        };
+        let eqn = &self.original[i];
+        let f64s = eqn
+            .inputs
+            .iter()
+            .chain(&eqn.outputs)
+            .all(|&u| self.program.aval(u).dtype == DType::F64);
+        let arithmetic = matches!(
+            eqn.prim,
+            Prim::Elementwise(Elementwise::Binary(
+                BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul
+            )) | Prim::Elementwise(Elementwise::Unary(UnaryOp::Neg))
+        );
+        self.budget > 0 && f64s && arithmetic && eqn.outputs.len() == 1
+    }
+
+    /// A new equation computing one new value of `aval`.
+    fn emit(
+        &mut self,
+        prim: Prim,
+        inputs: Vec<Var>,
+        aval: Aval,
+        source: Option<&'static std::panic::Location<'static>>,
+    ) -> Var {
+        let out = self.program.new_var(aval);
+        self.budget = self.budget.saturating_sub(1);
+        self.eqns.push(crate::primitives::Eqn {
+            prim,
+            inputs,
+            outputs: vec![out],
+            source,
+        });
+        out
+    }
+
+    /// `pad(v)` (zeros `lo` before and `hi` after each axis), computed from padded operands
+    /// when `v` is linear arithmetic.
+    fn padded(&mut self, v: Var, lo: &[usize], hi: &[usize]) -> Var {
+        let key = (v, lo.to_vec(), hi.to_vec());
+        if let Some(&done) = self.memo.get(&key) {
+            return done;
+        }
+        let aval = self.program.aval(v).clone();
+        let shape: Vec<usize> = (0..aval.shape.len())
+            .map(|d| aval.shape[d] + lo[d] + hi[d])
+            .collect();
+        let out = if self.linear(v) {
+            let eqn = &self.original[self.producer[&v]];
+            let (prim, source, operands) = (eqn.prim.clone(), eqn.source, eqn.inputs.clone());
+            let inputs = operands
+                .into_iter()
+                .map(|u| {
+                    let u = self.renamed(Some(u)).expect("an operand");
+                    let u = self.broadcast(u, &aval.shape);
+                    self.padded(u, lo, hi)
+                })
+                .collect();
+            self.emit(prim, inputs, Aval::new(&shape, DType::F64), source)
+        } else {
+            let pad = Structural::Pad {
+                lo: lo.to_vec(),
+                hi: hi.to_vec(),
+                interior: vec![0; lo.len()],
+            };
+            self.emit(pad.into(), vec![v], Aval::new(&shape, aval.dtype), None)
+        };
+        self.memo.insert(key, out);
+        out
+    }
+
+    /// `v` broadcast to `shape` (itself when it has that shape).
+    fn broadcast(&mut self, v: Var, shape: &[usize]) -> Var {
+        let aval = self.program.aval(v).clone();
+        if aval.shape == shape {
+            return v;
+        }
+        let key = (v, shape.to_vec(), Vec::new());
+        if let Some(&done) = self.memo.get(&key) {
+            return done;
+        }
+        let prim = Structural::Broadcast(shape.to_vec()).into();
+        let out = self.emit(prim, vec![v], Aval::new(shape, aval.dtype), None);
+        self.memo.insert(key, out);
+        out
+    }
 }
 
 /// A transpose of a transpose is one transpose, a reshape of a reshape one reshape, and
@@ -188,6 +353,58 @@ mod tests {
         let out = plan.run(&[x.data().unwrap().clone()], false).unwrap();
         let got = Tensor::from_shared(out[0].clone()).to_vec::<f64>().unwrap();
         assert_eq!(got, f(&x).to_vec::<f64>().unwrap());
+    }
+
+    #[test]
+    fn pads_of_linear_arithmetic_move_onto_the_values_it_reads() {
+        use crate::{Tensor, grad};
+        // Rosenbrock's gradient pads the cotangents of x[1:] and x[:-1] back to x's shape.
+        let g = grad(|x: &Tensor| {
+            let (head, tail) = (x.slice_along(0, ..-1, 1), x.slice_along(0, 1.., 1));
+            ((tail - head.powi(2)).powi(2) * 100.0 + (1.0 - &head).powi(2)).sum()
+        });
+        let n = 7;
+        let x = Tensor::linspace(-1.0, 1.5, n);
+        let p = simplify(g.program(&x).unwrap());
+        // Every pad reads a value that is not linear arithmetic: nothing is computed unpadded
+        // just to be padded.
+        let producer: HashMap<Var, &Prim> = p
+            .eqns
+            .iter()
+            .flat_map(|e| e.outputs.iter().map(move |&v| (v, &e.prim)))
+            .collect();
+        let pads: Vec<_> = p
+            .eqns
+            .iter()
+            .filter(|e| matches!(e.prim, Prim::Structural(Structural::Pad { .. })))
+            .collect();
+        assert!(!pads.is_empty(), "{p}");
+        for pad in pads {
+            let read = producer.get(&pad.inputs[0]);
+            let linear = matches!(
+                read,
+                Some(Prim::Elementwise(Elementwise::Binary(
+                    BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul
+                ))) | Some(Prim::Elementwise(Elementwise::Unary(UnaryOp::Neg)))
+            );
+            assert!(!linear, "{p}");
+        }
+        // The gradient, against its closed form.
+        let plan = crate::exec::Plan::new(p);
+        let out = plan.run(&[x.data().unwrap().clone()], false).unwrap();
+        // The function's value, then its gradient.
+        let got = Tensor::from_shared(out[1].clone()).to_vec::<f64>().unwrap();
+        let x = x.to_vec::<f64>().unwrap();
+        for i in 0..n {
+            let mut want = 0.0;
+            if i + 1 < n {
+                want += -400.0 * x[i] * (x[i + 1] - x[i] * x[i]) - 2.0 * (1.0 - x[i]);
+            }
+            if i > 0 {
+                want += 200.0 * (x[i] - x[i - 1] * x[i - 1]);
+            }
+            assert!((got[i] - want).abs() <= 1e-12 * want.abs().max(1.0), "{i}");
+        }
     }
 
     #[test]
