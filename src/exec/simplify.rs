@@ -13,10 +13,12 @@ use crate::storage::Data;
 /// subprograms, like tangent bases, stay generators that run with the program.
 const FOLD_LIMIT: usize = 4096;
 
-/// Folds small constants, moves loop-invariant work out of loops, merges duplicates,
+/// Folds small constants, moves loop-invariant work and sums of matrix products out of
+/// loops, merges duplicates,
 /// composes chains of transposes and of reshapes, drops dead code and renumbers variables.
 pub(crate) fn simplify(program: Program) -> Program {
     let program = super::hoist::hoist_invariants(fold_constants(program));
+    let program = super::accumulate::move_accumulations(program);
     clean(compose_structural(program))
 }
 
