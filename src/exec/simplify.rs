@@ -37,6 +37,13 @@ fn compose_structural(mut program: Program) -> Program {
             *v = *rename.get(v).unwrap_or(v);
         }
         let out = eqn.outputs[0];
+        if let Prim::Structural(Structural::Transpose(perm)) = &eqn.prim {
+            let shape = &program.aval(eqn.inputs[0]).shape;
+            if moves_only_unit_axes(perm, shape) {
+                let to = program.aval(out).shape.clone();
+                eqn.prim = Prim::Structural(Structural::Reshape(to));
+            }
+        }
         match &eqn.prim {
             Prim::Structural(Structural::Transpose(perm)) => {
                 let (source, before) = match chain.get(&eqn.inputs[0]) {
@@ -74,6 +81,13 @@ fn compose_structural(mut program: Program) -> Program {
     }
     program.eqns = eqns;
     program
+}
+
+/// Whether permuting the axes of `shape` by `perm` keeps the order of the axes longer than
+/// one, so that it moves no element and is a reshape (`[n, 1] -> [1, n]`, say).
+fn moves_only_unit_axes(perm: &[usize], shape: &[usize]) -> bool {
+    let long: Vec<usize> = perm.iter().copied().filter(|&p| shape[p] != 1).collect();
+    long.windows(2).all(|w| w[0] < w[1])
 }
 
 /// Evaluates, once, the equations whose inputs are all constants and whose outputs are small.
@@ -190,6 +204,26 @@ mod tests {
         let out = plan.run(&[x.data().unwrap().clone()], false).unwrap();
         let got = Tensor::from_shared(out[0].clone()).to_vec::<f64>().unwrap();
         assert_eq!(got, f(&x).to_vec::<f64>().unwrap());
+    }
+
+    #[test]
+    fn a_transpose_moving_only_axes_of_one_is_a_reshape() {
+        use crate::{Tensor, make_program};
+        let f = |x: &Tensor| {
+            let column = x.reshape(&[4, 3, 1]).permute(&[0, 2, 1]); // [4, 1, 3]: a reshape
+            let turned = x.permute(&[1, 0]); // a real transpose
+            column.sum() * 2.0 + turned.exp().sum()
+        };
+        assert!(super::moves_only_unit_axes(&[0, 2, 1], &[4, 3, 1]));
+        assert!(!super::moves_only_unit_axes(&[1, 0], &[4, 3]));
+        let x = Tensor::from_vec((0..12).map(|k| f64::from(k) * 0.1).collect(), &[4, 3]).unwrap();
+        let p = simplify(make_program(f, &x).unwrap());
+        let text = p.to_string();
+        assert_eq!(text.matches("transpose").count(), 1, "{text}");
+        let plan = crate::exec::Plan::new(p);
+        let out = plan.run(&[x.data().unwrap().clone()], false).unwrap();
+        let got = Tensor::from_shared(out[0].clone()).item().unwrap();
+        assert!((got - f(&x).item().unwrap()).abs() < 1e-12);
     }
 
     #[test]
