@@ -604,11 +604,36 @@ fn hessian_through_a_2000_step_neuron_model() {
         }
         (v + 60.0).powi(2).mean()
     };
-    let hu = hessian(unrolled).grad_states(params).call(&input).unwrap();
+    let hu = hessian(unrolled)
+        .grad_states(params.clone())
+        .call(&input)
+        .unwrap();
     assert_close(
         &node_vals(&short.call(&input).unwrap()),
         &node_vals(&hu),
         1e-10,
+    );
+    // Three scalar parameters run as one pass over their three directions; one sweep per
+    // parameter gives the same Hessian.
+    let swept = hessian(model(50)).grad_states(params.clone()).chunk_size(1);
+    assert_close(
+        &node_vals(&swept.call(&input).unwrap()),
+        &node_vals(&hu),
+        1e-10,
+    );
+    assert!(
+        !short
+            .program(&input)
+            .unwrap()
+            .to_string()
+            .contains("sweeps")
+    );
+    assert!(
+        swept
+            .program(&input)
+            .unwrap()
+            .to_string()
+            .contains("sweeps")
     );
     // Program size: the same for 50 and 2,000 steps.
     let (long, short) = (h.program(&input).unwrap(), short.program(&input).unwrap());

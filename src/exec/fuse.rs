@@ -631,6 +631,26 @@ mod tests {
     }
 
     #[test]
+    fn operands_not_in_standard_layout_are_read_from_a_copy() {
+        let f = |x: &T, y: &T| (x.exp() + y) * 2.0;
+        let x = T::from_vec((0..6).map(|k| k as f64 * 0.1).collect(), &[3, 2]).unwrap();
+        let plan = Plan::new(make_program(f, (&x, &x)).unwrap());
+        assert!(plan.steps.iter().all(|(s, _)| matches!(s, Step::Group(_))));
+        // The same values, column-major.
+        let columns = ndarray::Array::from_shape_fn((2, 3), |(j, i)| (2 * i + j) as f64 * 0.1);
+        let transposed = Arc::new(Data::F64(columns.reversed_axes().into_dyn()));
+        let standard = x.data().unwrap().clone();
+        let run = |a: &Arc<Data>, b: &Arc<Data>| {
+            let out = plan.run(&[a.clone(), b.clone()], false).unwrap();
+            Tensor::from_shared(out[0].clone()).to_vec::<f64>().unwrap()
+        };
+        let want = run(&standard, &standard);
+        assert_eq!(run(&transposed, &standard), want);
+        assert_eq!(run(&standard, &transposed), want);
+        assert_eq!(run(&transposed, &transposed), want);
+    }
+
+    #[test]
     fn structural_reads_become_views_of_one_loop() {
         // Slices, pads (from the sum's transpose), broadcasts and transposes around arithmetic.
         let f = |x: &T, y: &T| {

@@ -6,6 +6,7 @@
 //! and reuses dying buffers in place. The transforms never look inside this module: they
 //! produce programs, and this runs them.
 
+mod accumulate;
 mod fuse;
 mod hoist;
 mod loops;

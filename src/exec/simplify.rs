@@ -14,10 +14,12 @@ use crate::storage::{Aval, DType};
 /// subprograms, like tangent bases, stay generators that run with the program.
 const FOLD_LIMIT: usize = 4096;
 
-/// Folds small constants, moves loop-invariant work out of loops, merges duplicates,
+/// Folds small constants, moves loop-invariant work and sums of matrix products out of
+/// loops, merges duplicates,
 /// composes chains of transposes and of reshapes, drops dead code and renumbers variables.
 pub(crate) fn simplify(program: Program) -> Program {
     let program = super::hoist::hoist_invariants(fold_constants(program));
+    let program = super::accumulate::move_accumulations(program);
     clean(compose_structural(sink_pads(program)))
 }
 
@@ -200,6 +202,13 @@ fn compose_structural(mut program: Program) -> Program {
             *v = *rename.get(v).unwrap_or(v);
         }
         let out = eqn.outputs[0];
+        if let Prim::Structural(Structural::Transpose(perm)) = &eqn.prim {
+            let shape = &program.aval(eqn.inputs[0]).shape;
+            if moves_only_unit_axes(perm, shape) {
+                let to = program.aval(out).shape.clone();
+                eqn.prim = Prim::Structural(Structural::Reshape(to));
+            }
+        }
         match &eqn.prim {
             Prim::Structural(Structural::Transpose(perm)) => {
                 let (source, before) = match chain.get(&eqn.inputs[0]) {
@@ -237,6 +246,13 @@ fn compose_structural(mut program: Program) -> Program {
     }
     program.eqns = eqns;
     program
+}
+
+/// Whether permuting the axes of `shape` by `perm` keeps the order of the axes longer than
+/// one, so that it moves no element and is a reshape (`[n, 1] -> [1, n]`, say).
+fn moves_only_unit_axes(perm: &[usize], shape: &[usize]) -> bool {
+    let long: Vec<usize> = perm.iter().copied().filter(|&p| shape[p] != 1).collect();
+    long.windows(2).all(|w| w[0] < w[1])
 }
 
 /// Evaluates, once, the equations whose inputs are all constants and whose outputs are small.
@@ -405,6 +421,26 @@ mod tests {
             }
             assert!((got[i] - want).abs() <= 1e-12 * want.abs().max(1.0), "{i}");
         }
+    }
+
+    #[test]
+    fn a_transpose_moving_only_axes_of_one_is_a_reshape() {
+        use crate::{Tensor, make_program};
+        let f = |x: &Tensor| {
+            let column = x.reshape(&[4, 3, 1]).permute(&[0, 2, 1]); // [4, 1, 3]: a reshape
+            let turned = x.permute(&[1, 0]); // a real transpose
+            column.sum() * 2.0 + turned.exp().sum()
+        };
+        assert!(super::moves_only_unit_axes(&[0, 2, 1], &[4, 3, 1]));
+        assert!(!super::moves_only_unit_axes(&[1, 0], &[4, 3]));
+        let x = Tensor::from_vec((0..12).map(|k| f64::from(k) * 0.1).collect(), &[4, 3]).unwrap();
+        let p = simplify(make_program(f, &x).unwrap());
+        let text = p.to_string();
+        assert_eq!(text.matches("transpose").count(), 1, "{text}");
+        let plan = crate::exec::Plan::new(p);
+        let out = plan.run(&[x.data().unwrap().clone()], false).unwrap();
+        let got = Tensor::from_shared(out[0].clone()).item().unwrap();
+        assert!((got - f(&x).item().unwrap()).abs() < 1e-12);
     }
 
     #[test]

@@ -31,14 +31,24 @@ impl Group {
     /// in order. Large groups are split into ranges of columns run on the thread pool.
     pub fn run(&self, env: &[Option<Arc<Data>>]) -> Result<Vec<Data>> {
         let numel: usize = self.shape.iter().product();
-        let inputs = self
+        let arrays = self
             .views
             .iter()
             .map(|v| buffer(env, v.var))
             .collect::<Result<Vec<_>>>()?;
-        let slices: Vec<&[f64]> = inputs
+        // Operands in standard layout are read in place, others (rarely any) from a copy.
+        let copies: Vec<ndarray::ArrayD<f64>> = arrays
             .iter()
-            .map(|a| a.as_slice().expect("standard layout"))
+            .filter(|a| !a.is_standard_layout())
+            .map(|a| a.as_standard_layout().into_owned())
+            .collect();
+        let mut copied = copies.iter();
+        let slices: Vec<&[f64]> = arrays
+            .iter()
+            .map(|a| match a.as_slice() {
+                Some(values) => values,
+                None => copied.next().and_then(|c| c.as_slice()).expect("a copy"),
+            })
             .collect();
         let mut outputs: Vec<Vec<f64>> = self
             .outputs
@@ -199,13 +209,10 @@ impl Group {
     }
 }
 
-/// The `f64` buffer of a variable, in standard layout.
-fn buffer(
-    env: &[Option<Arc<Data>>],
-    var: Var,
-) -> Result<ndarray::CowArray<'_, f64, ndarray::IxDyn>> {
+/// The `f64` array of a variable.
+fn buffer(env: &[Option<Arc<Data>>], var: Var) -> Result<&ndarray::ArrayD<f64>> {
     match env[var.index()].as_deref() {
-        Some(Data::F64(a)) => Ok(a.as_standard_layout()),
+        Some(Data::F64(a)) => Ok(a),
         Some(other) => Err(Error::dtype("fused loop", "an f64 operand", other.dtype())),
         None => Err(Error::Trace(
             "internal: a fused loop reads an undefined value".into(),

@@ -400,7 +400,11 @@ pub(crate) fn run_steps(l: &Loop, ins: &[Arc<Data>], step: &mut StepFn<'_>) -> R
     for t in 0..l.length {
         let i = l.index(t);
         for (k, x) in xs.iter().enumerate() {
-            inputs[nc + nh + k] = Arc::new(step_of(x, i));
+            // The previous step's slice goes back to the pool for this one.
+            let previous = std::mem::replace(&mut inputs[nc + nh + k], Arc::new(step_of(x, i)));
+            if let Ok(previous) = Arc::try_unwrap(previous) {
+                pool::recycle(previous);
+            }
         }
         let outs = step(&inputs)?;
         for (j, y) in outs[nh..].iter().enumerate() {
@@ -433,18 +437,35 @@ fn stacked_buffer(shape: &[usize], dtype: DType) -> Data {
     Data::F64(ArrayD::from_shape_vec(shape, buffer).expect("a buffer of the array's size"))
 }
 
-/// Element `i` along the first axis of `xs`.
+/// Element `i` along the first axis of `xs` (for `f64`, in a buffer of the pool).
 pub(crate) fn step_of(xs: &Data, i: usize) -> Data {
-    with_array!(xs, a => Data::from(a.index_axis(Axis(0), i).to_owned()))
+    match xs {
+        Data::F64(a) if a.is_standard_layout() => {
+            let shape = &a.shape()[1..];
+            let len: usize = shape.iter().product();
+            let all = a.as_slice().expect("standard layout");
+            let mut buffer = pool::take::<f64>(len);
+            buffer.extend_from_slice(&all[i * len..(i + 1) * len]);
+            Data::F64(ArrayD::from_shape_vec(shape, buffer).expect("one step's values"))
+        }
+        _ => with_array!(xs, a => Data::from(a.index_axis(Axis(0), i).to_owned())),
+    }
 }
 
-/// Writes `y` as element `i` along the first axis of `ys`.
+/// Writes `y` as element `i` along the first axis of `ys`: one copy of a slice when both are
+/// in standard layout.
 pub(crate) fn put_step(ys: &mut Data, i: usize, y: &Data) -> Result<()> {
     macro_rules! put {
         ($($variant:ident),*) => {
             match (ys, y) {
                 $((Data::$variant(ys), Data::$variant(y)) => {
-                    ys.index_axis_mut(Axis(0), i).assign(y);
+                    let len = y.len();
+                    match (ys.as_slice_mut(), y.as_slice()) {
+                        (Some(all), Some(one)) => {
+                            all[i * len..(i + 1) * len].copy_from_slice(one)
+                        }
+                        _ => ys.index_axis_mut(Axis(0), i).assign(y),
+                    }
                     Ok(())
                 })*
                 (ys, y) => Err(Error::dtype(

@@ -301,11 +301,54 @@ fn split_product<T: ndarray::LinalgScalar + Send + Sync>(
         return;
     }
     // Matrix-vector products go through a dot-product loop, faster than the matrix kernel's
-    // packing for one column.
-    if n == 1 {
-        general_mat_vec_mul(T::one(), &a, &b.column(0), T::zero(), &mut c.column_mut(0));
-    } else {
+    // packing for one column (for short contiguous rows, [`short_rows`]).
+    if n != 1 {
         general_mat_mul(T::one(), &a, &b, T::zero(), &mut c);
+        return;
+    }
+    let (x, mut y) = (b.column(0), c.column_mut(0));
+    if a.ncols() < SHORT_ROW {
+        if let (Some(rows), Some(x), Some(y)) = (a.as_slice(), x.as_slice(), y.as_slice_mut()) {
+            short_rows(rows, x, y);
+            return;
+        }
+    }
+    general_mat_vec_mul(T::one(), &a, &x, T::zero(), &mut y);
+}
+
+/// Rows shorter than this take [`short_rows`].
+const SHORT_ROW: usize = 32;
+
+/// `y = a @ x` for a row-major matrix `a` (`rows`, of `x.len()` entries each): four rows at
+/// a time, so that four independent sums overlap; a dot product per row pays a setup that
+/// outweighs a row of a few entries (a tangent basis times a state vector, say).
+fn short_rows<T: ndarray::LinalgScalar>(rows: &[T], x: &[T], y: &mut [T]) {
+    let k = x.len();
+    if k == 0 {
+        y.fill(T::zero());
+        return;
+    }
+    let mut blocks = rows.chunks_exact(4 * k);
+    let mut outs = y.chunks_exact_mut(4);
+    for (block, out) in (&mut blocks).zip(&mut outs) {
+        let (r0, rest) = block.split_at(k);
+        let (r1, rest) = rest.split_at(k);
+        let (r2, r3) = rest.split_at(k);
+        let mut sums = [T::zero(); 4];
+        for ((((&a0, &a1), &a2), &a3), &xj) in r0.iter().zip(r1).zip(r2).zip(r3).zip(x) {
+            sums[0] = sums[0] + a0 * xj;
+            sums[1] = sums[1] + a1 * xj;
+            sums[2] = sums[2] + a2 * xj;
+            sums[3] = sums[3] + a3 * xj;
+        }
+        out.copy_from_slice(&sums);
+    }
+    for (row, out) in blocks
+        .remainder()
+        .chunks_exact(k)
+        .zip(outs.into_remainder())
+    {
+        *out = row.iter().zip(x).fold(T::zero(), |s, (&a, &b)| s + a * b);
     }
 }
 
@@ -394,6 +437,21 @@ mod tests {
             split_product(a.view(), b.view(), split.view_mut(), 3);
             assert_eq!(split, one);
             assert!((&one - &a.dot(&b)).iter().all(|d| d.abs() < 1e-12));
+        }
+    }
+
+    #[test]
+    fn matrix_vector_products_of_short_rows_agree_with_dot_products() {
+        use ndarray::Array;
+        for (rows, k) in [(1000, 10), (7, 3), (5, 1), (3, 31), (9, 0)] {
+            let a = Array::from_shape_fn((rows, k), |(i, j)| ((i * 7 + j) as f64 * 0.3).sin());
+            let x = Array::from_shape_fn(k, |j| (j as f64 * 0.7).cos());
+            let mut y = vec![f64::NAN; rows];
+            short_rows(a.as_slice().unwrap(), x.as_slice().unwrap(), &mut y);
+            let want = a.dot(&x);
+            for (got, want) in y.iter().zip(&want) {
+                assert!((got - want).abs() <= 1e-12, "{rows}x{k}: {got} != {want}");
+            }
         }
     }
 

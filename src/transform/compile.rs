@@ -519,19 +519,36 @@ fn executable(
                 let (whole, blocks) = whole_derivative(spec.kind, program, wrt, of)?;
                 (Executable::Whole(Plan::new(whole)), blocks)
             }
-            Kind::JacFwd => {
-                let (exec, order) = swept(sweeps(spec, program, wrt, of)?);
-                (exec, numbered(order))
-            }
+            Kind::JacFwd => forward(spec, program, wrt, of)?,
             Kind::Hessian => match sparse_enough(spec, program, wrt, of)? {
                 Some(compression) => compressed(program, wrt, compression, Recover::Dense)?,
-                None => {
-                    let (exec, order) = swept(sweeps(spec, program, wrt, of)?);
-                    (exec, numbered(order))
-                }
+                None => forward(spec, program, wrt, of)?,
             },
         },
     })
+}
+
+/// At most this many directions over several inputs run as one pass over all of them.
+const ONE_PASS_DIRECTIONS: usize = PROBE_CHUNK;
+
+/// A dense forward-mode derivative (`jacfwd`, or a Hessian as forward over reverse): in one
+/// pass over the directions of all inputs when several inputs have few directions in all, so
+/// that the work every pass repeats (a loop's thousands of steps, say) runs once rather than
+/// once per input; otherwise one sweep per input.
+fn forward(
+    spec: &Spec,
+    program: &Program,
+    wrt: &[usize],
+    of: &[usize],
+) -> Result<(Executable, HashMap<Output, usize>)> {
+    let in_avals = program.input_avals();
+    let directions: usize = wrt.iter().map(|&i| in_avals[i].numel()).sum();
+    if wrt.len() > 1 && spec.chunk_size.is_none() && directions <= ONE_PASS_DIRECTIONS {
+        let (whole, blocks) = whole_derivative(spec.kind, program, wrt, of)?;
+        return Ok((Executable::Whole(Plan::new(whole)), blocks));
+    }
+    let (exec, order) = swept(sweeps(spec, program, wrt, of)?);
+    Ok((exec, numbered(order)))
 }
 
 /// The most upper-triangle entries of a sparsity pattern that fit the spec's memory limit.
