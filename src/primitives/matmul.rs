@@ -5,7 +5,7 @@
 use std::fmt;
 
 use ndarray::linalg::{general_mat_mul, general_mat_vec_mul};
-use ndarray::{ArrayD, ArrayView2, ArrayViewMut2, Axis, CowArray, IxDyn, ShapeBuilder};
+use ndarray::{ArrayD, ArrayView2, ArrayViewMut2, CowArray, IxDyn, ShapeBuilder};
 
 use super::{
     Dependence, Primal, Rules, Tangent, UnitRule, Units, arity, broadcast_shapes, concat_dims,
@@ -154,7 +154,7 @@ impl Rules for MatMul {
 /// batches take one product each. Operands of any layout are read in place.
 fn batched_matmul<T>(a: &ArrayD<T>, b: &ArrayD<T>) -> ArrayD<T>
 where
-    T: ndarray::LinalgScalar + Send + Sync,
+    T: ndarray::LinalgScalar,
 {
     let (ra, rb) = (a.ndim(), b.ndim());
     let (m, k, n) = (a.shape()[ra - 2], a.shape()[ra - 1], b.shape()[rb - 1]);
@@ -256,53 +256,10 @@ fn view<T>(data: &[T], rows: usize, cols: usize, strides: (usize, usize)) -> Arr
     ArrayView2::from_shape((rows, cols).strides(strides), data).expect("in bounds")
 }
 
-/// Smallest product (`m * k * n` multiply-adds) worth splitting across threads: each part
-/// then takes tens of microseconds, far more than waking a thread.
-const PARALLEL_PRODUCT: usize = 1 << 19;
-
-/// `c = a @ b`, split across the thread pool when it is large: the rows of `a` and `c` (or
-/// the columns of `b` and `c`, when there are more of them) into one part per thread. Each
-/// part is an independent product, so the result does not depend on the split.
-fn product<T: ndarray::LinalgScalar + Send + Sync>(
-    a: ArrayView2<T>,
-    b: ArrayView2<T>,
-    c: ArrayViewMut2<T>,
-) {
-    let parts = rayon::current_num_threads();
-    split_product(a, b, c, parts);
-}
-
-fn split_product<T: ndarray::LinalgScalar + Send + Sync>(
-    a: ArrayView2<T>,
-    b: ArrayView2<T>,
-    mut c: ArrayViewMut2<T>,
-    parts: usize,
-) {
-    let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
-    if parts > 1 && m.saturating_mul(k).saturating_mul(n) >= PARALLEL_PRODUCT {
-        let (first, second) = (parts / 2, parts - parts / 2);
-        if m >= n {
-            let mid = m * first / parts;
-            let (a1, a2) = a.split_at(Axis(0), mid);
-            let (c1, c2) = c.split_at(Axis(0), mid);
-            rayon::join(
-                || split_product(a1, b, c1, first),
-                || split_product(a2, b, c2, second),
-            );
-        } else {
-            let mid = n * first / parts;
-            let (b1, b2) = b.split_at(Axis(1), mid);
-            let (c1, c2) = c.split_at(Axis(1), mid);
-            rayon::join(
-                || split_product(a, b1, c1, first),
-                || split_product(a, b2, c2, second),
-            );
-        }
-        return;
-    }
-    // Matrix-vector products go through a dot-product loop, faster than the matrix kernel's
-    // packing for one column (for short contiguous rows, [`short_rows`]).
-    if n != 1 {
+/// `c = a @ b`; matrix-vector products go through a dot-product loop, faster than the
+/// matrix kernel's packing for one column (for short contiguous rows, [`short_rows`]).
+fn product<T: ndarray::LinalgScalar>(a: ArrayView2<T>, b: ArrayView2<T>, mut c: ArrayViewMut2<T>) {
+    if b.ncols() != 1 {
         general_mat_mul(T::one(), &a, &b, T::zero(), &mut c);
         return;
     }
@@ -420,23 +377,6 @@ mod tests {
         assert_eq!(out.shape(), &[4, 3, 1]);
         for (i, y) in b.axis_iter(Axis(0)).enumerate() {
             assert_eq!(out.slice(s![i, .., ..]), a.dot(&y));
-        }
-    }
-
-    #[test]
-    fn large_products_split_across_threads_agree_with_one_part() {
-        use ndarray::{Array, Array2};
-        // Tall (split by rows) and wide (split by columns), above the threshold.
-        for (m, k, n) in [(700, 64, 40), (40, 64, 700)] {
-            assert!(m * k * n >= PARALLEL_PRODUCT);
-            let a = Array::from_shape_fn((m, k), |(i, j)| ((i * k + j) as f64 * 0.37).sin());
-            let b = Array::from_shape_fn((k, n), |(i, j)| ((i * n + j) as f64 * 0.11).cos());
-            let mut one = Array2::zeros((m, n));
-            split_product(a.view(), b.view(), one.view_mut(), 1);
-            let mut split = Array2::zeros((m, n));
-            split_product(a.view(), b.view(), split.view_mut(), 3);
-            assert_eq!(split, one);
-            assert!((&one - &a.dot(&b)).iter().all(|d| d.abs() < 1e-12));
         }
     }
 
