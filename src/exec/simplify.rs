@@ -31,9 +31,11 @@ pub(crate) fn simplify(program: Program) -> Program {
 /// arithmetic and the sum run as one loop over the padded shape, instead of one loop
 /// storing each unpadded cotangent and another reading them back.
 ///
-/// Where the value padded is read elsewhere too, its arithmetic runs twice; the equations
-/// added are bounded by the program's size. Padded elements may come out as `-0.0` (from a
-/// negation) where the pad wrote `0.0`: equal as numbers.
+/// It pays for values beyond the caches ([`SINK_MIN`] elements), whose stores and reloads
+/// cost more than arithmetic: where the value padded is read elsewhere too (or padded in
+/// two ways), its arithmetic runs twice. The equations added are bounded by the program's
+/// size. Padded elements may come out as `-0.0` (from a negation) where the pad wrote
+/// `0.0`: equal as numbers.
 fn sink_pads(mut program: Program) -> Program {
     let original = std::mem::take(&mut program.eqns);
     let mut sink = PadSink {
@@ -53,7 +55,9 @@ fn sink_pads(mut program: Program) -> Program {
         let input = sink.renamed(eqn.inputs.first().copied());
         match (&eqn.prim, input) {
             (Prim::Structural(Structural::Pad { lo, hi, interior }), Some(input))
-                if interior.iter().all(|&i| i == 0) && sink.linear(input) =>
+                if interior.iter().all(|&i| i == 0)
+                    && sink.program.aval(eqn.outputs[0]).numel() >= SINK_MIN
+                    && sink.linear(input) =>
             {
                 let padded = sink.padded(input, lo, hi);
                 sink.rename.insert(eqn.outputs[0], padded);
@@ -74,6 +78,10 @@ fn sink_pads(mut program: Program) -> Program {
     program.eqns = eqns;
     program
 }
+
+/// Smallest padded value (in elements) whose pad [`sink_pads`] moves: a few times the
+/// second-level cache of a core, in `f64`.
+const SINK_MIN: usize = 1 << 18;
 
 /// The state of [`sink_pads`]: the equations emitted so far, and the padded values made.
 struct PadSink<'a> {
@@ -379,32 +387,38 @@ mod tests {
             let (head, tail) = (x.slice_along(0, ..-1, 1), x.slice_along(0, 1.., 1));
             ((tail - head.powi(2)).powi(2) * 100.0 + (1.0 - &head).powi(2)).sum()
         });
-        let n = 7;
+        // How many pads read linear arithmetic, of how many pads.
+        let pads_of_arithmetic = |p: &Program| {
+            let producer: HashMap<Var, &Prim> = p
+                .eqns
+                .iter()
+                .flat_map(|e| e.outputs.iter().map(move |&v| (v, &e.prim)))
+                .collect();
+            let pads: Vec<_> = p
+                .eqns
+                .iter()
+                .filter(|e| matches!(e.prim, Prim::Structural(Structural::Pad { .. })))
+                .collect();
+            let linear = pads.iter().filter(|pad| {
+                matches!(
+                    producer.get(&pad.inputs[0]),
+                    Some(Prim::Elementwise(Elementwise::Binary(
+                        BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul
+                    ))) | Some(Prim::Elementwise(Elementwise::Unary(UnaryOp::Neg)))
+                )
+            });
+            (linear.count(), pads.len())
+        };
+        // Small values stay as they are, in cache either way.
+        let small = simplify(g.program(&Tensor::linspace(-1.0, 1.5, 7)).unwrap());
+        assert_eq!(pads_of_arithmetic(&small), (2, 2), "{small}");
+        // Large ones: every pad reads a value that is not linear arithmetic, so nothing is
+        // computed unpadded just to be padded.
+        let n = SINK_MIN + 3;
         let x = Tensor::linspace(-1.0, 1.5, n);
         let p = simplify(g.program(&x).unwrap());
-        // Every pad reads a value that is not linear arithmetic: nothing is computed unpadded
-        // just to be padded.
-        let producer: HashMap<Var, &Prim> = p
-            .eqns
-            .iter()
-            .flat_map(|e| e.outputs.iter().map(move |&v| (v, &e.prim)))
-            .collect();
-        let pads: Vec<_> = p
-            .eqns
-            .iter()
-            .filter(|e| matches!(e.prim, Prim::Structural(Structural::Pad { .. })))
-            .collect();
-        assert!(!pads.is_empty(), "{p}");
-        for pad in pads {
-            let read = producer.get(&pad.inputs[0]);
-            let linear = matches!(
-                read,
-                Some(Prim::Elementwise(Elementwise::Binary(
-                    BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul
-                ))) | Some(Prim::Elementwise(Elementwise::Unary(UnaryOp::Neg)))
-            );
-            assert!(!linear, "{p}");
-        }
+        let (linear, pads) = pads_of_arithmetic(&p);
+        assert!(linear == 0 && pads > 0, "{p}");
         // The gradient, against its closed form.
         let plan = crate::exec::Plan::new(p);
         let out = plan.run(&[x.data().unwrap().clone()], false).unwrap();
