@@ -7,15 +7,14 @@ use std::sync::Arc;
 use crate::ir::Var;
 use crate::ir::passes::clean;
 use crate::primitives::{BinaryOp, Elementwise, Prim, Program, Structural, UnaryOp};
-use crate::storage::Data;
-use crate::storage::{Aval, DType};
+use crate::storage::{Aval, DType, Data};
 
 /// Largest output (in elements) that constant folding computes ahead of time. Larger constant
 /// subprograms, like tangent bases, stay generators that run with the program.
 const FOLD_LIMIT: usize = 4096;
 
 /// Folds small constants, moves loop-invariant work and sums of matrix products out of
-/// loops, merges duplicates,
+/// loops, moves pads of large values onto what they are computed from, merges duplicates,
 /// composes chains of transposes and of reshapes, drops dead code and renumbers variables.
 pub(crate) fn simplify(program: Program) -> Program {
     let program = super::hoist::hoist_invariants(fold_constants(program));
@@ -47,12 +46,13 @@ fn sink_pads(mut program: Program) -> Program {
         original: &original,
         budget: 4 * original.len(),
         rename: HashMap::new(),
-        memo: HashMap::new(),
+        padded: HashMap::new(),
+        broadcast: HashMap::new(),
         eqns: Vec::with_capacity(original.len()),
         program: &mut program,
     };
     for eqn in &original {
-        let input = sink.renamed(eqn.inputs.first().copied());
+        let input = eqn.inputs.first().map(|&v| sink.renamed(v));
         match (&eqn.prim, input) {
             (Prim::Structural(Structural::Pad { lo, hi, interior }), Some(input))
                 if interior.iter().all(|&i| i == 0)
@@ -65,7 +65,7 @@ fn sink_pads(mut program: Program) -> Program {
             _ => {
                 let mut eqn = eqn.clone();
                 for v in &mut eqn.inputs {
-                    *v = sink.renamed(Some(*v)).expect("an input");
+                    *v = sink.renamed(*v);
                 }
                 sink.eqns.push(eqn);
             }
@@ -77,6 +77,16 @@ fn sink_pads(mut program: Program) -> Program {
     }
     program.eqns = eqns;
     program
+}
+
+/// Whether `prim` is linear arithmetic: zeros in give zeros out, so a pad commutes with it.
+fn linear_arithmetic(prim: &Prim) -> bool {
+    matches!(
+        prim,
+        Prim::Elementwise(Elementwise::Binary(
+            BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul
+        )) | Prim::Elementwise(Elementwise::Unary(UnaryOp::Neg))
+    )
 }
 
 /// Smallest padded value (in elements) whose pad [`sink_pads`] moves: a few times the
@@ -91,17 +101,18 @@ struct PadSink<'a> {
     producer: HashMap<Var, usize>,
     /// Values replaced by their padded computation.
     rename: HashMap<Var, Var>,
-    /// Values already made, by what they are: a value padded by `(lo, hi)`, or broadcast
-    /// to a shape (`hi` empty).
-    memo: HashMap<(Var, Vec<usize>, Vec<usize>), Var>,
+    /// Values already padded, by value and `(lo, hi)`.
+    padded: HashMap<(Var, Vec<usize>, Vec<usize>), Var>,
+    /// Values already broadcast, by value and shape.
+    broadcast: HashMap<(Var, Vec<usize>), Var>,
     eqns: Vec<crate::primitives::Eqn>,
     /// Equations that may still be added.
     budget: usize,
 }
 
 impl PadSink<'_> {
-    fn renamed(&self, v: Option<Var>) -> Option<Var> {
-        v.map(|v| *self.rename.get(&v).unwrap_or(&v))
+    fn renamed(&self, v: Var) -> Var {
+        *self.rename.get(&v).unwrap_or(&v)
     }
 
     /// Whether `v` is computed by linear arithmetic on `f64` (and budget is left to copy it).
@@ -115,13 +126,7 @@ impl PadSink<'_> {
             .iter()
             .chain(&eqn.outputs)
             .all(|&u| self.program.aval(u).dtype == DType::F64);
-        let arithmetic = matches!(
-            eqn.prim,
-            Prim::Elementwise(Elementwise::Binary(
-                BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul
-            )) | Prim::Elementwise(Elementwise::Unary(UnaryOp::Neg))
-        );
-        self.budget > 0 && f64s && arithmetic && eqn.outputs.len() == 1
+        self.budget > 0 && f64s && linear_arithmetic(&eqn.prim) && eqn.outputs.len() == 1
     }
 
     /// A new equation computing one new value of `aval`.
@@ -147,7 +152,7 @@ impl PadSink<'_> {
     /// when `v` is linear arithmetic.
     fn padded(&mut self, v: Var, lo: &[usize], hi: &[usize]) -> Var {
         let key = (v, lo.to_vec(), hi.to_vec());
-        if let Some(&done) = self.memo.get(&key) {
+        if let Some(&done) = self.padded.get(&key) {
             return done;
         }
         let aval = self.program.aval(v).clone();
@@ -160,7 +165,7 @@ impl PadSink<'_> {
             let inputs = operands
                 .into_iter()
                 .map(|u| {
-                    let u = self.renamed(Some(u)).expect("an operand");
+                    let u = self.renamed(u);
                     let u = self.broadcast(u, &aval.shape);
                     self.padded(u, lo, hi)
                 })
@@ -174,7 +179,7 @@ impl PadSink<'_> {
             };
             self.emit(pad.into(), vec![v], Aval::new(&shape, aval.dtype), None)
         };
-        self.memo.insert(key, out);
+        self.padded.insert(key, out);
         out
     }
 
@@ -184,13 +189,13 @@ impl PadSink<'_> {
         if aval.shape == shape {
             return v;
         }
-        let key = (v, shape.to_vec(), Vec::new());
-        if let Some(&done) = self.memo.get(&key) {
+        let key = (v, shape.to_vec());
+        if let Some(&done) = self.broadcast.get(&key) {
             return done;
         }
         let prim = Structural::Broadcast(shape.to_vec()).into();
         let out = self.emit(prim, vec![v], Aval::new(shape, aval.dtype), None);
-        self.memo.insert(key, out);
+        self.broadcast.insert(key, out);
         out
     }
 }
@@ -400,12 +405,9 @@ mod tests {
                 .filter(|e| matches!(e.prim, Prim::Structural(Structural::Pad { .. })))
                 .collect();
             let linear = pads.iter().filter(|pad| {
-                matches!(
-                    producer.get(&pad.inputs[0]),
-                    Some(Prim::Elementwise(Elementwise::Binary(
-                        BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul
-                    ))) | Some(Prim::Elementwise(Elementwise::Unary(UnaryOp::Neg)))
-                )
+                producer
+                    .get(&pad.inputs[0])
+                    .is_some_and(|prim| linear_arithmetic(prim))
             });
             (linear.count(), pads.len())
         };
