@@ -643,3 +643,97 @@ fn hessian_through_a_2000_step_neuron_model() {
         short.to_string().lines().count()
     );
 }
+
+/// The child process of [`a_hessian_through_100000_checkpointed_steps_runs_in_bounded_memory`]
+/// (a no-op in the parent): the Hessian of a leaky neuron model's parameters through 100,000
+/// steps, checkpointed with the base in `LONG_RUN_CHILD` (0: a plain loop), printed with the
+/// process's peak resident memory.
+#[test]
+fn long_run_child_entry() {
+    let Ok(base) = std::env::var(LONG_RUN_CHILD) else {
+        return;
+    };
+    let base: usize = base.parse().expect("a base");
+    let g_l = ParamState::new(Tensor::scalar(10.0));
+    let e_l = ParamState::new(Tensor::scalar(-65.0));
+    let c = ParamState::new(Tensor::scalar(150.0));
+    let input = Tensor::from([0.0, 40.0, 80.0, 120.0, 160.0, 200.0]);
+    let (g, e, cap) = (g_l.clone(), e_l.clone(), c.clone());
+    let model = move |input: &Tensor| {
+        let (g_l, e_l, c) = (g.value(), e.value(), cap.value());
+        let body = |v: &Tensor, _: &()| {
+            let dv = (&g_l * (&e_l - v) + input * ((v + 60.0) / 10.0).tanh()) / &c;
+            (v + dv * 0.01, ())
+        };
+        let s = Scan::new().length(100_000);
+        let s = if base > 0 { s.checkpointed(base) } else { s };
+        let (v, ()) = s.scan(body, &Tensor::full(&[6], -65.0), &()).unwrap();
+        (v + 60.0).powi(2).mean()
+    };
+    let params = brainstate::GradStates::from([("C", &c), ("E_L", &e_l), ("g_L", &g_l)]);
+    let h = hessian(model).grad_states(params).call(&input).unwrap();
+    let peak_kb = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_string();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .unwrap_or(0);
+    let values: Vec<String> = node_vals(&h).iter().map(|v| format!("{v:e}")).collect();
+    println!("PEAK_KB {peak_kb}");
+    println!("HESSIAN {}", values.join(" "));
+}
+
+const LONG_RUN_CHILD: &str = "BRAINSTATE_LONG_RUN_CHILD";
+
+/// Runs [`long_run_child_entry`] with `base`: its peak memory (kB, 0 where the system does not
+/// say) and its Hessian.
+fn long_run(base: usize) -> (u64, Vec<f64>) {
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args([
+            "long_run_child_entry",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(LONG_RUN_CHILD, base.to_string())
+        .output()
+        .expect("the child runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "base {base}: {stdout}");
+    let field = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.split_once(name).map(|(_, value)| value))
+            .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+            .to_string()
+    };
+    let peak = field("PEAK_KB ").trim().parse().expect("a number");
+    let hessian = field("HESSIAN ")
+        .split_whitespace()
+        .map(|v| v.parse().expect("a number"))
+        .collect();
+    (peak, hessian)
+}
+
+/// A Hessian through 100,000 steps of a small model: the checkpointed loop stores about
+/// `base` carries per level instead of every step's values, so its peak memory stays a few
+/// megabytes where the plain loop's grows with the steps (about 100 MB here), and both give
+/// the same Hessian. Each runs in a child process, so that its peak is its own.
+#[test]
+fn a_hessian_through_100000_checkpointed_steps_runs_in_bounded_memory() {
+    let (plain_peak, plain) = long_run(0);
+    let (peak, checkpointed) = long_run(100);
+    assert_eq!(plain.len(), 9);
+    assert!(checkpointed.iter().all(|v| v.is_finite()), "{checkpointed:?}");
+    let scale = plain.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for (a, b) in checkpointed.iter().zip(&plain) {
+        assert!((a - b).abs() <= 1e-9 * scale, "{checkpointed:?}\n{plain:?}");
+    }
+    if cfg!(target_os = "linux") {
+        println!("peak memory: plain loop {plain_peak} kB, checkpointed {peak} kB");
+        assert!(peak < 32 * 1024, "checkpointed peak {peak} kB");
+        assert!(4 * peak < plain_peak, "{peak} kB vs the plain loop's {plain_peak} kB");
+    }
+}
