@@ -431,9 +431,7 @@ fn stacked_buffer(shape: &[usize], dtype: DType) -> Data {
     if dtype != DType::F64 {
         return Data::zeros(shape, dtype);
     }
-    let len = shape.iter().product();
-    let mut buffer = pool::take::<f64>(len);
-    buffer.resize(len, 0.0);
+    let buffer = pool::take_to_overwrite(shape.iter().product());
     Data::F64(ArrayD::from_shape_vec(shape, buffer).expect("a buffer of the array's size"))
 }
 
