@@ -4,29 +4,38 @@
 use std::sync::Arc;
 
 use super::Plan;
+use super::flat_body::FlatBody;
 use crate::error::Result;
 use crate::primitives::Loop;
 use crate::primitives::loops::run_steps;
 use crate::storage::Data;
 
-/// A loop equation ready to run: its parameters and its body's plan.
+/// A loop equation ready to run: its parameters and its body's plan (and, for a small body
+/// of `f64` values, its layout on flat buffers).
 #[derive(Debug)]
 pub(crate) struct LoopPlan {
     the_loop: Loop,
     body: Plan,
+    flat: Option<FlatBody>,
 }
 
 impl LoopPlan {
     pub fn new(the_loop: &Loop) -> LoopPlan {
+        let body = Plan::new((*the_loop.body).clone());
         LoopPlan {
             the_loop: the_loop.clone(),
-            body: Plan::new((*the_loop.body).clone()),
+            flat: FlatBody::new(&body.program),
+            body,
         }
     }
 
     /// Runs the loop on its operands (`consts ++ init ++ xs`): the final carry, then the
-    /// stacked per-step outputs.
+    /// stacked per-step outputs. With `check_finite`, through the body's plan, which checks
+    /// equation by equation.
     pub fn run(&self, ins: &[Arc<Data>], check_finite: bool) -> Result<Vec<Data>> {
+        if let (Some(flat), false) = (&self.flat, check_finite) {
+            return flat.run(&self.the_loop, ins);
+        }
         run_steps(&self.the_loop, ins, &mut |inputs| {
             self.body.run(inputs, check_finite)
         })

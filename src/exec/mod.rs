@@ -7,6 +7,7 @@
 //! produce programs, and this runs them.
 
 mod accumulate;
+mod flat_body;
 mod fuse;
 mod hoist;
 mod loops;

@@ -293,7 +293,7 @@ fn map2(x: &[f64], y: &[f64], out: &mut [f64], f: impl Fn(f64, f64) -> f64) {
 }
 
 multiversion! {
-    fn unary(op: UnaryOp, x: &[f64], out: &mut [f64]) {
+    pub(super) fn unary(op: UnaryOp, x: &[f64], out: &mut [f64]) {
         // A loop per common activation, with the operation known inside it: tanh (branch
         // free) vectorises, and no element pays a dispatch on the operation.
         match op {
@@ -306,7 +306,7 @@ multiversion! {
 }
 
 multiversion! {
-    fn powi(n: i32, x: &[f64], out: &mut [f64]) {
+    pub(super) fn powi(n: i32, x: &[f64], out: &mut [f64]) {
         match n {
             2 => map1(x, out, |v| v * v),
             3 => map1(x, out, |v| v * v * v),
@@ -317,7 +317,7 @@ multiversion! {
 }
 
 multiversion! {
-    fn binary(op: BinaryOp, x: &[f64], y: &[f64], out: &mut [f64]) {
+    pub(super) fn binary(op: BinaryOp, x: &[f64], y: &[f64], out: &mut [f64]) {
         match op {
             BinaryOp::Add => map2(x, y, out, |a, b| a + b),
             BinaryOp::Sub => map2(x, y, out, |a, b| a - b),

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use ndarray::linalg::{general_mat_mul, general_mat_vec_mul};
-use ndarray::{ArrayD, ArrayView2, ArrayViewMut2, CowArray, IxDyn, ShapeBuilder};
+use ndarray::{ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, CowArray, IxDyn, ShapeBuilder};
 
 use super::{
     Dependence, Primal, Rules, Tangent, UnitRule, Units, arity, broadcast_shapes, concat_dims,
@@ -79,10 +79,10 @@ impl Rules for MatMul {
     fn eval(&self, ins: &[&Data]) -> Result<Vec<Data>> {
         let (a, b) = (ins[0], ins[1]);
         Ok(one(match (a, b) {
-            (Data::F64(a), Data::F64(b)) => Data::F64(batched_matmul(a, b)),
-            (Data::F32(a), Data::F32(b)) => Data::F32(batched_matmul(a, b)),
-            (Data::C128(a), Data::C128(b)) => Data::C128(batched_matmul(a, b)),
-            (Data::C64(a), Data::C64(b)) => Data::C64(batched_matmul(a, b)),
+            (Data::F64(a), Data::F64(b)) => Data::F64(batched_matmul(a.view(), b.view())),
+            (Data::F32(a), Data::F32(b)) => Data::F32(batched_matmul(a.view(), b.view())),
+            (Data::C128(a), Data::C128(b)) => Data::C128(batched_matmul(a.view(), b.view())),
+            (Data::C64(a), Data::C64(b)) => Data::C64(batched_matmul(a.view(), b.view())),
             _ => unreachable!("dtypes checked by infer"),
         }))
     }
@@ -152,7 +152,7 @@ impl Rules for MatMul {
 /// against one `b` is one `[batch * m, k] @ [k, n]` product, and one `a` against a batch of
 /// column vectors of `b` is one `[m, k] @ [k, batch]` product written through strides; other
 /// batches take one product each. Operands of any layout are read in place.
-fn batched_matmul<T>(a: &ArrayD<T>, b: &ArrayD<T>) -> ArrayD<T>
+pub(crate) fn batched_matmul<T>(a: ArrayViewD<'_, T>, b: ArrayViewD<'_, T>) -> ArrayD<T>
 where
     T: ndarray::LinalgScalar,
 {
@@ -169,7 +169,7 @@ where
         // elementwise.
         let (sa, sb) = (strides(a.strides()), strides(b.strides()));
         let (Some(a), Some(b)) = (a.as_slice(), b.as_slice()) else {
-            return super::elementwise::zip(a, b, &shape, |x, y| x * y);
+            return super::elementwise::zip(&a.to_owned(), &b.to_owned(), &shape, |x, y| x * y);
         };
         let mut out = pool::take(count * m * n);
         for i in 0..count {
@@ -202,7 +202,7 @@ where
     }
     // One product per batch element, each operand read in place through its own strides (a
     // transposed operand is a column-major matrix to the kernel, not a copy).
-    let (a, b) = (in_memory_order(a), in_memory_order(b));
+    let (a, b) = (in_memory_order(&a), in_memory_order(&b));
     let (sa, sb) = (strides(a.strides()), strides(b.strides()));
     let (a_data, b_data) = (memory(&a), memory(&b));
     for (i, c) in out.chunks_mut(m * n).enumerate() {
@@ -233,9 +233,9 @@ multiversion! {
 
 /// `x` itself when its elements are one block of memory with non-negative strides (standard
 /// layouts and their permutations, as plans hand operands over), else a standard copy.
-fn in_memory_order<T: Clone>(x: &ArrayD<T>) -> CowArray<'_, T, IxDyn> {
+fn in_memory_order<'a, T: Clone>(x: &ArrayViewD<'a, T>) -> CowArray<'a, T, IxDyn> {
     if x.strides().iter().all(|&s| s >= 0) && x.as_slice_memory_order().is_some() {
-        CowArray::from(x.view())
+        CowArray::from(x.clone())
     } else {
         CowArray::from(x.as_standard_layout().into_owned())
     }
@@ -351,7 +351,7 @@ mod tests {
     fn batched_products_broadcast_their_leading_axes() {
         let a = ndarray::Array::from_shape_fn((2, 1, 2, 3), |(b, _, i, j)| (b + i * 3 + j) as f64);
         let b = ndarray::Array::from_shape_fn((3, 3, 2), |(c, i, j)| (c * 6 + i * 2 + j) as f64);
-        let out = batched_matmul(&a.clone().into_dyn(), &b.clone().into_dyn());
+        let out = batched_matmul(a.view().into_dyn(), b.view().into_dyn());
         assert_eq!(out.shape(), &[2, 3, 2, 2]);
         for (bb, c) in [(0, 0), (1, 2), (0, 1)] {
             let x: ndarray::ArrayView2<f64> = a.slice(ndarray::s![bb, 0, .., ..]);
@@ -366,14 +366,14 @@ mod tests {
         // a batch of `a` against one `b`: one [batch * m, k] @ [k, n] product
         let a = Array::from_shape_fn((4, 3, 5), |(b, i, j)| (b * 15 + i * 5 + j) as f64 - 20.0);
         let b = Array::from_shape_fn((5, 2), |(i, j)| (i * 2 + j) as f64 * 0.5);
-        let out = batched_matmul(&a.clone().into_dyn(), &b.clone().into_dyn());
+        let out = batched_matmul(a.view().into_dyn(), b.view().into_dyn());
         for (i, x) in a.axis_iter(Axis(0)).enumerate() {
             assert_eq!(out.slice(s![i, .., ..]), x.dot(&b));
         }
         // one `a` against a batch of columns: one [m, k] @ [k, batch] product through strides
         let a = Array::from_shape_fn((3, 5), |(i, j)| (i * 5 + j) as f64 - 7.0);
         let b = Array::from_shape_fn((4, 5, 1), |(b, i, _)| (b * 5 + i) as f64 * 0.25);
-        let out = batched_matmul(&a.clone().into_dyn(), &b.clone().into_dyn());
+        let out = batched_matmul(a.view().into_dyn(), b.view().into_dyn());
         assert_eq!(out.shape(), &[4, 3, 1]);
         for (i, y) in b.axis_iter(Axis(0)).enumerate() {
             assert_eq!(out.slice(s![i, .., ..]), a.dot(&y));
@@ -403,8 +403,8 @@ mod tests {
         // `a` transposed over its last two axes, as a plan hands it over without a copy
         let at = a.clone().into_dyn().permuted_axes(IxDyn(&[0, 2, 1]));
         assert!(!at.is_standard_layout());
-        let want = batched_matmul(&at.as_standard_layout().into_owned(), &b.clone().into_dyn());
-        assert_eq!(batched_matmul(&at, &b.clone().into_dyn()), want);
+        let want = batched_matmul(at.as_standard_layout().view(), b.view().into_dyn());
+        assert_eq!(batched_matmul(at.view(), b.view().into_dyn()), want);
         // and broadcast against a transposed matrix
         let bt = b
             .index_axis(ndarray::Axis(0), 1)
@@ -419,11 +419,14 @@ mod tests {
             .into_dyn();
         assert!(!btt.is_standard_layout());
         let a2 = a.slice(ndarray::s![.., .., ..2]).to_owned().into_dyn();
-        assert_eq!(batched_matmul(&a2, &btt), batched_matmul(&a2, &bt));
+        assert_eq!(
+            batched_matmul(a2.view(), btt.view()),
+            batched_matmul(a2.view(), bt.view())
+        );
         // empty inner dimension: zeros
         let e = batched_matmul(
-            &Array::<f64, _>::zeros((2, 0)).into_dyn(),
-            &Array::<f64, _>::zeros((0, 3)).into_dyn(),
+            Array::<f64, _>::zeros((2, 0)).into_dyn().view(),
+            Array::<f64, _>::zeros((0, 3)).into_dyn().view(),
         );
         assert_eq!(e, Array::<f64, _>::zeros((2, 3)).into_dyn());
     }

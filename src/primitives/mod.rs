@@ -22,7 +22,7 @@
 mod creation;
 mod elementwise;
 pub(crate) mod loops;
-mod matmul;
+pub(crate) mod matmul;
 mod reduce;
 mod structural;
 mod sum;

@@ -1,0 +1,542 @@
+//! Loop bodies of small `f64` values, run on flat buffers.
+//!
+//! A plan runs each equation through the generic machinery: operands gathered into a list,
+//! an array allocated with its shape and strides, its storage shared by reference count.
+//! For the small values of a typical loop body (a state of a few neurons, a tangent batch of a
+//! few hundred values) that bookkeeping costs more than the arithmetic, and a loop pays it at
+//! every step. Here the body is laid out once per run instead: every value it computes gets
+//! a buffer of its own, reused at every step; a reshape is the same buffer under another name;
+//! per-step inputs are read in place from the stacked array; elementwise operations, sums and
+//! matrix products write straight into their buffers. Anything else runs through its
+//! primitive's kernel on copies, so any body of `f64` values runs here.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use ndarray::{ArrayD, ArrayViewD};
+
+use crate::error::{Error, Result};
+use crate::ir::Var;
+use crate::primitives::matmul::batched_matmul;
+use crate::primitives::{
+    BinaryOp, Elementwise, Loop, Prim, Program, Reduce, ReduceOp, Structural, UnaryOp,
+};
+use crate::storage::{DType, Data, pool};
+
+/// Largest body (all its values, in elements) run on flat buffers: small enough to stay in
+/// the caches, where per-equation overheads dominate.
+const MAX_ELEMENTS: usize = 1 << 16;
+
+/// Where a value of the body lives.
+#[derive(Clone, Copy, Debug)]
+enum Home {
+    /// Input `k` of the body (`consts ++ carry ++ xs`).
+    Input(usize),
+    /// A constant of the body program.
+    Const(usize),
+    /// Buffer `k`, written by one operation per step.
+    Buffer(usize),
+}
+
+/// An operand of an elementwise operation, as the output's shape reads it.
+#[derive(Debug)]
+enum Read {
+    /// Element for element.
+    Same(Var),
+    /// One value for every element.
+    Scalar(Var),
+    /// Broadcast: element `i` of the output reads element `indices[i]`.
+    Indexed(Var, Vec<u32>),
+}
+
+impl Read {
+    fn new(program: &Program, v: Var, out_shape: &[usize]) -> Read {
+        let shape = &program.aval(v).shape;
+        let n: usize = shape.iter().product();
+        if shape.as_slice() == out_shape {
+            Read::Same(v)
+        } else if n == 1 {
+            Read::Scalar(v)
+        } else {
+            Read::Indexed(v, broadcast_indices(shape, out_shape))
+        }
+    }
+}
+
+/// One operation of a step.
+#[derive(Debug)]
+enum Op {
+    Unary(UnaryOp, Read, usize),
+    PowI(i32, Read, usize),
+    Binary(BinaryOp, Read, Read, usize),
+    /// A sum over the middle axes of `[outer, len, inner]`.
+    Sum {
+        x: Var,
+        outer: usize,
+        len: usize,
+        inner: usize,
+        out: usize,
+    },
+    MatMul(Var, Var, usize),
+    /// Equation `eqn` of the body through its primitive's kernel.
+    Generic(usize, usize),
+}
+
+/// A loop body laid out on flat buffers.
+#[derive(Debug)]
+pub(super) struct FlatBody {
+    program: Program,
+    homes: Vec<Home>,
+    ops: Vec<Op>,
+    buffer_lens: Vec<usize>,
+    /// The most elements an indexed operand reads (the size of the scratch buffers).
+    scratch: usize,
+}
+
+impl FlatBody {
+    /// The layout of `program` (a simplified loop body), or `None` when it holds values of
+    /// other dtypes than `f64`, nested loops, or more than [`MAX_ELEMENTS`] elements.
+    pub fn new(program: &Program) -> Option<FlatBody> {
+        let all_f64 = program.avals.iter().all(|a| a.dtype == DType::F64);
+        let total: usize = program.avals.iter().map(|a| a.numel()).sum();
+        let nested = program
+            .eqns
+            .iter()
+            .any(|e| matches!(e.prim, Prim::Loop(_)) || e.outputs.len() != 1);
+        if !all_f64 || nested || total > MAX_ELEMENTS {
+            return None;
+        }
+        let mut homes = vec![Home::Buffer(usize::MAX); program.avals.len()];
+        for (k, &v) in program.inputs.iter().enumerate() {
+            homes[v.index()] = Home::Input(k);
+        }
+        for (k, (v, _)) in program.consts.iter().enumerate() {
+            homes[v.index()] = Home::Const(k);
+        }
+        let mut ops = Vec::with_capacity(program.eqns.len());
+        let mut buffer_lens = Vec::new();
+        let mut scratch = 0;
+        for (i, eqn) in program.eqns.iter().enumerate() {
+            let out = eqn.outputs[0];
+            let out_shape = program.aval(out).shape.clone();
+            if let Prim::Structural(Structural::Reshape(_)) = eqn.prim {
+                homes[out.index()] = homes[eqn.inputs[0].index()];
+                continue;
+            }
+            let buffer = buffer_lens.len();
+            buffer_lens.push(program.aval(out).numel());
+            homes[out.index()] = Home::Buffer(buffer);
+            let read = |k: usize| Read::new(program, eqn.inputs[k], &out_shape);
+            let op = match &eqn.prim {
+                Prim::Elementwise(Elementwise::Unary(op)) => Op::Unary(*op, read(0), buffer),
+                Prim::Elementwise(Elementwise::PowI(n)) => Op::PowI(*n, read(0), buffer),
+                Prim::Elementwise(Elementwise::Binary(op)) => {
+                    Op::Binary(*op, read(0), read(1), buffer)
+                }
+                Prim::Reduce(Reduce {
+                    op: ReduceOp::Sum,
+                    axes,
+                }) if is_block(axes) => {
+                    let shape = &program.aval(eqn.inputs[0]).shape;
+                    let (first, last) = (axes[0], axes[axes.len() - 1] + 1);
+                    Op::Sum {
+                        x: eqn.inputs[0],
+                        outer: shape[..first].iter().product(),
+                        len: shape[first..last].iter().product(),
+                        inner: shape[last..].iter().product(),
+                        out: buffer,
+                    }
+                }
+                Prim::MatMul(_) => Op::MatMul(eqn.inputs[0], eqn.inputs[1], buffer),
+                _ => Op::Generic(i, buffer),
+            };
+            if matches!(op, Op::Unary(..) | Op::PowI(..) | Op::Binary(..)) {
+                scratch = scratch.max(out_shape.iter().product());
+            }
+            ops.push(op);
+        }
+        Some(FlatBody {
+            program: program.clone(),
+            homes,
+            ops,
+            buffer_lens,
+            scratch,
+        })
+    }
+
+    /// Runs the steps of `l` (whose body this is) on its operands (`consts ++ init ++ xs`):
+    /// the final carry, then the stacked outputs.
+    pub fn run(&self, l: &Loop, ins: &[Arc<Data>]) -> Result<Vec<Data>> {
+        let (nc, nh) = (l.consts, l.carry);
+        let program = &self.program;
+        let standard = ins
+            .iter()
+            .map(|d| row_major(d))
+            .collect::<Result<Vec<_>>>()?;
+        let own_consts = program
+            .consts
+            .iter()
+            .map(|(_, d)| row_major(d))
+            .collect::<Result<Vec<_>>>()?;
+        let consts: Vec<&[f64]> = own_consts.iter().map(|c| &c[..]).collect();
+        let mut carry: Vec<Vec<f64>> = standard[nc..nc + nh].iter().map(|c| c.to_vec()).collect();
+        let mut next = carry.clone();
+        let mut buffers: Vec<Vec<f64>> = self.buffer_lens.iter().map(|&n| vec![0.0; n]).collect();
+        let mut scratch = (vec![0.0; self.scratch], vec![0.0; self.scratch]);
+        let out_avals = program.output_avals();
+        let mut ys: Vec<Vec<f64>> = out_avals[nh..]
+            .iter()
+            .map(|a| pool::take_to_overwrite(l.length * a.numel()))
+            .collect();
+        let x_lens: Vec<usize> = program.input_avals()[nc + nh..]
+            .iter()
+            .map(|a| a.numel())
+            .collect();
+        for t in 0..l.length {
+            let i = l.index(t);
+            let inputs: Vec<&[f64]> = (0..program.inputs.len())
+                .map(|k| {
+                    if k < nc {
+                        &standard[k][..]
+                    } else if k < nc + nh {
+                        &carry[k - nc][..]
+                    } else {
+                        let len = x_lens[k - nc - nh];
+                        &standard[k][i * len..(i + 1) * len]
+                    }
+                })
+                .collect();
+            for op in &self.ops {
+                self.apply(op, &inputs, &consts, &mut buffers, &mut scratch)?;
+            }
+            for (j, y) in program.outputs[nh..].iter().enumerate() {
+                let value = self.value(*y, &inputs, &consts, &buffers);
+                ys[j][i * value.len()..(i + 1) * value.len()].copy_from_slice(value);
+            }
+            for (k, c) in program.outputs[..nh].iter().enumerate() {
+                next[k].copy_from_slice(self.value(*c, &inputs, &consts, &buffers));
+            }
+            std::mem::swap(&mut carry, &mut next);
+            if let Some(tracker) = &l.progress {
+                tracker.report(t + 1);
+            }
+        }
+        let shaped = |values: Vec<f64>, shape: Vec<usize>| {
+            ArrayD::from_shape_vec(shape, values)
+                .map(Data::F64)
+                .map_err(|e| Error::shape("scan", e.to_string()))
+        };
+        let mut outputs = Vec::with_capacity(out_avals.len());
+        for (values, aval) in carry.into_iter().zip(&out_avals) {
+            outputs.push(shaped(values, aval.shape.clone())?);
+        }
+        for (values, aval) in ys.into_iter().zip(&out_avals[nh..]) {
+            let mut shape = vec![l.length];
+            shape.extend(&aval.shape);
+            outputs.push(shaped(values, shape)?);
+        }
+        Ok(outputs)
+    }
+
+    /// The values of `v` in this step.
+    fn value<'a>(
+        &self,
+        v: Var,
+        inputs: &[&'a [f64]],
+        consts: &[&'a [f64]],
+        buffers: &'a [Vec<f64>],
+    ) -> &'a [f64] {
+        match self.homes[v.index()] {
+            Home::Input(k) => inputs[k],
+            Home::Const(k) => consts[k],
+            Home::Buffer(k) => &buffers[k],
+        }
+    }
+
+    /// Runs one operation of a step, into its buffer.
+    fn apply(
+        &self,
+        op: &Op,
+        inputs: &[&[f64]],
+        consts: &[&[f64]],
+        buffers: &mut [Vec<f64>],
+        scratch: &mut (Vec<f64>, Vec<f64>),
+    ) -> Result<()> {
+        let target = match op {
+            Op::Unary(.., o) | Op::PowI(.., o) | Op::Binary(.., o) => *o,
+            Op::Sum { out, .. } | Op::MatMul(.., out) | Op::Generic(_, out) => *out,
+        };
+        // Values are written once (the body is in SSA form): no operand is the output.
+        let mut out = std::mem::take(&mut buffers[target]);
+        let done = self.compute(op, inputs, consts, buffers, scratch, &mut out);
+        buffers[target] = out;
+        done
+    }
+
+    fn compute(
+        &self,
+        op: &Op,
+        inputs: &[&[f64]],
+        consts: &[&[f64]],
+        buffers: &[Vec<f64>],
+        (s0, s1): &mut (Vec<f64>, Vec<f64>),
+        out: &mut [f64],
+    ) -> Result<()> {
+        let value = |v: Var| self.value(v, inputs, consts, buffers);
+        let n = out.len();
+        match op {
+            Op::Unary(u, x, _) => super::tile::unary(*u, operand(x, &value, s0, n), out),
+            Op::PowI(p, x, _) => super::tile::powi(*p, operand(x, &value, s0, n), out),
+            Op::Binary(b, x, y, _) => {
+                let (x, y) = (operand(x, &value, s0, n), operand(y, &value, s1, n));
+                super::tile::binary(*b, x, y, out);
+            }
+            Op::Sum {
+                x,
+                outer,
+                len,
+                inner,
+                ..
+            } => {
+                let x = value(*x);
+                out.fill(0.0);
+                for (o, dst) in out
+                    .chunks_exact_mut((*inner).max(1))
+                    .enumerate()
+                    .take(*outer)
+                {
+                    for row in x[o * len * inner..(o + 1) * len * inner].chunks_exact(*inner) {
+                        for (d, &v) in dst.iter_mut().zip(row) {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+            Op::MatMul(a, b, _) => {
+                let view = |v: Var| {
+                    ArrayViewD::from_shape(self.program.aval(v).shape.as_slice(), value(v))
+                        .map_err(|e| Error::shape("matmul", e.to_string()))
+                };
+                copy_out(out, batched_matmul(view(*a)?, view(*b)?));
+            }
+            Op::Generic(i, _) => {
+                let eqn = &self.program.eqns[*i];
+                let operands = eqn
+                    .inputs
+                    .iter()
+                    .map(|&v| {
+                        let shape = self.program.aval(v).shape.as_slice();
+                        ArrayD::from_shape_vec(shape, value(v).to_vec())
+                            .map(Data::F64)
+                            .map_err(|e| Error::shape("scan", e.to_string()))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let refs: Vec<&Data> = operands.iter().collect();
+                match eqn.prim.eval(&refs)?.pop() {
+                    Some(Data::F64(result)) => copy_out(out, result),
+                    other => {
+                        return Err(Error::dtype(
+                            "scan",
+                            "runs bodies of f64 values, but an equation gave",
+                            other.map_or(DType::Bool, |d| d.dtype()),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `n` values an elementwise operand gives the output: its own, or (broadcast) copied
+/// into `scratch`.
+fn operand<'a>(
+    read: &Read,
+    value: &impl Fn(Var) -> &'a [f64],
+    scratch: &'a mut [f64],
+    n: usize,
+) -> &'a [f64] {
+    match read {
+        Read::Same(v) => value(*v),
+        Read::Scalar(v) => {
+            scratch[..n].fill(value(*v)[0]);
+            &scratch[..n]
+        }
+        Read::Indexed(v, indices) => {
+            let from = value(*v);
+            for (s, &i) in scratch.iter_mut().zip(indices) {
+                *s = from[i as usize];
+            }
+            &scratch[..n]
+        }
+    }
+}
+
+/// The values of an `f64` array in row-major order: in place when it is in standard layout.
+fn row_major(data: &Data) -> Result<Cow<'_, [f64]>> {
+    match data {
+        Data::F64(a) => Ok(a
+            .as_slice()
+            .map_or_else(|| Cow::Owned(a.iter().copied().collect()), Cow::Borrowed)),
+        other => Err(Error::dtype(
+            "scan",
+            "runs bodies of f64 values, not",
+            other.dtype(),
+        )),
+    }
+}
+
+/// Copies a result into a step's buffer and gives its storage back to the pool.
+fn copy_out(out: &mut [f64], result: ArrayD<f64>) {
+    match result.as_slice() {
+        Some(values) => out.copy_from_slice(values),
+        None => {
+            for (o, v) in out.iter_mut().zip(result.iter()) {
+                *o = *v;
+            }
+        }
+    }
+    pool::recycle(Data::F64(result));
+}
+
+/// Whether sorted, distinct `axes` are one block of neighbouring axes.
+fn is_block(axes: &[usize]) -> bool {
+    !axes.is_empty() && axes.windows(2).all(|w| w[1] == w[0] + 1)
+}
+
+/// For each element of `shape` (row-major), the element of an operand of shape `own` that
+/// broadcasting reads (axes aligned on the right, size-1 axes repeated).
+fn broadcast_indices(own: &[usize], shape: &[usize]) -> Vec<u32> {
+    let lead = shape.len() - own.len();
+    let mut strides = vec![0usize; shape.len()];
+    let mut step = 1;
+    for d in (0..own.len()).rev() {
+        if own[d] != 1 {
+            strides[lead + d] = step;
+        }
+        step *= own[d];
+    }
+    let mut indices = vec![0u32];
+    for (&n, &stride) in shape.iter().zip(&strides) {
+        indices = indices
+            .iter()
+            .flat_map(|&i| (0..n).map(move |k| i + (k * stride) as u32))
+            .collect();
+    }
+    indices
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Eqn;
+    use crate::primitives::loops::run_steps;
+    use crate::storage::Aval;
+
+    fn data(shape: &[usize], f: impl Fn(usize) -> f64) -> Arc<Data> {
+        let n = shape.iter().product();
+        let values = (0..n).map(f).collect();
+        Arc::new(Data::F64(ArrayD::from_shape_vec(shape, values).unwrap()))
+    }
+
+    /// A body with every kind of operation: broadcast and scalar operands, a reshape, a
+    /// unary function, a power, a sum, a matrix product and a transpose (through its kernel).
+    fn body() -> Program {
+        let mut p = Program::default();
+        let var = |p: &mut Program, shape: &[usize]| p.new_var(Aval::new(shape, DType::F64));
+        let (c, w, h, x) = (
+            var(&mut p, &[3]),
+            var(&mut p, &[3, 1]),
+            var(&mut p, &[2, 3]),
+            var(&mut p, &[3]),
+        );
+        p.inputs = vec![c, w, h, x];
+        let two = var(&mut p, &[]);
+        p.consts.push((two, data(&[], |_| 0.5)));
+        let eqn = |p: &mut Program, prim: Prim, inputs: Vec<Var>, shape: &[usize]| {
+            let out = var(p, shape);
+            p.eqns.push(Eqn {
+                prim,
+                inputs,
+                outputs: vec![out],
+                source: None,
+            });
+            out
+        };
+        let a = eqn(&mut p, BinaryOp::Mul.into(), vec![h, c], &[2, 3]);
+        let b = eqn(&mut p, BinaryOp::Add.into(), vec![a, x], &[2, 3]);
+        let s = eqn(&mut p, BinaryOp::Mul.into(), vec![b, two], &[2, 3]);
+        let r = eqn(&mut p, Structural::Reshape(vec![6]).into(), vec![s], &[6]);
+        let t = eqn(&mut p, UnaryOp::Tanh.into(), vec![r], &[6]);
+        let q = eqn(&mut p, Elementwise::PowI(2).into(), vec![t], &[6]);
+        let back = eqn(
+            &mut p,
+            Structural::Reshape(vec![2, 3]).into(),
+            vec![t],
+            &[2, 3],
+        );
+        let sq = eqn(
+            &mut p,
+            Structural::Reshape(vec![2, 3]).into(),
+            vec![q],
+            &[2, 3],
+        );
+        let sum = eqn(&mut p, Reduce::sum(vec![1]).into(), vec![sq], &[2]);
+        let m = eqn(
+            &mut p,
+            crate::primitives::MatMul.into(),
+            vec![back, w],
+            &[2, 1],
+        );
+        let turned = eqn(
+            &mut p,
+            Structural::Transpose(vec![1, 0]).into(),
+            vec![back],
+            &[3, 2],
+        );
+        p.outputs = vec![back, sum, m, turned];
+        p
+    }
+
+    #[test]
+    fn a_flat_body_runs_as_its_plan_does() {
+        let program = body();
+        let flat = FlatBody::new(&program).expect("a small f64 body");
+        assert!(flat.ops.iter().any(|op| matches!(op, Op::Generic(..))));
+        let plan = super::super::Plan::new(program.clone());
+        for reverse in [false, true] {
+            let mut l = Loop::new(program.clone(), 2, 1, 4);
+            l.reverse = reverse;
+            let ins = [
+                data(&[3], |i| 0.3 * i as f64 - 0.2),
+                data(&[3, 1], |i| 1.0 - 0.4 * i as f64),
+                data(&[2, 3], |i| 0.1 * i as f64),
+                data(&[4, 3], |i| (0.7 * i as f64).sin()),
+            ];
+            let got = flat.run(&l, &ins).unwrap();
+            let want = run_steps(&l, &ins, &mut |inputs| plan.run(inputs, false)).unwrap();
+            assert_eq!(got.len(), 4);
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.shape(), w.shape());
+                let (g, w) = (g.to_complex_vec(), w.to_complex_vec());
+                for (a, b) in g.iter().zip(&w) {
+                    assert!((a - b).norm() <= 1e-14, "{g:?}\n{w:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bodies_of_other_dtypes_or_too_large_run_through_their_plan() {
+        let mut p = Program::default();
+        let x = p.new_var(Aval::new(&[MAX_ELEMENTS + 1], DType::F64));
+        p.inputs.push(x);
+        p.outputs.push(x);
+        assert!(FlatBody::new(&p).is_none());
+        let mut p = Program::default();
+        let x = p.new_var(Aval::new(&[3], DType::F32));
+        p.inputs.push(x);
+        p.outputs.push(x);
+        assert!(FlatBody::new(&p).is_none());
+    }
+}
