@@ -726,7 +726,10 @@ fn a_hessian_through_100000_checkpointed_steps_runs_in_bounded_memory() {
     let (plain_peak, plain) = long_run(0);
     let (peak, checkpointed) = long_run(100);
     assert_eq!(plain.len(), 9);
-    assert!(checkpointed.iter().all(|v| v.is_finite()), "{checkpointed:?}");
+    assert!(
+        checkpointed.iter().all(|v| v.is_finite()),
+        "{checkpointed:?}"
+    );
     let scale = plain.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     for (a, b) in checkpointed.iter().zip(&plain) {
         assert!((a - b).abs() <= 1e-9 * scale, "{checkpointed:?}\n{plain:?}");
@@ -734,6 +737,9 @@ fn a_hessian_through_100000_checkpointed_steps_runs_in_bounded_memory() {
     if cfg!(target_os = "linux") {
         println!("peak memory: plain loop {plain_peak} kB, checkpointed {peak} kB");
         assert!(peak < 32 * 1024, "checkpointed peak {peak} kB");
-        assert!(4 * peak < plain_peak, "{peak} kB vs the plain loop's {plain_peak} kB");
+        assert!(
+            4 * peak < plain_peak,
+            "{peak} kB vs the plain loop's {plain_peak} kB"
+        );
     }
 }
