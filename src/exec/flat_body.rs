@@ -192,6 +192,21 @@ impl FlatBody {
             .iter()
             .map(|a| a.numel())
             .collect();
+        let selections: Vec<Option<Selection>> = self
+            .ops
+            .iter()
+            .map(|op| {
+                let Op::MatMul(a, b, _) = op else {
+                    return None;
+                };
+                let fixed = match self.homes[a.index()] {
+                    Home::Input(k) if k < nc => &standard[k][..],
+                    Home::Const(k) => consts[k],
+                    _ => return None,
+                };
+                Selection::of(fixed, program.aval(*a), program.aval(*b))
+            })
+            .collect();
         for t in 0..l.length {
             let i = l.index(t);
             let inputs: Vec<&[f64]> = (0..program.inputs.len())
@@ -206,8 +221,9 @@ impl FlatBody {
                     }
                 })
                 .collect();
-            for op in &self.ops {
-                self.apply(op, &inputs, &consts, &mut buffers, &mut scratch)?;
+            for (op, selection) in self.ops.iter().zip(&selections) {
+                let selection = selection.as_ref();
+                self.apply(op, selection, &inputs, &consts, &mut buffers, &mut scratch)?;
             }
             for (j, y) in program.outputs[nh..].iter().enumerate() {
                 let value = self.value(*y, &inputs, &consts, &buffers);
@@ -257,6 +273,7 @@ impl FlatBody {
     fn apply(
         &self,
         op: &Op,
+        selection: Option<&Selection>,
         inputs: &[&[f64]],
         consts: &[&[f64]],
         buffers: &mut [Vec<f64>],
@@ -268,7 +285,16 @@ impl FlatBody {
         };
         // Values are written once (the body is in SSA form): no operand is the output.
         let mut out = std::mem::take(&mut buffers[target]);
-        let done = self.compute(op, inputs, consts, buffers, scratch, &mut out);
+        let done = match selection {
+            Some(selection) => {
+                let Op::MatMul(_, b, _) = op else {
+                    unreachable!("selections are of products")
+                };
+                selection.apply(self.value(*b, inputs, consts, buffers), &mut out);
+                Ok(())
+            }
+            None => self.compute(op, inputs, consts, buffers, scratch, &mut out),
+        };
         buffers[target] = out;
         done
     }
@@ -372,6 +398,80 @@ fn operand<'a>(
     }
 }
 
+/// A product `a @ b` whose `a` stays the same at every step (a constant of the loop) and
+/// selects: each row of each of its matrices holds a single one, or nothing, amid zeros (the
+/// tangent basis a sweep hands a loop, typically). Row `r` of the result is then row
+/// `rows[r]` of `b`'s matching matrix (zeros for `NONE`): a copy instead of a product.
+#[derive(Debug)]
+struct Selection {
+    rows: Vec<u32>,
+    /// The rows of each matrix of `a`, the columns of `b`.
+    m: usize,
+    n: usize,
+    /// The size of each matrix of `b` when `b` has one per matrix of `a` (0: one for all).
+    b_stride: usize,
+}
+
+impl Selection {
+    const NONE: u32 = u32::MAX;
+
+    /// The selection `a` (of values `fixed`) makes in `a @ b`, if it is one: every matrix of
+    /// the result's batch is one of `a`, and `b` has one matrix or one per matrix of `a`.
+    fn of(fixed: &[f64], a: &crate::storage::Aval, b: &crate::storage::Aval) -> Option<Selection> {
+        let (ra, rb) = (a.shape.len(), b.shape.len());
+        let (m, k, n) = (a.shape[ra - 2], a.shape[ra - 1], b.shape[rb - 1]);
+        let (ca, cb): (usize, usize) = (
+            a.shape[..ra - 2].iter().product(),
+            b.shape[..rb - 2].iter().product(),
+        );
+        let batch_ok = (cb == 1 || cb == ca) && ra >= rb && k < Self::NONE as usize;
+        if !batch_ok || fixed.len() != ca * m * k {
+            return None;
+        }
+        let mut rows = Vec::with_capacity(ca * m);
+        for row in fixed.chunks_exact(k.max(1)) {
+            let mut one = Self::NONE;
+            for (j, &v) in row.iter().enumerate() {
+                if v == 1.0 && one == Self::NONE {
+                    one = j as u32;
+                } else if v != 0.0 {
+                    return None;
+                }
+            }
+            rows.push(one);
+        }
+        Some(Selection {
+            rows,
+            m,
+            n,
+            b_stride: if cb == 1 { 0 } else { k * n },
+        })
+    }
+
+    fn apply(&self, b: &[f64], out: &mut [f64]) {
+        let (m, n) = (self.m.max(1), self.n);
+        let start = |r: usize, row: u32| (r / m) * self.b_stride + row as usize * n;
+        if n == 1 {
+            // Matrix-vector products (a basis times a state): one value per row.
+            for (r, (dst, &row)) in out.iter_mut().zip(&self.rows).enumerate() {
+                *dst = if row == Self::NONE {
+                    0.0
+                } else {
+                    b[start(r, row)]
+                };
+            }
+            return;
+        }
+        for (r, (dst, &row)) in out.chunks_exact_mut(n.max(1)).zip(&self.rows).enumerate() {
+            if row == Self::NONE {
+                dst.fill(0.0);
+            } else {
+                dst.copy_from_slice(&b[start(r, row)..start(r, row) + n]);
+            }
+        }
+    }
+}
+
 /// The values of an `f64` array in row-major order: in place when it is in standard layout.
 fn row_major(data: &Data) -> Result<Cow<'_, [f64]>> {
     match data {
@@ -440,17 +540,19 @@ mod tests {
     }
 
     /// A body with every kind of operation: broadcast and scalar operands, a reshape, a
-    /// unary function, a power, a sum, a matrix product and a transpose (through its kernel).
+    /// unary function, a power, a sum, matrix products (one by a selecting constant, run as a
+    /// copy) and a transpose (through its kernel).
     fn body() -> Program {
         let mut p = Program::default();
         let var = |p: &mut Program, shape: &[usize]| p.new_var(Aval::new(shape, DType::F64));
-        let (c, w, h, x) = (
+        let (c, w, e, h, x) = (
             var(&mut p, &[3]),
             var(&mut p, &[3, 1]),
+            var(&mut p, &[2, 2]),
             var(&mut p, &[2, 3]),
             var(&mut p, &[3]),
         );
-        p.inputs = vec![c, w, h, x];
+        p.inputs = vec![c, w, e, h, x];
         let two = var(&mut p, &[]);
         p.consts.push((two, data(&[], |_| 0.5)));
         let eqn = |p: &mut Program, prim: Prim, inputs: Vec<Var>, shape: &[usize]| {
@@ -494,7 +596,13 @@ mod tests {
             vec![back],
             &[3, 2],
         );
-        p.outputs = vec![back, sum, m, turned];
+        let selected = eqn(
+            &mut p,
+            crate::primitives::MatMul.into(),
+            vec![e, m],
+            &[2, 1],
+        );
+        p.outputs = vec![back, sum, m, turned, selected];
         p
     }
 
@@ -505,17 +613,18 @@ mod tests {
         assert!(flat.ops.iter().any(|op| matches!(op, Op::Generic(..))));
         let plan = super::super::Plan::new(program.clone());
         for reverse in [false, true] {
-            let mut l = Loop::new(program.clone(), 2, 1, 4);
+            let mut l = Loop::new(program.clone(), 3, 1, 4);
             l.reverse = reverse;
             let ins = [
                 data(&[3], |i| 0.3 * i as f64 - 0.2),
                 data(&[3, 1], |i| 1.0 - 0.4 * i as f64),
+                data(&[2, 2], |i| if i == 1 { 1.0 } else { 0.0 }),
                 data(&[2, 3], |i| 0.1 * i as f64),
                 data(&[4, 3], |i| (0.7 * i as f64).sin()),
             ];
             let got = flat.run(&l, &ins).unwrap();
             let want = run_steps(&l, &ins, &mut |inputs| plan.run(inputs, false)).unwrap();
-            assert_eq!(got.len(), 4);
+            assert_eq!(got.len(), 5);
             for (g, w) in got.iter().zip(&want) {
                 assert_eq!(g.shape(), w.shape());
                 let (g, w) = (g.to_complex_vec(), w.to_complex_vec());
@@ -524,6 +633,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn only_matrices_of_single_ones_amid_zeros_select() {
+        let aval = |shape: &[usize]| Aval::new(shape, DType::F64);
+        let (a, b) = (aval(&[2, 2, 3]), aval(&[3, 2]));
+        let one_hot = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0];
+        let selection = Selection::of(&one_hot, &a, &b).expect("rows of single ones");
+        assert_eq!(selection.rows, [1, Selection::NONE, 0, 2]);
+        let b_values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let mut out = [f64::NAN; 8];
+        selection.apply(&b_values, &mut out);
+        assert_eq!(out, [3.0, 4.0, 0.0, 0.0, 1.0, 2.0, 5.0, 6.0]);
+        let mut two = one_hot;
+        two[1] = 2.0;
+        assert!(Selection::of(&two, &a, &b).is_none());
+        let mut twice = one_hot;
+        twice[2] = 1.0;
+        assert!(Selection::of(&twice, &a, &b).is_none());
     }
 
     #[test]
