@@ -131,9 +131,9 @@ fn mlp() -> Case {
     Box::new(move || h.call((&xb, &yb)).expect("mlp hessian").into())
 }
 
-/// The recurrent network of `rnn_n10_t*`: unrolled by a Rust loop at trace time (`rnn_n10_t50`),
-/// or as one `scan` equation (`rnn_n10_t1000`, as JAX runs it with `lax.scan`).
-fn rnn(steps: usize, looped: bool) -> Case {
+/// The recurrent network of `rnn_n10_t*`, its steps one `scan` equation (as JAX runs them with
+/// `lax.fori_loop` and `lax.scan`).
+fn rnn(steps: usize) -> Case {
     let n = 10;
     let w = ParamState::new(matrix(n, n, |i, j| {
         0.5 / (n as f64).sqrt() * (1.1 * i + 0.6 * j + 0.3).sin()
@@ -144,21 +144,14 @@ fn rnn(steps: usize, looped: bool) -> Case {
     let state = w.clone();
     let loss = move |input: &Tensor, target: &Tensor| {
         let weights = state.value();
-        let step = |r: &Tensor| r + (-r + (weights.matmul(r) + input).tanh()) * (dt / tau);
-        let r = if looped {
-            let body = |r: &Tensor, _: &()| (step(r), ());
-            let (r, ()) = Scan::new()
-                .length(steps)
-                .scan(body, &Tensor::zeros(&[n]), &())
-                .expect("the loop traces");
-            r
-        } else {
-            let mut r = Tensor::zeros(&[n]);
-            for _ in 0..steps {
-                r = step(&r);
-            }
-            r
+        let body = |r: &Tensor, _: &()| {
+            let next = r + (-r + (weights.matmul(r) + input).tanh()) * (dt / tau);
+            (next, ())
         };
+        let (r, ()) = Scan::new()
+            .length(steps)
+            .scan(body, &Tensor::zeros(&[n]), &())
+            .expect("the loop traces");
         (r - target).powi(2).sum()
     };
     let h = hessian(loss).grad_states(&w);
@@ -258,8 +251,8 @@ pub fn build(name: &str) -> Option<Case> {
     match name {
         "logreg_d64_m512" => return Some(logreg()),
         "mlp_177" => return Some(mlp()),
-        "rnn_n10_t50" => return Some(rnn(50, false)),
-        "rnn_n10_t1000" => return Some(rnn(1000, true)),
+        "rnn_n10_t50" => return Some(rnn(50)),
+        "rnn_n10_t1000" => return Some(rnn(1000)),
         "holo_n64" => return Some(holo()),
         "mlp_1089" => return Some(mlp_1089()),
         "hvp_mlp_1089" => return Some(hvp_mlp_1089()),

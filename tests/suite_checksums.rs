@@ -15,7 +15,6 @@ fn suite_cases_reproduce_reference_checksums() {
             "rosen_n4096",
             "mlp_1089",
             "sparse_rosen_n1000000",
-            "rnn_n10_t1000",
         ];
         if heavy.contains(&name) {
             continue;
