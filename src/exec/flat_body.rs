@@ -89,14 +89,18 @@ pub(super) struct FlatBody {
     homes: Vec<Home>,
     ops: Vec<Op>,
     buffer_lens: Vec<usize>,
+    /// For each buffer, the per-step output it is written into directly (its row of the
+    /// stacked array at each step), if any.
+    stacked: Vec<Option<usize>>,
     /// The most elements an indexed operand reads (the size of the scratch buffers).
     scratch: usize,
 }
 
 impl FlatBody {
-    /// The layout of `program` (a simplified loop body), or `None` when it holds values of
-    /// other dtypes than `f64`, nested loops, or more than [`MAX_ELEMENTS`] elements.
-    pub fn new(program: &Program) -> Option<FlatBody> {
+    /// The layout of `program` (a simplified loop body carrying `carry` values), or `None`
+    /// when it holds values of other dtypes than `f64`, nested loops, or more than
+    /// [`MAX_ELEMENTS`] elements.
+    pub fn new(program: &Program, carry: usize) -> Option<FlatBody> {
         let all_f64 = program.avals.iter().all(|a| a.dtype == DType::F64);
         let total: usize = program.avals.iter().map(|a| a.numel()).sum();
         let nested = program
@@ -155,11 +159,20 @@ impl FlatBody {
             }
             ops.push(op);
         }
+        // A per-step output computed here is written straight into its row of the stacked
+        // array, rather than into a buffer copied there after the step.
+        let mut stacked = vec![None; buffer_lens.len()];
+        for (j, y) in program.outputs[carry..].iter().enumerate() {
+            if let Home::Buffer(k) = homes[y.index()] {
+                stacked[k].get_or_insert(j);
+            }
+        }
         Some(FlatBody {
             program: program.clone(),
             homes,
             ops,
             buffer_lens,
+            stacked,
             scratch,
         })
     }
@@ -208,7 +221,7 @@ impl FlatBody {
             })
             .collect();
         for t in 0..l.length {
-            let i = l.index(t);
+            let row = l.index(t);
             let inputs: Vec<&[f64]> = (0..program.inputs.len())
                 .map(|k| {
                     if k < nc {
@@ -217,22 +230,37 @@ impl FlatBody {
                         &carry[k - nc][..]
                     } else {
                         let len = x_lens[k - nc - nh];
-                        &standard[k][i * len..(i + 1) * len]
+                        &standard[k][row * len..(row + 1) * len]
                     }
                 })
                 .collect();
             for (op, selection) in self.ops.iter().zip(&selections) {
                 let selection = selection.as_ref();
-                self.apply(op, selection, &inputs, &consts, &mut buffers, &mut scratch)?;
+                let store = (&mut buffers, &mut ys);
+                self.apply(op, selection, &inputs, &consts, store, row, &mut scratch)?;
             }
             for (j, y) in program.outputs[nh..].iter().enumerate() {
-                let value = self.value(*y, &inputs, &consts, &buffers);
-                ys[j][i * value.len()..(i + 1) * value.len()].copy_from_slice(value);
+                if !self.is_stacked(*y, j) {
+                    // Another output's row, a buffer or an operand: copied into this row.
+                    let mut stack = std::mem::take(&mut ys[j]);
+                    let value = Step::new(self, &inputs, &consts, &buffers, &ys, row).value(*y);
+                    stack[row * value.len()..(row + 1) * value.len()].copy_from_slice(value);
+                    ys[j] = stack;
+                }
+            }
+            let step = Step::new(self, &inputs, &consts, &buffers, &ys, row);
+            for (k, c) in program.outputs[..nh].iter().enumerate() {
+                // A carry passed on unchanged (an accumulation moved out of the loop, say)
+                // keeps its values.
+                if *c != program.inputs[nc + k] {
+                    next[k].copy_from_slice(step.value(*c));
+                }
             }
             for (k, c) in program.outputs[..nh].iter().enumerate() {
-                next[k].copy_from_slice(self.value(*c, &inputs, &consts, &buffers));
+                if *c != program.inputs[nc + k] {
+                    std::mem::swap(&mut carry[k], &mut next[k]);
+                }
             }
-            std::mem::swap(&mut carry, &mut next);
             if let Some(tracker) = &l.progress {
                 tracker.report(t + 1);
             }
@@ -254,61 +282,67 @@ impl FlatBody {
         Ok(outputs)
     }
 
-    /// The values of `v` in this step.
-    fn value<'a>(
-        &self,
-        v: Var,
-        inputs: &[&'a [f64]],
-        consts: &[&'a [f64]],
-        buffers: &'a [Vec<f64>],
-    ) -> &'a [f64] {
-        match self.homes[v.index()] {
-            Home::Input(k) => inputs[k],
-            Home::Const(k) => consts[k],
-            Home::Buffer(k) => &buffers[k],
-        }
+    /// Whether per-step output `j`, value `y`, is written straight into its stacked array.
+    fn is_stacked(&self, y: Var, j: usize) -> bool {
+        matches!(self.homes[y.index()], Home::Buffer(k) if self.stacked[k] == Some(j))
     }
 
-    /// Runs one operation of a step, into its buffer.
+    /// Runs one operation of a step, into its buffer (or its row of a stacked output).
+    #[allow(clippy::too_many_arguments)]
     fn apply(
         &self,
         op: &Op,
         selection: Option<&Selection>,
         inputs: &[&[f64]],
         consts: &[&[f64]],
-        buffers: &mut [Vec<f64>],
+        (buffers, ys): (&mut Vec<Vec<f64>>, &mut Vec<Vec<f64>>),
+        row: usize,
         scratch: &mut (Vec<f64>, Vec<f64>),
     ) -> Result<()> {
         let target = match op {
             Op::Unary(.., o) | Op::PowI(.., o) | Op::Binary(.., o) => *o,
             Op::Sum { out, .. } | Op::MatMul(.., out) | Op::Generic(_, out) => *out,
         };
-        // Values are written once (the body is in SSA form): no operand is the output.
-        let mut out = std::mem::take(&mut buffers[target]);
+        // Values are written once (the body is in SSA form): no operand is the output, so
+        // its storage can leave while the operation reads the rest.
+        let (home, range) = match self.stacked[target] {
+            Some(j) => {
+                let len = self.buffer_lens[target];
+                (&mut ys[j], row * len..(row + 1) * len)
+            }
+            None => {
+                let len = buffers[target].len();
+                (&mut buffers[target], 0..len)
+            }
+        };
+        let mut storage = std::mem::take(home);
+        let out = &mut storage[range];
+        let step = Step::new(self, inputs, consts, buffers, ys, row);
         let done = match selection {
             Some(selection) => {
                 let Op::MatMul(_, b, _) = op else {
                     unreachable!("selections are of products")
                 };
-                selection.apply(self.value(*b, inputs, consts, buffers), &mut out);
+                selection.apply(step.value(*b), out);
                 Ok(())
             }
-            None => self.compute(op, inputs, consts, buffers, scratch, &mut out),
+            None => self.compute(op, &step, scratch, out),
         };
-        buffers[target] = out;
+        match self.stacked[target] {
+            Some(j) => ys[j] = storage,
+            None => buffers[target] = storage,
+        }
         done
     }
 
     fn compute(
         &self,
         op: &Op,
-        inputs: &[&[f64]],
-        consts: &[&[f64]],
-        buffers: &[Vec<f64>],
+        step: &Step<'_>,
         (s0, s1): &mut (Vec<f64>, Vec<f64>),
         out: &mut [f64],
     ) -> Result<()> {
-        let value = |v: Var| self.value(v, inputs, consts, buffers);
+        let value = |v: Var| step.value(v);
         let n = out.len();
         match op {
             Op::Unary(u, x, _) => super::tile::unary(*u, operand(x, &value, s0, n), out),
@@ -486,6 +520,52 @@ fn row_major(data: &Data) -> Result<Cow<'_, [f64]>> {
     }
 }
 
+/// The values one step reads: the loop's operands, the body's constants, and what the step
+/// has computed so far.
+struct Step<'a> {
+    body: &'a FlatBody,
+    inputs: &'a [&'a [f64]],
+    consts: &'a [&'a [f64]],
+    buffers: &'a [Vec<f64>],
+    ys: &'a [Vec<f64>],
+    row: usize,
+}
+
+impl<'a> Step<'a> {
+    fn new(
+        body: &'a FlatBody,
+        inputs: &'a [&'a [f64]],
+        consts: &'a [&'a [f64]],
+        buffers: &'a [Vec<f64>],
+        ys: &'a [Vec<f64>],
+        row: usize,
+    ) -> Step<'a> {
+        Step {
+            body,
+            inputs,
+            consts,
+            buffers,
+            ys,
+            row,
+        }
+    }
+
+    /// The values of `v` in this step.
+    fn value(&self, v: Var) -> &'a [f64] {
+        match self.body.homes[v.index()] {
+            Home::Input(k) => self.inputs[k],
+            Home::Const(k) => self.consts[k],
+            Home::Buffer(k) => match self.body.stacked[k] {
+                Some(j) => {
+                    let len = self.body.buffer_lens[k];
+                    &self.ys[j][self.row * len..(self.row + 1) * len]
+                }
+                None => &self.buffers[k],
+            },
+        }
+    }
+}
+
 /// Copies a result into a step's buffer and gives its storage back to the pool.
 fn copy_out(out: &mut [f64], result: ArrayD<f64>) {
     match result.as_slice() {
@@ -545,14 +625,15 @@ mod tests {
     fn body() -> Program {
         let mut p = Program::default();
         let var = |p: &mut Program, shape: &[usize]| p.new_var(Aval::new(shape, DType::F64));
-        let (c, w, e, h, x) = (
+        let (c, w, e, h, kept, x) = (
             var(&mut p, &[3]),
             var(&mut p, &[3, 1]),
             var(&mut p, &[2, 2]),
             var(&mut p, &[2, 3]),
+            var(&mut p, &[2]),
             var(&mut p, &[3]),
         );
-        p.inputs = vec![c, w, e, h, x];
+        p.inputs = vec![c, w, e, h, kept, x];
         let two = var(&mut p, &[]);
         p.consts.push((two, data(&[], |_| 0.5)));
         let eqn = |p: &mut Program, prim: Prim, inputs: Vec<Var>, shape: &[usize]| {
@@ -602,29 +683,32 @@ mod tests {
             vec![e, m],
             &[2, 1],
         );
-        p.outputs = vec![back, sum, m, turned, selected];
+        // The second carry passes unchanged. The last two per-step outputs are copied into
+        // their rows: a value stacked already, and a per-step input.
+        p.outputs = vec![back, kept, sum, m, turned, selected, sum, x];
         p
     }
 
     #[test]
     fn a_flat_body_runs_as_its_plan_does() {
         let program = body();
-        let flat = FlatBody::new(&program).expect("a small f64 body");
+        let flat = FlatBody::new(&program, 2).expect("a small f64 body");
         assert!(flat.ops.iter().any(|op| matches!(op, Op::Generic(..))));
         let plan = super::super::Plan::new(program.clone());
         for reverse in [false, true] {
-            let mut l = Loop::new(program.clone(), 3, 1, 4);
+            let mut l = Loop::new(program.clone(), 3, 2, 4);
             l.reverse = reverse;
             let ins = [
                 data(&[3], |i| 0.3 * i as f64 - 0.2),
                 data(&[3, 1], |i| 1.0 - 0.4 * i as f64),
                 data(&[2, 2], |i| if i == 1 { 1.0 } else { 0.0 }),
                 data(&[2, 3], |i| 0.1 * i as f64),
+                data(&[2], |i| 2.0 + i as f64),
                 data(&[4, 3], |i| (0.7 * i as f64).sin()),
             ];
             let got = flat.run(&l, &ins).unwrap();
             let want = run_steps(&l, &ins, &mut |inputs| plan.run(inputs, false)).unwrap();
-            assert_eq!(got.len(), 5);
+            assert_eq!(got.len(), 8);
             for (g, w) in got.iter().zip(&want) {
                 assert_eq!(g.shape(), w.shape());
                 let (g, w) = (g.to_complex_vec(), w.to_complex_vec());
@@ -660,11 +744,11 @@ mod tests {
         let x = p.new_var(Aval::new(&[MAX_ELEMENTS + 1], DType::F64));
         p.inputs.push(x);
         p.outputs.push(x);
-        assert!(FlatBody::new(&p).is_none());
+        assert!(FlatBody::new(&p, 0).is_none());
         let mut p = Program::default();
         let x = p.new_var(Aval::new(&[3], DType::F32));
         p.inputs.push(x);
         p.outputs.push(x);
-        assert!(FlatBody::new(&p).is_none());
+        assert!(FlatBody::new(&p, 0).is_none());
     }
 }
