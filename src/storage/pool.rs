@@ -78,36 +78,7 @@ fn find(len: usize) -> Option<Vec<f64>> {
 /// A new buffer of `len` values' room, lent by the pool (it takes it back when freed).
 fn new_buffer(len: usize) -> Vec<f64> {
     POOL.with(|pool| pool.borrow_mut().lend(len));
-    let buffer = Vec::with_capacity(len);
-    huge_pages(&buffer);
-    buffer
-}
-
-/// Smallest buffer (in bytes) backed by huge pages where the system offers them.
-const HUGE_PAGE_MIN: usize = 4 << 20;
-
-/// Asks the system to back a large buffer with huge pages (2 MiB on x86-64) where they fit
-/// in it: its first writes then fault a page per 2 MiB instead of one per 4 KiB, which
-/// otherwise costs about as much as the arithmetic filling it. Only a hint: nothing changes
-/// where the system says no.
-fn huge_pages(buffer: &Vec<f64>) {
-    let bytes = buffer.capacity() * std::mem::size_of::<f64>();
-    if bytes < HUGE_PAGE_MIN {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let start = (buffer.as_ptr() as usize).next_multiple_of(HUGE);
-        let end = (buffer.as_ptr() as usize + bytes) / HUGE * HUGE;
-        if end > start {
-            // SAFETY: the range lies within the buffer's allocation, and the advice changes
-            // how its pages are backed, not their contents.
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
-            }
-        }
-    }
+    Vec::with_capacity(len)
 }
 
 /// An empty vector with room for `len` elements: for `f64`, from the pool when it holds one
