@@ -11,6 +11,7 @@ mod flat_body;
 mod fuse;
 mod hoist;
 mod loops;
+mod one_hot;
 mod plan;
 mod simplify;
 mod sweep;

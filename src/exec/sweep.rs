@@ -8,20 +8,65 @@ use num_complex::Complex64;
 
 use super::Plan;
 use crate::error::{Error, Result};
+use crate::ir::Var;
+use crate::primitives::{Creation, Eqn, Prim, Program, Structural};
 use crate::storage::{Aval, DType, Data, Element, pool};
 
-/// A linear plan whose last input is a seed of `chunk` directions of `input` (shape
-/// `[chunk] ++ input shape`), after the residuals. Output `b` of the plan, of shape
-/// `[chunk] ++ shape_b`, holds for each direction the matching column of a block of shape
-/// `shape_b ++ input shape`.
+/// A linear plan over the residuals and a seed of `chunk` directions of `input` (shape
+/// `[chunk] ++ input shape`). Output `b` of the plan, of shape `[chunk] ++ shape_b`, holds
+/// for each direction the matching column of a block of shape `shape_b ++ input shape`.
 #[derive(Debug)]
 pub(crate) struct Sweep {
     pub plan: Plan,
     pub input: Aval,
     pub chunk: usize,
+    /// Whether the plan generates its seed (the whole basis, when one chunk covers the
+    /// input) rather than taking it as its last input.
+    own_seed: bool,
 }
 
 impl Sweep {
+    /// The sweep of `program`, a linear program whose last input is the seed. When one chunk
+    /// covers the input, the seed is the identity: the program generates it, so that planning
+    /// sees its structure (a product that only regroups another value by it becomes a
+    /// reshape and a transpose).
+    pub fn new(mut program: Program, input: Aval, chunk: usize) -> Sweep {
+        let n = input.numel();
+        let seed = (chunk == n && input.dtype.is_inexact())
+            .then(|| program.inputs.pop())
+            .flatten();
+        let own_seed = seed.is_some();
+        if let Some(seed) = seed {
+            let eye = program.new_var(Aval::new(&[n, n], input.dtype));
+            let generate = |prim: Prim, inputs: Vec<Var>, output: Var| Eqn {
+                prim,
+                inputs,
+                outputs: vec![output],
+                source: None,
+            };
+            let eye_prim = Creation::Eye {
+                rows: n,
+                cols: n,
+                offset: 0,
+                dtype: input.dtype,
+            };
+            let shape = program.aval(seed).shape.clone();
+            program.eqns.splice(
+                0..0,
+                [
+                    generate(eye_prim.into(), vec![], eye),
+                    generate(Structural::Reshape(shape).into(), vec![eye], seed),
+                ],
+            );
+        }
+        Sweep {
+            plan: Plan::new(program),
+            input,
+            chunk,
+            own_seed,
+        }
+    }
+
     /// Runs the plan over the whole basis of the input and returns the blocks, in the order
     /// of the plan's outputs.
     pub fn run(&self, residuals: &[Arc<Data>], check_finite: bool) -> Result<Vec<Data>> {
@@ -38,10 +83,12 @@ impl Sweep {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut inputs: Vec<Arc<Data>> = residuals.to_vec();
-        inputs.push(Arc::new(Data::scalar(0.0, DType::F64)));
         for start in (0..n).step_by(self.chunk.max(1)) {
             let valid = self.chunk.min(n - start);
-            *inputs.last_mut().expect("the seed") = Arc::new(self.seed(start)?);
+            if !self.own_seed {
+                inputs.truncate(residuals.len());
+                inputs.push(Arc::new(self.seed(start)?));
+            }
             let outs = self.plan.run(&inputs, check_finite)?;
             for (out, block) in outs.iter().zip(&mut blocks) {
                 place(out, block, start, valid, n)?;

@@ -812,11 +812,7 @@ fn swept(sweeps: Sweeps) -> (Executable, Vec<Output>) {
     let mut runs = Vec::new();
     for columns in sweeps.columns {
         order.extend(&columns.blocks);
-        let sweep = Sweep {
-            plan: Plan::new(columns.program),
-            input: columns.input,
-            chunk: columns.chunk,
-        };
+        let sweep = Sweep::new(columns.program, columns.input, columns.chunk);
         runs.push((sweep, columns.blocks));
         zeros.extend(columns.zeros);
     }
