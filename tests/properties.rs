@@ -1,5 +1,5 @@
 //! Property-based tests (proptest): random programs against finite differences and Hessian
-//! symmetry, random bad inputs that must give errors (never panics), and random failing calls
+//! symmetry, random loop bodies against their unrolled loops, random bad inputs that must give errors (never panics), and random failing calls
 //! after which every state is bit-for-bit unchanged.
 //!
 //! Each property prints its campaign figures (attempts, clean errors, panics, aborts, wrong
@@ -14,7 +14,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use brainstate::units::{mV, ms};
-use brainstate::{Error, State, Tensor, concatenate, grad, hessian, hvp, jacfwd, jacrev, jvp};
+use brainstate::{
+    Error, Scan, State, Tensor, concatenate, grad, hessian, hvp, jacfwd, jacrev, jvp,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
@@ -114,6 +116,11 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// The scalar the program computes from `x` (shape `[n]`), eagerly or traced.
 fn run_program(ops: &[Op], x: &Tensor) -> Tensor {
+    last_value(ops, x).sum()
+}
+
+/// The program's last vector (shape `[n]`).
+fn last_value(ops: &[Op], x: &Tensor) -> Tensor {
     let mut values = vec![x.clone()];
     for op in ops {
         let v = |i: usize| values[i % values.len()].clone();
@@ -147,7 +154,7 @@ fn run_program(ops: &[Op], x: &Tensor) -> Tensor {
         };
         values.push(next);
     }
-    values.last().map(|v| v.sum()).unwrap_or_else(|| x.sum())
+    values.pop().unwrap_or_else(|| x.clone())
 }
 
 fn vals(t: &Tensor) -> Vec<f64> {
@@ -286,6 +293,74 @@ fn random_programs_agree_with_finite_differences() {
         println!("random_programs: {e}");
     }
     figures.report("random_programs");
+    result.unwrap();
+}
+
+/// A loop whose body is a random program (squashed, so that the steps stay bounded), through
+/// `scan` and unrolled: the values, gradients, Hessians and Hessian-vector products agree.
+fn check_loop(ops: &[Op], x: &[f64]) -> Result<(), String> {
+    const STEPS: usize = 3;
+    let step = |h: &Tensor| last_value(ops, h).tanh() * 0.9;
+    let looped = |x: &Tensor| {
+        let (h, ()) = Scan::new()
+            .length(STEPS)
+            .scan(|h: &Tensor, _: &()| (step(h), ()), x, &())
+            .expect("the body traces");
+        h.sum()
+    };
+    let unrolled = |x: &Tensor| (0..STEPS).fold(x.clone(), |h, _| step(&h)).sum();
+    let xt = Tensor::from(x.to_vec());
+    let v = Tensor::from((0..x.len()).map(|k| 0.5 - k as f64).collect::<Vec<_>>());
+    let results = |f: &dyn Fn(&Tensor) -> Tensor| -> Result<Vec<Vec<f64>>, String> {
+        let value = vals(&f(&xt));
+        let g = grad(f).call(&xt).map_err(|e| format!("grad: {e}"))?;
+        let h = hessian(f).call(&xt).map_err(|e| format!("hessian: {e}"))?;
+        let hv = hvp(f).call(&xt, &v).map_err(|e| format!("hvp: {e}"))?;
+        Ok(vec![
+            value,
+            vals(common::leaf(&g)),
+            vals(common::leaf(&h)),
+            vals(common::leaf(&hv)),
+        ])
+    };
+    let (got, want) = (results(&looped)?, results(&unrolled)?);
+    for (name, (g, w)) in ["value", "gradient", "hessian", "hvp"]
+        .iter()
+        .zip(got.iter().zip(&want))
+    {
+        if !close(g, w, 1e-9) {
+            return Err(format!("{name} through the loop {g:?} vs unrolled {w:?}"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn random_loop_bodies_agree_with_their_unrolled_loops() {
+    let figures = Figures::default();
+    let strategy = (
+        prop::collection::vec(op(), 1..5),
+        prop::collection::vec(-1.0f64..1.0, 1..5),
+    );
+    let mut runner = TestRunner::new(config(24));
+    let result = runner.run(&strategy, |(ops, x)| {
+        figures.attempts.fetch_add(1, Ordering::Relaxed);
+        match catch_unwind(AssertUnwindSafe(|| check_loop(&ops, &x))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => {
+                figures.wrong.fetch_add(1, Ordering::Relaxed);
+                Err(TestCaseError::fail(msg))
+            }
+            Err(_) => {
+                figures.panics.fetch_add(1, Ordering::Relaxed);
+                Err(TestCaseError::fail("panicked"))
+            }
+        }
+    });
+    if let Err(e) = &result {
+        println!("random_loop_bodies: {e}");
+    }
+    figures.report("random_loop_bodies");
     result.unwrap();
 }
 
