@@ -720,6 +720,26 @@ mod tests {
     }
 
     #[test]
+    fn a_loop_of_no_steps_gives_its_initial_carry_and_empty_stacks() {
+        let program = body();
+        let flat = FlatBody::new(&program, 2).expect("a small f64 body");
+        let l = Loop::new(program, 3, 2, 0);
+        let ins = [
+            data(&[3], |_| 1.0),
+            data(&[3, 1], |_| 1.0),
+            data(&[2, 2], |_| 0.0),
+            data(&[2, 3], |i| i as f64),
+            data(&[2], |i| i as f64),
+            data(&[0, 3], |_| 0.0),
+        ];
+        let out = flat.run(&l, &ins).unwrap();
+        assert_eq!(out[0], *ins[3]);
+        assert_eq!(out[1], *ins[4]);
+        assert_eq!(out[2].shape(), &[0, 2]);
+        assert!(out[2..].iter().all(|y| y.shape()[0] == 0));
+    }
+
+    #[test]
     fn only_matrices_of_single_ones_amid_zeros_select() {
         let aval = |shape: &[usize]| Aval::new(shape, DType::F64);
         let (a, b) = (aval(&[2, 2, 3]), aval(&[3, 2]));
