@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::ir::{Eqn, Var};
-use crate::primitives::{Loop, Prim, Program};
+use crate::primitives::{Loop, Prim, Program, Structural};
 
 /// `program` with the invariant work of each loop (and of loops nested in their bodies)
 /// moved before it.
@@ -118,6 +118,66 @@ pub(super) fn hoist_invariants(mut program: Program) -> Program {
     program
 }
 
+/// `program` with each loop's per-step outputs that only restate a per-step input (its step's
+/// slice reshaped, or transposed without reordering its elements) taken from that input's
+/// stack, reshaped after the loop: the loop no longer copies a stack it was handed. Reverse
+/// mode makes them: the factors of an accumulation moved out of a loop (see `accumulate`)
+/// are often the states the forward loop stacked.
+pub(super) fn restate_stacked_inputs(mut program: Program) -> Program {
+    let mut eqns = Vec::with_capacity(program.eqns.len());
+    for mut eqn in std::mem::take(&mut program.eqns) {
+        let Prim::Loop(the_loop) = &eqn.prim else {
+            eqns.push(eqn);
+            continue;
+        };
+        let body = &*the_loop.body;
+        let (first_x, n_carry) = (the_loop.consts + the_loop.carry, the_loop.carry);
+        let mut restated = Vec::new();
+        for (j, &y) in body.outputs[n_carry..].iter().enumerate() {
+            let Some(k) = body.inputs[first_x..]
+                .iter()
+                .position(|&x| x == same_elements(body, y))
+            else {
+                continue;
+            };
+            let out = eqn.outputs[n_carry + j];
+            // The loop's output becomes a fresh value nobody reads (dead code drops it).
+            eqn.outputs[n_carry + j] = program.new_var(program.aval(out).clone());
+            restated.push(Eqn {
+                prim: Structural::Reshape(program.aval(out).shape.clone()).into(),
+                inputs: vec![eqn.inputs[first_x + k]],
+                outputs: vec![out],
+                source: eqn.source,
+            });
+        }
+        eqns.push(eqn);
+        eqns.extend(restated);
+    }
+    program.eqns = eqns;
+    program
+}
+
+/// The value of `body` whose elements `v` holds in the same order: `v` itself, or the operand
+/// of the reshapes (and transposes moving only axes of length one) it is computed by.
+fn same_elements(body: &Program, mut v: Var) -> Var {
+    while let Some(eqn) = body.eqns.iter().find(|e| e.outputs.contains(&v)) {
+        let keeps_order = match &eqn.prim {
+            Prim::Structural(Structural::Reshape(_)) => true,
+            Prim::Structural(Structural::Transpose(perm)) => {
+                let shape = &body.aval(eqn.inputs[0]).shape;
+                let moved: Vec<usize> = perm.iter().copied().filter(|&a| shape[a] != 1).collect();
+                moved.windows(2).all(|w| w[0] < w[1])
+            }
+            _ => false,
+        };
+        if !keeps_order {
+            break;
+        }
+        v = eqn.inputs[0];
+    }
+    v
+}
+
 /// The equations of `body` that read only its first `consts` inputs, its constants and each
 /// other (in order), and the others.
 fn split_body(body: &Program, consts: usize) -> (Vec<usize>, Vec<usize>) {
@@ -178,5 +238,70 @@ mod tests {
             run(make_program(f, (&w, &x)).unwrap()),
             f(&w, &x).to_vec::<f64>().unwrap()
         );
+    }
+
+    #[test]
+    fn per_step_outputs_restating_an_input_come_from_its_stack() {
+        use crate::ir::Eqn;
+        use crate::primitives::{BinaryOp, Loop, Prim, Structural};
+        use crate::storage::{Aval, DType};
+        let aval = |shape: &[usize]| Aval::new(shape, DType::F64);
+        let eqn = |prim: Prim, inputs, outputs| Eqn {
+            prim,
+            inputs,
+            outputs,
+            source: None,
+        };
+        // body (h, x) -> (h + x, x as a column, its row again): the last two restate x.
+        let mut body = crate::Program::default();
+        let (h, x) = (body.new_var(aval(&[3])), body.new_var(aval(&[3])));
+        let (next, column) = (body.new_var(aval(&[3])), body.new_var(aval(&[3, 1])));
+        let row = body.new_var(aval(&[1, 3]));
+        body.inputs = vec![h, x];
+        body.eqns = vec![
+            eqn(BinaryOp::Add.into(), vec![h, x], vec![next]),
+            eqn(
+                Structural::Reshape(vec![3, 1]).into(),
+                vec![x],
+                vec![column],
+            ),
+            eqn(
+                Structural::Transpose(vec![1, 0]).into(),
+                vec![column],
+                vec![row],
+            ),
+        ];
+        body.outputs = vec![next, column, row];
+        let mut program = crate::Program::default();
+        let (h0, xs) = (program.new_var(aval(&[3])), program.new_var(aval(&[4, 3])));
+        let last = program.new_var(aval(&[3]));
+        let (columns, rows) = (
+            program.new_var(aval(&[4, 3, 1])),
+            program.new_var(aval(&[4, 1, 3])),
+        );
+        program.inputs = vec![h0, xs];
+        program.eqns = vec![eqn(
+            Loop::new(body, 0, 1, 4).into(),
+            vec![h0, xs],
+            vec![last, columns, rows],
+        )];
+        program.outputs = vec![last, columns, rows];
+        let restated = crate::ir::passes::clean(super::restate_stacked_inputs(program.clone()));
+        let Prim::Loop(the_loop) = &restated.eqns[0].prim else {
+            panic!("{restated}")
+        };
+        assert_eq!(the_loop.body.outputs.len(), 1, "{restated}");
+        // Planned (the restated program) and equation by equation (the original one).
+        let h0 = Tensor::from([1.0, 2.0, 3.0]);
+        let xs = Tensor::from_vec((0..12).map(f64::from).collect(), &[4, 3]).unwrap();
+        let ins = [h0.data().unwrap().clone(), xs.data().unwrap().clone()];
+        let values = |out: Vec<std::sync::Arc<crate::storage::Data>>| {
+            out.into_iter()
+                .map(|d| Tensor::from_shared(d).to_vec::<f64>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let planned = values(crate::exec::Plan::new(restated).run(&ins, false).unwrap());
+        let reference = crate::primitives::loops::run_reference(&program, &ins).unwrap();
+        assert_eq!(planned, values(reference));
     }
 }

@@ -15,13 +15,15 @@ const FOLD_LIMIT: usize = 4096;
 
 /// Folds small constants, moves loop-invariant work out of loops, turns products that only
 /// regroup an operand (by a tangent basis) into reshapes and transposes, moves sums of matrix
-/// products out of loops, moves pads of large values onto what they are computed from, merges
+/// products out of loops (and takes per-step outputs that restate a per-step input from its
+/// stack), moves pads of large values onto what they are computed from, merges
 /// duplicates, composes chains of transposes and of reshapes, drops dead code and renumbers
 /// variables.
 pub(crate) fn simplify(program: Program) -> Program {
     let program = super::hoist::hoist_invariants(fold_constants(program));
     let program = super::one_hot::regroup_selecting_products(program);
     let program = super::accumulate::move_accumulations(program);
+    let program = super::hoist::restate_stacked_inputs(program);
     clean(compose_structural(sink_pads(program)))
 }
 
