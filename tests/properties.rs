@@ -269,15 +269,26 @@ fn check_program(ops: &[Op], x: &[f64]) -> Result<(), String> {
 
 #[test]
 fn random_programs_agree_with_finite_differences() {
+    random_program_campaign("random_programs", 1..7, 48, check_program);
+}
+
+/// Runs `check` on `cases` random programs of `lengths` operations (and random points): no
+/// wrong result, no panic.
+fn random_program_campaign(
+    name: &str,
+    lengths: std::ops::Range<usize>,
+    cases: u32,
+    check: fn(&[Op], &[f64]) -> Result<(), String>,
+) {
     let figures = Figures::default();
     let strategy = (
-        prop::collection::vec(op(), 1..7),
+        prop::collection::vec(op(), lengths),
         prop::collection::vec(-1.0f64..1.0, 1..5),
     );
-    let mut runner = TestRunner::new(config(48));
+    let mut runner = TestRunner::new(config(cases));
     let result = runner.run(&strategy, |(ops, x)| {
         figures.attempts.fetch_add(1, Ordering::Relaxed);
-        match catch_unwind(AssertUnwindSafe(|| check_program(&ops, &x))) {
+        match catch_unwind(AssertUnwindSafe(|| check(&ops, &x))) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => {
                 figures.wrong.fetch_add(1, Ordering::Relaxed);
@@ -290,9 +301,9 @@ fn random_programs_agree_with_finite_differences() {
         }
     });
     if let Err(e) = &result {
-        println!("random_programs: {e}");
+        println!("{name}: {e}");
     }
-    figures.report("random_programs");
+    figures.report(name);
     result.unwrap();
 }
 
@@ -337,31 +348,7 @@ fn check_loop(ops: &[Op], x: &[f64]) -> Result<(), String> {
 
 #[test]
 fn random_loop_bodies_agree_with_their_unrolled_loops() {
-    let figures = Figures::default();
-    let strategy = (
-        prop::collection::vec(op(), 1..5),
-        prop::collection::vec(-1.0f64..1.0, 1..5),
-    );
-    let mut runner = TestRunner::new(config(24));
-    let result = runner.run(&strategy, |(ops, x)| {
-        figures.attempts.fetch_add(1, Ordering::Relaxed);
-        match catch_unwind(AssertUnwindSafe(|| check_loop(&ops, &x))) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(msg)) => {
-                figures.wrong.fetch_add(1, Ordering::Relaxed);
-                Err(TestCaseError::fail(msg))
-            }
-            Err(_) => {
-                figures.panics.fetch_add(1, Ordering::Relaxed);
-                Err(TestCaseError::fail("panicked"))
-            }
-        }
-    });
-    if let Err(e) = &result {
-        println!("random_loop_bodies: {e}");
-    }
-    figures.report("random_loop_bodies");
-    result.unwrap();
+    random_program_campaign("random_loop_bodies", 1..5, 24, check_loop);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ use crate::ir::Var;
 use crate::primitives::matmul::batched_matmul;
 use crate::primitives::{
     BinaryOp, Elementwise, Loop, Prim, Program, Reduce, ReduceOp, Structural, UnaryOp,
+    broadcast_indices,
 };
 use crate::storage::{DType, Data, pool};
 
@@ -58,7 +59,13 @@ impl Read {
         } else if n == 1 {
             Read::Scalar(v)
         } else {
-            Read::Indexed(v, broadcast_indices(shape, out_shape))
+            Read::Indexed(
+                v,
+                broadcast_indices(shape, out_shape)
+                    .into_iter()
+                    .map(|i| i as u32)
+                    .collect(),
+            )
         }
     }
 }
@@ -582,28 +589,6 @@ fn copy_out(out: &mut [f64], result: ArrayD<f64>) {
 /// Whether sorted, distinct `axes` are one block of neighbouring axes.
 fn is_block(axes: &[usize]) -> bool {
     !axes.is_empty() && axes.windows(2).all(|w| w[1] == w[0] + 1)
-}
-
-/// For each element of `shape` (row-major), the element of an operand of shape `own` that
-/// broadcasting reads (axes aligned on the right, size-1 axes repeated).
-fn broadcast_indices(own: &[usize], shape: &[usize]) -> Vec<u32> {
-    let lead = shape.len() - own.len();
-    let mut strides = vec![0usize; shape.len()];
-    let mut step = 1;
-    for d in (0..own.len()).rev() {
-        if own[d] != 1 {
-            strides[lead + d] = step;
-        }
-        step *= own[d];
-    }
-    let mut indices = vec![0u32];
-    for (&n, &stride) in shape.iter().zip(&strides) {
-        indices = indices
-            .iter()
-            .flat_map(|&i| (0..n).map(move |k| i + (k * stride) as u32))
-            .collect();
-    }
-    indices
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::ir::Var;
-use crate::primitives::{Eqn, Prim, Program, Structural};
+use crate::primitives::{Eqn, Prim, Program, Structural, broadcast_indices};
 use crate::storage::{Aval, Data};
 use num_complex::Complex64;
 
@@ -140,28 +140,6 @@ fn in_order(picks: impl Iterator<Item = Option<usize>>, from: usize) -> bool {
         count += 1;
     }
     count == from
-}
-
-/// The flat index, in a batch of shape `own` broadcast to `batch`, of each element of `batch`
-/// (row-major).
-fn broadcast_indices(own: &[usize], batch: &[usize]) -> Vec<usize> {
-    let lead = batch.len() - own.len();
-    let mut strides = vec![0; batch.len()];
-    let mut step = 1;
-    for d in (0..own.len()).rev() {
-        if own[d] != 1 {
-            strides[lead + d] = step;
-        }
-        step *= own[d];
-    }
-    let mut indices = vec![0usize];
-    for (&n, &stride) in batch.iter().zip(&strides) {
-        indices = indices
-            .iter()
-            .flat_map(|&i| (0..n).map(move |k| i + k * stride))
-            .collect();
-    }
-    indices
 }
 
 /// Structural equations computing one value from another, ending in a given variable.

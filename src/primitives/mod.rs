@@ -426,6 +426,32 @@ pub(crate) fn tuple(values: &[usize]) -> String {
     }
 }
 
+/// For each element of `shape` (row-major), the flat index of the element of an operand of
+/// shape `own` that NumPy broadcasting reads there (axes aligned on the right, axes of length
+/// one repeated).
+///
+/// A `[3]` operand broadcast to `[2, 3]` reads `0, 1, 2, 0, 1, 2`; a `[2, 1]` one
+/// `0, 0, 0, 1, 1, 1`.
+pub(crate) fn broadcast_indices(own: &[usize], shape: &[usize]) -> Vec<usize> {
+    let lead = shape.len() - own.len();
+    let mut strides = vec![0; shape.len()];
+    let mut step = 1;
+    for d in (0..own.len()).rev() {
+        if own[d] != 1 {
+            strides[lead + d] = step;
+        }
+        step *= own[d];
+    }
+    let mut indices = vec![0];
+    for (&n, &stride) in shape.iter().zip(&strides) {
+        indices = indices
+            .iter()
+            .flat_map(|&i| (0..n).map(move |k| i + k * stride))
+            .collect();
+    }
+    indices
+}
+
 /// NumPy broadcasting of two shapes.
 pub(crate) fn broadcast_shapes(op: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let rank = a.len().max(b.len());
@@ -468,6 +494,14 @@ fn require(name: &str, ok: bool, what: &str, dtype: DType) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn broadcast_indices_repeat_the_axes_of_length_one() {
+        assert_eq!(broadcast_indices(&[3], &[2, 3]), [0, 1, 2, 0, 1, 2]);
+        assert_eq!(broadcast_indices(&[2, 1], &[2, 3]), [0, 0, 0, 1, 1, 1]);
+        assert_eq!(broadcast_indices(&[], &[2]), [0, 0]);
+        assert_eq!(broadcast_indices(&[2, 2], &[2, 2]), [0, 1, 2, 3]);
+    }
 
     #[test]
     fn broadcast_shapes_follows_numpy() {
