@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::ir::Var;
 use crate::primitives::{Eqn, Prim, Program, Structural, broadcast_indices};
-use crate::storage::{Aval, Data};
+use crate::storage::Data;
 use num_complex::Complex64;
 
 /// Largest operand (in elements) evaluated at plan time to look for one-hot structure.
@@ -45,8 +45,8 @@ pub(super) fn regroup_selecting_products(mut program: Program) -> Program {
                     values.get(a, &program, &original),
                     values.get(b, &program, &original),
                 ) {
-                    (Some(known), _) => select_rows(&mut program, &known, a, b, eqn),
-                    (_, Some(known)) => select_columns(&mut program, &known, a, b, eqn),
+                    (Some(known), _) => select_rows(&mut program, &known, eqn),
+                    (_, Some(known)) => select_columns(&mut program, &known, eqn),
                     _ => None,
                 };
                 match rewritten {
@@ -199,7 +199,10 @@ struct Sizes {
 }
 
 impl Sizes {
-    fn of(a: &Aval, b: &Aval, out: &Aval) -> Sizes {
+    /// The sizes of product `eqn` of `program`.
+    fn of(program: &Program, eqn: &Eqn) -> Sizes {
+        let (a, b) = (program.aval(eqn.inputs[0]), program.aval(eqn.inputs[1]));
+        let out = program.aval(eqn.outputs[0]);
         let (ra, rb, ro) = (a.shape.len(), b.shape.len(), out.shape.len());
         Sizes {
             a_batch: a.shape[..ra - 2].to_vec(),
@@ -215,18 +218,8 @@ impl Sizes {
 /// `a @ b` with `a` known: row `i` of result matrix `β` is the row of `b`'s matrix `β` that
 /// row `i` of `a`'s selects. When that is row `β * m + i` of `b`'s rows laid end to end, for
 /// every row, the result is `b` reshaped.
-fn select_rows(
-    program: &mut Program,
-    a_value: &Data,
-    a: Var,
-    b: Var,
-    eqn: &Eqn,
-) -> Option<Vec<Eqn>> {
-    let s = Sizes::of(
-        program.aval(a),
-        program.aval(b),
-        program.aval(eqn.outputs[0]),
-    );
+fn select_rows(program: &mut Program, a_value: &Data, eqn: &Eqn) -> Option<Vec<Eqn>> {
+    let (s, b) = (Sizes::of(program, eqn), eqn.inputs[1]);
     let hot = one_hot(a_value, false)?;
     let (from_a, from_b) = (
         broadcast_indices(&s.a_batch, &s.batch),
@@ -252,18 +245,8 @@ fn select_rows(
 /// that column `j` of `b`'s selects. When `a` is one matrix and that is column `β * n + j`
 /// of it, for every column, the result is `a` with its rows and columns regrouped: a
 /// transpose (`X @ I` is `X` seen with its columns as the batch).
-fn select_columns(
-    program: &mut Program,
-    b_value: &Data,
-    a: Var,
-    b: Var,
-    eqn: &Eqn,
-) -> Option<Vec<Eqn>> {
-    let s = Sizes::of(
-        program.aval(a),
-        program.aval(b),
-        program.aval(eqn.outputs[0]),
-    );
+fn select_columns(program: &mut Program, b_value: &Data, eqn: &Eqn) -> Option<Vec<Eqn>> {
+    let (s, a) = (Sizes::of(program, eqn), eqn.inputs[0]);
     let hot = one_hot(b_value, true)?;
     if s.a_batch.iter().product::<usize>() != 1 {
         return None;
@@ -298,7 +281,7 @@ fn select_columns(
 mod tests {
     use super::*;
     use crate::primitives::{Creation, MatMul};
-    use crate::storage::DType;
+    use crate::storage::{Aval, DType};
 
     /// `reshape(x, [1, 5, 4]) @ reshape(eye(4, offset), [4, 4, 1])`: with offset 0, `x`'s
     /// columns as a batch.
