@@ -25,7 +25,7 @@ pub(crate) mod loops;
 pub(crate) mod matmul;
 mod reduce;
 mod structural;
-mod sum;
+pub(crate) mod sum;
 
 use std::fmt;
 

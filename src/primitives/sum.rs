@@ -108,6 +108,14 @@ fn sum_run<T: Summand>(values: &[T], shape: &[usize], run: Range<usize>) -> Vec<
     let inner: usize = shape[run.end..].iter().product();
     let mut out = pool::take(outer * inner);
     out.resize(outer * inner, T::zero());
+    sum_middle(values, n, inner, &mut out);
+    out
+}
+
+/// The sums over the middle axis of row-major `values` of shape `[outer, n, inner]`, into
+/// `out` (`outer * inner` values): each pairwise.
+pub(crate) fn sum_middle<T: Summand>(values: &[T], n: usize, inner: usize, out: &mut [T]) {
+    out.fill(T::zero());
     if n > 0 && inner > 0 {
         for (block, target) in values
             .chunks_exact(n * inner)
@@ -120,7 +128,6 @@ fn sum_run<T: Summand>(values: &[T], shape: &[usize], run: Range<usize>) -> Vec<
             }
         }
     }
-    out
 }
 
 /// The sum of `a` over `axes` (increasing, distinct), which are removed. Consecutive axes are
