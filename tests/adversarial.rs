@@ -134,29 +134,8 @@ fn child_scenario_entry() {
 
 /// Runs a scenario in a child process; its outcome line.
 fn in_child(name: &str) -> String {
-    let exe = std::env::current_exe().expect("the test binary");
-    let out = std::process::Command::new(exe)
-        .args([
-            "child_scenario_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, name)
-        .output()
-        .expect("the child runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "scenario {name}: the child ended with {:?} (a signal means an abort)\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .find_map(|l| l.split_once("OUTCOME ").map(|(_, o)| o))
-        .unwrap_or_else(|| panic!("scenario {name}: no outcome in {stdout}"))
-        .to_string()
+    let output = common::child_output("child_scenario_entry", CHILD, name);
+    common::printed(&output, "OUTCOME ").to_string()
 }
 
 #[test]

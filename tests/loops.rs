@@ -689,28 +689,12 @@ const LONG_RUN_CHILD: &str = "BRAINSTATE_LONG_RUN_CHILD";
 /// Runs [`long_run_child_entry`] with `base`: its peak memory (kB, 0 where the system does not
 /// say) and its Hessian.
 fn long_run(base: usize) -> (u64, Vec<f64>) {
-    let exe = std::env::current_exe().expect("the test binary");
-    let out = std::process::Command::new(exe)
-        .args([
-            "long_run_child_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(LONG_RUN_CHILD, base.to_string())
-        .output()
-        .expect("the child runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "base {base}: {stdout}");
-    let field = |name: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.split_once(name).map(|(_, value)| value))
-            .unwrap_or_else(|| panic!("no {name} in {stdout}"))
-            .to_string()
-    };
-    let peak = field("PEAK_KB ").trim().parse().expect("a number");
-    let hessian = field("HESSIAN ")
+    let output = common::child_output("long_run_child_entry", LONG_RUN_CHILD, &base.to_string());
+    let peak = common::printed(&output, "PEAK_KB ")
+        .trim()
+        .parse()
+        .expect("a number");
+    let hessian = common::printed(&output, "HESSIAN ")
         .split_whitespace()
         .map(|v| v.parse().expect("a number"))
         .collect();

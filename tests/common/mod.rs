@@ -39,3 +39,37 @@ pub fn assert_mentions(e: &Error, parts: &[&str]) {
         assert!(msg.contains(p), "error {msg:?} should mention {p:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Child processes.
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the test `entry` of this test binary alone in a child process, with `var` set to
+/// `value` (the entry does its work only when it is set), and returns what it printed. The
+/// child must exit normally; a signal means an abort.
+#[track_caller]
+pub fn child_output(entry: &str, var: &str, value: &str) -> String {
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args([entry, "--exact", "--nocapture", "--test-threads=1"])
+        .env(var, value)
+        .output()
+        .expect("the child runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{var}={value}: the child ended with {:?} (a signal means an abort)\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The rest of the first line of `output` that holds `key`.
+#[track_caller]
+pub fn printed<'a>(output: &'a str, key: &str) -> &'a str {
+    output
+        .lines()
+        .find_map(|l| l.split_once(key).map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no {key:?} in {output}"))
+}
