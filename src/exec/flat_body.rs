@@ -574,7 +574,6 @@ fn is_block(axes: &[usize]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::Eqn;
     use crate::primitives::loops::run_steps;
     use crate::storage::Aval;
 
@@ -601,53 +600,18 @@ mod tests {
         p.inputs = vec![c, w, e, h, kept, x];
         let two = var(&mut p, &[]);
         p.consts.push((two, data(&[], |_| 0.5)));
-        let eqn = |p: &mut Program, prim: Prim, inputs: Vec<Var>, shape: &[usize]| {
-            let out = var(p, shape);
-            p.eqns.push(Eqn {
-                prim,
-                inputs,
-                outputs: vec![out],
-                source: None,
-            });
-            out
-        };
-        let a = eqn(&mut p, BinaryOp::Mul.into(), vec![h, c], &[2, 3]);
-        let b = eqn(&mut p, BinaryOp::Add.into(), vec![a, x], &[2, 3]);
-        let s = eqn(&mut p, BinaryOp::Mul.into(), vec![b, two], &[2, 3]);
-        let r = eqn(&mut p, Structural::Reshape(vec![6]).into(), vec![s], &[6]);
-        let t = eqn(&mut p, UnaryOp::Tanh.into(), vec![r], &[6]);
-        let q = eqn(&mut p, Elementwise::PowI(2).into(), vec![t], &[6]);
-        let back = eqn(
-            &mut p,
-            Structural::Reshape(vec![2, 3]).into(),
-            vec![t],
-            &[2, 3],
-        );
-        let sq = eqn(
-            &mut p,
-            Structural::Reshape(vec![2, 3]).into(),
-            vec![q],
-            &[2, 3],
-        );
-        let sum = eqn(&mut p, Reduce::sum(vec![1]).into(), vec![sq], &[2]);
-        let m = eqn(
-            &mut p,
-            crate::primitives::MatMul.into(),
-            vec![back, w],
-            &[2, 1],
-        );
-        let turned = eqn(
-            &mut p,
-            Structural::Transpose(vec![1, 0]).into(),
-            vec![back],
-            &[3, 2],
-        );
-        let selected = eqn(
-            &mut p,
-            crate::primitives::MatMul.into(),
-            vec![e, m],
-            &[2, 1],
-        );
+        let a = p.push(BinaryOp::Mul, &[h, c]);
+        let b = p.push(BinaryOp::Add, &[a, x]);
+        let s = p.push(BinaryOp::Mul, &[b, two]);
+        let r = p.push(Structural::Reshape(vec![6]), &[s]);
+        let t = p.push(UnaryOp::Tanh, &[r]);
+        let q = p.push(Elementwise::PowI(2), &[t]);
+        let back = p.push(Structural::Reshape(vec![2, 3]), &[t]);
+        let sq = p.push(Structural::Reshape(vec![2, 3]), &[q]);
+        let sum = p.push(Reduce::sum(vec![1]), &[sq]);
+        let m = p.push(crate::primitives::MatMul, &[back, w]);
+        let turned = p.push(Structural::Transpose(vec![1, 0]), &[back]);
+        let selected = p.push(crate::primitives::MatMul, &[e, m]);
         // The second carry passes unchanged. The last two per-step outputs are copied into
         // their rows: a value stacked already, and a per-step input.
         p.outputs = vec![back, kept, sum, m, turned, selected, sum, x];

@@ -287,39 +287,18 @@ mod tests {
     /// columns as a batch.
     fn product_with_basis(offset: i64) -> Program {
         let mut p = Program::default();
-        let var = |p: &mut Program, shape: &[usize]| p.new_var(Aval::new(shape, DType::F64));
-        let x = var(&mut p, &[5, 4]);
+        let x = p.new_var(Aval::new(&[5, 4], DType::F64));
         p.inputs.push(x);
-        let eqn = |p: &mut Program, prim: Prim, inputs: Vec<Var>, shape: &[usize]| {
-            let out = var(p, shape);
-            p.eqns.push(Eqn {
-                prim,
-                inputs,
-                outputs: vec![out],
-                source: None,
-            });
-            out
-        };
         let eye = Creation::Eye {
             rows: 4,
             cols: 4,
             offset,
             dtype: DType::F64,
         };
-        let eye = eqn(&mut p, eye.into(), vec![], &[4, 4]);
-        let basis = eqn(
-            &mut p,
-            Structural::Reshape(vec![4, 4, 1]).into(),
-            vec![eye],
-            &[4, 4, 1],
-        );
-        let x3 = eqn(
-            &mut p,
-            Structural::Reshape(vec![1, 5, 4]).into(),
-            vec![x],
-            &[1, 5, 4],
-        );
-        let out = eqn(&mut p, MatMul.into(), vec![x3, basis], &[4, 5, 1]);
+        let eye = p.push(eye, &[]);
+        let basis = p.push(Structural::Reshape(vec![4, 4, 1]), &[eye]);
+        let x3 = p.push(Structural::Reshape(vec![1, 5, 4]), &[x]);
+        let out = p.push(MatMul, &[x3, basis]);
         p.outputs.push(out);
         p
     }

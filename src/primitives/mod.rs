@@ -426,6 +426,29 @@ pub(crate) fn tuple(values: &[usize]) -> String {
     }
 }
 
+#[cfg(test)]
+impl Program {
+    /// Appends `prim` of `inputs`, its output's shape and dtype inferred: programs built by
+    /// hand in tests.
+    pub(crate) fn push(
+        &mut self,
+        prim: impl Into<Prim>,
+        inputs: &[crate::ir::Var],
+    ) -> crate::ir::Var {
+        let prim = prim.into();
+        let ins: Vec<Aval> = inputs.iter().map(|&v| self.aval(v).clone()).collect();
+        let aval = prim.infer(&ins).expect("a well-formed equation").remove(0);
+        let out = self.new_var(aval);
+        self.eqns.push(Eqn {
+            prim,
+            inputs: inputs.to_vec(),
+            outputs: vec![out],
+            source: None,
+        });
+        out
+    }
+}
+
 /// For each element of `shape` (row-major), the flat index of the element of an operand of
 /// shape `own` that NumPy broadcasting reads there (axes aligned on the right, axes of length
 /// one repeated).
