@@ -169,7 +169,7 @@ where
         // elementwise.
         let (sa, sb) = (strides(a.strides()), strides(b.strides()));
         let (Some(a), Some(b)) = (a.as_slice(), b.as_slice()) else {
-            return super::elementwise::zip(&a.to_owned(), &b.to_owned(), &shape, |x, y| x * y);
+            return super::elementwise::zip(&a, &b, &shape, |x, y| x * y);
         };
         let mut out = pool::take(count * m * n);
         for i in 0..count {

@@ -1,6 +1,6 @@
 //! The elementwise kernels: scalar functions, broadcasting loops and in-place updates.
 
-use ndarray::{ArrayD, Zip};
+use ndarray::{ArrayBase, ArrayD, IxDyn, Zip};
 use num_complex::Complex;
 use num_traits::Float;
 
@@ -148,12 +148,19 @@ impl CmpOp {
 /// `f` over two arrays broadcast to `shape`. Contiguous operands of the output's shape, and
 /// scalars, take a flat loop; the rest iterate with a fixed-rank `Zip`, which is far faster
 /// than a dynamic-rank one.
-pub(crate) fn zip<A: Copy, B: Copy, C: Clone + 'static>(
-    a: &ArrayD<A>,
-    b: &ArrayD<B>,
+pub(crate) fn zip<A, B, C, SA, SB>(
+    a: &ArrayBase<SA, IxDyn>,
+    b: &ArrayBase<SB, IxDyn>,
     shape: &[usize],
     f: impl Fn(A, B) -> C,
-) -> ArrayD<C> {
+) -> ArrayD<C>
+where
+    A: Copy,
+    B: Copy,
+    C: Clone + 'static,
+    SA: ndarray::Data<Elem = A>,
+    SB: ndarray::Data<Elem = B>,
+{
     let collect = |values: &mut dyn Iterator<Item = C>| {
         let mut buffer = pool::take(shape.iter().product());
         buffer.extend(values);
