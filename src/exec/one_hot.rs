@@ -38,23 +38,19 @@ pub(super) fn regroup_selecting_products(mut program: Program) -> Program {
     };
     let mut eqns = Vec::with_capacity(original.len());
     for eqn in &original {
-        match &eqn.prim {
-            Prim::MatMul(_) => {
-                let (a, b) = (eqn.inputs[0], eqn.inputs[1]);
-                let rewritten = match (
-                    values.get(a, &program, &original),
-                    values.get(b, &program, &original),
-                ) {
-                    (Some(known), _) => select_rows(&mut program, &known, eqn),
-                    (_, Some(known)) => select_columns(&mut program, &known, eqn),
-                    _ => None,
-                };
-                match rewritten {
-                    Some(replacement) => eqns.extend(replacement),
-                    None => eqns.push(eqn.clone()),
-                }
-            }
-            _ => eqns.push(eqn.clone()),
+        let rewritten = match eqn.prim {
+            // The second operand is evaluated only when the first is not known.
+            Prim::MatMul(_) => match values.get(eqn.inputs[0], &program, &original) {
+                Some(known) => select_rows(&mut program, &known, eqn),
+                None => values
+                    .get(eqn.inputs[1], &program, &original)
+                    .and_then(|known| select_columns(&mut program, &known, eqn)),
+            },
+            _ => None,
+        };
+        match rewritten {
+            Some(replacement) => eqns.extend(replacement),
+            None => eqns.push(eqn.clone()),
         }
     }
     program.eqns = eqns;
