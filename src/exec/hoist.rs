@@ -164,9 +164,7 @@ fn same_elements(body: &Program, mut v: Var) -> Var {
         let keeps_order = match &eqn.prim {
             Prim::Structural(Structural::Reshape(_)) => true,
             Prim::Structural(Structural::Transpose(perm)) => {
-                let shape = &body.aval(eqn.inputs[0]).shape;
-                let moved: Vec<usize> = perm.iter().copied().filter(|&a| shape[a] != 1).collect();
-                moved.windows(2).all(|w| w[0] < w[1])
+                super::simplify::moves_only_unit_axes(perm, &body.aval(eqn.inputs[0]).shape)
             }
             _ => false,
         };

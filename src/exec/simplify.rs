@@ -268,7 +268,7 @@ fn compose_structural(mut program: Program) -> Program {
 
 /// Whether permuting the axes of `shape` by `perm` keeps the order of the axes longer than
 /// one, so that it moves no element and is a reshape (`[n, 1] -> [1, n]`, say).
-fn moves_only_unit_axes(perm: &[usize], shape: &[usize]) -> bool {
+pub(super) fn moves_only_unit_axes(perm: &[usize], shape: &[usize]) -> bool {
     let long: Vec<usize> = perm.iter().copied().filter(|&p| shape[p] != 1).collect();
     long.windows(2).all(|w| w[0] < w[1])
 }
