@@ -8,8 +8,8 @@ use ndarray::linalg::{general_mat_mul, general_mat_vec_mul};
 use ndarray::{ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, CowArray, IxDyn, ShapeBuilder};
 
 use super::{
-    Dependence, Primal, Rules, Tangent, UnitRule, Units, arity, broadcast_shapes, concat_dims,
-    cotangents, not_linear, one,
+    Dependence, Primal, Rules, Tangent, UnitRule, Units, arity, broadcast_offset, broadcast_shapes,
+    concat_dims, cotangents, not_linear, one,
 };
 use crate::error::{Error, Result};
 use crate::simd::multiversion;
@@ -309,43 +309,9 @@ fn short_rows<T: ndarray::LinalgScalar>(rows: &[T], x: &[T], y: &mut [T]) {
     }
 }
 
-/// The offset, through the operand's `strides`, of the matrix of an operand of batch shape
-/// `own` at flat index `i` of the full batch shape `batch` (right-aligned; size-1 axes
-/// broadcast).
-fn broadcast_offset(mut i: usize, batch: &[usize], own: &[usize], strides: &[usize]) -> usize {
-    let lead = batch.len() - own.len();
-    let mut offset = 0;
-    for d in (0..batch.len()).rev() {
-        let coordinate = i % batch[d];
-        i /= batch[d];
-        if d >= lead && own[d - lead] != 1 {
-            offset += coordinate * strides[d - lead];
-        }
-    }
-    offset
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn broadcast_offset_maps_the_full_batch_onto_an_operand() {
-        // batch [2, 3]; an operand of batch [3] (matrices 10 apart) repeats along the first
-        // axis
-        let offset = |own: &[usize], strides: &[usize]| -> Vec<usize> {
-            (0..6)
-                .map(|i| broadcast_offset(i, &[2, 3], own, strides))
-                .collect()
-        };
-        assert_eq!(offset(&[3], &[10]), [0, 10, 20, 0, 10, 20]);
-        // an operand of batch [2, 1] repeats along the second
-        assert_eq!(offset(&[2, 1], &[7, 7]), [0, 0, 0, 7, 7, 7]);
-        // no batch at all: always the one matrix
-        assert_eq!(offset(&[], &[]), [0; 6]);
-        // the full batch, permuted in memory: the second axis outer
-        assert_eq!(offset(&[2, 3], &[1, 2]), [0, 2, 4, 1, 3, 5]);
-    }
 
     #[test]
     fn batched_products_broadcast_their_leading_axes() {

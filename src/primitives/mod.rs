@@ -449,30 +449,42 @@ impl Program {
     }
 }
 
+/// The offset, through the operand's `strides`, of the matrix of an operand of batch shape
+/// `own` at flat index `i` of the full batch shape `batch` (right-aligned; size-1 axes
+/// broadcast).
+pub(crate) fn broadcast_offset(
+    mut i: usize,
+    batch: &[usize],
+    own: &[usize],
+    strides: &[usize],
+) -> usize {
+    let lead = batch.len() - own.len();
+    let mut offset = 0;
+    for d in (0..batch.len()).rev() {
+        let coordinate = i % batch[d];
+        i /= batch[d];
+        if d >= lead && own[d - lead] != 1 {
+            offset += coordinate * strides[d - lead];
+        }
+    }
+    offset
+}
+
 /// For each element of `shape` (row-major), the flat index of the element of an operand of
 /// shape `own` that NumPy broadcasting reads there (axes aligned on the right, axes of length
-/// one repeated).
+/// one repeated): [`broadcast_offset`] through the operand's row-major strides.
 ///
 /// A `[3]` operand broadcast to `[2, 3]` reads `0, 1, 2, 0, 1, 2`; a `[2, 1]` one
 /// `0, 0, 0, 1, 1, 1`.
 pub(crate) fn broadcast_indices(own: &[usize], shape: &[usize]) -> Vec<usize> {
-    let lead = shape.len() - own.len();
-    let mut strides = vec![0; shape.len()];
-    let mut step = 1;
-    for d in (0..own.len()).rev() {
-        if own[d] != 1 {
-            strides[lead + d] = step;
-        }
-        step *= own[d];
+    let mut strides = vec![1; own.len()];
+    for d in (0..own.len().saturating_sub(1)).rev() {
+        strides[d] = strides[d + 1] * own[d + 1];
     }
-    let mut indices = vec![0];
-    for (&n, &stride) in shape.iter().zip(&strides) {
-        indices = indices
-            .iter()
-            .flat_map(|&i| (0..n).map(move |k| i + k * stride))
-            .collect();
-    }
-    indices
+    let n: usize = shape.iter().product();
+    (0..n)
+        .map(|i| broadcast_offset(i, shape, own, &strides))
+        .collect()
 }
 
 /// NumPy broadcasting of two shapes.
@@ -517,6 +529,24 @@ fn require(name: &str, ok: bool, what: &str, dtype: DType) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn broadcast_offset_maps_the_full_batch_onto_an_operand() {
+        // batch [2, 3]; an operand of batch [3] (matrices 10 apart) repeats along the first
+        // axis
+        let offset = |own: &[usize], strides: &[usize]| -> Vec<usize> {
+            (0..6)
+                .map(|i| broadcast_offset(i, &[2, 3], own, strides))
+                .collect()
+        };
+        assert_eq!(offset(&[3], &[10]), [0, 10, 20, 0, 10, 20]);
+        // an operand of batch [2, 1] repeats along the second
+        assert_eq!(offset(&[2, 1], &[7, 7]), [0, 0, 0, 7, 7, 7]);
+        // no batch at all: always the one matrix
+        assert_eq!(offset(&[], &[]), [0; 6]);
+        // the full batch, permuted in memory: the second axis outer
+        assert_eq!(offset(&[2, 3], &[1, 2]), [0, 2, 4, 1, 3, 5]);
+    }
 
     #[test]
     fn broadcast_indices_repeat_the_axes_of_length_one() {
