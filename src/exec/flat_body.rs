@@ -184,9 +184,33 @@ impl FlatBody {
 
     /// Runs the steps of `l` (whose body this is) on its operands (`consts ++ init ++ xs`):
     /// the final carry, then the stacked outputs.
-    pub fn run(&self, l: &Loop, ins: &[Arc<Data>]) -> Result<Vec<Data>> {
+    pub fn run(&self, l: &Loop, mut ins: Vec<Arc<Data>>) -> Result<Vec<Data>> {
         let (nc, nh) = (l.consts, l.carry);
         let program = &self.program;
+        let out_avals = program.output_avals();
+        let x_lens: Vec<usize> = program.input_avals()[nc + nh..]
+            .iter()
+            .map(|a| a.numel())
+            .collect();
+        // A per-step input that nothing else holds lends its array to a per-step output of
+        // rows as long: each step copies its row of the input out before writing the output's
+        // row there. (The accumulation of a reverse loop, say, stacks factors as large as the
+        // second-order factors it reads.)
+        let mut lent: Vec<Option<Vec<f64>>> = vec![None; out_avals.len() - nh];
+        let mut borrowers = vec![None; x_lens.len()];
+        for (x, &len) in x_lens.iter().enumerate() {
+            let free =
+                (0..lent.len()).find(|&j| lent[j].is_none() && out_avals[nh + j].numel() == len);
+            if let (Some(j), true) = (free, len > 0) {
+                lent[j] = take_unique(&mut ins[nc + nh + x], l.length * len);
+                borrowers[x] = lent[j].is_some().then_some(j);
+            }
+        }
+        let mut rows_out: Vec<Vec<f64>> = borrowers
+            .iter()
+            .zip(&x_lens)
+            .map(|(j, &len)| vec![0.0; if j.is_some() { len } else { 0 }])
+            .collect();
         let standard = ins
             .iter()
             .map(|d| row_major(d))
@@ -201,14 +225,10 @@ impl FlatBody {
         let mut next = carry.clone();
         let mut buffers: Vec<Vec<f64>> = self.buffer_lens.iter().map(|&n| vec![0.0; n]).collect();
         let mut scratch = (vec![0.0; self.scratch], vec![0.0; self.scratch]);
-        let out_avals = program.output_avals();
         let mut ys: Vec<Vec<f64>> = out_avals[nh..]
             .iter()
-            .map(|a| pool::take_to_overwrite(l.length * a.numel()))
-            .collect();
-        let x_lens: Vec<usize> = program.input_avals()[nc + nh..]
-            .iter()
-            .map(|a| a.numel())
+            .zip(lent)
+            .map(|(a, lent)| lent.unwrap_or_else(|| pool::take_to_overwrite(l.length * a.numel())))
             .collect();
         let selections: Vec<Option<Selection>> = self
             .ops
@@ -227,12 +247,19 @@ impl FlatBody {
             .collect();
         for t in 0..l.length {
             let row = l.index(t);
+            for ((out, j), &len) in rows_out.iter_mut().zip(&borrowers).zip(&x_lens) {
+                if let Some(j) = *j {
+                    out.copy_from_slice(&ys[j][row * len..(row + 1) * len]);
+                }
+            }
             let inputs: Vec<&[f64]> = (0..program.inputs.len())
                 .map(|k| {
                     if k < nc {
                         &standard[k][..]
                     } else if k < nc + nh {
                         &carry[k - nc][..]
+                    } else if borrowers[k - nc - nh].is_some() {
+                        &rows_out[k - nc - nh][..]
                     } else {
                         let len = x_lens[k - nc - nh];
                         &standard[k][row * len..(row + 1) * len]
@@ -494,6 +521,21 @@ impl Selection {
 }
 
 /// The values of an `f64` array in row-major order: in place when it is in standard layout.
+/// The `len` values of `data` in row-major order, taken from it (an empty array is left)
+/// when nothing else holds it.
+fn take_unique(data: &mut Arc<Data>, len: usize) -> Option<Vec<f64>> {
+    let Data::F64(array) = Arc::get_mut(data)? else {
+        return None;
+    };
+    if !array.is_standard_layout() || array.len() != len {
+        return None;
+    }
+    let (mut values, offset) = std::mem::take(array).into_raw_vec_and_offset();
+    values.drain(..offset.unwrap_or(0));
+    values.truncate(len);
+    Some(values)
+}
+
 fn row_major(data: &Data) -> Result<Cow<'_, [f64]>> {
     match data {
         Data::F64(a) => Ok(a
@@ -635,14 +677,54 @@ mod tests {
                 data(&[2], |i| 2.0 + i as f64),
                 data(&[4, 3], |i| (0.7 * i as f64).sin()),
             ];
-            let got = flat.run(&l, &ins).unwrap();
             let want = run_steps(&l, &ins, &mut |inputs| plan.run(inputs, false)).unwrap();
-            // Bit for bit: the same kernels, in the same order.
-            assert_eq!(got.len(), 8);
-            for (g, w) in got.iter().zip(&want) {
-                assert_eq!(g, w);
+            // Bit for bit: the same kernels, in the same order; with the per-step input held
+            // elsewhere too, and held by the loop alone (its array then holds the per-step
+            // output that restates it, the only one of rows as long).
+            let mut alone = ins.to_vec();
+            alone[5] = data(&[4, 3], |i| (0.7 * i as f64).sin());
+            for ins in [ins.to_vec(), alone] {
+                let got = flat.run(&l, ins).unwrap();
+                assert_eq!(got.len(), 8);
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(g, w);
+                }
             }
         }
+    }
+
+    #[test]
+    fn a_per_step_input_held_by_the_loop_alone_lends_its_array_to_an_output() {
+        let program = body();
+        let flat = FlatBody::new(&program, 2).expect("a small f64 body");
+        let l = Loop::new(program, 3, 2, 4);
+        let mut ins = vec![
+            data(&[3], |_| 0.5),
+            data(&[3, 1], |_| 1.0),
+            data(&[2, 2], |i| (i % 3 == 0) as u8 as f64),
+            data(&[2, 3], |i| i as f64),
+            data(&[2], |i| i as f64),
+            data(&[4, 3], |i| i as f64),
+        ];
+        fn f64s(d: &Data) -> &ArrayD<f64> {
+            match d {
+                Data::F64(a) => a,
+                _ => unreachable!("f64 values"),
+            }
+        }
+        let values = f64s(&ins[5]).clone();
+        let out = flat.run(&l, ins.clone()).unwrap();
+        assert_ne!(
+            f64s(&out[7]).as_ptr(),
+            f64s(&ins[5]).as_ptr(),
+            "shared: copied"
+        );
+        assert_eq!(f64s(&out[7]), values);
+        ins[5] = Arc::new(Data::F64(values.clone()));
+        let at = f64s(&ins[5]).as_ptr();
+        let out = flat.run(&l, ins).unwrap();
+        assert_eq!(f64s(&out[7]).as_ptr(), at, "held by the loop alone: lent");
+        assert_eq!(f64s(&out[7]), values);
     }
 
     #[test]
@@ -658,7 +740,7 @@ mod tests {
             data(&[2], |i| i as f64),
             data(&[0, 3], |_| 0.0),
         ];
-        let out = flat.run(&l, &ins).unwrap();
+        let out = flat.run(&l, ins.to_vec()).unwrap();
         assert_eq!(out[0], *ins[3]);
         assert_eq!(out[1], *ins[4]);
         assert_eq!(out[2].shape(), &[0, 2]);

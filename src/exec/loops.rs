@@ -31,12 +31,13 @@ impl LoopPlan {
 
     /// Runs the loop on its operands (`consts ++ init ++ xs`): the final carry, then the
     /// stacked per-step outputs. With `check_finite`, through the body's plan, which checks
-    /// equation by equation.
-    pub fn run(&self, ins: &[Arc<Data>], check_finite: bool) -> Result<Vec<Data>> {
+    /// equation by equation. An operand that nothing else holds may lend its storage to an
+    /// output.
+    pub fn run(&self, ins: Vec<Arc<Data>>, check_finite: bool) -> Result<Vec<Data>> {
         if let (Some(flat), false) = (&self.flat, check_finite) {
             return flat.run(&self.the_loop, ins);
         }
-        run_steps(&self.the_loop, ins, &mut |inputs| {
+        run_steps(&self.the_loop, &ins, &mut |inputs| {
             self.body.run(inputs, check_finite)
         })
     }
@@ -44,5 +45,5 @@ impl LoopPlan {
 
 /// Runs a loop equation on concrete operands, outside any plan (a loop called eagerly).
 pub(crate) fn run_loop(the_loop: &Loop, ins: &[Arc<Data>]) -> Result<Vec<Data>> {
-    LoopPlan::new(the_loop).run(ins, false)
+    LoopPlan::new(the_loop).run(ins.to_vec(), false)
 }

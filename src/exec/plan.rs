@@ -171,14 +171,20 @@ impl Plan {
     ) -> Result<()> {
         let program = &self.program;
         let eqn = &program.eqns[i];
-        let defined = |v: &Var| {
-            env[v.index()]
-                .clone()
-                .expect("planned programs define before use")
-        };
         let outs = if let Some(the_loop) = &self.loops[i] {
-            let ins: Vec<Arc<Data>> = eqn.inputs.iter().map(defined).collect();
-            the_loop.run(&ins, check_finite)?
+            // Operands that die here are handed over, so that the loop may reuse their storage.
+            let ins: Vec<Arc<Data>> = eqn
+                .inputs
+                .iter()
+                .map(|v| {
+                    let dies =
+                        frees.contains(v) && eqn.inputs.iter().filter(|&u| u == v).count() == 1;
+                    let slot = &mut env[v.index()];
+                    let data = if dies { slot.take() } else { slot.clone() };
+                    data.expect("planned programs define before use")
+                })
+                .collect();
+            the_loop.run(ins, check_finite)?
         } else {
             match self.in_place(eqn, frees, env) {
                 Some(out) => vec![out],
