@@ -225,11 +225,14 @@ impl FlatBody {
         let mut next = carry.clone();
         let mut buffers: Vec<Vec<f64>> = self.buffer_lens.iter().map(|&n| vec![0.0; n]).collect();
         let mut scratch = (vec![0.0; self.scratch], vec![0.0; self.scratch]);
-        let mut ys: Vec<Vec<f64>> = out_avals[nh..]
+        let (mut ys, new): (Vec<Vec<f64>>, Vec<bool>) = out_avals[nh..]
             .iter()
             .zip(lent)
-            .map(|(a, lent)| lent.unwrap_or_else(|| pool::take_to_overwrite(l.length * a.numel())))
-            .collect();
+            .map(|(a, lent)| match lent {
+                Some(values) => (values, false),
+                None => pool::take_to_fill(l.length * a.numel()),
+            })
+            .unzip();
         let selections: Vec<Option<Selection>> = self
             .ops
             .iter()
@@ -245,58 +248,62 @@ impl FlatBody {
                 Selection::of(fixed, program.aval(*a), program.aval(*b))
             })
             .collect();
-        for t in 0..l.length {
-            let row = l.index(t);
-            for ((out, j), &len) in rows_out.iter_mut().zip(&borrowers).zip(&x_lens) {
-                if let Some(j) = *j {
-                    out.copy_from_slice(&ys[j][row * len..(row + 1) * len]);
-                }
-            }
-            let inputs: Vec<&[f64]> = (0..program.inputs.len())
-                .map(|k| {
-                    if k < nc {
-                        &standard[k][..]
-                    } else if k < nc + nh {
-                        &carry[k - nc][..]
-                    } else if borrowers[k - nc - nh].is_some() {
-                        &rows_out[k - nc - nh][..]
-                    } else {
-                        let len = x_lens[k - nc - nh];
-                        &standard[k][row * len..(row + 1) * len]
+        let unmapped = pool::Unmapped::of(ys.iter().zip(new).filter(|y| y.1).map(|y| &y.0[..]));
+        unmapped.fill_while_mapping(l.reverse, || -> Result<()> {
+            for t in 0..l.length {
+                let row = l.index(t);
+                for ((out, j), &len) in rows_out.iter_mut().zip(&borrowers).zip(&x_lens) {
+                    if let Some(j) = *j {
+                        out.copy_from_slice(&ys[j][row * len..(row + 1) * len]);
                     }
-                })
-                .collect();
-            for (op, selection) in self.ops.iter().zip(&selections) {
-                let selection = selection.as_ref();
-                let store = (&mut buffers, &mut ys);
-                self.apply(op, selection, &inputs, &consts, store, row, &mut scratch)?;
-            }
-            for (j, y) in program.outputs[nh..].iter().enumerate() {
-                if !self.is_stacked(*y, j) {
-                    // Another output's row, a buffer or an operand: copied into this row.
-                    let mut stack = std::mem::take(&mut ys[j]);
-                    let value = Step::new(self, &inputs, &consts, &buffers, &ys, row).value(*y);
-                    stack[row * value.len()..(row + 1) * value.len()].copy_from_slice(value);
-                    ys[j] = stack;
+                }
+                let inputs: Vec<&[f64]> = (0..program.inputs.len())
+                    .map(|k| {
+                        if k < nc {
+                            &standard[k][..]
+                        } else if k < nc + nh {
+                            &carry[k - nc][..]
+                        } else if borrowers[k - nc - nh].is_some() {
+                            &rows_out[k - nc - nh][..]
+                        } else {
+                            let len = x_lens[k - nc - nh];
+                            &standard[k][row * len..(row + 1) * len]
+                        }
+                    })
+                    .collect();
+                for (op, selection) in self.ops.iter().zip(&selections) {
+                    let selection = selection.as_ref();
+                    let store = (&mut buffers, &mut ys);
+                    self.apply(op, selection, &inputs, &consts, store, row, &mut scratch)?;
+                }
+                for (j, y) in program.outputs[nh..].iter().enumerate() {
+                    if !self.is_stacked(*y, j) {
+                        // Another output's row, a buffer or an operand: copied into this row.
+                        let mut stack = std::mem::take(&mut ys[j]);
+                        let value = Step::new(self, &inputs, &consts, &buffers, &ys, row).value(*y);
+                        stack[row * value.len()..(row + 1) * value.len()].copy_from_slice(value);
+                        ys[j] = stack;
+                    }
+                }
+                let step = Step::new(self, &inputs, &consts, &buffers, &ys, row);
+                for (k, c) in program.outputs[..nh].iter().enumerate() {
+                    // A carry passed on unchanged (an accumulation moved out of the loop, say)
+                    // keeps its values.
+                    if *c != program.inputs[nc + k] {
+                        next[k].copy_from_slice(step.value(*c));
+                    }
+                }
+                for (k, c) in program.outputs[..nh].iter().enumerate() {
+                    if *c != program.inputs[nc + k] {
+                        std::mem::swap(&mut carry[k], &mut next[k]);
+                    }
+                }
+                if let Some(tracker) = &l.progress {
+                    tracker.report(t + 1);
                 }
             }
-            let step = Step::new(self, &inputs, &consts, &buffers, &ys, row);
-            for (k, c) in program.outputs[..nh].iter().enumerate() {
-                // A carry passed on unchanged (an accumulation moved out of the loop, say)
-                // keeps its values.
-                if *c != program.inputs[nc + k] {
-                    next[k].copy_from_slice(step.value(*c));
-                }
-            }
-            for (k, c) in program.outputs[..nh].iter().enumerate() {
-                if *c != program.inputs[nc + k] {
-                    std::mem::swap(&mut carry[k], &mut next[k]);
-                }
-            }
-            if let Some(tracker) = &l.progress {
-                tracker.report(t + 1);
-            }
-        }
+            Ok(())
+        })?;
         let shaped = |values: Vec<f64>, shape: Vec<usize>| {
             ArrayD::from_shape_vec(shape, values)
                 .map(Data::F64)

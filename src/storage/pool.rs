@@ -101,13 +101,99 @@ pub(crate) fn take<T: 'static>(len: usize) -> Vec<T> {
 /// keeps the values it last held (only those past them are zeroed), so a plan run again does
 /// not pay for a fill it does not need.
 pub(crate) fn take_to_overwrite(len: usize) -> Vec<f64> {
-    if len < MIN_LEN {
-        return vec![0.0; len];
-    }
-    let mut buffer = find(len).unwrap_or_else(|| new_buffer(len));
-    buffer.resize(len, 0.0);
-    buffer
+    take_to_fill(len).0
 }
+
+/// As [`take_to_overwrite`], and whether the buffer is new: then its pages are mapped as
+/// they are first written (see [`filling`]).
+pub(crate) fn take_to_fill(len: usize) -> (Vec<f64>, bool) {
+    if len < MIN_LEN {
+        return (vec![0.0; len], true);
+    }
+    match find(len) {
+        Some(mut buffer) => {
+            buffer.resize(len, 0.0);
+            (buffer, false)
+        }
+        None => {
+            POOL.with(|pool| pool.borrow_mut().lend(len));
+            // Zeroed by the operating system as its pages are first touched, not here.
+            (vec![0.0; len], true)
+        }
+    }
+}
+
+/// New buffers at least this large are mapped ahead of their filling (see [`Unmapped`]).
+const MAP_AHEAD_MIN: usize = 1 << 17;
+
+/// The pages of new buffers (from [`take_to_fill`]), not mapped yet. Mapping a page costs
+/// about as much as writing it a few times over, and a loop filling a large buffer row after
+/// row would otherwise stop for the kernel at every 4 KiB; another thread maps them ahead.
+pub(crate) struct Unmapped(Vec<(usize, usize)>);
+
+impl Unmapped {
+    /// The large ones among `new` buffers.
+    pub fn of<'a>(new: impl Iterator<Item = &'a [f64]>) -> Unmapped {
+        // Addresses, not references: the buffers are written while they are mapped.
+        let large = new.filter(|b| b.len() >= MAP_AHEAD_MIN);
+        Unmapped(
+            large
+                .map(|b| (b.as_ptr() as usize, size_of_val(b)))
+                .collect(),
+        )
+    }
+
+    /// Runs `fill`, which writes the buffers from their start on (from their end on when
+    /// `backwards`), while another thread maps their pages, a megabyte of each in turn. The
+    /// buffers must outlive the call.
+    pub fn fill_while_mapping<R>(self, backwards: bool, fill: impl FnOnce() -> R) -> R {
+        if self.0.is_empty() || rayon::current_num_threads() < 2 {
+            return fill();
+        }
+        rayon::in_place_scope(|scope| {
+            scope.spawn(move |_| map_ahead(&self.0, backwards));
+            fill()
+        })
+    }
+}
+
+/// Maps the pages of `ranges` (address, bytes), a megabyte of each in turn.
+fn map_ahead(ranges: &[(usize, usize)], backwards: bool) {
+    const STEP: usize = 1 << 20;
+    let longest = ranges.iter().map(|r| r.1).max().unwrap_or(0);
+    for done in (0..longest).step_by(STEP) {
+        for &(start, bytes) in ranges.iter().filter(|r| r.1 > done) {
+            let (lo, hi) = match backwards {
+                false => (done, bytes.min(done + STEP)),
+                true => (bytes.saturating_sub(done + STEP), bytes - done),
+            };
+            map_pages(start + lo, start + hi);
+        }
+    }
+}
+
+/// Maps the whole pages between two addresses for writing, without changing their contents.
+#[cfg(target_os = "linux")]
+fn map_pages(from: usize, to: usize) {
+    const PAGE: usize = 4096;
+    let (first, end) = (from.next_multiple_of(PAGE), to / PAGE * PAGE);
+    if end > first {
+        // SAFETY: MADV_POPULATE_WRITE maps pages as a write would, but reads and writes
+        // none of their contents, so it is sound whatever the range holds by then (the
+        // caller's buffers, which outlive the scope this runs in). On kernels without it
+        // (before 5.14) the call fails and changes nothing: pages then map on first write.
+        unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                end - first,
+                libc::MADV_POPULATE_WRITE,
+            );
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn map_pages(_from: usize, _to: usize) {}
 
 /// Returns the storage of a dead array to the pool.
 pub(crate) fn recycle(data: Data) {
@@ -158,6 +244,32 @@ pub(crate) fn give(buffer: Vec<f64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buffers_filled_while_their_pages_are_mapped_keep_every_value_written() {
+        for backwards in [false, true] {
+            let len = 3 * MAP_AHEAD_MIN + 5;
+            let (mut a, new_a) = take_to_fill(len);
+            let (mut b, new_b) = take_to_fill(len / 2);
+            assert!(new_a && new_b && a.iter().all(|&x| x == 0.0));
+            let unmapped = Unmapped::of([&a[..], &b[..]].into_iter());
+            assert_eq!(unmapped.0.len(), 2);
+            unmapped.fill_while_mapping(backwards, || {
+                let order: Vec<usize> = match backwards {
+                    false => (0..len).collect(),
+                    true => (0..len).rev().collect(),
+                };
+                for i in order {
+                    a[i] = i as f64 + 0.5;
+                    if i < b.len() {
+                        b[i] = -(i as f64);
+                    }
+                }
+            });
+            assert!(a.iter().enumerate().all(|(i, &x)| x == i as f64 + 0.5));
+            assert!(b.iter().enumerate().all(|(i, &x)| x == -(i as f64)));
+        }
+    }
 
     #[test]
     fn a_returned_buffer_is_taken_again_for_its_class() {
