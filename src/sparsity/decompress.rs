@@ -4,10 +4,14 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD};
+use rayon::prelude::*;
 
 use super::Compression;
 use crate::error::{Error, Result};
 use crate::storage::{Data, pool};
+
+/// Gathers of at least this many entries run on the thread pool.
+const PARALLEL_MIN: usize = 1 << 16;
 
 impl Compression {
     /// The compressed products `B` (`[colors, n]`, row-major) from one product per
@@ -45,17 +49,26 @@ impl Compression {
         Ok(Cow::Owned(b))
     }
 
-    /// The values of the pattern's entries, in its order.
-    fn entries<T: Copy + 'static>(&self, products: &[ArrayViewD<T>]) -> Result<Vec<T>> {
+    /// The values of the pattern's entries, in its order (gathered on every thread when
+    /// there are many: a gather is bound by memory latency, which threads overlap).
+    fn entries<T: Copy + Send + Sync + 'static>(
+        &self,
+        products: &[ArrayViewD<T>],
+    ) -> Result<Vec<T>> {
         let b = self.gathered(products)?;
         let mut values = pool::take(self.sources.len());
-        values.extend(self.sources.iter().map(|&s| b[s]));
+        if self.sources.len() < PARALLEL_MIN {
+            values.extend(self.sources.iter().map(|&s| b[s]));
+        } else {
+            let sources = self.sources.par_iter().with_min_len(PARALLEL_MIN / 2);
+            values.par_extend(sources.map(|&s| b[s]));
+        }
         Ok(values)
     }
 
     /// The dense blocks `H[i][j]` (shape `leaf i ++ leaf j`, row-major over `i` then `j`),
     /// zero outside the pattern.
-    fn dense<T: Copy + Default + 'static>(
+    fn dense<T: Copy + Default + Send + Sync + 'static>(
         &self,
         products: &[ArrayViewD<T>],
         shapes: &[Vec<usize>],
