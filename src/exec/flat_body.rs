@@ -192,20 +192,8 @@ impl FlatBody {
             .iter()
             .map(|a| a.numel())
             .collect();
-        // A per-step input that nothing else holds lends its array to a per-step output of
-        // rows as long: each step copies its row of the input out before writing the output's
-        // row there. (The accumulation of a reverse loop, say, stacks factors as large as the
-        // second-order factors it reads.)
-        let mut lent: Vec<Option<Vec<f64>>> = vec![None; out_avals.len() - nh];
-        let mut borrowers = vec![None; x_lens.len()];
-        for (x, &len) in x_lens.iter().enumerate() {
-            let free =
-                (0..lent.len()).find(|&j| lent[j].is_none() && out_avals[nh + j].numel() == len);
-            if let (Some(j), true) = (free, len > 0) {
-                lent[j] = take_unique(&mut ins[nc + nh + x], l.length * len);
-                borrowers[x] = lent[j].is_some().then_some(j);
-            }
-        }
+        let row_lens: Vec<usize> = out_avals[nh..].iter().map(|a| a.numel()).collect();
+        let (lent, borrowers) = lend(&mut ins[nc + nh..], &x_lens, &row_lens, l.length);
         let mut rows_out: Vec<Vec<f64>> = borrowers
             .iter()
             .zip(&x_lens)
@@ -225,12 +213,12 @@ impl FlatBody {
         let mut next = carry.clone();
         let mut buffers: Vec<Vec<f64>> = self.buffer_lens.iter().map(|&n| vec![0.0; n]).collect();
         let mut scratch = (vec![0.0; self.scratch], vec![0.0; self.scratch]);
-        let (mut ys, new): (Vec<Vec<f64>>, Vec<bool>) = out_avals[nh..]
+        let (mut ys, new): (Vec<Vec<f64>>, Vec<bool>) = row_lens
             .iter()
             .zip(lent)
-            .map(|(a, lent)| match lent {
+            .map(|(len, lent)| match lent {
                 Some(values) => (values, false),
-                None => pool::take_to_fill(l.length * a.numel()),
+                None => pool::take_to_fill(l.length * len),
             })
             .unzip();
         let selections: Vec<Option<Selection>> = self
@@ -528,6 +516,29 @@ impl Selection {
 }
 
 /// The values of an `f64` array in row-major order: in place when it is in standard layout.
+/// Per-step inputs (`xs`, of rows of `x_lens` values) that nothing else holds lend their
+/// arrays to per-step outputs of rows as long (of `row_lens` values): the arrays by output,
+/// and the output each input lent its array to. Each step then copies its row of the input
+/// out before writing the output's row there. (The accumulation of a reverse loop, say,
+/// stacks factors as large as the second-order factors it reads.)
+fn lend(
+    xs: &mut [Arc<Data>],
+    x_lens: &[usize],
+    row_lens: &[usize],
+    steps: usize,
+) -> (Vec<Option<Vec<f64>>>, Vec<Option<usize>>) {
+    let mut lent: Vec<Option<Vec<f64>>> = vec![None; row_lens.len()];
+    let mut borrowers = vec![None; x_lens.len()];
+    for (x, &len) in x_lens.iter().enumerate() {
+        let free = (0..lent.len()).find(|&j| lent[j].is_none() && row_lens[j] == len);
+        if let (Some(j), true) = (free, len > 0) {
+            lent[j] = take_unique(&mut xs[x], steps * len);
+            borrowers[x] = lent[j].is_some().then_some(j);
+        }
+    }
+    (lent, borrowers)
+}
+
 /// The `len` values of `data` in row-major order, taken from it (an empty array is left)
 /// when nothing else holds it.
 fn take_unique(data: &mut Arc<Data>, len: usize) -> Option<Vec<f64>> {

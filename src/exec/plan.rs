@@ -83,8 +83,7 @@ impl Plan {
     fn in_place(&self, eqn: &Eqn, frees: &[Var], env: &mut [Option<Arc<Data>>]) -> Option<Data> {
         let out = self.program.aval(eqn.outputs[0]);
         let dying = |v: Var, env: &[Option<Arc<Data>>], same_shape: bool| {
-            frees.contains(&v)
-                && eqn.inputs.iter().filter(|&&u| u == v).count() == 1
+            dies_at(eqn, frees, v)
                 && env[v.index()].as_ref().is_some_and(|d| {
                     Arc::strong_count(d) == 1
                         && (!same_shape || d.shape() == out.shape.as_slice())
@@ -176,11 +175,13 @@ impl Plan {
             let ins: Vec<Arc<Data>> = eqn
                 .inputs
                 .iter()
-                .map(|v| {
-                    let dies =
-                        frees.contains(v) && eqn.inputs.iter().filter(|&u| u == v).count() == 1;
+                .map(|&v| {
                     let slot = &mut env[v.index()];
-                    let data = if dies { slot.take() } else { slot.clone() };
+                    let data = if dies_at(eqn, frees, v) {
+                        slot.take()
+                    } else {
+                        slot.clone()
+                    };
                     data.expect("planned programs define before use")
                 })
                 .collect();
@@ -220,6 +221,11 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+/// Whether `v` dies at `eqn` (whose dead values are `frees`), read by it once.
+fn dies_at(eqn: &Eqn, frees: &[Var], v: Var) -> bool {
+    frees.contains(&v) && eqn.inputs.iter().filter(|&&u| u == v).count() == 1
 }
 
 /// Drops dead values, returning their storage to the pool.
