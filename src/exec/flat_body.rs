@@ -221,21 +221,7 @@ impl FlatBody {
                 None => pool::take_to_fill(l.length * len),
             })
             .unzip();
-        let selections: Vec<Option<Selection>> = self
-            .ops
-            .iter()
-            .map(|op| {
-                let Op::MatMul(a, b, _) = op else {
-                    return None;
-                };
-                let fixed = match self.homes[a.index()] {
-                    Home::Input(k) if k < nc => &standard[k][..],
-                    Home::Const(k) => consts[k],
-                    _ => return None,
-                };
-                Selection::of(fixed, program.aval(*a), program.aval(*b))
-            })
-            .collect();
+        let selections = self.selections(&standard[..nc], &consts);
         let unmapped = pool::Unmapped::of(ys.iter().zip(new).filter(|y| y.1).map(|y| &y.0[..]));
         unmapped.fill_while_mapping(l.reverse, || -> Result<()> {
             for t in 0..l.length {
@@ -297,16 +283,32 @@ impl FlatBody {
                 .map(Data::F64)
                 .map_err(|e| Error::shape("scan", e.to_string()))
         };
-        let mut outputs = Vec::with_capacity(out_avals.len());
-        for (values, aval) in carry.into_iter().zip(&out_avals) {
-            outputs.push(shaped(values, aval.shape.clone())?);
-        }
-        for (values, aval) in ys.into_iter().zip(&out_avals[nh..]) {
-            let mut shape = vec![l.length];
-            shape.extend(&aval.shape);
-            outputs.push(shaped(values, shape)?);
-        }
-        Ok(outputs)
+        let stacked = ys.into_iter().zip(&out_avals[nh..]).map(|(values, aval)| {
+            let shape = std::iter::once(l.length).chain(aval.shape.iter().copied());
+            shaped(values, shape.collect())
+        });
+        let finals = carry.into_iter().zip(&out_avals);
+        finals
+            .map(|(values, aval)| shaped(values, aval.shape.clone()))
+            .chain(stacked)
+            .collect()
+    }
+
+    /// For each operation, the selection its product makes when it is a product by a constant
+    /// (of the body, or of the loop: `loop_consts`) of single ones amid zeros.
+    fn selections(&self, loop_consts: &[Cow<[f64]>], consts: &[&[f64]]) -> Vec<Option<Selection>> {
+        let selection = |op: &Op| {
+            let Op::MatMul(a, b, _) = op else {
+                return None;
+            };
+            let fixed = match self.homes[a.index()] {
+                Home::Input(k) if k < loop_consts.len() => &loop_consts[k][..],
+                Home::Const(k) => consts[k],
+                _ => return None,
+            };
+            Selection::of(fixed, self.program.aval(*a), self.program.aval(*b))
+        };
+        self.ops.iter().map(selection).collect()
     }
 
     /// Whether per-step output `j`, value `y`, is written straight into its stacked array.
