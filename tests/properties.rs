@@ -1,6 +1,7 @@
 //! Property-based tests (proptest): random programs against finite differences and Hessian
-//! symmetry, random loop bodies against their unrolled loops, random bad inputs that must give errors (never panics), and random failing calls
-//! after which every state is bit-for-bit unchanged.
+//! symmetry, random loop bodies against their unrolled loops, random bad inputs that must give
+//! errors (never panics), and random failing calls after which every state is bit-for-bit
+//! unchanged.
 //!
 //! Each property prints its campaign figures (attempts, clean errors, panics, aborts, wrong
 //! results, corrupted states; an abort would end the test process, so a printed line means

@@ -517,7 +517,6 @@ impl Selection {
     }
 }
 
-/// The values of an `f64` array in row-major order: in place when it is in standard layout.
 /// Per-step inputs (`xs`, of rows of `x_lens` values) that nothing else holds lend their
 /// arrays to per-step outputs of rows as long (of `row_lens` values): the arrays by output,
 /// and the output each input lent its array to. Each step then copies its row of the input
@@ -541,8 +540,8 @@ fn lend(
     (lent, borrowers)
 }
 
-/// The `len` values of `data` in row-major order, taken from it (an empty array is left)
-/// when nothing else holds it.
+/// The `len` values of `data` in row-major order, taken from it (a placeholder of one value
+/// is left) when nothing else holds it.
 fn take_unique(data: &mut Arc<Data>, len: usize) -> Option<Vec<f64>> {
     let Data::F64(array) = Arc::get_mut(data)? else {
         return None;
@@ -556,6 +555,7 @@ fn take_unique(data: &mut Arc<Data>, len: usize) -> Option<Vec<f64>> {
     Some(values)
 }
 
+/// The values of an `f64` array in row-major order: in place when it is in standard layout.
 fn row_major(data: &Data) -> Result<Cow<'_, [f64]>> {
     match data {
         Data::F64(a) => Ok(a

@@ -253,22 +253,10 @@ mod tests {
         // body (h, x) -> (h + x, x as a column, its row again): the last two restate x.
         let mut body = crate::Program::default();
         let (h, x) = (body.new_var(aval(&[3])), body.new_var(aval(&[3])));
-        let (next, column) = (body.new_var(aval(&[3])), body.new_var(aval(&[3, 1])));
-        let row = body.new_var(aval(&[1, 3]));
         body.inputs = vec![h, x];
-        body.eqns = vec![
-            eqn(BinaryOp::Add.into(), vec![h, x], vec![next]),
-            eqn(
-                Structural::Reshape(vec![3, 1]).into(),
-                vec![x],
-                vec![column],
-            ),
-            eqn(
-                Structural::Transpose(vec![1, 0]).into(),
-                vec![column],
-                vec![row],
-            ),
-        ];
+        let next = body.push(BinaryOp::Add, &[h, x]);
+        let column = body.push(Structural::Reshape(vec![3, 1]), &[x]);
+        let row = body.push(Structural::Transpose(vec![1, 0]), &[column]);
         body.outputs = vec![next, column, row];
         let mut program = crate::Program::default();
         let (h0, xs) = (program.new_var(aval(&[3])), program.new_var(aval(&[4, 3])));

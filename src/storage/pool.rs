@@ -105,7 +105,7 @@ pub(crate) fn take_to_overwrite(len: usize) -> Vec<f64> {
 }
 
 /// As [`take_to_overwrite`], and whether the buffer is new: then its pages are mapped as
-/// they are first written (see [`filling`]).
+/// they are first written (see [`Unmapped`]).
 pub(crate) fn take_to_fill(len: usize) -> (Vec<f64>, bool) {
     if len < MIN_LEN {
         return (vec![0.0; len], true);
