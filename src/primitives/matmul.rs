@@ -5,7 +5,8 @@
 use std::fmt;
 
 use ndarray::linalg::{general_mat_mul, general_mat_vec_mul};
-use ndarray::{ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, CowArray, IxDyn, ShapeBuilder};
+use ndarray::{ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, Axis, CowArray, IxDyn, ShapeBuilder};
+use rayon::prelude::*;
 
 use super::{
     Dependence, Primal, Rules, Tangent, UnitRule, Units, arity, broadcast_offset, broadcast_shapes,
@@ -154,7 +155,7 @@ impl Rules for MatMul {
 /// batches take one product each. Operands of any layout are read in place.
 pub(crate) fn batched_matmul<T>(a: ArrayViewD<'_, T>, b: ArrayViewD<'_, T>) -> ArrayD<T>
 where
-    T: ndarray::LinalgScalar,
+    T: ndarray::LinalgScalar + Send + Sync,
 {
     let (ra, rb) = (a.ndim(), b.ndim());
     let (m, k, n) = (a.shape()[ra - 2], a.shape()[ra - 1], b.shape()[rb - 1]);
@@ -205,7 +206,7 @@ where
     let (a, b) = (in_memory_order(&a), in_memory_order(&b));
     let (sa, sb) = (strides(a.strides()), strides(b.strides()));
     let (a_data, b_data) = (memory(&a), memory(&b));
-    for (i, c) in out.chunks_mut(m * n).enumerate() {
+    let one_product = |(i, c): (usize, &mut [T])| {
         let a0 = broadcast_offset(i, &batch, a_batch, &sa);
         let b0 = broadcast_offset(i, &batch, b_batch, &sb);
         let c = ArrayViewMut2::from_shape((m, n), c).expect("in bounds");
@@ -214,6 +215,11 @@ where
             view(&b_data[b0..], k, n, (sb[rb - 2], sb[rb - 1])),
             c,
         );
+    };
+    if count * m * k * n >= 2 * PARALLEL_MIN {
+        out.par_chunks_mut(m * n).enumerate().for_each(one_product);
+    } else {
+        out.chunks_mut(m * n).enumerate().for_each(one_product);
     }
     ArrayD::from_shape_vec(shape, out).expect("count * m * n values")
 }
@@ -256,11 +262,21 @@ fn view<T>(data: &[T], rows: usize, cols: usize, strides: (usize, usize)) -> Arr
     ArrayView2::from_shape((rows, cols).strides(strides), data).expect("in bounds")
 }
 
+/// Products (and batches of products) are shared among the threads in parts of at least
+/// this many multiply-adds (50-100 µs of work on the suite's machine): smaller parts gain
+/// less than waking a thread (about 20 µs) and packing shared operands once more costs.
+const PARALLEL_MIN: usize = 1 << 21;
+
 /// `c = a @ b`; matrix-vector products go through a dot-product loop, faster than the
 /// matrix kernel's packing for one column (for short contiguous rows, [`short_rows`]).
-fn product<T: ndarray::LinalgScalar>(a: ArrayView2<T>, b: ArrayView2<T>, mut c: ArrayViewMut2<T>) {
+fn product<T>(a: ArrayView2<T>, b: ArrayView2<T>, mut c: ArrayViewMut2<T>)
+where
+    T: ndarray::LinalgScalar + Send + Sync,
+{
     if b.ncols() != 1 {
-        general_mat_mul(T::one(), &a, &b, T::zero(), &mut c);
+        let work = a.nrows() * a.ncols() * b.ncols();
+        let parts = (work / PARALLEL_MIN).clamp(1, rayon::current_num_threads());
+        split_product(a, b, c, parts);
         return;
     }
     let (x, mut y) = (b.column(0), c.column_mut(0));
@@ -271,6 +287,32 @@ fn product<T: ndarray::LinalgScalar>(a: ArrayView2<T>, b: ArrayView2<T>, mut c: 
         }
     }
     general_mat_vec_mul(T::one(), &a, &x, T::zero(), &mut y);
+}
+
+/// `c = a @ b` in `parts` products run side by side, each of a block of rows or columns of
+/// `c` (whichever dimension is longer, so that each part keeps a long side for the kernel).
+fn split_product<T>(a: ArrayView2<T>, b: ArrayView2<T>, mut c: ArrayViewMut2<T>, parts: usize)
+where
+    T: ndarray::LinalgScalar + Send + Sync,
+{
+    if parts < 2 {
+        general_mat_mul(T::one(), &a, &b, T::zero(), &mut c);
+        return;
+    }
+    let first = parts / 2;
+    let by_rows = c.nrows() >= c.ncols();
+    let axis = if by_rows { Axis(0) } else { Axis(1) };
+    let at = c.len_of(axis) * first / parts;
+    let (c0, c1) = c.split_at(axis, at);
+    let ((a0, a1), (b0, b1)) = if by_rows {
+        (a.split_at(Axis(0), at), (b.view(), b))
+    } else {
+        ((a.view(), a), b.split_at(Axis(1), at))
+    };
+    rayon::join(
+        || split_product(a0, b0, c0, first),
+        || split_product(a1, b1, c1, parts - first),
+    );
 }
 
 /// Rows shorter than this take [`short_rows`].
@@ -343,6 +385,36 @@ mod tests {
         assert_eq!(out.shape(), &[4, 3, 1]);
         for (i, y) in b.axis_iter(Axis(0)).enumerate() {
             assert_eq!(out.slice(s![i, .., ..]), a.dot(&y));
+        }
+    }
+
+    #[test]
+    fn products_shared_among_threads_agree_with_one_product() {
+        use ndarray::{Array, Array2, s};
+        // split by rows (tall), by columns (wide), into uneven parts
+        for (m, k, n, parts) in [(37, 20, 9, 2), (5, 30, 41, 3), (16, 8, 16, 4)] {
+            let a = Array::from_shape_fn((m, k), |(i, j)| ((i * k + j) as f64 * 0.37).sin());
+            let b = Array::from_shape_fn((k, n), |(i, j)| ((i * n + j) as f64 * 0.11).cos());
+            let mut c = Array2::from_elem((m, n), f64::NAN);
+            split_product(a.view(), b.view(), c.view_mut(), parts);
+            for ((i, j), got) in c.indexed_iter() {
+                let want = a.row(i).dot(&b.column(j));
+                assert!(
+                    (got - want).abs() <= 1e-12,
+                    "{m}x{k}x{n}/{parts}: {got} != {want}"
+                );
+            }
+        }
+        // a batch large enough to run its products side by side
+        let a = Array::from_shape_fn((8, 64, 128), |(b, i, j)| ((b + i * 3 + j) as f64).sin());
+        let b = Array::from_shape_fn((8, 128, 64), |(b, i, j)| ((b * 2 + i + j) as f64).cos());
+        const { assert!(8 * 64 * 128 * 64 >= 2 * PARALLEL_MIN) };
+        let out = batched_matmul(a.view().into_dyn(), b.view().into_dyn());
+        for i in 0..8 {
+            let (x, y): (ndarray::ArrayView2<f64>, _) =
+                (a.slice(s![i, .., ..]), b.slice(s![i, .., ..]));
+            let want = x.dot(&y);
+            assert_eq!(out.slice(s![i, .., ..]), want);
         }
     }
 
