@@ -16,8 +16,19 @@ pub(crate) trait Prune: Sized {
     fn prune(&self, used: &[bool]) -> Option<(Self, Vec<bool>, Vec<bool>)>;
 }
 
+/// Primitives some of whose equations give the same result whatever the order of their
+/// inputs (`a + b`, `a * b`): common subexpression elimination then merges `b * a` into
+/// `a * b`. Derivative rules make such pairs (the tangent of `u * u` is `du * u + u * du`).
+pub(crate) trait Commute {
+    /// Whether the order of the inputs makes no difference to any bit of the result.
+    fn commutes(&self) -> bool;
+}
+
 /// Common subexpressions merged, dead code dropped, variables renumbered.
-pub(crate) fn clean<P: Clone + Eq + Hash + Prune>(program: Program<P>) -> Program<P> {
+pub(crate) fn clean<P>(program: Program<P>) -> Program<P>
+where
+    P: Clone + Eq + Hash + Prune + Commute,
+{
     compact(dead_code(deduplicate(program)))
 }
 
@@ -61,7 +72,10 @@ fn keep(vars: &[Var], flags: &[bool]) -> Vec<Var> {
 
 /// Common subexpression elimination: an equation identical to an earlier one (same primitive
 /// and inputs) is dropped, and its outputs are renamed to the earlier one's.
-pub(crate) fn deduplicate<P: Clone + Eq + Hash>(mut program: Program<P>) -> Program<P> {
+pub(crate) fn deduplicate<P>(mut program: Program<P>) -> Program<P>
+where
+    P: Clone + Eq + Hash + Commute,
+{
     let mut rename: HashMap<Var, Var> = HashMap::new();
     let mut seen: HashMap<(P, Vec<Var>), Vec<Var>> = HashMap::new();
     let mut eqns = Vec::with_capacity(program.eqns.len());
@@ -69,7 +83,11 @@ pub(crate) fn deduplicate<P: Clone + Eq + Hash>(mut program: Program<P>) -> Prog
         for v in &mut eqn.inputs {
             *v = *rename.get(v).unwrap_or(v);
         }
-        let key = (eqn.prim.clone(), eqn.inputs.clone());
+        let mut inputs = eqn.inputs.clone();
+        if eqn.prim.commutes() {
+            inputs.sort();
+        }
+        let key = (eqn.prim.clone(), inputs);
         if let Some(earlier) = seen.get(&key) {
             rename.extend(eqn.outputs.iter().copied().zip(earlier.iter().copied()));
             continue;
@@ -152,6 +170,7 @@ mod tests {
     #[derive(Clone, Debug, PartialEq, Eq, Hash)]
     enum Toy {
         Add,
+        Sub,
         /// Two outputs.
         Split,
     }
@@ -159,6 +178,12 @@ mod tests {
     impl Prune for Toy {
         fn prune(&self, _used: &[bool]) -> Option<(Self, Vec<bool>, Vec<bool>)> {
             None
+        }
+    }
+
+    impl Commute for Toy {
+        fn commutes(&self) -> bool {
+            *self == Toy::Add
         }
     }
 
@@ -234,6 +259,19 @@ mod tests {
         let p = deduplicate(b.finish(&[c1[0], c2[0]]));
         assert_eq!(p.eqns.len(), 2);
         assert_eq!(p.outputs, vec![c1[0], c1[0]]);
+    }
+
+    #[test]
+    fn deduplicate_merges_commuted_inputs_of_commuting_primitives_only() {
+        let mut b = Builder::new(2);
+        let (x, y) = (b.input(0), b.input(1));
+        let xy = b.eqn(Toy::Add, &[x, y], 1);
+        let yx = b.eqn(Toy::Add, &[y, x], 1);
+        let d1 = b.eqn(Toy::Sub, &[x, y], 1);
+        let d2 = b.eqn(Toy::Sub, &[y, x], 1);
+        let p = deduplicate(b.finish(&[xy[0], yx[0], d1[0], d2[0]]));
+        assert_eq!(p.eqns.len(), 3);
+        assert_eq!(p.outputs, vec![xy[0], xy[0], d1[0], d2[0]]);
     }
 
     #[test]

@@ -389,6 +389,17 @@ impl crate::ir::passes::Prune for Prim {
     }
 }
 
+impl crate::ir::passes::Commute for Prim {
+    fn commutes(&self) -> bool {
+        // IEEE sums and products are commutative to the bit; `max` and `min` are not (which
+        // of `-0.0` and `0.0`, or of two NaNs, they give depends on the order).
+        matches!(
+            self,
+            Prim::Elementwise(Elementwise::Binary(BinaryOp::Add | BinaryOp::Mul))
+        )
+    }
+}
+
 impl fmt::Display for Prim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         dispatch!(self, op => op.fmt(f))
