@@ -46,6 +46,9 @@ enum Read {
     Same(Var),
     /// One value for every element.
     Scalar(Var),
+    /// The operand's values repeated along the output's leading axes (its shape is the end
+    /// of the output's): element `i` reads element `i % len`.
+    Repeated(Var),
     /// Broadcast: element `i` of the output reads element `indices[i]`.
     Indexed(Var, Vec<u32>),
 }
@@ -58,6 +61,10 @@ impl Read {
             Read::Same(v)
         } else if n == 1 {
             Read::Scalar(v)
+        } else if n > 0
+            && out_shape.ends_with(&shape[shape.iter().take_while(|&&d| d == 1).count()..])
+        {
+            Read::Repeated(v)
         } else {
             Read::Indexed(
                 v,
@@ -98,6 +105,10 @@ pub(super) struct FlatBody {
     /// For each buffer, the per-step output it is written into directly (its row of the
     /// stacked array at each step), if any.
     stacked: Vec<Option<usize>>,
+    /// For each carry, the buffer it is computed into when it can take that buffer's array
+    /// at the end of a step (leaving its old one, which the next step overwrites), rather
+    /// than copy its values: a buffer no other carry or stacked output lives in.
+    carried: Vec<Option<usize>>,
     /// The most elements an indexed operand reads (the size of the scratch buffers).
     scratch: usize,
 }
@@ -172,12 +183,25 @@ impl FlatBody {
                 stacked[k].get_or_insert(j);
             }
         }
+        let carries = &program.outputs[..carry];
+        let buffer_of = |y: &Var| match homes[y.index()] {
+            Home::Buffer(k) if stacked[k].is_none() => Some(k),
+            _ => None,
+        };
+        let carried = carries
+            .iter()
+            .map(|y| {
+                buffer_of(y)
+                    .filter(|&k| carries.iter().filter(|z| buffer_of(z) == Some(k)).count() == 1)
+            })
+            .collect();
         Some(FlatBody {
             program: program.clone(),
             homes,
             ops,
             buffer_lens,
             stacked,
+            carried,
             scratch,
         })
     }
@@ -259,17 +283,18 @@ impl FlatBody {
                         ys[j] = stack;
                     }
                 }
+                // A carry passed on unchanged (an accumulation moved out of the loop, say)
+                // keeps its values; the others are copied out before any is replaced, as one
+                // may be another's input.
+                let moves = |k: usize| program.outputs[k] != program.inputs[nc + k];
                 let step = Step::new(self, &inputs, &consts, &buffers, &ys, row);
-                for (k, c) in program.outputs[..nh].iter().enumerate() {
-                    // A carry passed on unchanged (an accumulation moved out of the loop, say)
-                    // keeps its values.
-                    if *c != program.inputs[nc + k] {
-                        next[k].copy_from_slice(step.value(*c));
-                    }
+                for k in (0..nh).filter(|&k| moves(k) && self.carried[k].is_none()) {
+                    next[k].copy_from_slice(step.value(program.outputs[k]));
                 }
-                for (k, c) in program.outputs[..nh].iter().enumerate() {
-                    if *c != program.inputs[nc + k] {
-                        std::mem::swap(&mut carry[k], &mut next[k]);
+                for k in (0..nh).filter(|&k| moves(k)) {
+                    match self.carried[k] {
+                        Some(buffer) => std::mem::swap(&mut carry[k], &mut buffers[buffer]),
+                        None => std::mem::swap(&mut carry[k], &mut next[k]),
                     }
                 }
                 if let Some(tracker) = &l.progress {
@@ -376,10 +401,21 @@ impl FlatBody {
         match op {
             Op::Unary(u, x, _) => super::tile::unary(*u, operand(x, &value, s0, n), out),
             Op::PowI(p, x, _) => super::tile::powi(*p, operand(x, &value, s0, n), out),
-            Op::Binary(b, x, y, _) => {
-                let (x, y) = (operand(x, &value, s0, n), operand(y, &value, s1, n));
-                super::tile::binary(*b, x, y, out);
-            }
+            Op::Binary(b, x, y, _) => match (x, y) {
+                // One operand read in place, the other from a register or row by row.
+                (Read::Same(x), Read::Scalar(s)) | (Read::Scalar(s), Read::Same(x)) => {
+                    let scalar_first = matches!(op, Op::Binary(_, Read::Scalar(_), ..));
+                    super::tile::binary_scalar(*b, value(*x), value(*s)[0], scalar_first, out)
+                }
+                (Read::Same(x), Read::Repeated(r)) | (Read::Repeated(r), Read::Same(x)) => {
+                    let repeated_first = matches!(op, Op::Binary(_, Read::Repeated(_), ..));
+                    super::tile::binary_repeated(*b, value(*x), value(*r), repeated_first, out)
+                }
+                _ => {
+                    let (x, y) = (operand(x, &value, s0, n), operand(y, &value, s1, n));
+                    super::tile::binary(*b, x, y, out);
+                }
+            },
             Op::Sum { x, len, inner, .. } => {
                 crate::primitives::sum::sum_middle(value(*x), *len, *inner, out);
             }
@@ -431,6 +467,12 @@ fn operand<'a>(
         Read::Same(v) => value(*v),
         Read::Scalar(v) => {
             scratch[..n].fill(value(*v)[0]);
+            &scratch[..n]
+        }
+        Read::Repeated(v) => {
+            for (s, &x) in scratch[..n].iter_mut().zip(value(*v).iter().cycle()) {
+                *s = x;
+            }
             &scratch[..n]
         }
         Read::Indexed(v, indices) => {
@@ -495,23 +537,31 @@ impl Selection {
 
     fn apply(&self, b: &[f64], out: &mut [f64]) {
         let (m, n) = (self.m.max(1), self.n);
-        let start = |r: usize, row: u32| (r / m) * self.b_stride + row as usize * n;
-        if n == 1 {
-            // Matrix-vector products (a basis times a state): one value per row.
-            for (r, (dst, &row)) in out.iter_mut().zip(&self.rows).enumerate() {
-                *dst = if row == Self::NONE {
-                    0.0
-                } else {
-                    b[start(r, row)]
-                };
-            }
+        if out.is_empty() {
             return;
         }
-        for (r, (dst, &row)) in out.chunks_exact_mut(n.max(1)).zip(&self.rows).enumerate() {
-            if row == Self::NONE {
-                dst.fill(0.0);
-            } else {
-                dst.copy_from_slice(&b[start(r, row)..start(r, row) + n]);
+        // A matrix of `a` at a time: its rows select rows of the matching matrix of `b`.
+        let matrices = self.rows.chunks(m).zip(out.chunks_mut(m * n));
+        for (i, (rows, out)) in matrices.enumerate() {
+            let b = &b[i * self.b_stride..];
+            if n == 1 {
+                // Matrix-vector products (a basis times a state): one value per row.
+                for (dst, &row) in out.iter_mut().zip(rows) {
+                    *dst = if row == Self::NONE {
+                        0.0
+                    } else {
+                        b[row as usize]
+                    };
+                }
+                continue;
+            }
+            for (dst, &row) in out.chunks_exact_mut(n).zip(rows) {
+                if row == Self::NONE {
+                    dst.fill(0.0);
+                } else {
+                    let start = row as usize * n;
+                    dst.copy_from_slice(&b[start..start + n]);
+                }
             }
         }
     }
@@ -662,9 +712,11 @@ mod tests {
         p.inputs = vec![c, w, e, h, kept, x];
         let two = var(&mut p, &[]);
         p.consts.push((two, data(&[], |_| 0.5)));
+        // Vectors repeated along a batch and scalars, on either side.
         let a = p.push(BinaryOp::Mul, &[h, c]);
-        let b = p.push(BinaryOp::Add, &[a, x]);
-        let s = p.push(BinaryOp::Mul, &[b, two]);
+        let b = p.push(BinaryOp::Sub, &[x, a]);
+        let s = p.push(BinaryOp::Sub, &[two, b]);
+        let s = p.push(BinaryOp::Mul, &[s, two]);
         let r = p.push(Structural::Reshape(vec![6]), &[s]);
         let t = p.push(UnaryOp::Tanh, &[r]);
         let q = p.push(Elementwise::PowI(2), &[t]);
@@ -778,6 +830,11 @@ mod tests {
         let mut out = [f64::NAN; 8];
         selection.apply(&b_values, &mut out);
         assert_eq!(out, [3.0, 4.0, 0.0, 0.0, 1.0, 2.0, 5.0, 6.0]);
+        // a column per matrix of `a`: each matrix selects from its own
+        let batched = Selection::of(&one_hot, &a, &aval(&[2, 3, 1])).expect("a batch of b");
+        let mut out = [f64::NAN; 4];
+        batched.apply(&b_values, &mut out);
+        assert_eq!(out, [2.0, 0.0, 4.0, 6.0]);
         let mut two = one_hot;
         two[1] = 2.0;
         assert!(Selection::of(&two, &a, &b).is_none());

@@ -316,14 +316,64 @@ multiversion! {
     }
 }
 
+/// `out[i] = x[i] op y[i]`, with a loop per common operation.
+#[inline(always)]
+fn apply2(op: BinaryOp, x: &[f64], y: &[f64], out: &mut [f64]) {
+    match op {
+        BinaryOp::Add => map2(x, y, out, |a, b| a + b),
+        BinaryOp::Sub => map2(x, y, out, |a, b| a - b),
+        BinaryOp::Mul => map2(x, y, out, |a, b| a * b),
+        BinaryOp::Div => map2(x, y, out, |a, b| a / b),
+        _ => map2(x, y, out, |a, b| op.apply(a, b)),
+    }
+}
+
 multiversion! {
     pub(super) fn binary(op: BinaryOp, x: &[f64], y: &[f64], out: &mut [f64]) {
-        match op {
-            BinaryOp::Add => map2(x, y, out, |a, b| a + b),
-            BinaryOp::Sub => map2(x, y, out, |a, b| a - b),
-            BinaryOp::Mul => map2(x, y, out, |a, b| a * b),
-            BinaryOp::Div => map2(x, y, out, |a, b| a / b),
-            _ => map2(x, y, out, |a, b| op.apply(a, b)),
+        apply2(op, x, y, out)
+    }
+}
+
+multiversion! {
+    /// `out[i] = x[i] op s`, or `s op x[i]` when `scalar_first`: one operand the same for
+    /// every element (a time step, say), read from a register rather than a filled buffer.
+    pub(super) fn binary_scalar(
+        op: BinaryOp,
+        x: &[f64],
+        s: f64,
+        scalar_first: bool,
+        out: &mut [f64],
+    ) {
+        match (op, scalar_first) {
+            (BinaryOp::Add, _) => map1(x, out, |a| a + s),
+            (BinaryOp::Mul, _) => map1(x, out, |a| a * s),
+            (BinaryOp::Sub, false) => map1(x, out, |a| a - s),
+            (BinaryOp::Sub, true) => map1(x, out, |a| s - a),
+            (BinaryOp::Div, false) => map1(x, out, |a| a / s),
+            (_, false) => map1(x, out, |a| op.apply(a, s)),
+            (_, true) => map1(x, out, |a| op.apply(s, a)),
+        }
+    }
+}
+
+multiversion! {
+    /// `out = x op y` where `y` repeats along `x` (`out[i] = x[i] op y[i % y.len()]`), or
+    /// `y op x` when `repeated_first`: a vector broadcast over the rows of a batch (a state
+    /// against its tangents), read row by row rather than gathered into a buffer.
+    pub(super) fn binary_repeated(
+        op: BinaryOp,
+        x: &[f64],
+        y: &[f64],
+        repeated_first: bool,
+        out: &mut [f64],
+    ) {
+        let period = y.len();
+        for (out, x) in out.chunks_exact_mut(period).zip(x.chunks_exact(period)) {
+            if repeated_first {
+                apply2(op, y, x, out);
+            } else {
+                apply2(op, x, y, out);
+            }
         }
     }
 }
