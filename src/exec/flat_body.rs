@@ -17,7 +17,7 @@ use ndarray::{ArrayD, ArrayViewD};
 
 use crate::error::{Error, Result};
 use crate::ir::Var;
-use crate::primitives::matmul::batched_matmul;
+use crate::primitives::matmul::matmul_into;
 use crate::primitives::{
     BinaryOp, Elementwise, Loop, Prim, Program, Reduce, ReduceOp, Structural, UnaryOp,
     broadcast_indices,
@@ -424,7 +424,7 @@ impl FlatBody {
                     ArrayViewD::from_shape(self.program.aval(v).shape.as_slice(), value(v))
                         .map_err(|e| Error::shape("matmul", e.to_string()))
                 };
-                copy_out(out, batched_matmul(view(*a)?, view(*b)?));
+                matmul_into(view(*a)?, view(*b)?, out);
             }
             Op::Generic(i, _) => {
                 let eqn = &self.program.eqns[*i];

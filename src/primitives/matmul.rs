@@ -148,12 +148,33 @@ impl Rules for MatMul {
     }
 }
 
-/// `a @ b` over the last two axes, batch axes broadcast, into a pooled buffer. The batch is
-/// folded into one matrix product where the layouts allow it without copies: a batch of `a`
-/// against one `b` is one `[batch * m, k] @ [k, n]` product, and one `a` against a batch of
-/// column vectors of `b` is one `[m, k] @ [k, batch]` product written through strides; other
-/// batches take one product each. Operands of any layout are read in place.
+/// `a @ b` over the last two axes, batch axes broadcast, into a pooled buffer (see
+/// [`matmul_into`]).
 pub(crate) fn batched_matmul<T>(a: ArrayViewD<'_, T>, b: ArrayViewD<'_, T>) -> ArrayD<T>
+where
+    T: ndarray::LinalgScalar + Send + Sync,
+{
+    let (ra, rb) = (a.ndim(), b.ndim());
+    let (m, k, n) = (a.shape()[ra - 2], a.shape()[ra - 1], b.shape()[rb - 1]);
+    let batch = broadcast_shapes("matmul", &a.shape()[..ra - 2], &b.shape()[..rb - 2])
+        .expect("checked by infer");
+    let shape = concat_dims(&batch, &[m, n]);
+    if k == 1 && !(a.is_standard_layout() && b.is_standard_layout()) {
+        return super::elementwise::zip(&a, &b, &shape, |x, y| x * y);
+    }
+    let mut out = pool::take(shape.iter().product());
+    out.resize(shape.iter().product(), T::zero());
+    matmul_into(a, b, &mut out);
+    ArrayD::from_shape_vec(shape, out).expect("count * m * n values")
+}
+
+/// `a @ b` over the last two axes, batch axes broadcast, written into `out` (row-major, of
+/// as many elements as the result). The batch is folded into one matrix product where the
+/// layouts allow it without copies: a batch of `a` against one `b` is one
+/// `[batch * m, k] @ [k, n]` product, and one `a` against a batch of column vectors of `b`
+/// is one `[m, k] @ [k, batch]` product written through strides; other batches take one
+/// product each. Operands of any layout are read in place.
+pub(crate) fn matmul_into<T>(a: ArrayViewD<'_, T>, b: ArrayViewD<'_, T>, out: &mut [T])
 where
     T: ndarray::LinalgScalar + Send + Sync,
 {
@@ -161,44 +182,35 @@ where
     let (m, k, n) = (a.shape()[ra - 2], a.shape()[ra - 1], b.shape()[rb - 1]);
     let (a_batch, b_batch) = (&a.shape()[..ra - 2], &b.shape()[..rb - 2]);
     let batch = broadcast_shapes("matmul", a_batch, b_batch).expect("checked by infer");
-    let mut shape = batch.clone();
-    shape.extend([m, n]);
     let count: usize = batch.iter().product();
-    if k == 1 {
-        // An outer product per batch element: a column of `m` values times a row of `n`,
-        // written row after row, with no matrix kernel's packing overhead; other layouts
-        // elementwise.
-        let (sa, sb) = (strides(a.strides()), strides(b.strides()));
-        let (Some(a), Some(b)) = (a.as_slice(), b.as_slice()) else {
-            return super::elementwise::zip(&a, &b, &shape, |x, y| x * y);
-        };
-        let mut out = pool::take(count * m * n);
-        for i in 0..count {
-            let ai = broadcast_offset(i, &batch, a_batch, &sa);
-            let bi = broadcast_offset(i, &batch, b_batch, &sb);
-            append_outer(&a[ai..ai + m], &b[bi..bi + n], &mut out);
-        }
-        return ArrayD::from_shape_vec(shape, out).expect("count * m * n values");
-    }
     let (ca, cb): (usize, usize) = (a_batch.iter().product(), b_batch.iter().product());
-    let mut out = pool::take(count * m * n);
-    out.resize(count * m * n, T::zero());
     if out.is_empty() || k == 0 {
-        return ArrayD::from_shape_vec(shape, out).expect("count * m * n values");
+        out.fill(T::zero());
+        return;
     }
+    let (sa, sb) = (strides(a.strides()), strides(b.strides()));
     if let (Some(a), Some(b)) = (a.as_slice(), b.as_slice()) {
+        if k == 1 {
+            // An outer product per batch element: a column of `m` values times a row of
+            // `n`, written row after row, with no matrix kernel's packing overhead.
+            for (i, out) in out.chunks_exact_mut(m * n).enumerate() {
+                let ai = broadcast_offset(i, &batch, a_batch, &sa);
+                let bi = broadcast_offset(i, &batch, b_batch, &sb);
+                outer(&a[ai..ai + m], &b[bi..bi + n], out);
+            }
+            return;
+        }
         if cb == 1 && ca == count {
             // [count * m, k] @ [k, n]
-            let c = ArrayViewMut2::from_shape((count * m, n), &mut out[..]).expect("in bounds");
+            let c = ArrayViewMut2::from_shape((count * m, n), out).expect("in bounds");
             product(view(a, count * m, k, (k, 1)), view(b, k, n, (n, 1)), c);
-            return ArrayD::from_shape_vec(shape, out).expect("count * m * n values");
+            return;
         }
         if ca == 1 && cb == count && n == 1 {
             // [m, k] @ [k, count]: the columns of b, and of the result, are strided.
-            let c = ArrayViewMut2::from_shape((m, count).strides((1, m)), &mut out[..])
-                .expect("in bounds");
+            let c = ArrayViewMut2::from_shape((m, count).strides((1, m)), out).expect("in bounds");
             product(view(a, m, k, (k, 1)), view(b, k, count, (1, k)), c);
-            return ArrayD::from_shape_vec(shape, out).expect("count * m * n values");
+            return;
         }
     }
     // One product per batch element, each operand read in place through its own strides (a
@@ -221,15 +233,12 @@ where
     } else {
         out.chunks_mut(m * n).enumerate().for_each(one_product);
     }
-    ArrayD::from_shape_vec(shape, out).expect("count * m * n values")
 }
 
 multiversion! {
-    /// Appends the outer product of `column` and `row` to `out`, row after row.
-    fn append_outer<T: ndarray::LinalgScalar>(column: &[T], row: &[T], out: &mut Vec<T>) {
-        let start = out.len();
-        out.resize(start + column.len() * row.len(), T::zero());
-        for (dst, &x) in out[start..].chunks_exact_mut(row.len().max(1)).zip(column) {
+    /// Writes the outer product of `column` and `row` into `out`, row after row.
+    fn outer<T: ndarray::LinalgScalar>(column: &[T], row: &[T], out: &mut [T]) {
+        for (dst, &x) in out.chunks_exact_mut(row.len().max(1)).zip(column) {
             for (d, &y) in dst.iter_mut().zip(row) {
                 *d = x * y;
             }
