@@ -13,18 +13,78 @@ use crate::storage::{Aval, DType, Data};
 /// subprograms, like tangent bases, stay generators that run with the program.
 const FOLD_LIMIT: usize = 4096;
 
-/// Folds small constants, moves loop-invariant work out of loops, turns products that only
+/// Folds small constants and negations into the sums that read them, moves loop-invariant
+/// work out of loops, turns products that only
 /// regroup an operand (by a tangent basis) into reshapes and transposes, moves sums of matrix
 /// products out of loops (and takes per-step outputs that restate a per-step input from its
 /// stack), moves pads of large values onto what they are computed from, merges
 /// duplicates, composes chains of transposes and of reshapes, drops dead code and renumbers
 /// variables.
 pub(crate) fn simplify(program: Program) -> Program {
-    let program = super::hoist::hoist_invariants(fold_constants(program));
+    let program = super::hoist::hoist_invariants(fold_negations(fold_constants(program)));
     let program = super::one_hot::regroup_selecting_products(program);
     let program = super::accumulate::move_accumulations(program);
     let program = super::hoist::restate_stacked_inputs(program);
     clean(compose_structural(sink_pads(program)))
+}
+
+/// Negations folded into the sums and differences that read them, here and in loop bodies:
+/// `a + (-b)` is `a - b`, `(-a) + b` is `b - a`, `a - (-b)` is `a + b` and `-(-a)` is `a`,
+/// to the bit, for floating-point values. Derivatives negate values that a sum then reads
+/// (the tangent of `r - s`, or of a leak `-r`); a negation read nowhere else then drops out,
+/// and with it a pass over its values, at every step of a loop.
+fn fold_negations(mut program: Program) -> Program {
+    let mut negated: HashMap<Var, Var> = HashMap::new();
+    let mut rename: HashMap<Var, Var> = HashMap::new();
+    let mut eqns = Vec::with_capacity(program.eqns.len());
+    for mut eqn in std::mem::take(&mut program.eqns) {
+        for v in &mut eqn.inputs {
+            *v = *rename.get(v).unwrap_or(v);
+        }
+        if !program.aval(eqn.outputs[0]).dtype.is_inexact() {
+            eqns.push(eqn);
+            continue;
+        }
+        let of = |v: &Var| negated.get(v).copied();
+        match (&eqn.prim, eqn.inputs.as_slice()) {
+            (Prim::Elementwise(Elementwise::Unary(UnaryOp::Neg)), [x]) => match of(x) {
+                Some(source) => {
+                    rename.insert(eqn.outputs[0], source);
+                    continue;
+                }
+                None => {
+                    negated.insert(eqn.outputs[0], *x);
+                }
+            },
+            (
+                Prim::Elementwise(Elementwise::Binary(op @ (BinaryOp::Add | BinaryOp::Sub))),
+                &[a, b],
+            ) => {
+                let folded = match (op, of(&a), of(&b)) {
+                    (BinaryOp::Add, _, Some(b)) => Some((BinaryOp::Sub, [a, b])),
+                    (BinaryOp::Add, Some(a), None) => Some((BinaryOp::Sub, [b, a])),
+                    (BinaryOp::Sub, _, Some(b)) => Some((BinaryOp::Add, [a, b])),
+                    _ => None,
+                };
+                if let Some((op, inputs)) = folded {
+                    eqn.prim = Prim::Elementwise(Elementwise::Binary(op));
+                    eqn.inputs = inputs.to_vec();
+                }
+            }
+            (Prim::Loop(the_loop), _) => {
+                let mut folded = the_loop.clone();
+                folded.body = Arc::new(clean(fold_negations((*the_loop.body).clone())));
+                eqn.prim = Prim::Loop(folded);
+            }
+            _ => {}
+        }
+        eqns.push(eqn);
+    }
+    for v in &mut program.outputs {
+        *v = *rename.get(v).unwrap_or(v);
+    }
+    program.eqns = eqns;
+    program
 }
 
 /// Zero padding moved through the linear arithmetic (`+`, `-`, `*`, negation) that computes
@@ -366,6 +426,25 @@ mod tests {
         });
         p.outputs.push(eye);
         assert_eq!(simplify(p).len(), 1);
+    }
+
+    #[test]
+    fn negations_fold_into_the_sums_that_read_them() {
+        use crate::{Tensor, make_program};
+        let f = |x: &Tensor| {
+            let y = x.exp();
+            let (nx, ny) = (-x, -&y);
+            // a + (-b), (-a) + b, a - (-b), -(-a); -y is read elsewhere too and stays
+            (&y + &nx) * (&nx + &y) * (&y - &nx) * (-&nx) + ny.sum()
+        };
+        let x = Tensor::from_vec(vec![-1.5, 0.0, 0.25, 2.0], &[4]).unwrap();
+        let p = simplify(make_program(f, &x).unwrap());
+        let text = p.to_string();
+        assert_eq!(text.matches("neg").count(), 1, "{text}");
+        let plan = crate::exec::Plan::new(p);
+        let out = plan.run(&[x.data().unwrap().clone()], false).unwrap();
+        let got = Tensor::from_shared(out[0].clone()).to_vec::<f64>().unwrap();
+        assert_eq!(got, f(&x).to_vec::<f64>().unwrap());
     }
 
     #[test]
