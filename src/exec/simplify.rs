@@ -13,13 +13,12 @@ use crate::storage::{Aval, DType, Data};
 /// subprograms, like tangent bases, stay generators that run with the program.
 const FOLD_LIMIT: usize = 4096;
 
-/// Folds small constants and negations into the sums that read them, moves loop-invariant
-/// work out of loops, turns products that only
-/// regroup an operand (by a tangent basis) into reshapes and transposes, moves sums of matrix
-/// products out of loops (and takes per-step outputs that restate a per-step input from its
-/// stack), moves pads of large values onto what they are computed from, merges
-/// duplicates, composes chains of transposes and of reshapes, drops dead code and renumbers
-/// variables.
+/// Folds small constants, and negations into the sums that read them, moves loop-invariant
+/// work out of loops, turns products that only regroup an operand (by a tangent basis) into
+/// reshapes and transposes, moves sums of matrix products out of loops (and takes per-step
+/// outputs that restate a per-step input from its stack), moves pads of large values onto
+/// what they are computed from, merges duplicates, composes chains of transposes and of
+/// reshapes, drops dead code and renumbers variables.
 pub(crate) fn simplify(program: Program) -> Program {
     let program = super::hoist::hoist_invariants(fold_negations(fold_constants(program)));
     let program = super::one_hot::regroup_selecting_products(program);
@@ -41,13 +40,13 @@ fn fold_negations(mut program: Program) -> Program {
         for v in &mut eqn.inputs {
             *v = *rename.get(v).unwrap_or(v);
         }
-        if !program.aval(eqn.outputs[0]).dtype.is_inexact() {
-            eqns.push(eqn);
-            continue;
-        }
+        let inexact = eqn
+            .outputs
+            .first()
+            .is_some_and(|&v| program.aval(v).dtype.is_inexact());
         let of = |v: &Var| negated.get(v).copied();
         match (&eqn.prim, eqn.inputs.as_slice()) {
-            (Prim::Elementwise(Elementwise::Unary(UnaryOp::Neg)), [x]) => match of(x) {
+            (Prim::Elementwise(Elementwise::Unary(UnaryOp::Neg)), [x]) if inexact => match of(x) {
                 Some(source) => {
                     rename.insert(eqn.outputs[0], source);
                     continue;
@@ -59,7 +58,7 @@ fn fold_negations(mut program: Program) -> Program {
             (
                 Prim::Elementwise(Elementwise::Binary(op @ (BinaryOp::Add | BinaryOp::Sub))),
                 &[a, b],
-            ) => {
+            ) if inexact => {
                 let folded = match (op, of(&a), of(&b)) {
                     (BinaryOp::Add, _, Some(b)) => Some((BinaryOp::Sub, [a, b])),
                     (BinaryOp::Add, Some(a), None) => Some((BinaryOp::Sub, [b, a])),
