@@ -109,6 +109,10 @@ pub(super) struct FlatBody {
     /// at the end of a step (leaving its old one, which the next step overwrites), rather
     /// than copy its values: a buffer no other carry or stacked output lives in.
     carried: Vec<Option<usize>>,
+    /// For each operation that adds a matrix product to another value, where the product is
+    /// read by this sum alone: the product's operation and the other value. When the product
+    /// selects, the sum applies it (see [`Selection::add_to`]).
+    added: Vec<Option<(usize, Var)>>,
     /// The most elements an indexed operand reads (the size of the scratch buffers).
     scratch: usize,
 }
@@ -137,6 +141,7 @@ impl FlatBody {
         let mut ops = Vec::with_capacity(program.eqns.len());
         let mut buffer_lens = Vec::new();
         let mut scratch = 0;
+        let mut product_of = vec![None; program.avals.len()];
         for (i, eqn) in program.eqns.iter().enumerate() {
             let out = eqn.outputs[0];
             let out_shape = program.aval(out).shape.clone();
@@ -167,7 +172,10 @@ impl FlatBody {
                         out: buffer,
                     }
                 }
-                Prim::MatMul(_) => Op::MatMul(eqn.inputs[0], eqn.inputs[1], buffer),
+                Prim::MatMul(_) => {
+                    product_of[out.index()] = Some(ops.len());
+                    Op::MatMul(eqn.inputs[0], eqn.inputs[1], buffer)
+                }
                 _ => Op::Generic(i, buffer),
             };
             if matches!(op, Op::Unary(..) | Op::PowI(..) | Op::Binary(..)) {
@@ -195,6 +203,25 @@ impl FlatBody {
                     .filter(|&k| carries.iter().filter(|z| buffer_of(z) == Some(k)).count() == 1)
             })
             .collect();
+        let mut uses = vec![0usize; program.avals.len()];
+        for v in program
+            .eqns
+            .iter()
+            .flat_map(|e| &e.inputs)
+            .chain(&program.outputs)
+        {
+            uses[v.index()] += 1;
+        }
+        let added = ops
+            .iter()
+            .map(|op| {
+                let Op::Binary(BinaryOp::Add, Read::Same(x), Read::Same(y), _) = op else {
+                    return None;
+                };
+                let alone = |v: &Var| product_of[v.index()].filter(|_| uses[v.index()] == 1);
+                (alone(x).map(|p| (p, *y))).or_else(|| alone(y).map(|p| (p, *x)))
+            })
+            .collect();
         Some(FlatBody {
             program: program.clone(),
             homes,
@@ -202,6 +229,7 @@ impl FlatBody {
             buffer_lens,
             stacked,
             carried,
+            added,
             scratch,
         })
     }
@@ -246,6 +274,7 @@ impl FlatBody {
             })
             .unzip();
         let selections = self.selections(&standard[..nc], &consts);
+        let runs = self.runs(&selections);
         let unmapped = pool::Unmapped::of(ys.iter().zip(new).filter(|y| y.1).map(|y| &y.0[..]));
         unmapped.fill_while_mapping(l.reverse, || -> Result<()> {
             for t in 0..l.length {
@@ -269,10 +298,11 @@ impl FlatBody {
                         }
                     })
                     .collect();
-                for (op, selection) in self.ops.iter().zip(&selections) {
-                    let selection = selection.as_ref();
-                    let store = (&mut buffers, &mut ys);
-                    self.apply(op, selection, &inputs, &consts, store, row, &mut scratch)?;
+                for (op, run) in self.ops.iter().zip(&runs) {
+                    if !matches!(run, Run::Skip) {
+                        let store = (&mut buffers, &mut ys);
+                        self.apply(op, run, &inputs, &consts, store, row, &mut scratch)?;
+                    }
                 }
                 for (j, y) in program.outputs[nh..].iter().enumerate() {
                     if !self.is_stacked(*y, j) {
@@ -336,6 +366,25 @@ impl FlatBody {
         self.ops.iter().map(selection).collect()
     }
 
+    /// How each operation runs, given the selections the products make.
+    fn runs<'s>(&self, selections: &'s [Option<Selection>]) -> Vec<Run<'s>> {
+        let mut runs: Vec<Run> = (self.ops.iter().zip(selections))
+            .map(|(op, selection)| match (op, selection) {
+                (Op::MatMul(_, b, _), Some(selection)) => Run::Select(selection, *b),
+                _ => Run::Compute,
+            })
+            .collect();
+        for (i, added) in self.added.iter().enumerate() {
+            if let Some((product, other)) = *added {
+                if let Run::Select(selection, b) = runs[product] {
+                    runs[i] = Run::AddSelected(other, selection, b);
+                    runs[product] = Run::Skip;
+                }
+            }
+        }
+        runs
+    }
+
     /// Whether per-step output `j`, value `y`, is written straight into its stacked array.
     fn is_stacked(&self, y: Var, j: usize) -> bool {
         matches!(self.homes[y.index()], Home::Buffer(k) if self.stacked[k] == Some(j))
@@ -346,7 +395,7 @@ impl FlatBody {
     fn apply(
         &self,
         op: &Op,
-        selection: Option<&Selection>,
+        run: &Run,
         inputs: &[&[f64]],
         consts: &[&[f64]],
         (buffers, ys): (&mut Vec<Vec<f64>>, &mut Vec<Vec<f64>>),
@@ -372,15 +421,16 @@ impl FlatBody {
         let mut storage = std::mem::take(home);
         let out = &mut storage[range];
         let step = Step::new(self, inputs, consts, buffers, ys, row);
-        let done = match selection {
-            Some(selection) => {
-                let Op::MatMul(_, b, _) = op else {
-                    unreachable!("selections are of products")
-                };
-                selection.apply(step.value(*b), out);
+        let done = match *run {
+            Run::Select(selection, b) => {
+                selection.apply(step.value(b), out);
                 Ok(())
             }
-            None => self.compute(op, &step, scratch, out),
+            Run::AddSelected(other, selection, b) => {
+                selection.add_to(step.value(other), step.value(b), out);
+                Ok(())
+            }
+            Run::Compute | Run::Skip => self.compute(op, &step, scratch, out),
         };
         match self.stacked[target] {
             Some(j) => ys[j] = storage,
@@ -485,23 +535,34 @@ fn operand<'a>(
     }
 }
 
+/// How an operation runs at every step of one run of the loop.
+#[derive(Clone, Copy)]
+enum Run<'s> {
+    /// Through its kernel.
+    Compute,
+    /// A product of a selecting constant and `b`: a copy.
+    Select(&'s Selection, Var),
+    /// The sum of a value and a selecting product that only this sum reads: the value, with
+    /// the selected rows of `b` added.
+    AddSelected(Var, &'s Selection, Var),
+    /// A selecting product that the sum reading it applies.
+    Skip,
+}
+
 /// A product `a @ b` whose `a` stays the same at every step (a constant of the loop) and
 /// selects: each row of each of its matrices holds a single one, or nothing, amid zeros (the
-/// tangent basis a sweep hands a loop, typically). Row `r` of the result is then row
-/// `rows[r]` of `b`'s matching matrix (zeros for `NONE`): a copy instead of a product.
+/// tangent basis a sweep hands a loop, typically). Each row of the result is then a row of
+/// `b`'s matching matrix, or zeros: a copy instead of a product.
 #[derive(Debug)]
 struct Selection {
-    rows: Vec<u32>,
-    /// The rows of each matrix of `a`, the columns of `b`.
-    m: usize,
+    /// For each row of the result that is not zeros: where it starts, and where the row of
+    /// `b` it copies starts.
+    picks: Vec<(usize, usize)>,
+    /// The length of a row (the columns of `b`).
     n: usize,
-    /// The size of each matrix of `b` when `b` has one per matrix of `a` (0: one for all).
-    b_stride: usize,
 }
 
 impl Selection {
-    const NONE: u32 = u32::MAX;
-
     /// The selection `a` (of values `fixed`) makes in `a @ b`, if it is one: every matrix of
     /// the result's batch is one of `a`, and `b` has one matrix or one per matrix of `a`.
     fn of(fixed: &[f64], a: &crate::storage::Aval, b: &crate::storage::Aval) -> Option<Selection> {
@@ -511,57 +572,49 @@ impl Selection {
             a.shape[..ra - 2].iter().product(),
             b.shape[..rb - 2].iter().product(),
         );
-        let batch_ok = (cb == 1 || cb == ca) && ra >= rb && k < Self::NONE as usize;
-        if !batch_ok || fixed.len() != ca * m * k {
+        if !(cb == 1 || cb == ca) || ra < rb || fixed.len() != ca * m * k {
             return None;
         }
-        let mut rows = Vec::with_capacity(ca * m);
-        for row in fixed.chunks_exact(k.max(1)) {
-            let mut one = Self::NONE;
+        // The size of each matrix of `b` when `b` has one per matrix of `a`.
+        let b_stride = if cb == 1 { 0 } else { k * n };
+        let mut picks = Vec::new();
+        for (r, row) in fixed.chunks_exact(k.max(1)).enumerate() {
+            let mut one = None;
             for (j, &v) in row.iter().enumerate() {
-                if v == 1.0 && one == Self::NONE {
-                    one = j as u32;
+                if v == 1.0 && one.is_none() {
+                    one = Some(j);
                 } else if v != 0.0 {
                     return None;
                 }
             }
-            rows.push(one);
+            if let Some(j) = one {
+                picks.push((r * n, r / m * b_stride + j * n));
+            }
         }
-        Some(Selection {
-            rows,
-            m,
-            n,
-            b_stride: if cb == 1 { 0 } else { k * n },
-        })
+        Some(Selection { picks, n })
     }
 
+    /// `out = a @ b`.
     fn apply(&self, b: &[f64], out: &mut [f64]) {
-        let (m, n) = (self.m.max(1), self.n);
-        if out.is_empty() {
-            return;
+        out.fill(0.0);
+        let n = self.n;
+        for &(to, from) in &self.picks {
+            out[to..to + n].copy_from_slice(&b[from..from + n]);
         }
-        // A matrix of `a` at a time: its rows select rows of the matching matrix of `b`.
-        let matrices = self.rows.chunks(m).zip(out.chunks_mut(m * n));
-        for (i, (rows, out)) in matrices.enumerate() {
-            let b = &b[i * self.b_stride..];
-            if n == 1 {
-                // Matrix-vector products (a basis times a state): one value per row.
-                for (dst, &row) in out.iter_mut().zip(rows) {
-                    *dst = if row == Self::NONE {
-                        0.0
-                    } else {
-                        b[row as usize]
-                    };
-                }
-                continue;
-            }
-            for (dst, &row) in out.chunks_exact_mut(n).zip(rows) {
-                if row == Self::NONE {
-                    dst.fill(0.0);
-                } else {
-                    let start = row as usize * n;
-                    dst.copy_from_slice(&b[start..start + n]);
-                }
+    }
+
+    /// `out = other + a @ b`, as the sum of `other` and the product would give it: where a
+    /// row of the product is zeros, `other + 0.0` (which turns -0.0 into 0.0), elsewhere the
+    /// sum with the row of `b`, in one rounding.
+    fn add_to(&self, other: &[f64], b: &[f64], out: &mut [f64]) {
+        for (o, &x) in out.iter_mut().zip(other) {
+            *o = x + 0.0;
+        }
+        let n = self.n;
+        for &(to, from) in &self.picks {
+            let sums = out[to..to + n].iter_mut().zip(&other[to..to + n]);
+            for ((o, &x), &y) in sums.zip(&b[from..from + n]) {
+                *o = x + y;
             }
         }
     }
@@ -726,9 +779,12 @@ mod tests {
         let m = p.push(crate::primitives::MatMul, &[back, w]);
         let turned = p.push(Structural::Transpose(vec![1, 0]), &[back]);
         let selected = p.push(crate::primitives::MatMul, &[e, m]);
+        // A selecting product that only a sum reads: the sum applies it.
+        let product = p.push(crate::primitives::MatMul, &[e, m]);
+        let plus = p.push(BinaryOp::Add, &[m, product]);
         // The second carry passes unchanged. The last two per-step outputs are copied into
         // their rows: a value stacked already, and a per-step input.
-        p.outputs = vec![back, kept, sum, m, turned, selected, sum, x];
+        p.outputs = vec![back, kept, sum, m, turned, selected, plus, sum, x];
         p
     }
 
@@ -737,6 +793,7 @@ mod tests {
         let program = body();
         let flat = FlatBody::new(&program, 2).expect("a small f64 body");
         assert!(flat.ops.iter().any(|op| matches!(op, Op::Generic(..))));
+        assert_eq!(flat.added.iter().flatten().count(), 1);
         let plan = super::super::Plan::new(program.clone());
         for reverse in [false, true] {
             let mut l = Loop::new(program.clone(), 3, 2, 4);
@@ -757,7 +814,7 @@ mod tests {
             alone[5] = data(&[4, 3], |i| (0.7 * i as f64).sin());
             for ins in [ins.to_vec(), alone] {
                 let got = flat.run(&l, ins).unwrap();
-                assert_eq!(got.len(), 8);
+                assert_eq!(got.len(), 9);
                 for (g, w) in got.iter().zip(&want) {
                     assert_eq!(g, w);
                 }
@@ -787,16 +844,16 @@ mod tests {
         let values = f64s(&ins[5]).clone();
         let out = flat.run(&l, ins.clone()).unwrap();
         assert_ne!(
-            f64s(&out[7]).as_ptr(),
+            f64s(&out[8]).as_ptr(),
             f64s(&ins[5]).as_ptr(),
             "shared: copied"
         );
-        assert_eq!(f64s(&out[7]), values);
+        assert_eq!(f64s(&out[8]), values);
         ins[5] = Arc::new(Data::F64(values.clone()));
         let at = f64s(&ins[5]).as_ptr();
         let out = flat.run(&l, ins).unwrap();
-        assert_eq!(f64s(&out[7]).as_ptr(), at, "held by the loop alone: lent");
-        assert_eq!(f64s(&out[7]), values);
+        assert_eq!(f64s(&out[8]).as_ptr(), at, "held by the loop alone: lent");
+        assert_eq!(f64s(&out[8]), values);
     }
 
     #[test]
@@ -825,11 +882,20 @@ mod tests {
         let (a, b) = (aval(&[2, 2, 3]), aval(&[3, 2]));
         let one_hot = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0];
         let selection = Selection::of(&one_hot, &a, &b).expect("rows of single ones");
-        assert_eq!(selection.rows, [1, Selection::NONE, 0, 2]);
         let b_values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         let mut out = [f64::NAN; 8];
         selection.apply(&b_values, &mut out);
         assert_eq!(out, [3.0, 4.0, 0.0, 0.0, 1.0, 2.0, 5.0, 6.0]);
+        // Added to another value: the sums of that value and the product, bit for bit.
+        let other = [-0.0, 0.25, -0.0, 0.5, 1e-17, -1.0, 0.125, -6.0];
+        let mut sum = [f64::NAN; 8];
+        selection.add_to(&other, &b_values, &mut sum);
+        let want: Vec<u64> = out
+            .iter()
+            .zip(&other)
+            .map(|(x, y)| (x + y).to_bits())
+            .collect();
+        assert_eq!(sum.map(f64::to_bits).to_vec(), want);
         // a column per matrix of `a`: each matrix selects from its own
         let batched = Selection::of(&one_hot, &a, &aval(&[2, 3, 1])).expect("a batch of b");
         let mut out = [f64::NAN; 4];
