@@ -187,6 +187,7 @@ pub(super) fn jvp(l: &Loop, x: &[Tensor], t: &[Tangent], batch: &[usize]) -> Res
         linear: Vec::new(),
         units: None,
         progress: l.progress.as_ref().map(|p| p.for_pass("scan jvp")),
+        sums: 0,
     };
     let n_out = jvp_loop.body.outputs.len();
     let refs: Vec<&Tensor> = inputs.iter().collect();
@@ -562,6 +563,7 @@ pub(super) fn transpose(
         linear: Vec::new(),
         units: None,
         progress: l.progress.as_ref().map(|p| p.for_pass("scan transpose")),
+        sums: 0,
     };
     let n_out = transposed.body.outputs.len();
     let refs: Vec<&Tensor> = inputs.iter().collect();

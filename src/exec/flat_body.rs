@@ -17,7 +17,7 @@ use ndarray::{ArrayD, ArrayViewD};
 
 use crate::error::{Error, Result};
 use crate::ir::Var;
-use crate::primitives::matmul::matmul_into;
+use crate::primitives::matmul::{add_transposed_product, matmul_into};
 use crate::primitives::{
     BinaryOp, Elementwise, Loop, Prim, Program, Reduce, ReduceOp, Structural, UnaryOp,
     broadcast_indices,
@@ -118,10 +118,11 @@ pub(super) struct FlatBody {
 }
 
 impl FlatBody {
-    /// The layout of `program` (a simplified loop body carrying `carry` values), or `None`
+    /// The layout of `program` (a simplified loop body carrying `carry` values, whose first
+    /// `stacked` per-step outputs are stacked and the others are factors of sums), or `None`
     /// when it holds values of other dtypes than `f64`, nested loops, or more than
     /// [`MAX_ELEMENTS`] elements.
-    pub fn new(program: &Program, carry: usize) -> Option<FlatBody> {
+    pub fn new(program: &Program, carry: usize, stacked: usize) -> Option<FlatBody> {
         let all_f64 = program.avals.iter().all(|a| a.dtype == DType::F64);
         let total: usize = program.avals.iter().map(|a| a.numel()).sum();
         let nested = program
@@ -185,8 +186,9 @@ impl FlatBody {
         }
         // A per-step output computed here is written straight into its row of the stacked
         // array, rather than into a buffer copied there after the step.
+        let stacked_ys = &program.outputs[carry..carry + stacked];
         let mut stacked = vec![None; buffer_lens.len()];
-        for (j, y) in program.outputs[carry..].iter().enumerate() {
+        for (j, y) in stacked_ys.iter().enumerate() {
             if let Home::Buffer(k) = homes[y.index()] {
                 stacked[k].get_or_insert(j);
             }
@@ -235,17 +237,27 @@ impl FlatBody {
     }
 
     /// Runs the steps of `l` (whose body this is) on its operands (`consts ++ init ++ xs`):
-    /// the final carry, then the stacked outputs.
+    /// the final carry, the stacked outputs, then the sums.
     pub fn run(&self, l: &Loop, mut ins: Vec<Arc<Data>>) -> Result<Vec<Data>> {
-        let (nc, nh) = (l.consts, l.carry);
+        let (nc, nh, ns) = (l.consts, l.carry, l.n_stacked());
         let program = &self.program;
         let out_avals = program.output_avals();
         let x_lens: Vec<usize> = program.input_avals()[nc + nh..]
             .iter()
             .map(|a| a.numel())
             .collect();
-        let row_lens: Vec<usize> = out_avals[nh..].iter().map(|a| a.numel()).collect();
-        let (lent, borrowers) = lend(&mut ins[nc + nh..], &x_lens, &row_lens, l.length);
+        let row_lens: Vec<usize> = out_avals[nh..nh + ns].iter().map(|a| a.numel()).collect();
+        let factors = &program.outputs[nh + ns..];
+        // A per-step input that is a factor of a sum is read in place, a block of steps at a
+        // time: it lends its array to no output.
+        let in_place = |x: usize| {
+            let i = nc + nh + x;
+            (factors.iter()).any(|f| matches!(self.homes[f.index()], Home::Input(k) if k == i))
+        };
+        let lendable: Vec<usize> = (x_lens.iter().enumerate())
+            .map(|(x, &len)| if in_place(x) { 0 } else { len })
+            .collect();
+        let (lent, borrowers) = lend(&mut ins[nc + nh..], &lendable, &row_lens, l.length);
         let mut rows_out: Vec<Vec<f64>> = borrowers
             .iter()
             .zip(&x_lens)
@@ -275,6 +287,10 @@ impl FlatBody {
             .unzip();
         let selections = self.selections(&standard[..nc], &consts);
         let runs = self.runs(&selections);
+        let mut sums: Vec<Summed> = factors
+            .chunks_exact(2)
+            .map(|pair| Summed::new(self, pair, nc + nh, &standard))
+            .collect();
         let unmapped = pool::Unmapped::of(ys.iter().zip(new).filter(|y| y.1).map(|y| &y.0[..]));
         unmapped.fill_while_mapping(l.reverse, || -> Result<()> {
             for t in 0..l.length {
@@ -304,7 +320,7 @@ impl FlatBody {
                         self.apply(op, run, &inputs, &consts, store, row, &mut scratch)?;
                     }
                 }
-                for (j, y) in program.outputs[nh..].iter().enumerate() {
+                for (j, y) in program.outputs[nh..nh + ns].iter().enumerate() {
                     if !self.is_stacked(*y, j) {
                         // Another output's row, a buffer or an operand: copied into this row.
                         let mut stack = std::mem::take(&mut ys[j]);
@@ -318,6 +334,17 @@ impl FlatBody {
                 // may be another's input.
                 let moves = |k: usize| program.outputs[k] != program.inputs[nc + k];
                 let step = Step::new(self, &inputs, &consts, &buffers, &ys, row);
+                let block = row - row % SUM_BLOCK;
+                let block_ends = match l.reverse {
+                    false => row + 1 == (block + SUM_BLOCK).min(l.length),
+                    true => row == block,
+                };
+                for sum in &mut sums {
+                    sum.keep(&step, row - block);
+                    if block_ends {
+                        sum.add_block(block, (block + SUM_BLOCK).min(l.length));
+                    }
+                }
                 for k in (0..nh).filter(|&k| moves(k) && self.carried[k].is_none()) {
                     next[k].copy_from_slice(step.value(program.outputs[k]));
                 }
@@ -343,9 +370,17 @@ impl FlatBody {
             shaped(values, shape.collect())
         });
         let finals = carry.into_iter().zip(&out_avals);
+        let sums: Vec<_> = (sums.into_iter())
+            .map(|sum| shaped(sum.total, sum.shape.to_vec()))
+            .collect();
+        // The operands the loop read last (the stack of a per-step input, say) go back to the
+        // pool, for the next run.
+        drop(standard);
+        pool::recycle_all(ins);
         finals
             .map(|(values, aval)| shaped(values, aval.shape.clone()))
             .chain(stacked)
+            .chain(sums)
             .collect()
     }
 
@@ -620,6 +655,74 @@ impl Selection {
     }
 }
 
+/// The steps whose products a sum of a loop adds at a time: the factors of a block stay in
+/// the caches, and the block is a product large enough for the matrix kernel.
+const SUM_BLOCK: usize = 32;
+
+/// A sum of products `A_t^T @ B_t` over the steps ([`Loop::sums`]), added a block of steps at
+/// a time.
+struct Summed<'a> {
+    factors: [Factor<'a>; 2],
+    /// The values of each factor at a step.
+    lens: [usize; 2],
+    /// The sum's shape, `[x, y]`, and its values so far.
+    shape: [usize; 2],
+    total: Vec<f64>,
+}
+
+/// Where the values of a factor of a sum are, for the steps of a block.
+enum Factor<'a> {
+    /// A per-step input: its rows of the stacked input.
+    InPlace(&'a [f64]),
+    /// Computed by the body: copied into a row of these at each step.
+    Kept(Var, Vec<f64>),
+}
+
+impl<'a> Summed<'a> {
+    /// The sum of the factors `pair` (`[k, x]` and `[k, y]`) of `body`, whose inputs from
+    /// `first_x` on are per-step inputs (their stacks among the loop's `operands`).
+    fn new(
+        body: &FlatBody,
+        pair: &[Var],
+        first_x: usize,
+        operands: &'a [Cow<'a, [f64]>],
+    ) -> Summed<'a> {
+        let factor = |v: Var| match body.homes[v.index()] {
+            Home::Input(k) if k >= first_x => Factor::InPlace(&operands[k][..]),
+            _ => Factor::Kept(v, vec![0.0; SUM_BLOCK * body.program.aval(v).numel()]),
+        };
+        let (a, b) = (body.program.aval(pair[0]), body.program.aval(pair[1]));
+        let shape = [a.shape[1], b.shape[1]];
+        Summed {
+            factors: [factor(pair[0]), factor(pair[1])],
+            lens: [a.numel(), b.numel()],
+            shape,
+            total: vec![0.0; shape[0] * shape[1]],
+        }
+    }
+
+    /// Keeps what the body computed for the factors at this step, `at` steps into its block.
+    fn keep(&mut self, step: &Step<'_>, at: usize) {
+        for (factor, &len) in self.factors.iter_mut().zip(&self.lens) {
+            if let Factor::Kept(v, kept) = factor {
+                kept[at * len..(at + 1) * len].copy_from_slice(step.value(*v));
+            }
+        }
+    }
+
+    /// Adds the products of the steps `from..to` (a block).
+    fn add_block(&mut self, from: usize, to: usize) {
+        let [a, b] = [0, 1].map(|side| {
+            let len = self.lens[side];
+            match &self.factors[side] {
+                Factor::InPlace(stack) => &stack[from * len..to * len],
+                Factor::Kept(_, kept) => &kept[..(to - from) * len],
+            }
+        });
+        add_transposed_product(a, b, self.shape, &mut self.total);
+    }
+}
+
 /// Per-step inputs (`xs`, of rows of `x_lens` values) that nothing else holds lend their
 /// arrays to per-step outputs of rows as long (of `row_lens` values): the arrays by output,
 /// and the output each input lent its array to. Each step then copies its row of the input
@@ -791,7 +894,7 @@ mod tests {
     #[test]
     fn a_flat_body_runs_as_its_plan_does() {
         let program = body();
-        let flat = FlatBody::new(&program, 2).expect("a small f64 body");
+        let flat = FlatBody::new(&program, 2, 7).expect("a small f64 body");
         assert!(flat.ops.iter().any(|op| matches!(op, Op::Generic(..))));
         assert_eq!(flat.added.iter().flatten().count(), 1);
         let plan = super::super::Plan::new(program.clone());
@@ -825,7 +928,7 @@ mod tests {
     #[test]
     fn a_per_step_input_held_by_the_loop_alone_lends_its_array_to_an_output() {
         let program = body();
-        let flat = FlatBody::new(&program, 2).expect("a small f64 body");
+        let flat = FlatBody::new(&program, 2, 7).expect("a small f64 body");
         let l = Loop::new(program, 3, 2, 4);
         let mut ins = vec![
             data(&[3], |_| 0.5),
@@ -859,7 +962,7 @@ mod tests {
     #[test]
     fn a_loop_of_no_steps_gives_its_initial_carry_and_empty_stacks() {
         let program = body();
-        let flat = FlatBody::new(&program, 2).expect("a small f64 body");
+        let flat = FlatBody::new(&program, 2, 7).expect("a small f64 body");
         let l = Loop::new(program, 3, 2, 0);
         let ins = [
             data(&[3], |_| 1.0),
@@ -874,6 +977,48 @@ mod tests {
         assert_eq!(out[1], *ins[4]);
         assert_eq!(out[2].shape(), &[0, 2]);
         assert!(out[2..].iter().all(|y| y.shape()[0] == 0));
+    }
+
+    #[test]
+    fn sums_of_products_over_the_steps_agree_with_stacked_factors() {
+        // A carry, a stacked output, and two sums: of a computed value and a per-step input
+        // (read in place), and of two computed values.
+        let mut p = Program::default();
+        let var = |p: &mut Program, shape: &[usize]| p.new_var(Aval::new(shape, DType::F64));
+        let (h, x) = (var(&mut p, &[1, 3]), var(&mut p, &[1, 4]));
+        p.inputs = vec![h, x];
+        let next = p.push(UnaryOp::Sin, &[h]);
+        let y = p.push(UnaryOp::Cos, &[next]);
+        let squared = p.push(BinaryOp::Mul, &[x, x]);
+        let shifted = p.push(BinaryOp::Add, &[next, h]);
+        p.outputs = vec![next, y, next, x, squared, shifted];
+        let flat = FlatBody::new(&p, 1, 1).expect("a small f64 body");
+        let plan = super::super::Plan::new(p.clone());
+        // No steps, fewer than a block, and blocks with a partial one.
+        for (length, reverse) in [(0, false), (5, true), (70, false), (70, true)] {
+            let mut l = Loop::new(p.clone(), 0, 1, length);
+            (l.reverse, l.sums) = (reverse, 2);
+            let ins = [
+                data(&[1, 3], |i| 0.3 + 0.2 * i as f64),
+                data(&[length, 1, 4], |i| (0.7 * i as f64).cos()),
+            ];
+            let want = run_steps(&l, &ins, &mut |inputs| plan.run(inputs, false)).unwrap();
+            let got = flat.run(&l, ins.to_vec()).unwrap();
+            let shapes: Vec<&[usize]> = got.iter().map(|d| d.shape()).collect();
+            assert_eq!(shapes, [&[1, 3][..], &[length, 1, 3], &[3, 4], &[4, 3]]);
+            assert_eq!(got[..2], want[..2]);
+            for (g, w) in got[2..].iter().zip(&want[2..]) {
+                let (Data::F64(g), Data::F64(w)) = (g, w) else {
+                    panic!("f64 sums");
+                };
+                assert!(
+                    g.iter()
+                        .zip(w)
+                        .all(|(g, w)| (g - w).abs() <= 1e-13 * (1.0 + w.abs()))
+                );
+                assert!(length == 0 || g.iter().any(|&v| v != 0.0));
+            }
+        }
     }
 
     #[test]
@@ -915,11 +1060,11 @@ mod tests {
         let x = p.new_var(Aval::new(&[MAX_ELEMENTS + 1], DType::F64));
         p.inputs.push(x);
         p.outputs.push(x);
-        assert!(FlatBody::new(&p, 0).is_none());
+        assert!(FlatBody::new(&p, 0, 0).is_none());
         let mut p = Program::default();
         let x = p.new_var(Aval::new(&[3], DType::F32));
         p.inputs.push(x);
         p.outputs.push(x);
-        assert!(FlatBody::new(&p, 0).is_none());
+        assert!(FlatBody::new(&p, 0, 0).is_none());
     }
 }

@@ -120,9 +120,7 @@ pub(super) fn hoist_invariants(mut program: Program) -> Program {
 
 /// `program` with each loop's per-step outputs that only restate a per-step input (its step's
 /// slice reshaped, or transposed without reordering its elements) taken from that input's
-/// stack, reshaped after the loop: the loop no longer copies a stack it was handed. Reverse
-/// mode makes them: the factors of an accumulation moved out of a loop (see `accumulate`)
-/// are often the states the forward loop stacked.
+/// stack, reshaped after the loop: the loop no longer copies a stack it was handed.
 pub(super) fn restate_stacked_inputs(mut program: Program) -> Program {
     let mut eqns = Vec::with_capacity(program.eqns.len());
     for mut eqn in std::mem::take(&mut program.eqns) {
@@ -133,7 +131,8 @@ pub(super) fn restate_stacked_inputs(mut program: Program) -> Program {
         let body = &*the_loop.body;
         let (first_x, n_carry) = (the_loop.consts + the_loop.carry, the_loop.carry);
         let mut restated = Vec::new();
-        for (j, &y) in body.outputs[n_carry..].iter().enumerate() {
+        let stacked = &body.outputs[n_carry..n_carry + the_loop.n_stacked()];
+        for (j, &y) in stacked.iter().enumerate() {
             let Some(k) = body.inputs[first_x..]
                 .iter()
                 .position(|&x| x == same_elements(body, y))

@@ -24,7 +24,7 @@ impl LoopPlan {
         let body = Plan::new((*the_loop.body).clone());
         LoopPlan {
             the_loop: the_loop.clone(),
-            flat: FlatBody::new(&body.program, the_loop.carry),
+            flat: FlatBody::new(&body.program, the_loop.carry, the_loop.n_stacked()),
             body,
         }
     }

@@ -15,8 +15,9 @@ const FOLD_LIMIT: usize = 4096;
 
 /// Folds small constants, and negations into the sums that read them, moves loop-invariant
 /// work out of loops, turns products that only regroup an operand (by a tangent basis) into
-/// reshapes and transposes, moves sums of matrix products out of loops (and takes per-step
-/// outputs that restate a per-step input from its stack), moves pads of large values onto
+/// reshapes and transposes, moves sums of matrix products out of loop bodies (the loops sum
+/// them a block of steps at a time), takes per-step outputs that restate a per-step input
+/// from its stack, moves pads of large values onto
 /// what they are computed from, merges duplicates, composes chains of transposes and of
 /// reshapes, drops dead code and renumbers variables.
 pub(crate) fn simplify(program: Program) -> Program {

@@ -80,6 +80,11 @@ pub struct Loop {
     pub(crate) units: Option<LoopUnits>,
     /// Progress reporting while it runs.
     pub(crate) progress: Option<Tracker>,
+    /// How many pairs of per-step outputs (the last `2 * sums` of the body) are factors
+    /// `A_t` (`[k, x]`) and `B_t` (`[k, y]`) whose products `A_t^T @ B_t` are summed over the
+    /// steps, one output `[x, y]` each, rather than stacked. Only the planner makes them
+    /// (`exec::accumulate`): run as the steps go, the sums need no stack of their factors.
+    pub(crate) sums: usize,
 }
 
 impl Loop {
@@ -95,12 +100,23 @@ impl Loop {
             linear: Vec::new(),
             units: None,
             progress: None,
+            sums: 0,
         }
     }
 
     /// The number of per-step outputs.
     pub(crate) fn n_ys(&self) -> usize {
         self.body.outputs.len() - self.carry
+    }
+
+    /// The number of per-step outputs that are stacked (the others are factors of sums).
+    pub(crate) fn n_stacked(&self) -> usize {
+        self.n_ys().saturating_sub(2 * self.sums)
+    }
+
+    /// The number of the loop's outputs: carries, stacked outputs and sums.
+    pub(crate) fn n_outputs(&self) -> usize {
+        self.carry + self.n_stacked() + self.sums
     }
 
     /// Whether the body is linear in input `i`.
@@ -116,8 +132,11 @@ impl Loop {
     /// The loop without the outputs nobody uses (`used` flags each output), with which of its
     /// inputs it still reads and which outputs it keeps: carries whose final value is unused
     /// and that no kept value depends on are dropped, with the per-step outputs nobody reads.
-    /// `None` when nothing can go.
+    /// `None` when nothing can go (or the loop sums products, whose factors go together).
     pub(crate) fn prune(&self, used: &[bool]) -> Option<(Loop, Vec<bool>, Vec<bool>)> {
+        if self.sums > 0 {
+            return None;
+        }
         let (nc, nh) = (self.consts, self.carry);
         let body = &*self.body;
         let n_in = body.inputs.len();
@@ -193,6 +212,7 @@ impl Loop {
                 Arc::new((filter(ins, &keep_in), filter(outs, &keep_out)))
             }),
             progress: self.progress.clone(),
+            sums: 0,
         };
         Some((pruned, keep_in, keep_out))
     }
@@ -227,6 +247,7 @@ impl PartialEq for Loop {
             && self.linear == other.linear
             && self.units == other.units
             && self.progress == other.progress
+            && self.sums == other.sums
     }
 }
 
@@ -241,6 +262,7 @@ impl Hash for Loop {
             self.length,
             self.reverse,
             self.remat,
+            self.sums,
         )
             .hash(state);
     }
@@ -255,6 +277,9 @@ impl fmt::Display for Loop {
         )?;
         if self.remat {
             write!(f, " checkpoint=true")?;
+        }
+        if self.sums > 0 {
+            write!(f, " sums={}", self.sums)?;
         }
         if self.linear.iter().any(|&l| l) {
             let flags: Vec<&str> = self
@@ -312,7 +337,18 @@ impl Rules for Loop {
             }
         }
         let outs = body.output_avals();
-        Ok(outs
+        if self.n_ys() < 2 * self.sums {
+            return Err(Error::shape(
+                "scan",
+                format!(
+                    "sums {} products but has {} per-step outputs",
+                    self.sums,
+                    self.n_ys()
+                ),
+            ));
+        }
+        let factors = self.carry + self.n_stacked();
+        let mut avals: Vec<Aval> = outs[..factors]
             .iter()
             .enumerate()
             .map(|(j, a)| {
@@ -322,7 +358,11 @@ impl Rules for Loop {
                     Aval::new(&concat_dims(&[self.length], &a.shape), a.dtype)
                 }
             })
-            .collect())
+            .collect();
+        for pair in outs[factors..].chunks_exact(2) {
+            avals.push(summed_product(&pair[0], &pair[1])?);
+        }
+        Ok(avals)
     }
 
     fn eval(&self, ins: &[&Data]) -> Result<Vec<Data>> {
@@ -364,7 +404,7 @@ impl Rules for Loop {
             }
             return Ok(UnitRule {
                 factors: vec![1.0; units.len()],
-                outputs: vec![None; self.body.outputs.len()],
+                outputs: vec![None; self.n_outputs()],
             });
         };
         let (ins, outs) = &**traced;
@@ -385,9 +425,33 @@ impl Rules for Loop {
     }
 }
 
+/// The aval of the sum over the steps of `a^T @ b`, for factors `a` (`[k, x]`) and `b`
+/// (`[k, y]`).
+fn summed_product(a: &Aval, b: &Aval) -> Result<Aval> {
+    match (a.shape.as_slice(), b.shape.as_slice()) {
+        (&[k, x], &[l, y]) if k == l && a.dtype == b.dtype => Ok(Aval::new(&[x, y], a.dtype)),
+        _ => Err(Error::shape(
+            "scan",
+            format!("sums products of factors [k, x] and [k, y], not of {a} and {b}"),
+        )),
+    }
+}
+
+/// `sum_t a_t^T @ b_t` over stacked factors `a` (`[T, k, x]`) and `b` (`[T, k, y]`): one
+/// product, with the steps in its contraction.
+fn sum_over_steps(a: Data, b: Data) -> Result<Data> {
+    let flat = |d: Data| {
+        let s = d.shape().to_vec();
+        d.into_shape(&[s[0] * s[1], s[2]])
+    };
+    let a = flat(a).into_permuted(&[1, 0]);
+    let b = flat(b);
+    Ok(super::MatMul.eval(&[&a, &b])?.remove(0))
+}
+
 /// Runs the steps of `l` on its operands (`consts ++ init ++ xs`), with `step` running the
-/// body once: the final carry, then the stacked outputs. Shared by the reference kernel here
-/// and the planned one in `exec`.
+/// body once: the final carry, the stacked outputs, then the sums. Shared by the reference
+/// kernel here and the planned one in `exec`.
 pub(crate) fn run_steps(l: &Loop, ins: &[Arc<Data>], step: &mut StepFn<'_>) -> Result<Vec<Data>> {
     let (nc, nh) = (l.consts, l.carry);
     let xs = &ins[nc + nh..];
@@ -421,7 +485,11 @@ pub(crate) fn run_steps(l: &Loop, ins: &[Arc<Data>], step: &mut StepFn<'_>) -> R
         .iter()
         .map(|d| Arc::try_unwrap(d.clone()).unwrap_or_else(|d| (*d).clone()))
         .collect();
+    let mut factors = ys.split_off(l.n_stacked()).into_iter();
     outputs.extend(ys);
+    while let (Some(a), Some(b)) = (factors.next(), factors.next()) {
+        outputs.push(sum_over_steps(a, b)?);
+    }
     Ok(outputs)
 }
 

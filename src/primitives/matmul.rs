@@ -235,6 +235,20 @@ where
     }
 }
 
+/// `total += a^T @ b` for row-major `a` (`[rows, x]`), `b` (`[rows, y]`) and `total`
+/// (`shape`, `[x, y]`): a block of the steps of a sum of products over a loop's steps.
+pub(crate) fn add_transposed_product(a: &[f64], b: &[f64], shape: [usize; 2], total: &mut [f64]) {
+    let [x, y] = shape;
+    let rows = (a.len().checked_div(x)).unwrap_or_else(|| b.len() / y.max(1));
+    if rows == 0 || total.is_empty() {
+        return;
+    }
+    let a = view(a, rows, x, (x, 1));
+    let b = view(b, rows, y, (y, 1));
+    let mut c = ArrayViewMut2::from_shape((x, y), total).expect("x * y values");
+    general_mat_mul(1.0, &a.t(), &b, 1.0, &mut c);
+}
+
 multiversion! {
     /// Writes the outer product of `column` and `row` into `out`, row after row.
     fn outer<T: ndarray::LinalgScalar>(column: &[T], row: &[T], out: &mut [T]) {
