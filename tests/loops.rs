@@ -727,3 +727,36 @@ fn a_hessian_through_100000_checkpointed_steps_runs_in_bounded_memory() {
         );
     }
 }
+
+#[test]
+fn a_hessian_through_a_loop_shares_its_directions_among_the_threads() {
+    // A 6x6 weight matrix: 36 directions, enough to split between threads.
+    let w = Tensor::from_vec(
+        (0..36).map(|k| 0.3 * (0.7 * k as f64).sin()).collect(),
+        &[6, 6],
+    );
+    let w = w.unwrap();
+    let f = |w: &Tensor| {
+        let body = |r: &Tensor, x: &Tensor| {
+            let next = r + (-r + (w.matmul(r) + x).tanh()) * 0.1;
+            (next, ())
+        };
+        let xs = Tensor::from_vec(
+            (0..30 * 6).map(|k| (0.3 * k as f64).cos()).collect(),
+            &[30, 6],
+        );
+        let init = Tensor::from_vec((0..6).map(|k| 0.1 * k as f64).collect(), &[6]).unwrap();
+        let (last, _) = scan(body, &init, &xs.unwrap()).unwrap();
+        (last - 0.5).powi(2).sum()
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let text = hessian(f).program(&w).unwrap().to_string();
+    if threads >= 2 && std::env::var("RAYON_NUM_THREADS").is_err() {
+        assert!(text.contains("in chunks of 18, 2 side by side"), "{text}");
+    }
+    // The chunks run side by side give what one chunk of all directions gives.
+    let shared = vals(leaf(&hessian(f).call(&w).unwrap()));
+    let one_chunk = vals(leaf(&hessian(f).chunk_size(36).call(&w).unwrap()));
+    assert_close(&shared, &one_chunk, 1e-13);
+    assert!(shared.iter().any(|&v| v.abs() > 1e-3));
+}

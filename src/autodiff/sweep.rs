@@ -43,6 +43,8 @@ pub(crate) struct Columns {
     pub input: Aval,
     /// Directions per run of `program`.
     pub chunk: usize,
+    /// How many chunks run at once, side by side on the threads (1: one after the other).
+    pub side_by_side: usize,
     /// `residuals ++ [seed] -> tangent blocks`, each of shape `[chunk] ++ block shape`.
     pub program: Program,
     /// What each output of `program` is: `d out / d input` as [`Output::Jacobian`].
@@ -111,6 +113,7 @@ pub(crate) fn forward_sweeps(
             Ok(Columns {
                 input: in_avals[wrt[k]].clone(),
                 chunk: chunks[k],
+                side_by_side: 1,
                 program: split.linear(&[n_primal_inputs + k], &positions)?,
                 blocks,
                 zeros,

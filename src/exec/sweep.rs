@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 use num_complex::Complex64;
+use rayon::prelude::*;
 
 use super::Plan;
 use crate::error::{Error, Result};
@@ -20,6 +21,8 @@ pub(crate) struct Sweep {
     pub plan: Plan,
     pub input: Aval,
     pub chunk: usize,
+    /// How many chunks run at once, one per thread.
+    pub side_by_side: usize,
     /// Whether the plan generates its seed (the whole basis, when one chunk covers the
     /// input) rather than taking it as its last input.
     own_seed: bool,
@@ -30,7 +33,7 @@ impl Sweep {
     /// covers the input, the seed is the identity: the program generates it, so that planning
     /// sees its structure (a product that only regroups another value by it becomes a
     /// reshape and a transpose).
-    pub fn new(mut program: Program, input: Aval, chunk: usize) -> Sweep {
+    pub fn new(mut program: Program, input: Aval, chunk: usize, side_by_side: usize) -> Sweep {
         let n = input.numel();
         let seed = (chunk == n && input.dtype.is_inexact())
             .then(|| program.inputs.pop())
@@ -63,6 +66,7 @@ impl Sweep {
             plan: Plan::new(program),
             input,
             chunk,
+            side_by_side: side_by_side.max(1),
             own_seed,
         }
     }
@@ -82,19 +86,28 @@ impl Sweep {
                 crate::memory::zeros("sweep", &shape, out.dtype)
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut inputs: Vec<Arc<Data>> = residuals.to_vec();
-        for start in (0..n).step_by(self.chunk.max(1)) {
-            let valid = self.chunk.min(n - start);
-            if !self.own_seed {
-                inputs.truncate(residuals.len());
-                inputs.push(Arc::new(self.seed(start)?));
+        let run = |start: usize| -> Result<Vec<Arc<Data>>> {
+            if self.own_seed {
+                return self.plan.run(residuals, check_finite);
             }
-            let outs = self.plan.run(&inputs, check_finite)?;
-            for (out, block) in outs.iter().zip(&mut blocks) {
-                place(out, block, start, valid, n)?;
+            let mut inputs: Vec<Arc<Data>> = residuals.to_vec();
+            inputs.push(Arc::new(self.seed(start)?));
+            self.plan.run(&inputs, check_finite)
+        };
+        let starts: Vec<usize> = (0..n).step_by(self.chunk.max(1)).collect();
+        for at_once in starts.chunks(self.side_by_side) {
+            let outs: Vec<Result<Vec<Arc<Data>>>> = match at_once {
+                [start] => vec![run(*start)],
+                _ => at_once.par_iter().map(|&start| run(start)).collect(),
+            };
+            for (&start, outs) in at_once.iter().zip(outs) {
+                let outs = outs?;
+                for (out, block) in outs.iter().zip(&mut blocks) {
+                    place(out, block, start, self.chunk.min(n - start), n)?;
+                }
+                // The chunk's outputs serve the next chunk's (and the next call's) products.
+                pool::recycle_all(outs);
             }
-            // The chunk's outputs serve the next chunk's (and the next call's) products.
-            pool::recycle_all(outs);
         }
         Ok(blocks)
     }

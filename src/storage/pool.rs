@@ -145,9 +145,11 @@ impl Unmapped {
 
     /// Runs `fill`, which writes the buffers from their start on (from their end on when
     /// `backwards`), while another thread maps their pages, a megabyte of each in turn. The
-    /// buffers must outlive the call.
+    /// buffers must outlive the call. On a thread of the pool (a chunk of a sweep whose chunks
+    /// run side by side), the other threads have work of their own: `fill` maps as it goes.
     pub fn fill_while_mapping<R>(self, backwards: bool, fill: impl FnOnce() -> R) -> R {
-        if self.0.is_empty() || rayon::current_num_threads() < 2 {
+        let busy = rayon::current_thread_index().is_some();
+        if self.0.is_empty() || rayon::current_num_threads() < 2 || busy {
             return fill();
         }
         rayon::in_place_scope(|scope| {

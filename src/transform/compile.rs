@@ -19,7 +19,7 @@ use crate::autodiff::{
 use crate::error::{Error, Result};
 use crate::exec::{Plan, Sweep};
 use crate::memory;
-use crate::primitives::Program;
+use crate::primitives::{Prim, Program};
 use crate::sparsity::{Compression, Recover, SparsityPattern, hessian_pattern};
 use crate::state::GradStates;
 use crate::storage::Aval;
@@ -683,8 +683,12 @@ impl Compiled {
                 .iter()
                 .enumerate()
                 .map(|(k, (sweep, _))| {
+                    let at_once = match sweep.side_by_side {
+                        1 => String::new(),
+                        n => format!(", {n} side by side"),
+                    };
                     format!(
-                        "runs in sweeps: variable {k} ({} directions) in chunks of {}",
+                        "runs in sweeps: variable {k} ({} directions) in chunks of {}{at_once}",
                         sweep.input.numel(),
                         sweep.chunk
                     )
@@ -786,7 +790,8 @@ fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result
     }
     let probe: Vec<usize> = sizes.iter().map(|&n| n.min(PROBE_CHUNK)).collect();
     let probed = build(&probe)?;
-    let chunks: Vec<usize> = probed
+    let threads = rayon::current_num_threads();
+    let (chunks, side_by_side): (Vec<usize>, Vec<usize>) = probed
         .columns
         .iter()
         .zip(&sizes)
@@ -795,15 +800,32 @@ fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result
             let per_direction = Plan::new(columns.program.clone()).peak_bytes() / tried;
             let fits = SWEEP_BYTES / per_direction.max(1);
             // All directions at once when they fit; otherwise the most that fit.
-            fits.clamp(1, n)
+            let chunk = fits.clamp(1, n);
+            // A sweep that runs loops (step after step, on one thread) splits directions that
+            // all fit among the threads instead, its chunks side by side.
+            let loops = (columns.program.eqns.iter()).any(|e| matches!(e.prim, Prim::Loop(_)));
+            let parts = threads.min(n / SIDE_BY_SIDE_DIRECTIONS);
+            if loops && chunk == n && parts > 1 {
+                (n.div_ceil(parts), parts)
+            } else {
+                (chunk, 1)
+            }
         })
-        .collect();
-    if chunks == probe {
-        Ok(probed)
+        .unzip();
+    let mut sweeps = if chunks == probe {
+        probed
     } else {
-        build(&chunks)
+        build(&chunks)?
+    };
+    for (columns, parts) in sweeps.columns.iter_mut().zip(side_by_side) {
+        columns.side_by_side = parts;
     }
+    Ok(sweeps)
 }
+
+/// The fewest directions per chunk when a sweep's directions are split among the threads:
+/// fewer would leave each step of a loop too little work for its fixed costs.
+const SIDE_BY_SIDE_DIRECTIONS: usize = 16;
 
 /// The executable of a split derivative, and the order of its blocks.
 fn swept(sweeps: Sweeps) -> (Executable, Vec<Output>) {
@@ -812,7 +834,12 @@ fn swept(sweeps: Sweeps) -> (Executable, Vec<Output>) {
     let mut runs = Vec::new();
     for columns in sweeps.columns {
         order.extend(&columns.blocks);
-        let sweep = Sweep::new(columns.program, columns.input, columns.chunk);
+        let sweep = Sweep::new(
+            columns.program,
+            columns.input,
+            columns.chunk,
+            columns.side_by_side,
+        );
         runs.push((sweep, columns.blocks));
         zeros.extend(columns.zeros);
     }

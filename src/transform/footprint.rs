@@ -86,7 +86,8 @@ pub(crate) fn executable_bytes(exec: &Executable, wrt: &[Aval]) -> usize {
                 }
                 let seed = memory::array_bytes("sweep", &[sweep.chunk, n], sweep.input.dtype)
                     .unwrap_or(usize::MAX);
-                sweep_peak = sweep_peak.max(sweep.plan.peak_bytes().saturating_add(seed));
+                let chunk_peak = sweep.plan.peak_bytes().saturating_add(seed);
+                sweep_peak = sweep_peak.max(chunk_peak.saturating_mul(sweep.side_by_side));
             }
             let zeros = memory::avals_bytes(
                 "sweep",
