@@ -769,7 +769,8 @@ const SWEEP_BYTES: usize = 32 << 20;
 const PROBE_CHUNK: usize = 32;
 
 /// The forward-mode derivative of `program` split for sweeps, with each input's chunk size
-/// given by the spec or chosen so that a sweep's intermediates fit [`SWEEP_BYTES`].
+/// given by the spec or chosen so that a sweep's intermediates fit [`SWEEP_BYTES`] (and, for
+/// a sweep through loops, shared among the threads).
 fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result<Sweeps> {
     let in_avals = program.input_avals();
     let sizes: Vec<usize> = wrt.iter().map(|&i| in_avals[i].numel().max(1)).collect();
