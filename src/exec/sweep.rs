@@ -1,7 +1,7 @@
 //! Sweeps: a linear plan run over the identity basis of one input, a chunk of directions at a
 //! time, its outputs gathered into the columns of dense blocks.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ndarray::ArrayD;
 use num_complex::Complex64;
@@ -94,19 +94,27 @@ impl Sweep {
             inputs.push(Arc::new(self.seed(start)?));
             self.plan.run(&inputs, check_finite)
         };
+        let filled = Mutex::new(&mut blocks);
+        let run_and_place = |start: usize| -> Result<()> {
+            let outs = run(start)?;
+            let mut blocks = filled
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (out, block) in outs.iter().zip(blocks.iter_mut()) {
+                place(out, block, start, self.chunk.min(n - start), n)?;
+            }
+            // The chunk's outputs serve the next chunk's (and the next call's) products, on
+            // the thread that ran it.
+            pool::recycle_all(outs);
+            Ok(())
+        };
         let starts: Vec<usize> = (0..n).step_by(self.chunk.max(1)).collect();
         for at_once in starts.chunks(self.side_by_side) {
-            let outs: Vec<Result<Vec<Arc<Data>>>> = match at_once {
-                [start] => vec![run(*start)],
-                _ => at_once.par_iter().map(|&start| run(start)).collect(),
-            };
-            for (&start, outs) in at_once.iter().zip(outs) {
-                let outs = outs?;
-                for (out, block) in outs.iter().zip(&mut blocks) {
-                    place(out, block, start, self.chunk.min(n - start), n)?;
-                }
-                // The chunk's outputs serve the next chunk's (and the next call's) products.
-                pool::recycle_all(outs);
+            match at_once {
+                [start] => run_and_place(*start)?,
+                _ => at_once
+                    .par_iter()
+                    .try_for_each(|&start| run_and_place(start))?,
             }
         }
         Ok(blocks)
