@@ -789,9 +789,19 @@ fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result
         let chunks: Vec<usize> = sizes.iter().map(|&n| n.min(k.max(1))).collect();
         return build(&chunks);
     }
-    let probe: Vec<usize> = sizes.iter().map(|&n| n.min(PROBE_CHUNK)).collect();
-    let probed = build(&probe)?;
+    // A sweep that runs loops (step after step, on one thread) shares directions that all fit
+    // among the threads, its chunks side by side: the chunk and how many run at once.
     let threads = rayon::current_num_threads();
+    let loops = (program.eqns.iter()).any(|e| matches!(e.prim, Prim::Loop(_)));
+    let shared = |n: usize| {
+        let parts = threads.min(n / SIDE_BY_SIDE_DIRECTIONS);
+        (loops && parts > 1).then(|| (n.div_ceil(parts), parts))
+    };
+    // Probed with the chunk it would share, so that the probe is the sweep when it fits.
+    let probe: Vec<usize> = (sizes.iter())
+        .map(|&n| shared(n).map_or(n.min(PROBE_CHUNK), |(chunk, _)| chunk))
+        .collect();
+    let probed = build(&probe)?;
     let (chunks, side_by_side): (Vec<usize>, Vec<usize>) = probed
         .columns
         .iter()
@@ -800,16 +810,10 @@ fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result
         .map(|((columns, &n), &tried)| {
             let per_direction = Plan::new(columns.program.clone()).peak_bytes() / tried;
             let fits = SWEEP_BYTES / per_direction.max(1);
-            // All directions at once when they fit; otherwise the most that fit.
-            let chunk = fits.clamp(1, n);
-            // A sweep that runs loops (step after step, on one thread) splits directions that
-            // all fit among the threads instead, its chunks side by side.
-            let loops = (columns.program.eqns.iter()).any(|e| matches!(e.prim, Prim::Loop(_)));
-            let parts = threads.min(n / SIDE_BY_SIDE_DIRECTIONS);
-            if loops && chunk == n && parts > 1 {
-                (n.div_ceil(parts), parts)
-            } else {
-                (chunk, 1)
+            match shared(n) {
+                Some(split) if fits >= n => split,
+                // All directions at once when they fit; otherwise the most that fit.
+                _ => (fits.clamp(1, n), 1),
             }
         })
         .unzip();
