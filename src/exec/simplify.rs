@@ -17,9 +17,9 @@ const FOLD_LIMIT: usize = 4096;
 /// work out of loops, turns products that only regroup an operand (by a tangent basis) into
 /// reshapes and transposes, moves sums of matrix products out of loop bodies (the loops sum
 /// them a block of steps at a time), takes per-step outputs that restate a per-step input
-/// from its stack, moves pads of large values onto
-/// what they are computed from, merges duplicates, composes chains of transposes and of
-/// reshapes, drops dead code and renumbers variables.
+/// from its stack, moves pads of large values onto what they are computed from, merges
+/// duplicates, composes chains of transposes and of reshapes, drops dead code and renumbers
+/// variables.
 pub(crate) fn simplify(program: Program) -> Program {
     let program = super::hoist::hoist_invariants(fold_negations(fold_constants(program)));
     let program = super::one_hot::regroup_selecting_products(program);
