@@ -157,6 +157,25 @@ pub(crate) enum Src {
     /// Input view `view`, read in place: it reads its buffer in order, so a tile of it is a
     /// slice of the buffer.
     Direct(usize),
+    /// The tile of output `k`, already computed.
+    Output(usize),
+}
+
+/// Where a tile's result goes: a register, or straight into the tile of an output (a value
+/// read after the group is written once, not computed in a register and copied).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dst {
+    Register(usize),
+    Output(usize),
+}
+
+impl From<Dst> for Src {
+    fn from(dst: Dst) -> Src {
+        match dst {
+            Dst::Register(r) => Src::Register(r),
+            Dst::Output(k) => Src::Output(k),
+        }
+    }
 }
 
 /// One step of a tile's computation, on registers holding a tile each.
@@ -170,23 +189,18 @@ pub(crate) enum TileOp {
     Unary {
         op: UnaryOp,
         src: Src,
-        dst: usize,
+        dst: Dst,
     },
     PowI {
         n: i32,
         src: Src,
-        dst: usize,
+        dst: Dst,
     },
     Binary {
         op: BinaryOp,
         a: Src,
         b: Src,
-        dst: usize,
-    },
-    /// Writes `src` to output `output`.
-    Store {
-        src: usize,
-        output: usize,
+        dst: Dst,
     },
 }
 
@@ -425,7 +439,8 @@ fn build(
         registers: 0,
     };
     let mut free: Vec<usize> = Vec::new();
-    let mut register: HashMap<Var, usize> = HashMap::new();
+    // Where each value computed or loaded so far is, while the group still reads it.
+    let mut location: HashMap<Var, Src> = HashMap::new();
     let allocate = |free: &mut Vec<usize>, group: &mut Group| {
         free.pop().unwrap_or_else(|| {
             group.registers += 1;
@@ -436,8 +451,8 @@ fn build(
         let eqn = &eqns[e];
         let mut operands = Vec::with_capacity(eqn.inputs.len());
         for &v in &eqn.inputs {
-            if let Some(&r) = register.get(&v) {
-                operands.push(r);
+            if let Some(&src) = location.get(&v) {
+                operands.push(src);
                 continue;
             }
             // A read from memory: through the value's view, broadcast to the group's shape.
@@ -458,53 +473,53 @@ fn build(
                 view: index,
                 dst: r,
             });
-            register.insert(v, r);
-            operands.push(r);
+            location.insert(v, Src::Register(r));
+            operands.push(Src::Register(r));
         }
-        // The result never shares a register with an operand; operands read for the last
-        // time free theirs afterwards.
+        // A value read after the group is computed into its output; any other into a
+        // register that is not an operand's (operands read for the last time free theirs
+        // afterwards).
         let out = eqn.outputs[0];
-        let dst = allocate(&mut free, &mut group);
+        let dst = if stored(out) {
+            group.outputs.push(out);
+            Dst::Output(group.outputs.len() - 1)
+        } else {
+            Dst::Register(allocate(&mut free, &mut group))
+        };
         for &v in &eqn.inputs {
             if last.get(&v) == Some(&k) {
-                if let Some(r) = register.remove(&v) {
+                if let Some(Src::Register(r)) = location.remove(&v) {
                     if !free.contains(&r) {
                         free.push(r);
                     }
                 }
             }
         }
-        let operand = |k: usize| Src::Register(operands[k]);
         group.ops.push(match &eqn.prim {
             Prim::Elementwise(Elementwise::Unary(op)) => TileOp::Unary {
                 op: *op,
-                src: operand(0),
+                src: operands[0],
                 dst,
             },
             Prim::Elementwise(Elementwise::PowI(n)) => TileOp::PowI {
                 n: *n,
-                src: operand(0),
+                src: operands[0],
                 dst,
             },
             Prim::Elementwise(Elementwise::Binary(op)) => TileOp::Binary {
                 op: *op,
-                a: operand(0),
-                b: operand(1),
+                a: operands[0],
+                b: operands[1],
                 dst,
             },
             other => unreachable!("only fusible equations are grouped, got {other}"),
         });
-        if stored(out) {
-            group.outputs.push(out);
-            group.ops.push(TileOp::Store {
-                src: dst,
-                output: group.outputs.len() - 1,
-            });
-        }
-        if last.contains_key(&out) {
-            register.insert(out, dst);
-        } else {
-            free.push(dst);
+        match dst {
+            _ if last.contains_key(&out) => {
+                location.insert(out, dst.into());
+            }
+            Dst::Register(r) => free.push(r),
+            Dst::Output(_) => {}
         }
     }
     coalesce(&mut group);
@@ -520,40 +535,43 @@ fn read_in_place(group: &mut Group) {
     let mut standing: HashMap<usize, usize> = HashMap::new();
     let resolve = |src: Src, standing: &HashMap<usize, usize>| match src {
         Src::Register(r) => standing.get(&r).map_or(src, |&v| Src::Direct(v)),
-        direct => direct,
+        other => other,
     };
     for op in std::mem::take(&mut group.ops) {
-        let op = match op {
+        let (op, written) = match op {
             TileOp::Load { view, dst } if plain[view] => {
                 standing.insert(dst, view);
                 continue;
             }
-            TileOp::Unary { op, src, dst } => TileOp::Unary {
-                op,
-                src: resolve(src, &standing),
+            TileOp::Load { dst, .. } => (op, Dst::Register(dst)),
+            TileOp::Unary { op, src, dst } => (
+                TileOp::Unary {
+                    op,
+                    src: resolve(src, &standing),
+                    dst,
+                },
                 dst,
-            },
-            TileOp::PowI { n, src, dst } => TileOp::PowI {
-                n,
-                src: resolve(src, &standing),
+            ),
+            TileOp::PowI { n, src, dst } => (
+                TileOp::PowI {
+                    n,
+                    src: resolve(src, &standing),
+                    dst,
+                },
                 dst,
-            },
-            TileOp::Binary { op, a, b, dst } => TileOp::Binary {
-                op,
-                a: resolve(a, &standing),
-                b: resolve(b, &standing),
+            ),
+            TileOp::Binary { op, a, b, dst } => (
+                TileOp::Binary {
+                    op,
+                    a: resolve(a, &standing),
+                    b: resolve(b, &standing),
+                    dst,
+                },
                 dst,
-            },
-            other => other,
+            ),
         };
-        match &op {
-            TileOp::Load { dst, .. }
-            | TileOp::Unary { dst, .. }
-            | TileOp::PowI { dst, .. }
-            | TileOp::Binary { dst, .. } => {
-                standing.remove(dst);
-            }
-            TileOp::Store { .. } => {}
+        if let Dst::Register(r) = written {
+            standing.remove(&r);
         }
         ops.push(op);
     }
@@ -794,8 +812,10 @@ mod tests {
             let n: usize = view.shape.iter().product();
             let mut out = vec![0.0; n];
             let mut coords = vec![0; view.shape.len()];
-            super::super::tile::load(view, data, 0, &mut out, &mut coords);
-            out
+            match super::super::tile::load(view, data, 0, &mut out, &mut coords) {
+                Some(in_place) => in_place.to_vec(),
+                None => out,
+            }
         };
         let var = Program::default().new_var(Aval::new(&shape, DType::F64));
         let mut view = View::of(var, &shape);
@@ -824,5 +844,60 @@ mod tests {
         };
         assert!(View::of(var, &shape).then(&interior).is_none());
         assert!(View::of(var, &shape).then(&Structural::Concat(0)).is_none());
+    }
+
+    #[test]
+    fn tiles_of_a_view_that_are_a_valid_run_of_its_buffer_are_read_in_place() {
+        // A [2, 10] buffer shifted right by one column (a pad of one zero).
+        let data: Vec<f64> = (0..20).map(|k| k as f64 + 1.0).collect();
+        let var = Program::default().new_var(Aval::new(&[2, 10], DType::F64));
+        let shifted = View::of(var, &[2, 10])
+            .then(&Structural::Slice {
+                start: vec![0, 0],
+                stop: vec![2, 9],
+                step: vec![1, 1],
+            })
+            .and_then(|v| {
+                v.then(&Structural::Pad {
+                    lo: vec![0, 1],
+                    hi: vec![0, 0],
+                    interior: vec![0, 0],
+                })
+            })
+            .unwrap();
+        let load = |start: usize, len: usize| {
+            let mut out = vec![f64::NAN; len];
+            let mut coords = vec![0; 2];
+            let in_place = super::super::tile::load(&shifted, &data, start, &mut out, &mut coords)
+                .map(<[f64]>::to_vec);
+            (in_place, out)
+        };
+        // Columns 2..6 of row 1 read buffer elements 11..15 in place.
+        assert_eq!(load(12, 4).0, Some(vec![12.0, 13.0, 14.0, 15.0]));
+        // A tile with the padded column, or across rows, is copied, zeros included.
+        assert_eq!(load(0, 3), (None, vec![0.0, 1.0, 2.0]));
+        assert_eq!(load(8, 4), (None, vec![8.0, 9.0, 0.0, 11.0]));
+    }
+
+    #[test]
+    fn a_value_read_after_its_group_is_computed_into_its_output_and_read_from_there() {
+        let f = |x: &T| {
+            let a = x.exp();
+            (a.clone(), (&a * x).sin())
+        };
+        let x = T::from_vec((0..1500).map(|k| k as f64 * 1e-3).collect(), &[1500]).unwrap();
+        let plan = Plan::new(make_program(f, &x).unwrap());
+        let group = groups(&plan)[0];
+        assert!(group.ops.iter().any(|op| matches!(
+            op,
+            TileOp::Binary {
+                a: Src::Output(0),
+                dst: Dst::Register(_),
+                ..
+            }
+        )));
+        let out = agree(&plan, std::slice::from_ref(&x));
+        assert_eq!(out[0], x.exp().to_vec::<f64>().unwrap());
+        assert_eq!(out[1], f(&x).1.to_vec::<f64>().unwrap());
     }
 }

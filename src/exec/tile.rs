@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::fuse::{Group, Src, TileOp, View};
+use super::fuse::{Dst, Group, Src, TileOp, View};
 use crate::error::{Error, Result};
 use crate::ir::Var;
 use crate::primitives::{BinaryOp, UnaryOp};
@@ -146,67 +146,71 @@ impl Group {
                     r.resize(tile, 0.0);
                 }
             }
+            // Registers that stand for a tile of a buffer read in place, this tile.
+            let mut aliases: Vec<Option<&[f64]>> = vec![None; self.registers];
             for (column, row) in (start..end)
                 .step_by(tile)
                 .flat_map(|c| (0..rows).map(move |r| (c, r)))
             {
                 let len = tile.min(end - column);
                 let first = row * cols + column;
-                // A tile of an operand: a register, or a slice of a buffer read in order.
-                fn read<'a>(
-                    src: Src,
-                    registers: &'a [Vec<f64>],
-                    slices: &[&'a [f64]],
-                    views: &[View],
-                    start: usize,
-                    len: usize,
-                ) -> &'a [f64] {
-                    match src {
-                        Src::Register(r) => &registers[r][..len],
+                let at = column - start;
+                for op in &self.ops {
+                    let dst = match *op {
+                        TileOp::Load { view, dst } => {
+                            let into = &mut registers[dst][..len];
+                            aliases[dst] =
+                                load(&self.views[view], slices[view], first, into, &mut coords);
+                            continue;
+                        }
+                        TileOp::Unary { dst, .. }
+                        | TileOp::PowI { dst, .. }
+                        | TileOp::Binary { dst, .. } => dst,
+                    };
+                    // The result's tile is taken out while the operands are read: the planner
+                    // never gives an operand the result's place.
+                    let mut place = match dst {
+                        Dst::Register(r) => Place::Register(r, std::mem::take(&mut registers[r])),
+                        Dst::Output(k) => Place::Output(k, std::mem::take(&mut targets[k][row])),
+                    };
+                    let out = match &mut place {
+                        Place::Register(_, values) => &mut values[..len],
+                        Place::Output(_, values) => &mut values[at..at + len],
+                    };
+                    // A tile of an operand: a register (or the buffer it stands for), a slice
+                    // of a buffer read in order, or an output's tile.
+                    let read = |src: Src| match src {
+                        Src::Register(r) => aliases[r].unwrap_or(&registers[r][..len]),
                         Src::Direct(v) => {
-                            let first = views[v].offset as usize + start;
+                            let first = self.views[v].offset as usize + first;
                             &slices[v][first..first + len]
                         }
-                    }
-                }
-                let views = &self.views;
-                for op in &self.ops {
+                        Src::Output(k) => &targets[k][row][at..at + len],
+                    };
                     match *op {
-                        TileOp::Load { view, dst } => {
-                            let out = &mut registers[dst][..len];
-                            load(&views[view], slices[view], first, out, &mut coords);
+                        TileOp::Unary { op, src, .. } => unary(op, read(src), out),
+                        TileOp::PowI { n, src, .. } => powi(n, read(src), out),
+                        TileOp::Binary { op, a, b, .. } => binary(op, read(a), read(b), out),
+                        TileOp::Load { .. } => unreachable!("handled above"),
+                    }
+                    match place {
+                        Place::Register(r, values) => {
+                            registers[r] = values;
+                            aliases[r] = None;
                         }
-                        // The result's register is taken out while its operands are read: the
-                        // planner never gives an operand the result's register.
-                        TileOp::Unary { op, src, dst } => {
-                            let mut d = std::mem::take(&mut registers[dst]);
-                            let x = read(src, &registers, slices, views, first, len);
-                            unary(op, x, &mut d[..len]);
-                            registers[dst] = d;
-                        }
-                        TileOp::PowI { n, src, dst } => {
-                            let mut d = std::mem::take(&mut registers[dst]);
-                            let x = read(src, &registers, slices, views, first, len);
-                            powi(n, x, &mut d[..len]);
-                            registers[dst] = d;
-                        }
-                        TileOp::Binary { op, a, b, dst } => {
-                            let mut d = std::mem::take(&mut registers[dst]);
-                            let x = read(a, &registers, slices, views, first, len);
-                            let y = read(b, &registers, slices, views, first, len);
-                            binary(op, x, y, &mut d[..len]);
-                            registers[dst] = d;
-                        }
-                        TileOp::Store { src, output } => {
-                            let at = column - start;
-                            targets[output][row][at..at + len]
-                                .copy_from_slice(&registers[src][..len]);
-                        }
+                        Place::Output(k, values) => targets[k][row] = values,
                     }
                 }
             }
         });
     }
+}
+
+/// A result's place while it is computed, taken out of where it is kept: register `r`, or
+/// a row of output `k`.
+enum Place<'a> {
+    Register(usize, Vec<f64>),
+    Output(usize, &'a mut [f64]),
 }
 
 /// The `f64` array of a variable.
@@ -220,8 +224,16 @@ fn buffer(env: &[Option<Arc<Data>>], var: Var) -> Result<&ndarray::ArrayD<f64>> 
     }
 }
 
-/// Reads `dst.len()` elements of `view`, from linear index `start` of its shape, into `dst`.
-pub(super) fn load(view: &View, data: &[f64], start: usize, dst: &mut [f64], coords: &mut [usize]) {
+/// Reads `dst.len()` elements of `view`, from linear index `start` of its shape: in place
+/// when they are one valid run of its buffer in order (the slice returned), otherwise into
+/// `dst`.
+pub(super) fn load<'a>(
+    view: &View,
+    data: &'a [f64],
+    start: usize,
+    dst: &mut [f64],
+    coords: &mut [usize],
+) -> Option<&'a [f64]> {
     let rank = view.shape.len();
     let inner = rank - 1;
     let width = view.shape[inner];
@@ -232,26 +244,27 @@ pub(super) fn load(view: &View, data: &[f64], start: usize, dst: &mut [f64], coo
     }
     let stride = view.strides[inner];
     let (a, b) = view.valid[inner];
+    let (j, len) = (coords[inner], dst.len());
+    let row_valid = |coords: &[usize]| {
+        (0..inner).all(|d| view.valid[d].0 <= coords[d] && coords[d] < view.valid[d].1)
+    };
+    if stride == 1 && a <= j && j + len <= b && row_valid(coords) {
+        let base = view.offset + j as isize + outer_offset(view, coords);
+        return Some(&data[base as usize..base as usize + len]);
+    }
     let mut filled = 0;
     while filled < dst.len() {
         let j = coords[inner];
         let count = (width - j).min(dst.len() - filled);
         let out = &mut dst[filled..filled + count];
-        let row_valid =
-            (0..inner).all(|d| view.valid[d].0 <= coords[d] && coords[d] < view.valid[d].1);
-        if !row_valid {
+        if !row_valid(coords) {
             out.fill(0.0);
         } else {
             let lo = a.clamp(j, j + count);
             let hi = b.clamp(lo, j + count);
             out[..lo - j].fill(0.0);
             out[hi - j..].fill(0.0);
-            let outer: isize = coords[..inner]
-                .iter()
-                .zip(&view.strides)
-                .map(|(&c, &s)| c as isize * s)
-                .sum();
-            let base = view.offset + lo as isize * stride + outer;
+            let base = view.offset + lo as isize * stride + outer_offset(view, coords);
             let read = &mut out[lo - j..hi - j];
             match stride {
                 0 => read.fill(data[base as usize]),
@@ -274,6 +287,17 @@ pub(super) fn load(view: &View, data: &[f64], start: usize, dst: &mut [f64], coo
             coords[d] = 0;
         }
     }
+    None
+}
+
+/// The offset in `view`'s buffer of the row at `coords` (every axis but the last).
+fn outer_offset(view: &View, coords: &[usize]) -> isize {
+    let inner = coords.len() - 1;
+    coords[..inner]
+        .iter()
+        .zip(&view.strides)
+        .map(|(&c, &s)| c as isize * s)
+        .sum()
 }
 
 /// `out[i] = f(x[i])`, monomorphised per `f` so that simple ones vectorise.
