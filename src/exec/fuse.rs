@@ -811,8 +811,8 @@ mod tests {
             let data = a.as_slice().unwrap();
             let n: usize = view.shape.iter().product();
             let mut out = vec![0.0; n];
-            let mut coords = vec![0; view.shape.len()];
-            match super::super::tile::load(view, data, 0, &mut out, &mut coords) {
+            let (start, mut coords) = (vec![0; view.shape.len()], vec![0; view.shape.len()]);
+            match super::super::tile::load(view, data, &start, &mut out, &mut coords) {
                 Some(in_place) => in_place.to_vec(),
                 None => out,
             }
@@ -867,8 +867,9 @@ mod tests {
             .unwrap();
         let load = |start: usize, len: usize| {
             let mut out = vec![f64::NAN; len];
-            let mut coords = vec![0; 2];
-            let in_place = super::super::tile::load(&shifted, &data, start, &mut out, &mut coords)
+            let (mut at, mut coords) = (vec![0; 2], vec![0; 2]);
+            super::super::tile::coordinates(&[2, 10], start, &mut at);
+            let in_place = super::super::tile::load(&shifted, &data, &at, &mut out, &mut coords)
                 .map(<[f64]>::to_vec);
             (in_place, out)
         };

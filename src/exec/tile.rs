@@ -135,7 +135,10 @@ impl Group {
     ) {
         let Range { start, end } = range;
         let tile = TILE.min(end - start).max(1);
-        let mut coords = vec![0usize; self.shape.len()];
+        // The multi-index of a tile's first element (the same in every view: all have the
+        // group's shape), and scratch space to walk a tile across rows.
+        let mut start_at = vec![0usize; self.shape.len()];
+        let mut coords = start_at.clone();
         REGISTERS.with(|registers| {
             let mut registers = registers.borrow_mut();
             if registers.len() < self.registers {
@@ -155,12 +158,18 @@ impl Group {
                 let len = tile.min(end - column);
                 let first = row * cols + column;
                 let at = column - start;
+                coordinates(&self.shape, first, &mut start_at);
                 for op in &self.ops {
                     let dst = match *op {
                         TileOp::Load { view, dst } => {
                             let into = &mut registers[dst][..len];
-                            aliases[dst] =
-                                load(&self.views[view], slices[view], first, into, &mut coords);
+                            aliases[dst] = load(
+                                &self.views[view],
+                                slices[view],
+                                &start_at,
+                                into,
+                                &mut coords,
+                            );
                             continue;
                         }
                         TileOp::Unary { dst, .. }
@@ -224,24 +233,27 @@ fn buffer(env: &[Option<Arc<Data>>], var: Var) -> Result<&ndarray::ArrayD<f64>> 
     }
 }
 
-/// Reads `dst.len()` elements of `view`, from linear index `start` of its shape: in place
-/// when they are one valid run of its buffer in order (the slice returned), otherwise into
-/// `dst`.
+/// The multi-index of linear index `index` of `shape` (row-major), into `coords`.
+pub(super) fn coordinates(shape: &[usize], mut index: usize, coords: &mut [usize]) {
+    for d in (0..shape.len()).rev() {
+        coords[d] = index % shape[d];
+        index /= shape[d];
+    }
+}
+
+/// Reads `dst.len()` elements of `view` from multi-index `start` on: in place when they are
+/// one valid run of its buffer in order (the slice returned), otherwise into `dst`
+/// (`coords` is scratch space of the view's rank).
 pub(super) fn load<'a>(
     view: &View,
     data: &'a [f64],
-    start: usize,
+    start: &[usize],
     dst: &mut [f64],
     coords: &mut [usize],
 ) -> Option<&'a [f64]> {
-    let rank = view.shape.len();
-    let inner = rank - 1;
+    let inner = view.shape.len() - 1;
     let width = view.shape[inner];
-    let mut p = start;
-    for d in (0..rank).rev() {
-        coords[d] = p % view.shape[d];
-        p /= view.shape[d];
-    }
+    coords.copy_from_slice(start);
     let stride = view.strides[inner];
     let (a, b) = view.valid[inner];
     let (j, len) = (coords[inner], dst.len());
