@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::ir::Var;
 use crate::ir::passes::clean;
+use crate::ir::{Eqn, Var};
 use crate::primitives::{BinaryOp, Elementwise, Prim, Program, Structural, UnaryOp};
 use crate::storage::{Aval, DType, Data};
 
@@ -13,7 +13,7 @@ use crate::storage::{Aval, DType, Data};
 /// subprograms, like tangent bases, stay generators that run with the program.
 const FOLD_LIMIT: usize = 4096;
 
-/// Folds small constants, and negations into the sums that read them, moves loop-invariant
+/// Folds small constants, turns constants of one repeated value into broadcasts, folds negations into the sums that read them, moves loop-invariant
 /// work out of loops, turns products that only regroup an operand (by a tangent basis) into
 /// reshapes and transposes, moves sums of matrix products out of loop bodies (the loops sum
 /// them a block of steps at a time), takes per-step outputs that restate a per-step input
@@ -21,7 +21,8 @@ const FOLD_LIMIT: usize = 4096;
 /// duplicates, composes chains of transposes and of reshapes, drops dead code and renumbers
 /// variables.
 pub(crate) fn simplify(program: Program) -> Program {
-    let program = super::hoist::hoist_invariants(fold_negations(fold_constants(program)));
+    let program = uniform_constants(fold_constants(program));
+    let program = super::hoist::hoist_invariants(fold_negations(program));
     let program = super::one_hot::regroup_selecting_products(program);
     let program = super::accumulate::move_accumulations(program);
     let program = super::hoist::restate_stacked_inputs(program);
@@ -364,6 +365,46 @@ fn fold_constants(mut program: Program) -> Program {
     program
 }
 
+/// A constant larger than folding makes, whose elements are all equal, read only by
+/// elementwise equations, becomes the broadcast of its value: fused loops read it as one
+/// number, not as a buffer from memory. Derivatives make such constants: the cotangent of a
+/// sum is a vector of ones, which the derivative scales.
+fn uniform_constants(mut program: Program) -> Program {
+    let mut read_elementwise: HashMap<Var, bool> = HashMap::new();
+    for eqn in &program.eqns {
+        let elementwise = matches!(eqn.prim, Prim::Elementwise(_));
+        for &v in &eqn.inputs {
+            *read_elementwise.entry(v).or_insert(true) &= elementwise;
+        }
+    }
+    let mut broadcasts = Vec::new();
+    for k in 0..program.consts.len() {
+        let (var, data) = program.consts[k].clone();
+        let Data::F64(values) = &*data else { continue };
+        // Equal to the bit: a sign of zero or a NaN payload is kept.
+        let first = values.first().copied();
+        let uniform = values.len() > FOLD_LIMIT
+            && values
+                .iter()
+                .all(|x| Some(x.to_bits()) == first.map(f64::to_bits));
+        let read_only_elementwise =
+            read_elementwise.get(&var).copied().unwrap_or(false) && !program.outputs.contains(&var);
+        if let (true, true, Some(value)) = (uniform, read_only_elementwise, first) {
+            let scalar = program.new_var(Aval::new(&[], DType::F64));
+            program.consts[k] = (scalar, Arc::new(Data::F64(ndarray::arr0(value).into_dyn())));
+            broadcasts.push(Eqn {
+                prim: Structural::Broadcast(values.shape().to_vec()).into(),
+                inputs: vec![scalar],
+                outputs: vec![var],
+                source: None,
+            });
+        }
+    }
+    broadcasts.append(&mut program.eqns);
+    program.eqns = broadcasts;
+    program
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,8 +449,15 @@ mod tests {
 
     #[test]
     fn large_constants_and_generators_stay_in_the_program() {
+        // The constant of ones becomes the broadcast of a one: `exp` runs on it each call.
         let p = simplify(program_on_constant(FOLD_LIMIT + 1));
-        assert_eq!(p.len(), 2, "{p}");
+        assert_eq!(p.len(), 3, "{p}");
+        assert!(p.to_string().contains("broadcast"), "{p}");
+        assert_eq!(
+            *p.consts[0].1,
+            Data::F64(ndarray::arr0(1.0).into_dyn()),
+            "{p}"
+        );
         let mut p = Program::default();
         let eye = p.new_var(Aval::new(&[2, 2], DType::F64));
         p.eqns.push(Eqn {
@@ -426,6 +474,52 @@ mod tests {
         });
         p.outputs.push(eye);
         assert_eq!(simplify(p).len(), 1);
+    }
+
+    #[test]
+    fn large_uniform_constants_read_elementwise_become_broadcasts() {
+        let n = FOLD_LIMIT + 1;
+        let constant =
+            |values: Vec<f64>| Arc::new(Data::F64(ndarray::Array::from(values).into_dyn()));
+        // x + c, and c @ x (a product reads the buffer itself).
+        let program = |c: Arc<Data>, product: bool| {
+            let mut p = Program::default();
+            let aval = Aval::new(&[n], DType::F64);
+            let x = p.new_var(aval.clone());
+            p.inputs.push(x);
+            let c_var = p.new_var(aval.clone());
+            p.consts.push((c_var, c));
+            let (prim, aval): (Prim, _) = if product {
+                (
+                    Prim::MatMul(crate::primitives::MatMul),
+                    Aval::new(&[], DType::F64),
+                )
+            } else {
+                (BinaryOp::Add.into(), aval)
+            };
+            let y = p.new_var(aval);
+            p.eqns.push(Eqn {
+                prim,
+                inputs: vec![x, c_var],
+                outputs: vec![y],
+                source: None,
+            });
+            p.outputs.push(y);
+            uniform_constants(p)
+        };
+        let p = program(constant(vec![0.5; n]), false);
+        assert_eq!(p.len(), 2, "{p}");
+        assert_eq!(*p.consts[0].1, Data::F64(ndarray::arr0(0.5).into_dyn()));
+        // Not uniform (a zero of the other sign), or read by a product: kept as it is.
+        let mut signed = vec![0.0; n];
+        signed[7] = -0.0;
+        for p in [
+            program(constant(signed), false),
+            program(constant(vec![0.5; n]), true),
+        ] {
+            assert_eq!(p.len(), 1, "{p}");
+            assert_eq!(p.consts[0].1.shape(), &[n]);
+        }
     }
 
     #[test]
