@@ -150,7 +150,15 @@ impl Group {
                 }
             }
             // Registers that stand for a tile of a buffer read in place, this tile.
-            let mut aliases: Vec<Option<&[f64]>> = vec![None; self.registers];
+            // On the stack for the usual few registers: small groups run often.
+            let (mut few, mut many) = ([None; 16], Vec::new());
+            let aliases: &mut [Option<&[f64]>] = if self.registers <= few.len() {
+                &mut few[..self.registers]
+            } else {
+                many.resize(self.registers, None);
+                &mut many
+            };
+            let loads = self.ops.iter().any(|op| matches!(op, TileOp::Load { .. }));
             for (column, row) in (start..end)
                 .step_by(tile)
                 .flat_map(|c| (0..rows).map(move |r| (c, r)))
@@ -158,7 +166,9 @@ impl Group {
                 let len = tile.min(end - column);
                 let first = row * cols + column;
                 let at = column - start;
-                coordinates(&self.shape, first, &mut start_at);
+                if loads {
+                    coordinates(&self.shape, first, &mut start_at);
+                }
                 for op in &self.ops {
                     let dst = match *op {
                         TileOp::Load { view, dst } => {
