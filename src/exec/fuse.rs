@@ -619,6 +619,7 @@ mod tests {
 
     use super::*;
     use crate::exec::Plan;
+    use crate::exec::tile::Held;
     use crate::storage::Data;
     use crate::tensor::Tensor;
     use crate::{Tensor as T, make_program};
@@ -813,8 +814,9 @@ mod tests {
             let mut out = vec![0.0; n];
             let (start, mut coords) = (vec![0; view.shape.len()], vec![0; view.shape.len()]);
             match super::super::tile::load(view, data, &start, &mut out, &mut coords) {
-                Some(in_place) => in_place.to_vec(),
-                None => out,
+                Held::InPlace(values) => values.to_vec(),
+                Held::Uniform(value) => vec![value; n],
+                Held::Own => out,
             }
         };
         let var = Program::default().new_var(Aval::new(&shape, DType::F64));
@@ -865,19 +867,34 @@ mod tests {
                 })
             })
             .unwrap();
-        let load = |start: usize, len: usize| {
+        let load = |view: &View, start: usize, len: usize| {
             let mut out = vec![f64::NAN; len];
-            let (mut at, mut coords) = (vec![0; 2], vec![0; 2]);
-            super::super::tile::coordinates(&[2, 10], start, &mut at);
-            let in_place = super::super::tile::load(&shifted, &data, &at, &mut out, &mut coords)
-                .map(<[f64]>::to_vec);
+            let (mut at, mut coords) = (vec![0; view.shape.len()], vec![0; view.shape.len()]);
+            super::super::tile::coordinates(&view.shape, start, &mut at);
+            let in_place = match super::super::tile::load(view, &data, &at, &mut out, &mut coords) {
+                Held::InPlace(values) => Some(values.to_vec()),
+                Held::Uniform(value) => Some(vec![value; len]),
+                Held::Own => None,
+            };
             (in_place, out)
         };
         // Columns 2..6 of row 1 read buffer elements 11..15 in place.
-        assert_eq!(load(12, 4).0, Some(vec![12.0, 13.0, 14.0, 15.0]));
+        let view = &shifted;
+        assert_eq!(load(view, 12, 4).0, Some(vec![12.0, 13.0, 14.0, 15.0]));
         // A tile with the padded column, or across rows, is copied, zeros included.
-        assert_eq!(load(0, 3), (None, vec![0.0, 1.0, 2.0]));
-        assert_eq!(load(8, 4), (None, vec![8.0, 9.0, 0.0, 11.0]));
+        assert_eq!(load(view, 0, 3), (None, vec![0.0, 1.0, 2.0]));
+        assert_eq!(load(view, 8, 4), (None, vec![8.0, 9.0, 0.0, 11.0]));
+        // Column 4 repeated along each row: a tile within a row is one number.
+        let column = View::of(var, &[2, 10])
+            .then(&Structural::Slice {
+                start: vec![0, 4],
+                stop: vec![2, 5],
+                step: vec![1, 1],
+            })
+            .unwrap()
+            .broadcast(&[2, 4]);
+        assert_eq!(load(&column, 5, 2).0, Some(vec![15.0, 15.0]));
+        assert_eq!(load(&column, 2, 4), (None, vec![5.0, 5.0, 15.0, 15.0]));
     }
 
     #[test]

@@ -149,13 +149,13 @@ impl Group {
                     r.resize(tile, 0.0);
                 }
             }
-            // Registers that stand for a tile of a buffer read in place, this tile.
-            // On the stack for the usual few registers: small groups run often.
-            let (mut few, mut many) = ([None; 16], Vec::new());
-            let aliases: &mut [Option<&[f64]>] = if self.registers <= few.len() {
+            // What each register holds this tile. On the stack for the usual few registers:
+            // small groups run often.
+            let (mut few, mut many) = ([Held::Own; 16], Vec::new());
+            let held: &mut [Held] = if self.registers <= few.len() {
                 &mut few[..self.registers]
             } else {
-                many.resize(self.registers, None);
+                many.resize(self.registers, Held::Own);
                 &mut many
             };
             let loads = self.ops.iter().any(|op| matches!(op, TileOp::Load { .. }));
@@ -173,7 +173,7 @@ impl Group {
                     let dst = match *op {
                         TileOp::Load { view, dst } => {
                             let into = &mut registers[dst][..len];
-                            aliases[dst] = load(
+                            held[dst] = load(
                                 &self.views[view],
                                 slices[view],
                                 &start_at,
@@ -186,6 +186,38 @@ impl Group {
                         | TileOp::PowI { dst, .. }
                         | TileOp::Binary { dst, .. } => dst,
                     };
+                    // Only registers stand for uniform tiles.
+                    let uniform_of = |src: Src| match src {
+                        Src::Register(r) => match held[r] {
+                            Held::Uniform(value) => Some(value),
+                            Held::Own | Held::InPlace(_) => None,
+                        },
+                        Src::Direct(_) | Src::Output(_) => None,
+                    };
+                    // Uniform operands give a uniform result, computed once by the same
+                    // kernel (so to the bit as the tile would be).
+                    let once = |kernel: &dyn Fn(&mut [f64])| {
+                        let mut result = [0.0];
+                        kernel(&mut result);
+                        result[0]
+                    };
+                    let uniform = match *op {
+                        TileOp::Unary { op, src, .. } => {
+                            uniform_of(src).map(|x| once(&|out| unary(op, &[x], out)))
+                        }
+                        TileOp::PowI { n, src, .. } => {
+                            uniform_of(src).map(|x| once(&|out| powi(n, &[x], out)))
+                        }
+                        TileOp::Binary { op, a, b, .. } => match (uniform_of(a), uniform_of(b)) {
+                            (Some(x), Some(y)) => Some(once(&|out| binary(op, &[x], &[y], out))),
+                            _ => None,
+                        },
+                        TileOp::Load { .. } => unreachable!("handled above"),
+                    };
+                    if let (Some(value), Dst::Register(r)) = (uniform, dst) {
+                        held[r] = Held::Uniform(value);
+                        continue;
+                    }
                     // The result's tile is taken out while the operands are read: the planner
                     // never gives an operand the result's place.
                     let mut place = match dst {
@@ -196,32 +228,76 @@ impl Group {
                         Place::Register(_, values) => &mut values[..len],
                         Place::Output(_, values) => &mut values[at..at + len],
                     };
-                    // A tile of an operand: a register (or the buffer it stands for), a slice
-                    // of a buffer read in order, or an output's tile.
+                    // A tile of an operand: a register (or what it stands for), a slice of a
+                    // buffer read in order, or an output's tile.
                     let read = |src: Src| match src {
-                        Src::Register(r) => aliases[r].unwrap_or(&registers[r][..len]),
+                        Src::Register(r) => match held[r] {
+                            Held::Own => Operand::Tile(&registers[r][..len]),
+                            Held::InPlace(values) => Operand::Tile(values),
+                            Held::Uniform(value) => Operand::Uniform(value),
+                        },
                         Src::Direct(v) => {
                             let first = self.views[v].offset as usize + first;
-                            &slices[v][first..first + len]
+                            Operand::Tile(&slices[v][first..first + len])
                         }
-                        Src::Output(k) => &targets[k][row][at..at + len],
+                        Src::Output(k) => Operand::Tile(&targets[k][row][at..at + len]),
                     };
-                    match *op {
-                        TileOp::Unary { op, src, .. } => unary(op, read(src), out),
-                        TileOp::PowI { n, src, .. } => powi(n, read(src), out),
-                        TileOp::Binary { op, a, b, .. } => binary(op, read(a), read(b), out),
-                        TileOp::Load { .. } => unreachable!("handled above"),
+                    if let Some(value) = uniform {
+                        out.fill(value);
+                    } else {
+                        match *op {
+                            TileOp::Unary { op, src, .. } => unary(op, read(src).tile(), out),
+                            TileOp::PowI { n, src, .. } => powi(n, read(src).tile(), out),
+                            TileOp::Binary { op, a, b, .. } => match (read(a), read(b)) {
+                                (Operand::Uniform(x), y) => {
+                                    binary_scalar(op, y.tile(), x, true, out)
+                                }
+                                (x, Operand::Uniform(y)) => {
+                                    binary_scalar(op, x.tile(), y, false, out)
+                                }
+                                (x, y) => binary(op, x.tile(), y.tile(), out),
+                            },
+                            TileOp::Load { .. } => unreachable!("handled above"),
+                        }
                     }
                     match place {
                         Place::Register(r, values) => {
                             registers[r] = values;
-                            aliases[r] = None;
+                            held[r] = Held::Own;
                         }
                         Place::Output(k, values) => targets[k][row] = values,
                     }
                 }
             }
         });
+    }
+}
+
+/// What a register holds for the current tile.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Held<'a> {
+    /// Its own values.
+    Own,
+    /// Nothing: it stands for this run of a buffer, read in place.
+    InPlace(&'a [f64]),
+    /// Nothing: every element of the tile is this value.
+    Uniform(f64),
+}
+
+/// An operand's tile.
+#[derive(Clone, Copy)]
+enum Operand<'a> {
+    Tile(&'a [f64]),
+    Uniform(f64),
+}
+
+impl<'a> Operand<'a> {
+    /// The tile's values; a uniform operand only ever meets the scalar kernels.
+    fn tile(self) -> &'a [f64] {
+        match self {
+            Operand::Tile(values) => values,
+            Operand::Uniform(_) => unreachable!("uniform operands are read as numbers"),
+        }
     }
 }
 
@@ -252,15 +328,15 @@ pub(super) fn coordinates(shape: &[usize], mut index: usize, coords: &mut [usize
 }
 
 /// Reads `dst.len()` elements of `view` from multi-index `start` on: in place when they are
-/// one valid run of its buffer in order (the slice returned), otherwise into `dst`
-/// (`coords` is scratch space of the view's rank).
+/// one valid run of its buffer in order, as one number when they all read one element,
+/// otherwise into `dst` (`coords` is scratch space of the view's rank).
 pub(super) fn load<'a>(
     view: &View,
     data: &'a [f64],
     start: &[usize],
     dst: &mut [f64],
     coords: &mut [usize],
-) -> Option<&'a [f64]> {
+) -> Held<'a> {
     let inner = view.shape.len() - 1;
     let width = view.shape[inner];
     coords.copy_from_slice(start);
@@ -270,9 +346,12 @@ pub(super) fn load<'a>(
     let row_valid = |coords: &[usize]| {
         (0..inner).all(|d| view.valid[d].0 <= coords[d] && coords[d] < view.valid[d].1)
     };
-    if stride == 1 && a <= j && j + len <= b && row_valid(coords) {
-        let base = view.offset + j as isize + outer_offset(view, coords);
-        return Some(&data[base as usize..base as usize + len]);
+    if matches!(stride, 0 | 1) && a <= j && j + len <= b && row_valid(coords) {
+        let base = (view.offset + j as isize * stride + outer_offset(view, coords)) as usize;
+        return match stride {
+            0 => Held::Uniform(data[base]),
+            _ => Held::InPlace(&data[base..base + len]),
+        };
     }
     let mut filled = 0;
     while filled < dst.len() {
@@ -309,7 +388,7 @@ pub(super) fn load<'a>(
             coords[d] = 0;
         }
     }
-    None
+    Held::Own
 }
 
 /// The offset in `view`'s buffer of the row at `coords` (every axis but the last).
