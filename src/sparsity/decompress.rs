@@ -82,7 +82,6 @@ impl Compression {
                 Some(*acc - len)
             })
             .collect();
-        let leaf_of = |v: usize| starts.partition_point(|&s| s <= v) - 1;
         let k = blocks.len();
         let mut out: Vec<Vec<T>> = (0..k * k)
             .map(|b| {
@@ -90,14 +89,26 @@ impl Compression {
                 crate::memory::try_filled("hessian", len, T::default())
             })
             .collect::<Result<_>>()?;
+        // Row by row, on every thread when the block is large: the first write to each page
+        // of a fresh block faults it in, which threads overlap.
         let pattern = &self.pattern;
-        for r in 0..pattern.size() {
-            let i = leaf_of(r);
-            let a = r - starts[i];
-            let slots = pattern.row_start[r]..pattern.row_start[r + 1];
-            for (&c, &value) in pattern.cols[slots.clone()].iter().zip(&values[slots]) {
-                let j = leaf_of(c);
-                out[i * k + j][a * blocks[j] + (c - starts[j])] = value;
+        for (b, block) in out.iter_mut().enumerate() {
+            let (i, j) = (b / k, b % k);
+            let columns = starts[j]..starts[j] + blocks[j];
+            let fill_row = |(a, row): (usize, &mut [T])| {
+                let r = starts[i] + a;
+                let slots = pattern.row_start[r]..pattern.row_start[r + 1];
+                for (&c, &value) in pattern.cols[slots.clone()].iter().zip(&values[slots]) {
+                    if columns.contains(&c) {
+                        row[c - columns.start] = value;
+                    }
+                }
+            };
+            let width = blocks[j].max(1);
+            if block.len() < PARALLEL_MIN {
+                block.chunks_mut(width).enumerate().for_each(fill_row);
+            } else {
+                block.par_chunks_mut(width).enumerate().for_each(fill_row);
             }
         }
         out.into_iter()
