@@ -243,6 +243,10 @@ impl fmt::Display for Symbols {
 /// `x` rounded to 12 significant digits, so that products of scales land on the same double
 /// however they were formed (`ms^3 / ms^2` is exactly `ms`), keeping units comparable.
 fn tidy(x: f64) -> f64 {
+    // One, the scale of every plain number, is tidy: calls without units skip the formatting.
+    if x == 1.0 {
+        return x;
+    }
     format!("{x:.11e}").parse().unwrap_or(x)
 }
 
