@@ -31,25 +31,26 @@ impl Group {
     /// in order. Large groups are split into ranges of columns run on the thread pool.
     pub fn run(&self, env: &[Option<Arc<Data>>]) -> Result<Vec<Data>> {
         let numel: usize = self.shape.iter().product();
-        let arrays = self
+        // Operands in standard layout are read in place, others (rarely any) from a copy.
+        let mut copies: Vec<ndarray::ArrayD<f64>> = Vec::new();
+        for view in &self.views {
+            let array = buffer(env, view.var)?;
+            if !array.is_standard_layout() {
+                copies.push(array.as_standard_layout().into_owned());
+            }
+        }
+        let mut copied = copies.iter();
+        let slices = self
             .views
             .iter()
-            .map(|v| buffer(env, v.var))
-            .collect::<Result<Vec<_>>>()?;
-        // Operands in standard layout are read in place, others (rarely any) from a copy.
-        let copies: Vec<ndarray::ArrayD<f64>> = arrays
-            .iter()
-            .filter(|a| !a.is_standard_layout())
-            .map(|a| a.as_standard_layout().into_owned())
-            .collect();
-        let mut copied = copies.iter();
-        let slices: Vec<&[f64]> = arrays
-            .iter()
-            .map(|a| match a.as_slice() {
-                Some(values) => values,
-                None => copied.next().and_then(|c| c.as_slice()).expect("a copy"),
+            .map(|view| {
+                let array = buffer(env, view.var)?;
+                Ok(match array.as_slice() {
+                    Some(values) => values,
+                    None => copied.next().and_then(|c| c.as_slice()).expect("a copy"),
+                })
             })
-            .collect();
+            .collect::<Result<Vec<&[f64]>>>()?;
         let mut outputs: Vec<Vec<f64>> = self
             .outputs
             .iter()
@@ -59,34 +60,38 @@ impl Group {
         if numel > 0 {
             let (rows, cols) = self.blocks(numel);
             let parts = (numel / PARALLEL_MIN).clamp(1, rayon::current_num_threads());
-            // Ranges of whole tiles of columns, one per thread, each writing its columns of
-            // every row of every output.
-            let width = cols.div_ceil(parts).next_multiple_of(TILE);
-            let ranges: Vec<Range<usize>> = (0..cols)
-                .step_by(width)
-                .map(|c| c..cols.min(c + width))
-                .collect();
-            let mut pieces: Vec<Vec<Vec<&mut [f64]>>> = ranges
-                .iter()
-                .map(|_| Vec::with_capacity(outputs.len()))
-                .collect();
-            for output in outputs.iter_mut() {
-                for piece in pieces.iter_mut() {
-                    piece.push(Vec::with_capacity(rows));
-                }
-                for row in output.chunks_mut(cols) {
+            if parts == 1 {
+                // Every row of every output, in one list (few allocations: small groups run
+                // often).
+                let mut targets: Vec<&mut [f64]> = outputs
+                    .iter_mut()
+                    .flat_map(|output| output.chunks_mut(cols))
+                    .collect();
+                self.run_columns(&slices, rows, cols, 0..cols, &mut targets);
+            } else {
+                // Ranges of whole tiles of columns, one per thread, each writing its columns
+                // of every row of every output.
+                let width = cols.div_ceil(parts).next_multiple_of(TILE);
+                let ranges: Vec<Range<usize>> = (0..cols)
+                    .step_by(width)
+                    .map(|c| c..cols.min(c + width))
+                    .collect();
+                let mut pieces: Vec<Vec<&mut [f64]>> = ranges
+                    .iter()
+                    .map(|_| Vec::with_capacity(outputs.len() * rows))
+                    .collect();
+                for row in outputs
+                    .iter_mut()
+                    .flat_map(|output| output.chunks_mut(cols))
+                {
                     for (piece, part) in pieces.iter_mut().zip(row.chunks_mut(width)) {
-                        piece.last_mut().expect("pushed above").push(part);
+                        piece.push(part);
                     }
                 }
-            }
-            let work = ranges.into_iter().zip(pieces);
-            if parts == 1 {
-                work.for_each(|(range, mut targets)| {
-                    self.run_columns(&slices, rows, cols, range, &mut targets)
-                });
-            } else {
-                work.collect::<Vec<_>>()
+                ranges
+                    .into_iter()
+                    .zip(pieces)
+                    .collect::<Vec<_>>()
                     .into_par_iter()
                     .for_each(|(range, mut targets)| {
                         self.run_columns(&slices, rows, cols, range, &mut targets)
@@ -123,22 +128,28 @@ impl Group {
     }
 
     /// Runs the tiles of columns `range` of every row of the `rows x cols` iteration space,
-    /// writing output `k`'s row `r` into `targets[k][r]` (of `range.len()` values), in this
-    /// thread's registers.
+    /// writing output `k`'s row `r` into `targets[k * rows + r]` (of `range.len()` values),
+    /// in this thread's registers.
     fn run_columns(
         &self,
         slices: &[&[f64]],
         rows: usize,
         cols: usize,
         range: Range<usize>,
-        targets: &mut [Vec<&mut [f64]>],
+        targets: &mut [&mut [f64]],
     ) {
         let Range { start, end } = range;
         let tile = TILE.min(end - start).max(1);
         // The multi-index of a tile's first element (the same in every view: all have the
         // group's shape), and scratch space to walk a tile across rows.
-        let mut start_at = vec![0usize; self.shape.len()];
-        let mut coords = start_at.clone();
+        let rank = self.shape.len();
+        let (mut stack, mut heap) = ([0usize; 16], Vec::new());
+        let (start_at, coords) = if 2 * rank <= stack.len() {
+            stack[..2 * rank].split_at_mut(rank)
+        } else {
+            heap.resize(2 * rank, 0);
+            heap.split_at_mut(rank)
+        };
         REGISTERS.with(|registers| {
             let mut registers = registers.borrow_mut();
             if registers.len() < self.registers {
@@ -167,19 +178,14 @@ impl Group {
                 let first = row * cols + column;
                 let at = column - start;
                 if loads {
-                    coordinates(&self.shape, first, &mut start_at);
+                    coordinates(&self.shape, first, start_at);
                 }
                 for op in &self.ops {
                     let dst = match *op {
                         TileOp::Load { view, dst } => {
                             let into = &mut registers[dst][..len];
-                            held[dst] = load(
-                                &self.views[view],
-                                slices[view],
-                                &start_at,
-                                into,
-                                &mut coords,
-                            );
+                            held[dst] =
+                                load(&self.views[view], slices[view], start_at, into, coords);
                             continue;
                         }
                         TileOp::Unary { dst, .. }
@@ -222,7 +228,9 @@ impl Group {
                     // never gives an operand the result's place.
                     let mut place = match dst {
                         Dst::Register(r) => Place::Register(r, std::mem::take(&mut registers[r])),
-                        Dst::Output(k) => Place::Output(k, std::mem::take(&mut targets[k][row])),
+                        Dst::Output(k) => {
+                            Place::Output(k, std::mem::take(&mut targets[k * rows + row]))
+                        }
                     };
                     let out = match &mut place {
                         Place::Register(_, values) => &mut values[..len],
@@ -240,7 +248,7 @@ impl Group {
                             let first = self.views[v].offset as usize + first;
                             Operand::Tile(&slices[v][first..first + len])
                         }
-                        Src::Output(k) => Operand::Tile(&targets[k][row][at..at + len]),
+                        Src::Output(k) => Operand::Tile(&targets[k * rows + row][at..at + len]),
                     };
                     if let Some(value) = uniform {
                         out.fill(value);
@@ -265,7 +273,7 @@ impl Group {
                             registers[r] = values;
                             held[r] = Held::Own;
                         }
-                        Place::Output(k, values) => targets[k][row] = values,
+                        Place::Output(k, values) => targets[k * rows + row] = values,
                     }
                 }
             }
