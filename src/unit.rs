@@ -79,11 +79,21 @@ impl Ratio {
     }
 
     fn add(self, other: Ratio) -> Option<Ratio> {
+        // Most exponents are zero: the unit of a plain number has only those.
+        if self.num == 0 {
+            return Some(other);
+        }
+        if other.num == 0 {
+            return Some(self);
+        }
         let ((a, b), (c, d)) = (self.wide(), other.wide());
         Ratio::new(a * d + c * b, b * d)
     }
 
     fn mul(self, other: Ratio) -> Option<Ratio> {
+        if self.num == 0 || other.num == 0 {
+            return Some(Ratio::int(0));
+        }
         let ((a, b), (c, d)) = (self.wide(), other.wide());
         Ratio::new(a * c, b * d)
     }
