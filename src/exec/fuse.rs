@@ -816,6 +816,7 @@ mod tests {
             match super::super::tile::load(view, data, &start, &mut out, &mut coords) {
                 Held::InPlace(values) => values.to_vec(),
                 Held::Uniform(value) => vec![value; n],
+                Held::Repeated(run) => run.repeat(n / run.len()),
                 Held::Own => out,
             }
         };
@@ -874,6 +875,7 @@ mod tests {
             let in_place = match super::super::tile::load(view, &data, &at, &mut out, &mut coords) {
                 Held::InPlace(values) => Some(values.to_vec()),
                 Held::Uniform(value) => Some(vec![value; len]),
+                Held::Repeated(run) => Some(run.repeat(len / run.len())),
                 Held::Own => None,
             };
             (in_place, out)
@@ -895,6 +897,53 @@ mod tests {
             .broadcast(&[2, 4]);
         assert_eq!(load(&column, 5, 2).0, Some(vec![15.0, 15.0]));
         assert_eq!(load(&column, 2, 4), (None, vec![5.0, 5.0, 15.0, 15.0]));
+        // A run of 16 repeated along the rows: whole rows of it are one run.
+        let run: Vec<f64> = (0..16).map(|k| k as f64).collect();
+        let var = Program::default().new_var(Aval::new(&[16], DType::F64));
+        let rows = View::of(var, &[16]).broadcast(&[4, 16]);
+        let mut coords = [0; 4];
+        let (start, scratch) = coords.split_at_mut(2);
+        let mut out = vec![0.0; 48];
+        let held = super::super::tile::load(&rows, &run, start, &mut out, scratch);
+        assert_eq!(held, Held::Repeated(&run[..]));
+        // One element over rows of one: a number, across rows too.
+        let one = View::of(var, &[16])
+            .then(&Structural::Slice {
+                start: vec![5],
+                stop: vec![6],
+                step: vec![1],
+            })
+            .unwrap()
+            .broadcast(&[3, 1]);
+        let held = super::super::tile::load(&one, &run, start, &mut out[..3], scratch);
+        assert_eq!(held, Held::Uniform(5.0));
+        // From inside a row it is copied.
+        super::super::tile::coordinates(&[4, 16], 8, start);
+        let held = super::super::tile::load(&rows, &run, start, &mut out[..16], scratch);
+        assert_eq!(held, Held::Own);
+        assert_eq!(out[..16], [&run[8..], &run[..8]].concat()[..]);
+    }
+
+    #[test]
+    fn vectors_repeated_along_a_batch_meet_every_kind_of_operand() {
+        // A bias of 16 broadcast over 40 rows, against a tile, a number, another bias and
+        // inside a transcendental function.
+        let f = |x: &T, b: &T, c: &T| {
+            let y = (x + b).tanh() * b + b.exp() - (b * c) * 2.0;
+            (&y * c, b * 3.0 + x - b + (b - &y))
+        };
+        let x = T::from_vec(
+            (0..640).map(|k| (k as f64 * 0.37).sin()).collect(),
+            &[40, 16],
+        )
+        .unwrap();
+        let b = T::from_vec((0..16).map(|k| 0.1 * k as f64 - 0.7).collect(), &[16]).unwrap();
+        let c = T::from_vec((0..16).map(|k| (k as f64).cos()).collect(), &[16]).unwrap();
+        let plan = Plan::new(make_program(f, (&x, &b, &c)).unwrap());
+        let out = agree(&plan, &[x.clone(), b.clone(), c.clone()]);
+        let (want0, want1) = f(&x, &b, &c);
+        assert_eq!(out[0], want0.to_vec::<f64>().unwrap());
+        assert_eq!(out[1], want1.to_vec::<f64>().unwrap());
     }
 
     #[test]

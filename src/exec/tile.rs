@@ -192,11 +192,34 @@ impl Group {
                         | TileOp::PowI { dst, .. }
                         | TileOp::Binary { dst, .. } => dst,
                     };
+                    // A repeated run meets only a tile, in a binary operation; anywhere else
+                    // it is spread over its register first.
+                    let is_tile = |src: Src| match src {
+                        Src::Register(r) => matches!(held[r], Held::Own | Held::InPlace(_)),
+                        Src::Direct(_) | Src::Output(_) => true,
+                    };
+                    let spread = match *op {
+                        TileOp::Unary { src, .. } | TileOp::PowI { src, .. } => [Some(src), None],
+                        TileOp::Binary { a, b, .. } => {
+                            [(!is_tile(b)).then_some(a), (!is_tile(a)).then_some(b)]
+                        }
+                        TileOp::Load { .. } => unreachable!("handled above"),
+                    };
+                    for src in spread.into_iter().flatten() {
+                        if let Src::Register(r) = src {
+                            if let Held::Repeated(run) = held[r] {
+                                for row in registers[r][..len].chunks_exact_mut(run.len()) {
+                                    row.copy_from_slice(run);
+                                }
+                                held[r] = Held::Own;
+                            }
+                        }
+                    }
                     // Only registers stand for uniform tiles.
                     let uniform_of = |src: Src| match src {
                         Src::Register(r) => match held[r] {
                             Held::Uniform(value) => Some(value),
-                            Held::Own | Held::InPlace(_) => None,
+                            Held::Own | Held::InPlace(_) | Held::Repeated(_) => None,
                         },
                         Src::Direct(_) | Src::Output(_) => None,
                     };
@@ -243,6 +266,7 @@ impl Group {
                             Held::Own => Operand::Tile(&registers[r][..len]),
                             Held::InPlace(values) => Operand::Tile(values),
                             Held::Uniform(value) => Operand::Uniform(value),
+                            Held::Repeated(run) => Operand::Repeated(run),
                         },
                         Src::Direct(v) => {
                             let first = self.views[v].offset as usize + first;
@@ -262,6 +286,12 @@ impl Group {
                                 }
                                 (x, Operand::Uniform(y)) => {
                                     binary_scalar(op, x.tile(), y, false, out)
+                                }
+                                (Operand::Repeated(x), y) => {
+                                    binary_repeated(op, y.tile(), x, true, out)
+                                }
+                                (x, Operand::Repeated(y)) => {
+                                    binary_repeated(op, x.tile(), y, false, out)
                                 }
                                 (x, y) => binary(op, x.tile(), y.tile(), out),
                             },
@@ -290,6 +320,9 @@ pub(super) enum Held<'a> {
     InPlace(&'a [f64]),
     /// Nothing: every element of the tile is this value.
     Uniform(f64),
+    /// Nothing: every row of the tile is this run of a buffer (a vector broadcast over the
+    /// rows of a batch).
+    Repeated(&'a [f64]),
 }
 
 /// An operand's tile.
@@ -297,6 +330,7 @@ pub(super) enum Held<'a> {
 enum Operand<'a> {
     Tile(&'a [f64]),
     Uniform(f64),
+    Repeated(&'a [f64]),
 }
 
 impl<'a> Operand<'a> {
@@ -304,7 +338,9 @@ impl<'a> Operand<'a> {
     fn tile(self) -> &'a [f64] {
         match self {
             Operand::Tile(values) => values,
-            Operand::Uniform(_) => unreachable!("uniform operands are read as numbers"),
+            Operand::Uniform(_) | Operand::Repeated(_) => {
+                unreachable!("uniform and repeated operands meet tiles in their own kernels")
+            }
         }
     }
 }
@@ -336,8 +372,9 @@ pub(super) fn coordinates(shape: &[usize], mut index: usize, coords: &mut [usize
 }
 
 /// Reads `dst.len()` elements of `view` from multi-index `start` on: in place when they are
-/// one valid run of its buffer in order, as one number when they all read one element,
-/// otherwise into `dst` (`coords` is scratch space of the view's rank).
+/// one valid run of its buffer in order, as one number when they all read one element, as
+/// one run when every row of the tile reads it, otherwise into `dst` (`coords` is scratch
+/// space of the view's rank).
 pub(super) fn load<'a>(
     view: &View,
     data: &'a [f64],
@@ -354,6 +391,28 @@ pub(super) fn load<'a>(
     let row_valid = |coords: &[usize]| {
         (0..inner).all(|d| view.valid[d].0 <= coords[d] && coords[d] < view.valid[d].1)
     };
+    // One element throughout (a scalar broadcast, whatever the rows).
+    let one_element = (0..=inner).all(|d| {
+        (view.strides[d] == 0 || view.shape[d] == 1) && view.valid[d] == (0, view.shape[d])
+    });
+    if one_element {
+        return Held::Uniform(data[view.offset as usize]);
+    }
+    // A run of at least this many elements repeated along the tile is read row by row.
+    const SHORTEST_REPEATED: usize = 16;
+    let repeated_rows =
+        (0..inner).all(|d| view.strides[d] == 0 && view.valid[d] == (0, view.shape[d]));
+    if stride == 1
+        && (a, b) == (0, width)
+        && j == 0
+        && len > width
+        && len % width == 0
+        && width >= SHORTEST_REPEATED
+        && repeated_rows
+    {
+        let base = view.offset as usize;
+        return Held::Repeated(&data[base..base + width]);
+    }
     if matches!(stride, 0 | 1) && a <= j && j + len <= b && row_valid(coords) {
         let base = (view.offset + j as isize * stride + outer_offset(view, coords)) as usize;
         return match stride {
