@@ -334,7 +334,7 @@ enum Operand<'a> {
 }
 
 impl<'a> Operand<'a> {
-    /// The tile's values; a uniform operand only ever meets the scalar kernels.
+    /// The tile's values: uniform and repeated operands only meet their own kernels.
     fn tile(self) -> &'a [f64] {
         match self {
             Operand::Tile(values) => values,
