@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use brainstate::{DType, Error, Node, Tensor, grad, hessian, jacfwd, jacrev, make_program};
-use common::{assert_close, assert_mentions, leaf, vals};
+use common::{assert_close, assert_mentions, leaf, rosen_hessian, vals};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
@@ -51,19 +51,6 @@ fn rosen(x: &Tensor) -> Tensor {
     let head = x.slice_along(0, ..-1, 1);
     let tail = x.slice_along(0, 1.., 1);
     ((tail - head.powi(2)).powi(2) * 100.0 + (1.0 - &head).powi(2)).sum()
-}
-
-/// The analytic (tridiagonal) Hessian of Rosenbrock's function.
-fn rosen_hessian(x: &[f64]) -> Vec<f64> {
-    let n = x.len();
-    let mut h = vec![0.0; n * n];
-    for i in 0..n - 1 {
-        h[i * n + i] += 1200.0 * x[i] * x[i] - 400.0 * x[i + 1] + 2.0;
-        h[(i + 1) * n + i + 1] += 200.0;
-        h[i * n + i + 1] -= 400.0 * x[i];
-        h[(i + 1) * n + i] -= 400.0 * x[i];
-    }
-    h
 }
 
 fn quad_sin_matrix() -> Tensor {

@@ -9,7 +9,7 @@ use brainstate::units::{mV, ms};
 use brainstate::{
     Complex64, Node, ParamState, Tensor, hessian, hessian_sparsity, hvp, jacfwd, jacrev, jvp, vjp,
 };
-use common::{assert_close, assert_mentions, leaf, vals};
+use common::{assert_close, assert_mentions, leaf, rosen_hessian, vals};
 
 fn rosen(x: &Tensor) -> Tensor {
     let head = x.slice_along(0, ..-1, 1);
@@ -388,19 +388,6 @@ fn dense_hessians_of_sparse_functions_match_their_closed_forms() {
             "{k}: {a} {want}"
         );
     }
-}
-
-/// Rosenbrock's Hessian at `x`, dense (row-major).
-fn rosen_hessian(x: &[f64]) -> Vec<f64> {
-    let n = x.len();
-    let mut h = vec![0.0; n * n];
-    for i in 0..n - 1 {
-        h[i * n + i] += 1200.0 * x[i] * x[i] - 400.0 * x[i + 1] + 2.0;
-        h[(i + 1) * n + i + 1] += 200.0;
-        h[i * n + i + 1] = -400.0 * x[i];
-        h[(i + 1) * n + i] = -400.0 * x[i];
-    }
-    h
 }
 
 #[test]

@@ -12,6 +12,19 @@ use brainstate::{Error, Node, Tensor};
 // Small value helpers.
 // ---------------------------------------------------------------------------------------------
 
+/// The analytic (tridiagonal) Hessian of Rosenbrock's function at `x`, dense (row-major).
+pub fn rosen_hessian(x: &[f64]) -> Vec<f64> {
+    let n = x.len();
+    let mut h = vec![0.0; n * n];
+    for i in 0..n - 1 {
+        h[i * n + i] += 1200.0 * x[i] * x[i] - 400.0 * x[i + 1] + 2.0;
+        h[(i + 1) * n + i + 1] += 200.0;
+        h[i * n + i + 1] -= 400.0 * x[i];
+        h[(i + 1) * n + i] -= 400.0 * x[i];
+    }
+    h
+}
+
 pub fn vals(t: &Tensor) -> Vec<f64> {
     t.to_vec::<f64>().expect("concrete values")
 }
