@@ -270,11 +270,17 @@ fn step_frees(program: &Program, steps: &[Step]) -> Vec<Vec<Var>> {
 
 /// The variables that only matrix products read and that are not outputs of `program`.
 fn read_by_matmul_only(program: &Program) -> HashSet<Var> {
+    read_only_by(program, |prim| matches!(prim, Prim::MatMul(_)))
+}
+
+/// The variables that some equation of `program` reads, that only equations whose primitive
+/// is `accepted` read, and that are not outputs of `program`.
+pub(super) fn read_only_by(program: &Program, accepted: impl Fn(&Prim) -> bool) -> HashSet<Var> {
     let mut only: HashMap<Var, bool> = HashMap::new();
     for eqn in &program.eqns {
-        let matmul = matches!(eqn.prim, Prim::MatMul(_));
+        let accepted = accepted(&eqn.prim);
         for &v in &eqn.inputs {
-            *only.entry(v).or_insert(true) &= matmul;
+            *only.entry(v).or_insert(true) &= accepted;
         }
     }
     for v in &program.outputs {

@@ -13,9 +13,9 @@ use crate::storage::{Aval, DType, Data};
 /// subprograms, like tangent bases, stay generators that run with the program.
 const FOLD_LIMIT: usize = 4096;
 
-/// Folds small constants, turns constants of one repeated value into broadcasts, folds negations into the sums that read them, moves loop-invariant
-/// work out of loops, turns products that only regroup an operand (by a tangent basis) into
-/// reshapes and transposes, moves sums of matrix products out of loop bodies (the loops sum
+/// Folds small constants, turns large constants of one repeated value into broadcasts, folds
+/// negations into the sums that read them, moves loop-invariant work out of loops, turns
+/// products that only regroup an operand (by a tangent basis) into reshapes and transposes, moves sums of matrix products out of loop bodies (the loops sum
 /// them a block of steps at a time), takes per-step outputs that restate a per-step input
 /// from its stack, moves pads of large values onto what they are computed from, merges
 /// duplicates, composes chains of transposes and of reshapes, drops dead code and renumbers
@@ -370,35 +370,28 @@ fn fold_constants(mut program: Program) -> Program {
 /// number, not as a buffer from memory. Derivatives make such constants: the cotangent of a
 /// sum is a vector of ones, which the derivative scales.
 fn uniform_constants(mut program: Program) -> Program {
-    let mut read_elementwise: HashMap<Var, bool> = HashMap::new();
-    for eqn in &program.eqns {
-        let elementwise = matches!(eqn.prim, Prim::Elementwise(_));
-        for &v in &eqn.inputs {
-            *read_elementwise.entry(v).or_insert(true) &= elementwise;
-        }
-    }
+    let elementwise =
+        super::plan::read_only_by(&program, |prim| matches!(prim, Prim::Elementwise(_)));
     let mut broadcasts = Vec::new();
     for k in 0..program.consts.len() {
         let (var, data) = program.consts[k].clone();
         let Data::F64(values) = &*data else { continue };
+        let Some(&value) = values.first() else {
+            continue;
+        };
         // Equal to the bit: a sign of zero or a NaN payload is kept.
-        let first = values.first().copied();
-        let uniform = values.len() > FOLD_LIMIT
-            && values
-                .iter()
-                .all(|x| Some(x.to_bits()) == first.map(f64::to_bits));
-        let read_only_elementwise =
-            read_elementwise.get(&var).copied().unwrap_or(false) && !program.outputs.contains(&var);
-        if let (true, true, Some(value)) = (uniform, read_only_elementwise, first) {
-            let scalar = program.new_var(Aval::new(&[], DType::F64));
-            program.consts[k] = (scalar, Arc::new(Data::F64(ndarray::arr0(value).into_dyn())));
-            broadcasts.push(Eqn {
-                prim: Structural::Broadcast(values.shape().to_vec()).into(),
-                inputs: vec![scalar],
-                outputs: vec![var],
-                source: None,
-            });
+        let uniform = || values.iter().all(|x| x.to_bits() == value.to_bits());
+        if values.len() <= FOLD_LIMIT || !elementwise.contains(&var) || !uniform() {
+            continue;
         }
+        let scalar = program.new_var(Aval::new(&[], DType::F64));
+        program.consts[k] = (scalar, Arc::new(Data::F64(ndarray::arr0(value).into_dyn())));
+        broadcasts.push(Eqn {
+            prim: Structural::Broadcast(values.shape().to_vec()).into(),
+            inputs: vec![scalar],
+            outputs: vec![var],
+            source: None,
+        });
     }
     broadcasts.append(&mut program.eqns);
     program.eqns = broadcasts;

@@ -10,7 +10,8 @@ use super::Compression;
 use crate::error::{Error, Result};
 use crate::storage::{Data, pool};
 
-/// Gathers of at least this many entries run on the thread pool.
+/// Gathers of at least this many entries, and dense blocks of at least this many elements,
+/// run on the thread pool.
 const PARALLEL_MIN: usize = 1 << 16;
 
 impl Compression {
