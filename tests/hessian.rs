@@ -770,6 +770,19 @@ fn debug_nan_names_the_primitive_and_the_source_line() {
 }
 
 #[test]
+fn the_value_is_computed_only_when_returned() {
+    // log(0) is in the value alone: the Hessian in x does not depend on y.
+    let f = |x: &Tensor, y: &Tensor| (x * x).sum() + y.log().sum();
+    let (x, y) = (Tensor::from([1.0, 2.0]), Tensor::from([0.0]));
+    let h = hessian(f).debug_nan(true).call((&x, &y)).unwrap();
+    assert_close(&vals(leaf(&h)), &[2.0, 0.0, 0.0, 2.0], 0.0);
+    let e = expect_err(hessian(f).debug_nan(true).return_value().call((&x, &y)));
+    assert_mentions(&e, &["debug_nan", "log"]);
+    let (_, value) = hessian(f).return_value().call((&x, &y)).unwrap();
+    assert_eq!(value.item().unwrap(), f64::NEG_INFINITY);
+}
+
+#[test]
 fn eager_operations_return_failed_tensors() {
     let bad = Tensor::from([1.0, 2.0]) + Tensor::from([1.0, 2.0, 3.0]);
     let e = expect_err(bad.to_vec::<f64>());

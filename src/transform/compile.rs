@@ -22,7 +22,7 @@ use crate::memory;
 use crate::primitives::{Prim, Program};
 use crate::sparsity::{Compression, Recover, SparsityPattern, hessian_pattern};
 use crate::state::GradStates;
-use crate::storage::Aval;
+use crate::storage::{Aval, Data};
 use crate::tensor::Tensor;
 use crate::trace::TracedState;
 use crate::tree::TreeDef;
@@ -32,6 +32,8 @@ use crate::unit::Unit;
 pub(crate) struct Spec<'a> {
     pub kind: Kind,
     pub evaluation: Evaluation,
+    /// Whether a call returns the function's value.
+    pub value: bool,
     /// The differentiated arguments, if any.
     pub argnums: Option<&'a Argnums>,
     pub grad_states: Option<&'a GradStates>,
@@ -457,6 +459,28 @@ pub(crate) fn compile<F: Function<Sig>, Sig>(
     })
 }
 
+/// Value outputs of at most this many elements are replaced by zeros when a transform does
+/// not return the value; larger ones are computed (a constant would hold their memory).
+const PLACEHOLDER_MAX: usize = 4096;
+
+/// The plan of `program`, whose first `n_value` outputs are the function's value. When the
+/// transform does not return the value, small value outputs become zeros, and the work only
+/// they need (the final sum of a loss, say) is dropped from the plan.
+fn plan(spec: &Spec, mut program: Program, n_value: usize) -> Plan {
+    if !spec.value {
+        for k in 0..n_value {
+            let aval = program.aval(program.outputs[k]).clone();
+            if aval.numel() <= PLACEHOLDER_MAX {
+                let zeros = Arc::new(Data::zeros(&aval.shape, aval.dtype));
+                let placeholder = program.new_var(aval);
+                program.consts.push((placeholder, zeros));
+                program.outputs[k] = placeholder;
+            }
+        }
+    }
+    Plan::new(program)
+}
+
 /// Blocks numbered in the order given.
 fn numbered(order: impl IntoIterator<Item = Output>) -> HashMap<Output, usize> {
     order.into_iter().enumerate().map(|(i, o)| (o, i)).collect()
@@ -476,7 +500,7 @@ fn executable(
         Evaluation::Vjp => {
             let split = vjp_split(program, wrt, of)?;
             let exec = Executable::Vjp {
-                primal: Plan::new(split.primal),
+                primal: plan(spec, split.primal, of.len()),
                 n_outputs: split.n_outputs,
                 pullback: Arc::new(Plan::new(split.pullback)),
             };
@@ -490,7 +514,7 @@ fn executable(
             let tangents: Vec<Output> = (0..of.len()).map(|o| Output::Tangent { out: o }).collect();
             let wanted: Vec<Output> = own.iter().chain(&tangents).copied().collect();
             (
-                Executable::Whole(Plan::new(derivative.select(&wanted))),
+                Executable::Whole(plan(spec, derivative.select(&wanted), of.len())),
                 numbered(tangents),
             )
         }
@@ -498,7 +522,7 @@ fn executable(
             let derivative = hvp_program(program, wrt)?;
             let wanted: Vec<Output> = own.iter().copied().chain(products()).collect();
             (
-                Executable::Whole(Plan::new(derivative.select(&wanted))),
+                Executable::Whole(plan(spec, derivative.select(&wanted), of.len())),
                 numbered(products()),
             )
         }
@@ -508,20 +532,20 @@ fn executable(
         }
         Evaluation::Sparse => {
             let compression = Compression::new(full_pattern(spec, program, wrt)?)?;
-            compressed(program, wrt, compression, Recover::Entries)?
+            compressed(spec, program, wrt, compression, Recover::Entries)?
         }
         Evaluation::Diagonal => {
             let compression = Compression::new(full_pattern(spec, program, wrt)?)?;
-            compressed(program, wrt, compression, Recover::Diagonal)?
+            compressed(spec, program, wrt, compression, Recover::Diagonal)?
         }
         Evaluation::Dense => match spec.kind {
             Kind::Grad | Kind::JacRev => {
                 let (whole, blocks) = whole_derivative(spec.kind, program, wrt, of)?;
-                (Executable::Whole(Plan::new(whole)), blocks)
+                (Executable::Whole(plan(spec, whole, of.len())), blocks)
             }
             Kind::JacFwd => forward(spec, program, wrt, of)?,
             Kind::Hessian => match sparse_enough(spec, program, wrt, of)? {
-                Some(compression) => compressed(program, wrt, compression, Recover::Dense)?,
+                Some(compression) => compressed(spec, program, wrt, compression, Recover::Dense)?,
                 None => forward(spec, program, wrt, of)?,
             },
         },
@@ -545,9 +569,9 @@ fn forward(
     let directions: usize = wrt.iter().map(|&i| in_avals[i].numel()).sum();
     if wrt.len() > 1 && spec.chunk_size.is_none() && directions <= ONE_PASS_DIRECTIONS {
         let (whole, blocks) = whole_derivative(spec.kind, program, wrt, of)?;
-        return Ok((Executable::Whole(Plan::new(whole)), blocks));
+        return Ok((Executable::Whole(plan(spec, whole, of.len())), blocks));
     }
-    let (exec, order) = swept(sweeps(spec, program, wrt, of)?);
+    let (exec, order) = swept(spec, sweeps(spec, program, wrt, of)?, of.len());
     Ok((exec, numbered(order)))
 }
 
@@ -606,6 +630,7 @@ fn sparse_enough(
 
 /// The executable computing a Hessian from compressed products.
 fn compressed(
+    spec: &Spec,
     program: &Program,
     wrt: &[usize],
     compression: Compression,
@@ -632,7 +657,8 @@ fn compressed(
         Recover::Entries => HashMap::new(),
     };
     let exec = Executable::Compressed {
-        plan: Plan::new(derivative.select(&wanted)),
+        // One value output: compressed Hessians are of scalar functions.
+        plan: plan(spec, derivative.select(&wanted), 1),
         n_outputs: own.len(),
         compression: Arc::new(compression),
         into,
@@ -832,8 +858,9 @@ fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result
 /// fewer would leave each step of a loop too little work for its fixed costs.
 const SIDE_BY_SIDE_DIRECTIONS: usize = 16;
 
-/// The executable of a split derivative, and the order of its blocks.
-fn swept(sweeps: Sweeps) -> (Executable, Vec<Output>) {
+/// The executable of a split derivative (of a function with `n_value` value outputs), and
+/// the order of its blocks.
+fn swept(spec: &Spec, sweeps: Sweeps, n_value: usize) -> (Executable, Vec<Output>) {
     let mut order = Vec::new();
     let mut zeros = Vec::new();
     let mut runs = Vec::new();
@@ -850,7 +877,7 @@ fn swept(sweeps: Sweeps) -> (Executable, Vec<Output>) {
     }
     order.extend(zeros.iter().map(|(o, _)| *o));
     let exec = Executable::Swept {
-        primal: Plan::new(sweeps.primal),
+        primal: plan(spec, sweeps.primal, n_value),
         n_outputs: sweeps.outputs.len(),
         sweeps: runs,
         zeros,

@@ -621,6 +621,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout, M: Mode> GradientTransform<F, Si
         let spec = Spec {
             kind: self.kind,
             evaluation: M::EVALUATION,
+            value: L::VALUE,
             argnums: C::ARGS.then_some(&self.argnums),
             grad_states: if C::STATES {
                 self.grad_states.as_ref()

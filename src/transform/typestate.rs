@@ -94,22 +94,34 @@ pub mod layout {
         /// assert_eq!((hess.tensor().unwrap().item().unwrap(), value.item().unwrap()), (12.0, 8.0));
         /// ```
         type WithValue;
+        /// Whether a call returns the function's value: without it, the plan does not
+        /// compute the work that only the value needs.
+        ///
+        /// ```
+        /// use brainstate::transform::layout::{Layout, Plain, Value};
+        /// assert!(!Plain::VALUE && Value::VALUE);
+        /// ```
+        const VALUE: bool;
     }
     impl Layout for Plain {
         type WithAux = Aux;
         type WithValue = Value;
+        const VALUE: bool = false;
     }
     impl Layout for Aux {
         type WithAux = Aux;
         type WithValue = ValueAux;
+        const VALUE: bool = false;
     }
     impl Layout for Value {
         type WithAux = ValueAux;
         type WithValue = Value;
+        const VALUE: bool = true;
     }
     impl Layout for ValueAux {
         type WithAux = ValueAux;
         type WithValue = ValueAux;
+        const VALUE: bool = true;
     }
 }
 /// Which of the specification's three cases a transform is in (typestate): what it
