@@ -22,11 +22,166 @@ const FOLD_LIMIT: usize = 4096;
 /// variables.
 pub(crate) fn simplify(program: Program) -> Program {
     let program = uniform_constants(fold_constants(program));
+    let program = fold_scalar_factors(merge_scalar_constants(program));
     let program = super::hoist::hoist_invariants(fold_negations(program));
     let program = super::one_hot::regroup_selecting_products(program);
     let program = super::accumulate::move_accumulations(program);
     let program = super::hoist::restate_stacked_inputs(program);
     clean(compose_structural(sink_pads(program)))
+}
+
+/// Constants of one element, equal to the bit and of one dtype and shape, merged into one:
+/// common subexpression elimination then merges the equations that read them. Derivative
+/// rules make the same factor (the 2 of a square) once per rule that needs it.
+fn merge_scalar_constants(mut program: Program) -> Program {
+    let mut first: HashMap<(Aval, [u64; 2]), Var> = HashMap::new();
+    let mut rename: HashMap<Var, Var> = HashMap::new();
+    program.consts.retain(|(v, data)| {
+        let Some(bits) = element_bits(data) else {
+            return true;
+        };
+        let key = (program.avals[v.index()].clone(), bits);
+        match first.get(&key) {
+            Some(&earlier) => {
+                rename.insert(*v, earlier);
+                false
+            }
+            None => {
+                first.insert(key, *v);
+                true
+            }
+        }
+    });
+    for v in program
+        .eqns
+        .iter_mut()
+        .flat_map(|e| &mut e.inputs)
+        .chain(&mut program.outputs)
+    {
+        *v = *rename.get(v).unwrap_or(v);
+    }
+    program
+}
+
+/// The bits of the one element of `data`, if it has one.
+fn element_bits(data: &Data) -> Option<[u64; 2]> {
+    let bits = match data {
+        Data::Bool(a) => [u64::from(*a.first()?), 0],
+        Data::I64(a) => [*a.first()? as u64, 0],
+        Data::F32(a) => [u64::from(a.first()?.to_bits()), 0],
+        Data::F64(a) => [a.first()?.to_bits(), 0],
+        Data::C64(a) => a
+            .first()
+            .map(|z| [z.re.to_bits().into(), z.im.to_bits().into()])?,
+        Data::C128(a) => a.first().map(|z| [z.re.to_bits(), z.im.to_bits()])?,
+    };
+    (data.shape().iter().product::<usize>() == 1).then_some(bits)
+}
+
+/// Products of `f64` values with scalar constants simplified, to the bit, here and in loop
+/// bodies: `x * 1` is `x`; a negation moves into the factor, as `(-x) * c` and `-(x * c)`
+/// are `x * -c`; and `(x * 2^k) * c` is `x * (2^k c)` for `k >= 0` and `|c| >= 1` (scaling
+/// by such a power of two is exact, and overflows only where the whole product does).
+/// Derivative rules chain such factors (the 2 of a square, the -1 of a difference, the ones
+/// of a sum's cotangent), each a pass over the values.
+fn fold_scalar_factors(mut program: Program) -> Program {
+    let is = |eqn: &Eqn<Prim>, op: Elementwise| eqn.prim == Prim::Elementwise(op);
+    // The value of each scalar constant (finite, `f64`) or its broadcast.
+    let mut scalar: HashMap<Var, f64> = HashMap::new();
+    // Constants by value, for the factors made here.
+    let mut constant: HashMap<u64, Var> = HashMap::new();
+    for (v, data) in &program.consts {
+        if let Data::F64(a) = &**data
+            && let [c] = a.as_slice().unwrap_or_default()
+            && c.is_finite()
+            && program.aval(*v).shape.is_empty()
+        {
+            scalar.insert(*v, *c);
+            constant.insert(c.to_bits(), *v);
+        }
+    }
+    // `y = x * c` and `y = -x`, by `y`.
+    let mut scaled: HashMap<Var, (Var, f64)> = HashMap::new();
+    let mut negated: HashMap<Var, Var> = HashMap::new();
+    let mut rename: HashMap<Var, Var> = HashMap::new();
+    let mut eqns = Vec::with_capacity(program.eqns.len());
+    for mut eqn in std::mem::take(&mut program.eqns) {
+        for v in &mut eqn.inputs {
+            *v = *rename.get(v).unwrap_or(v);
+        }
+        let Some(&y) = eqn.outputs.first() else {
+            eqns.push(eqn);
+            continue;
+        };
+        let real = program.aval(y).dtype == DType::F64;
+        // The product `x * c` that `eqn` computes, before simplification, where `x` has the
+        // result's shape.
+        let product = match eqn.inputs.as_slice() {
+            &[x] if real && is(&eqn, Elementwise::Unary(UnaryOp::Neg)) => {
+                scaled.get(&x).map(|&(x, c)| (x, -c))
+            }
+            &[a, b] if real && is(&eqn, Elementwise::Binary(BinaryOp::Mul)) => {
+                match (scalar.get(&a), scalar.get(&b)) {
+                    (_, Some(&c)) => Some((a, c)),
+                    (Some(&c), None) => Some((b, c)),
+                    (None, None) => None,
+                }
+            }
+            _ => None,
+        }
+        .filter(|(x, _)| program.aval(*x).shape == program.aval(y).shape);
+        match (&eqn.prim, product) {
+            (_, Some((x, c))) => {
+                let (x, c) = if let Some(&source) = negated.get(&x) {
+                    (source, -c)
+                } else if let Some(&(source, c0)) = scaled.get(&x)
+                    && c0 >= 1.0
+                    && c0.to_bits() & ((1 << 52) - 1) == 0
+                    && c.abs() >= 1.0
+                    && (c0 * c).is_finite()
+                {
+                    (source, c0 * c)
+                } else {
+                    (x, c)
+                };
+                if c == 1.0 {
+                    rename.insert(y, x);
+                    continue;
+                }
+                let factor = *constant.entry(c.to_bits()).or_insert_with(|| {
+                    let v = program.new_var(Aval::new(&[], DType::F64));
+                    program
+                        .consts
+                        .push((v, Arc::new(Data::scalar(c, DType::F64))));
+                    v
+                });
+                scalar.insert(factor, c);
+                eqn.prim = Prim::Elementwise(Elementwise::Binary(BinaryOp::Mul));
+                eqn.inputs = vec![x, factor];
+                scaled.insert(y, (x, c));
+            }
+            (Prim::Structural(Structural::Broadcast(_)), None) => {
+                if let Some(&c) = scalar.get(&eqn.inputs[0]) {
+                    scalar.insert(y, c);
+                }
+            }
+            (Prim::Elementwise(Elementwise::Unary(UnaryOp::Neg)), None) if real => {
+                negated.insert(y, eqn.inputs[0]);
+            }
+            (Prim::Loop(the_loop), None) => {
+                let mut folded = the_loop.clone();
+                folded.body = Arc::new(clean(fold_scalar_factors((*the_loop.body).clone())));
+                eqn.prim = Prim::Loop(folded);
+            }
+            _ => {}
+        }
+        eqns.push(eqn);
+    }
+    for v in &mut program.outputs {
+        *v = *rename.get(v).unwrap_or(v);
+    }
+    program.eqns = eqns;
+    program
 }
 
 /// Negations folded into the sums and differences that read them, here and in loop bodies:
@@ -532,6 +687,64 @@ mod tests {
         let out = plan.run(&[x.data().unwrap().clone()], false).unwrap();
         let got = Tensor::from_shared(out[0].clone()).to_vec::<f64>().unwrap();
         assert_eq!(got, f(&x).to_vec::<f64>().unwrap());
+    }
+
+    #[test]
+    fn equal_scalar_constants_merge_and_so_do_their_readers() {
+        use crate::{Tensor, make_program};
+        // Two 2s, and a 0 and a -0 (not equal to the bit).
+        let f = |x: &Tensor| (x * 2.0) * (x * 2.0) + (x + 0.0) * (x + -0.0);
+        let x = Tensor::from([-1.5, 0.0, 2.0]);
+        let p = simplify(make_program(f, &x).unwrap());
+        let text = p.to_string();
+        assert_eq!(p.consts.len(), 3, "{text}");
+        assert_eq!(text.matches("add").count(), 3, "{text}");
+        assert_eq!(text.matches("mul").count(), 3, "{text}");
+    }
+
+    #[test]
+    fn products_with_scalar_constants_fold_to_the_bit() {
+        use crate::{Tensor, make_program, stack};
+        let f = |x: &Tensor| {
+            stack(
+                &[
+                    x * 1.0,               // x
+                    -x * 3.0,              // x * -3
+                    -(x * 3.0),            // x * -3 again
+                    x * 2.0 * 100.0,       // x * 200
+                    x * 0.5 * 100.0,       // kept: x * 0.5 may round (a subnormal x)
+                    x * 3.0 * 2.0,         // kept: 3 is no power of two
+                    x * 2.0 * 0.5,         // kept: x * 2 may overflow where x would not
+                    (x * 3.0).exp() * 1.0, // exp(x * 3)
+                ],
+                0,
+            )
+        };
+        let x = Tensor::from([
+            1e-310,
+            -0.0,
+            1.7e308,
+            -1e308,
+            f64::INFINITY,
+            0.3,
+            -2.5,
+            f64::NAN,
+        ]);
+        let p = simplify(make_program(f, &x).unwrap());
+        let text = p.to_string();
+        assert_eq!(text.matches("neg").count(), 0, "{text}");
+        assert_eq!(text.matches("mul").count(), 8, "{text}");
+        let plan = crate::exec::Plan::new(p);
+        let out = plan.run(&[x.data().unwrap().clone()], false).unwrap();
+        let got = Tensor::from_shared(out[0].clone()).to_vec::<f64>().unwrap();
+        let want = f(&x).to_vec::<f64>().unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            // Equal to the bit, but for the sign of a NaN: `(-x) * c` keeps the negated NaN's.
+            assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "{got:?} {want:?}"
+            );
+        }
     }
 
     #[test]
