@@ -116,11 +116,11 @@ fn fold_scalar_factors(mut program: Program) -> Program {
         let real = program.aval(y).dtype == DType::F64;
         // The product `x * c` that `eqn` computes, before simplification, where `x` has the
         // result's shape.
-        let product = match eqn.inputs.as_slice() {
-            &[x] if real && is(&eqn, Elementwise::Unary(UnaryOp::Neg)) => {
+        let product = match *eqn.inputs.as_slice() {
+            [x] if real && is(&eqn, Elementwise::Unary(UnaryOp::Neg)) => {
                 scaled.get(&x).map(|&(x, c)| (x, -c))
             }
-            &[a, b] if real && is(&eqn, Elementwise::Binary(BinaryOp::Mul)) => {
+            [a, b] if real && is(&eqn, Elementwise::Binary(BinaryOp::Mul)) => {
                 match (scalar.get(&a), scalar.get(&b)) {
                     (_, Some(&c)) => Some((a, c)),
                     (Some(&c), None) => Some((b, c)),
