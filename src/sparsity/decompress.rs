@@ -56,13 +56,16 @@ impl Compression {
         &self,
         products: &[ArrayViewD<T>],
     ) -> Result<Vec<T>> {
-        let b = self.gathered(products)?;
+        let gathered = self.gathered(products)?;
+        // A slice held by value: the gather loads no bounds from memory per entry.
+        let b: &[T] = &gathered;
+        let read = move |&s: &u32| b[s as usize];
         let mut values = pool::take(self.sources.len());
         if self.sources.len() < PARALLEL_MIN {
-            values.extend(self.sources.iter().map(|&s| b[s]));
+            values.extend(self.sources.iter().map(read));
         } else {
             let sources = self.sources.par_iter().with_min_len(PARALLEL_MIN / 2);
-            values.par_extend(sources.map(|&s| b[s]));
+            sources.map(read).collect_into_vec(&mut values);
         }
         Ok(values)
     }

@@ -372,8 +372,9 @@ pub(crate) struct Compression {
     pub color: Vec<usize>,
     pub colors: usize,
     /// For each entry (in pattern order), its index `color * n + vertex` into the
-    /// compressed products `B` (shape `[colors, n]`, row-major).
-    pub sources: Vec<usize>,
+    /// compressed products `B` (shape `[colors, n]`, row-major). Four bytes each: the gather
+    /// reads them on every call.
+    pub sources: Vec<u32>,
 }
 
 impl Compression {
@@ -391,9 +392,15 @@ impl Compression {
             .collect();
         let graph = coloring::Graph::from_upper(n, &upper);
         let (color, colors) = coloring::star_coloring(&graph);
+        if (colors as u64).saturating_mul(n as u64) > 1 << 32 {
+            return Err(Error::shape(
+                "sparse hessian",
+                format!("{colors} colors of {n} variables: more than 2^32 compressed values"),
+            ));
+        }
         let sources = coloring::sources(&pattern.row_start, &pattern.cols, &color, colors)?
             .into_iter()
-            .map(|(c, v)| c * n + v)
+            .map(|(c, v)| (c * n + v) as u32)
             .collect();
         Ok(Compression {
             pattern: Arc::new(pattern),
