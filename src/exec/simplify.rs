@@ -13,13 +13,14 @@ use crate::storage::{Aval, DType, Data};
 /// subprograms, like tangent bases, stay generators that run with the program.
 const FOLD_LIMIT: usize = 4096;
 
-/// Folds small constants, turns large constants of one repeated value into broadcasts, folds
-/// negations into the sums that read them, moves loop-invariant work out of loops, turns
-/// products that only regroup an operand (by a tangent basis) into reshapes and transposes, moves sums of matrix products out of loop bodies (the loops sum
-/// them a block of steps at a time), takes per-step outputs that restate a per-step input
-/// from its stack, moves pads of large values onto what they are computed from, merges
-/// duplicates, composes chains of transposes and of reshapes, drops dead code and renumbers
-/// variables.
+/// Folds small constants, turns large constants of one repeated value into broadcasts, merges
+/// equal scalar constants and folds products with them, folds negations into the sums that
+/// read them, moves loop-invariant work out of loops, turns products that only regroup an
+/// operand (by a tangent basis) into reshapes and transposes, moves sums of matrix products
+/// out of loop bodies (the loops sum them a block of steps at a time), takes per-step outputs
+/// that restate a per-step input from its stack, moves pads of large values onto what they
+/// are computed from, merges duplicates, composes chains of transposes and of reshapes, drops
+/// dead code and renumbers variables.
 pub(crate) fn simplify(program: Program) -> Program {
     let program = uniform_constants(fold_constants(program));
     let program = fold_scalar_factors(merge_scalar_constants(program));
@@ -79,7 +80,7 @@ fn element_bits(data: &Data) -> Option<[u64; 2]> {
 }
 
 /// Products of `f64` values with scalar constants simplified, to the bit, here and in loop
-/// bodies: `x * 1` is `x`; a negation moves into the factor, as `(-x) * c` and `-(x * c)`
+/// bodies: `x * 1` is `x`, `x + x` is `x * 2`; a negation moves into the factor, as `(-x) * c` and `-(x * c)`
 /// are `x * -c`; and `(x * 2^k) * c` is `x * (2^k c)` for `k >= 0` and `|c| >= 1` (scaling
 /// by such a power of two is exact, and overflows only where the whole product does).
 /// Derivative rules chain such factors (the 2 of a square, the -1 of a difference, the ones
@@ -119,6 +120,10 @@ fn fold_scalar_factors(mut program: Program) -> Program {
         let product = match *eqn.inputs.as_slice() {
             [x] if real && is(&eqn, Elementwise::Unary(UnaryOp::Neg)) => {
                 scaled.get(&x).map(|&(x, c)| (x, -c))
+            }
+            // `x + x` is `x * 2`, to the bit.
+            [a, b] if real && a == b && is(&eqn, Elementwise::Binary(BinaryOp::Add)) => {
+                Some((a, 2.0))
             }
             [a, b] if real && is(&eqn, Elementwise::Binary(BinaryOp::Mul)) => {
                 match (scalar.get(&a), scalar.get(&b)) {
@@ -716,6 +721,7 @@ mod tests {
                     x * 3.0 * 2.0,         // kept: 3 is no power of two
                     x * 2.0 * 0.5,         // kept: x * 2 may overflow where x would not
                     (x * 3.0).exp() * 1.0, // exp(x * 3)
+                    -(x + x),              // x * -2
                 ],
                 0,
             )
@@ -733,7 +739,8 @@ mod tests {
         let p = simplify(make_program(f, &x).unwrap());
         let text = p.to_string();
         assert_eq!(text.matches("neg").count(), 0, "{text}");
-        assert_eq!(text.matches("mul").count(), 8, "{text}");
+        assert_eq!(text.matches("mul").count(), 9, "{text}");
+        assert_eq!(text.matches("add").count(), 0, "{text}");
         let plan = crate::exec::Plan::new(p);
         let out = plan.run(&[x.data().unwrap().clone()], false).unwrap();
         let got = Tensor::from_shared(out[0].clone()).to_vec::<f64>().unwrap();
