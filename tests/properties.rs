@@ -1,7 +1,8 @@
 //! Property-based tests (proptest): random programs against finite differences and Hessian
-//! symmetry, random loop bodies against their unrolled loops, random bad inputs that must give
-//! errors (never panics), and random failing calls after which every state is bit-for-bit
-//! unchanged.
+//! symmetry, random loop bodies against their unrolled loops, random chains of products with
+//! constants planned to the bit as computed one operation at a time, random bad inputs that
+//! must give errors (never panics), and random failing calls after which every state is
+//! bit-for-bit unchanged.
 //!
 //! Each property prints its campaign figures (attempts, clean errors, panics, aborts, wrong
 //! results, corrupted states; an abort would end the test process, so a printed line means
@@ -350,6 +351,79 @@ fn check_loop(ops: &[Op], x: &[f64]) -> Result<(), String> {
 #[test]
 fn random_loop_bodies_agree_with_their_unrolled_loops() {
     random_program_campaign("random_loop_bodies", 1..5, 24, check_loop);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random chains of products with constants: planned as computed, to the bit.
+// ---------------------------------------------------------------------------------------------
+
+/// One step of a chain: a product with a constant (either side), a negation or a doubling,
+/// which plans fold into fewer products.
+#[derive(Clone, Copy, Debug)]
+enum Scale {
+    Times(f64),
+    TimesLeft(f64),
+    Neg,
+    Double,
+}
+
+/// Factors that fold (one, powers of two, their negations) and factors that must not (below
+/// one, not a power of two, huge, a negative zero).
+const FACTORS: [f64; 10] = [1.0, -1.0, 2.0, 4.0, -8.0, 0.5, 100.0, -3.0, 1e300, -0.0];
+
+/// Values at the edges: zeros of both signs, subnormals, near overflow, infinities, a NaN.
+const EDGES: [f64; 11] = [
+    0.0,
+    -0.0,
+    1e-310,
+    -5e-324,
+    1.7e308,
+    -1e308,
+    f64::INFINITY,
+    f64::NEG_INFINITY,
+    0.3,
+    -2.5,
+    f64::NAN,
+];
+
+fn chain(steps: &[Scale], x: &Tensor) -> Tensor {
+    steps.iter().fold(x.clone(), |v, step| match *step {
+        Scale::Times(c) => &v * c,
+        Scale::TimesLeft(c) => Tensor::scalar(c) * &v,
+        Scale::Neg => -&v,
+        Scale::Double => &v + &v,
+    })
+}
+
+#[test]
+fn chains_of_products_with_constants_keep_every_bit() {
+    let factor = || prop::sample::select(FACTORS.to_vec());
+    let step = prop_oneof![
+        factor().prop_map(Scale::Times),
+        factor().prop_map(Scale::TimesLeft),
+        Just(Scale::Neg),
+        Just(Scale::Double),
+    ];
+    let x = Tensor::from(EDGES.to_vec());
+    let mut runner = TestRunner::new(config(64));
+    let result = runner.run(&prop::collection::vec(step, 1..8), |steps| {
+        // The value a plan computes (after simplification) against one operation at a time.
+        let f = |x: &Tensor| chain(&steps, x);
+        let (_, planned) = jvp(f).return_value().call(&x, &x).unwrap();
+        let (got, want) = (
+            planned.to_vec::<f64>().unwrap(),
+            f(&x).to_vec::<f64>().unwrap(),
+        );
+        for (g, w) in got.iter().zip(&want) {
+            // To the bit, but for the sign of a NaN (`(-x) * c` keeps the negated NaN's).
+            prop_assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "{steps:?}: got {got:?}, want {want:?}"
+            );
+        }
+        Ok(())
+    });
+    result.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
