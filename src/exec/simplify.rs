@@ -79,12 +79,13 @@ fn element_bits(data: &Data) -> Option<[u64; 2]> {
     (data.shape().iter().product::<usize>() == 1).then_some(bits)
 }
 
-/// Products of `f64` values with scalar constants simplified, to the bit, here and in loop
-/// bodies: `x * 1` is `x`, `x + x` is `x * 2`; a negation moves into the factor, as `(-x) * c` and `-(x * c)`
-/// are `x * -c`; and `(x * 2^k) * c` is `x * (2^k c)` for `k >= 0` and `|c| >= 1` (scaling
-/// by such a power of two is exact, and overflows only where the whole product does).
-/// Derivative rules chain such factors (the 2 of a square, the -1 of a difference, the ones
-/// of a sum's cotangent), each a pass over the values.
+/// Products of `f64` values with scalar constants simplified, to the bit (but for the sign of
+/// a NaN), here and in loop bodies: `x * 1` is `x` and `x + x` is `x * 2`; a negation moves
+/// into the factor, as `(-x) * c` and `-(x * c)` are `x * -c`; and `(x * 2^k) * c` is
+/// `x * (2^k c)` for `k >= 0` and `|c| >= 1` (scaling by such a power of two is exact, and
+/// overflows only where the whole product does). Derivative rules chain such factors (the 2
+/// of a square, the -1 of a difference, the ones of a sum's cotangent), each a pass over the
+/// values.
 fn fold_scalar_factors(mut program: Program) -> Program {
     let is = |eqn: &Eqn<Prim>, op: Elementwise| eqn.prim == Prim::Elementwise(op);
     // The value of each scalar constant (finite, `f64`) or its broadcast.
