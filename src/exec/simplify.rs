@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::ir::passes::clean;
 use crate::ir::{Eqn, Var};
-use crate::primitives::{BinaryOp, Elementwise, Prim, Program, Structural, UnaryOp};
+use crate::primitives::{BinaryOp, Elementwise, Loop, Prim, Program, Structural, UnaryOp};
 use crate::storage::{Aval, DType, Data};
 
 /// Largest output (in elements) that constant folding computes ahead of time. Larger constant
@@ -174,11 +174,7 @@ fn fold_scalar_factors(mut program: Program) -> Program {
             (Prim::Elementwise(Elementwise::Unary(UnaryOp::Neg)), None) if real => {
                 negated.insert(y, eqn.inputs[0]);
             }
-            (Prim::Loop(the_loop), None) => {
-                let mut folded = the_loop.clone();
-                folded.body = Arc::new(clean(fold_scalar_factors((*the_loop.body).clone())));
-                eqn.prim = Prim::Loop(folded);
-            }
+            (Prim::Loop(the_loop), None) => eqn.prim = in_body(the_loop, fold_scalar_factors),
             _ => {}
         }
         eqns.push(eqn);
@@ -188,6 +184,13 @@ fn fold_scalar_factors(mut program: Program) -> Program {
     }
     program.eqns = eqns;
     program
+}
+
+/// `the_loop` with `pass` applied to its body (which is then cleaned).
+fn in_body(the_loop: &Loop, pass: fn(Program) -> Program) -> Prim {
+    let mut changed = the_loop.clone();
+    changed.body = Arc::new(clean(pass((*the_loop.body).clone())));
+    Prim::Loop(changed)
 }
 
 /// Negations folded into the sums and differences that read them, here and in loop bodies:
@@ -233,11 +236,7 @@ fn fold_negations(mut program: Program) -> Program {
                     eqn.inputs = inputs.to_vec();
                 }
             }
-            (Prim::Loop(the_loop), _) => {
-                let mut folded = the_loop.clone();
-                folded.body = Arc::new(clean(fold_negations((*the_loop.body).clone())));
-                eqn.prim = Prim::Loop(folded);
-            }
+            (Prim::Loop(the_loop), _) => eqn.prim = in_body(the_loop, fold_negations),
             _ => {}
         }
         eqns.push(eqn);
