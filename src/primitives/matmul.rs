@@ -162,8 +162,8 @@ where
     if k == 1 && !(a.is_standard_layout() && b.is_standard_layout()) {
         return super::elementwise::zip(&a, &b, &shape, |x, y| x * y);
     }
-    let mut out = pool::take(shape.iter().product());
-    out.resize(shape.iter().product(), T::zero());
+    // `matmul_into` writes every value: a buffer from the pool is not zeroed first.
+    let mut out = pool::take_to_overwrite_any(shape.iter().product());
     matmul_into(a, b, &mut out);
     ArrayD::from_shape_vec(shape, out).expect("count * m * n values")
 }
@@ -391,6 +391,37 @@ mod tests {
             assert_eq!(out.slice(ndarray::s![bb, c, .., ..]), want);
         }
     }
+    #[test]
+    fn every_value_of_a_product_is_written() {
+        use ndarray::{Array, Dimension, IxDyn};
+        // (a's shape, b's shape): an outer product, a batch folded into one product, a batch
+        // of columns through strides, one product per batch element, matrix-vector products.
+        let cases: [(&[usize], &[usize]); 6] = [
+            (&[3, 4, 1], &[3, 1, 5]),
+            (&[4, 3, 5], &[5, 2]),
+            (&[3, 5], &[8, 5, 1]),
+            (&[2, 3, 4], &[2, 4, 6]),
+            (&[40, 3], &[3, 1]),
+            (&[20, 40], &[40, 1]),
+        ];
+        for (sa, sb) in cases {
+            let a = Array::from_shape_fn(IxDyn(sa), |i| {
+                (i.slice().iter().sum::<usize>() as f64).sin()
+            });
+            let b = Array::from_shape_fn(IxDyn(sb), |i| {
+                (i.slice().iter().sum::<usize>() as f64).cos()
+            });
+            let clean = batched_matmul(a.view(), b.view());
+            // The next buffer of that size from the pool holds NaNs (every case is large
+            // enough for the pool).
+            let mut poisoned = pool::take_to_overwrite(clean.len());
+            poisoned.fill(f64::NAN);
+            pool::give(poisoned);
+            assert_eq!(batched_matmul(a.view(), b.view()), clean, "{sa:?} @ {sb:?}");
+            assert!(clean.iter().all(|x| x.is_finite()));
+        }
+    }
+
     #[test]
     fn folded_batches_agree_with_one_product_per_matrix() {
         use ndarray::{Array, Axis, s};

@@ -8,7 +8,7 @@
 //! run. Buffers are allocated at their exact size and kept by size class (powers of two), so
 //! taking one is a pop, or a short search of one class.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::cell::RefCell;
 
 use super::Data;
@@ -85,7 +85,7 @@ fn new_buffer(len: usize) -> Vec<f64> {
 /// large enough, else a new one of exactly that size (rounding up to a power of two would
 /// waste up to half of every large buffer).
 pub(crate) fn take<T: 'static>(len: usize) -> Vec<T> {
-    if len < MIN_LEN || std::any::TypeId::of::<T>() != std::any::TypeId::of::<f64>() {
+    if len < MIN_LEN || TypeId::of::<T>() != TypeId::of::<f64>() {
         return Vec::with_capacity(len);
     }
     let mut buffer = find(len).unwrap_or_else(|| new_buffer(len));
@@ -102,6 +102,17 @@ pub(crate) fn take<T: 'static>(len: usize) -> Vec<T> {
 /// not pay for a fill it does not need.
 pub(crate) fn take_to_overwrite(len: usize) -> Vec<f64> {
     take_to_fill(len).0
+}
+
+/// As [`take_to_overwrite`], for values of any type: `f64` buffers come from the pool, others
+/// are new zeros.
+pub(crate) fn take_to_overwrite_any<T: Clone + num_traits::Zero + 'static>(len: usize) -> Vec<T> {
+    if TypeId::of::<T>() != TypeId::of::<f64>() {
+        return vec![T::zero(); len];
+    }
+    let any: Box<dyn Any> = Box::new(take_to_overwrite(len));
+    any.downcast::<Vec<T>>()
+        .map_or_else(|_| vec![T::zero(); len], |values| *values)
 }
 
 /// As [`take_to_overwrite`], and whether the buffer is new: then its pages are mapped as
