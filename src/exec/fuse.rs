@@ -159,6 +159,8 @@ pub(crate) enum Src {
     Direct(usize),
     /// The tile of output `k`, already computed.
     Output(usize),
+    /// The result of the operation just before, never stored (see [`Dst::Next`]).
+    Previous,
 }
 
 /// Where a tile's result goes: a register, or straight into the tile of an output (a value
@@ -167,6 +169,9 @@ pub(crate) enum Src {
 pub(crate) enum Dst {
     Register(usize),
     Output(usize),
+    /// Only to the next operation, the only one that reads it: it stays in the processor's
+    /// registers instead of being stored and loaded again.
+    Next,
 }
 
 impl From<Dst> for Src {
@@ -174,6 +179,7 @@ impl From<Dst> for Src {
         match dst {
             Dst::Register(r) => Src::Register(r),
             Dst::Output(k) => Src::Output(k),
+            Dst::Next => Src::Previous,
         }
     }
 }
@@ -439,6 +445,7 @@ fn build(
         registers: 0,
     };
     let mut free: Vec<usize> = Vec::new();
+    let mut loaded: HashSet<usize> = HashSet::new();
     // Where each value computed or loaded so far is, while the group still reads it.
     let mut location: HashMap<Var, Src> = HashMap::new();
     let allocate = |free: &mut Vec<usize>, group: &mut Group| {
@@ -468,7 +475,11 @@ fn build(
                     group.views.len() - 1
                 }
             };
-            let r = allocate(&mut free, &mut group);
+            // A register of its own for the whole group, so that every load can run before
+            // the arithmetic (see `chain`).
+            group.registers += 1;
+            let r = group.registers - 1;
+            loaded.insert(r);
             group.ops.push(TileOp::Load {
                 view: index,
                 dst: r,
@@ -489,7 +500,7 @@ fn build(
         for &v in &eqn.inputs {
             if last.get(&v) == Some(&k) {
                 if let Some(Src::Register(r)) = location.remove(&v) {
-                    if !free.contains(&r) {
+                    if !free.contains(&r) && !loaded.contains(&r) {
                         free.push(r);
                     }
                 }
@@ -519,12 +530,107 @@ fn build(
                 location.insert(out, dst.into());
             }
             Dst::Register(r) => free.push(r),
-            Dst::Output(_) => {}
+            Dst::Output(_) | Dst::Next => {}
         }
     }
     coalesce(&mut group);
     read_in_place(&mut group);
+    chain(&mut group);
     group
+}
+
+/// Puts the loads first, then (on processors with wide vector registers) passes each result
+/// that only the next operation reads straight to it ([`Dst::Next`]): such chains then run a
+/// few vectors at a time through every operation, and the results passed are never stored.
+/// Loads write registers of their own (see `build`), so running them first changes nothing.
+fn chain(group: &mut Group) {
+    let (mut ops, mut arithmetic): (Vec<TileOp>, Vec<TileOp>) = std::mem::take(&mut group.ops)
+        .into_iter()
+        .partition(|op| matches!(op, TileOp::Load { .. }));
+    let reads = |op: &TileOp, r: usize| op.sources().contains(&Some(Src::Register(r)));
+    let links = match crate::simd::wide_vectors() {
+        true => arithmetic.len().saturating_sub(1),
+        false => 0,
+    };
+    for i in 0..links {
+        let Dst::Register(r) = arithmetic[i].dst() else {
+            continue;
+        };
+        let read_later = arithmetic[i + 2..]
+            .iter()
+            .take_while(|op| op.dst() != Dst::Register(r))
+            .any(|op| reads(op, r));
+        let linked = arithmetic[i].in_chunks() && arithmetic[i + 1].in_chunks();
+        if linked && reads(&arithmetic[i + 1], r) && !read_later {
+            arithmetic[i].set_dst(Dst::Next);
+            arithmetic[i + 1].replace_source(Src::Register(r), Src::Previous);
+        }
+    }
+    ops.extend(arithmetic);
+    group.ops = ops;
+}
+
+impl TileOp {
+    /// Whether the operation runs a chunk at a time with its neighbours (see `chain`):
+    /// arithmetic that compiles to a few instructions. Others (`tanh`, `exp`, ...) run over a
+    /// whole tile by their own loop, which holds their constants in registers throughout.
+    pub(super) fn in_chunks(&self) -> bool {
+        match *self {
+            TileOp::Load { .. } => false,
+            TileOp::Unary { op, .. } => op == UnaryOp::Neg,
+            TileOp::PowI { n, .. } => matches!(n, 2 | 3 | -1),
+            TileOp::Binary { op, .. } => {
+                matches!(
+                    op,
+                    BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div
+                )
+            }
+        }
+    }
+
+    /// The operands read (none for a load, which reads a view).
+    fn sources(&self) -> [Option<Src>; 2] {
+        match *self {
+            TileOp::Load { .. } => [None, None],
+            TileOp::Unary { src, .. } | TileOp::PowI { src, .. } => [Some(src), None],
+            TileOp::Binary { a, b, .. } => [Some(a), Some(b)],
+        }
+    }
+
+    /// Where the result goes (a load's register too).
+    fn dst(&self) -> Dst {
+        match *self {
+            TileOp::Load { dst, .. } => Dst::Register(dst),
+            TileOp::Unary { dst, .. } | TileOp::PowI { dst, .. } | TileOp::Binary { dst, .. } => {
+                dst
+            }
+        }
+    }
+
+    fn set_dst(&mut self, to: Dst) {
+        match self {
+            TileOp::Load { .. } => unreachable!("loads write their own register"),
+            TileOp::Unary { dst, .. } | TileOp::PowI { dst, .. } | TileOp::Binary { dst, .. } => {
+                *dst = to
+            }
+        }
+    }
+
+    fn replace_source(&mut self, from: Src, to: Src) {
+        let swap = |src: &mut Src| {
+            if *src == from {
+                *src = to;
+            }
+        };
+        match self {
+            TileOp::Load { .. } => {}
+            TileOp::Unary { src, .. } | TileOp::PowI { src, .. } => swap(src),
+            TileOp::Binary { a, b, .. } => {
+                swap(a);
+                swap(b);
+            }
+        }
+    }
 }
 
 /// Loads of views that read their buffer in order are dropped: their uses read the buffer.
@@ -688,6 +794,44 @@ mod tests {
             "{:?}",
             plan.steps
         );
+    }
+
+    #[test]
+    fn chains_of_cheap_operations_agree_with_one_operation_at_a_time() {
+        // Chains of products, sums, quotients, negations and squares between transcendental
+        // functions (which run over whole tiles), reading numbers, a bias of 16 and one of 48
+        // repeated over a batch, and an output read in the middle of a chain; 1003 values a
+        // row, so that chunks of 32, 4 and 1 all run.
+        let f = |x: &T, b: &T, c: &T| {
+            let y = ((x * b + c) * 0.5 - x / 3.0).powi(2) + x;
+            let z = (-(&y * 1.5) + b).tanh() * &y / (c * c + 1.0);
+            (y, (&z - x * 2.0).exp() + z.powi(3) - c)
+        };
+        for (rows, width) in [(1, 1003), (40, 16), (10, 48)] {
+            let n = rows * width;
+            let x = T::from_vec(
+                (0..n).map(|k| (k as f64 * 0.37).sin()).collect(),
+                &[rows, width],
+            )
+            .unwrap();
+            let b =
+                T::from_vec((0..width).map(|k| 0.1 * k as f64 - 0.7).collect(), &[width]).unwrap();
+            let c = T::from_vec((0..width).map(|k| (k as f64).cos()).collect(), &[width]).unwrap();
+            let plan = Plan::new(make_program(f, (&x, &b, &c)).unwrap());
+            let ops: Vec<&TileOp> = groups(&plan).iter().flat_map(|g| &g.ops).collect();
+            for pair in ops.windows(2) {
+                if pair[0].dst() == Dst::Next {
+                    assert!(pair[0].in_chunks() && pair[1].in_chunks(), "{pair:?}");
+                    assert!(pair[1].sources().contains(&Some(Src::Previous)));
+                }
+            }
+            let passed = ops.iter().any(|op| op.dst() == Dst::Next);
+            assert_eq!(passed, crate::simd::wide_vectors());
+            let out = agree(&plan, &[x.clone(), b.clone(), c.clone()]);
+            let (want0, want1) = f(&x, &b, &c);
+            assert_eq!(out[0], want0.to_vec::<f64>().unwrap());
+            assert_eq!(out[1], want1.to_vec::<f64>().unwrap());
+        }
     }
 
     #[test]
@@ -959,7 +1103,7 @@ mod tests {
             op,
             TileOp::Binary {
                 a: Src::Output(0),
-                dst: Dst::Register(_),
+                dst: Dst::Next | Dst::Register(_),
                 ..
             }
         )));

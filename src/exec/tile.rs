@@ -150,6 +150,13 @@ impl Group {
             heap.resize(2 * rank, 0);
             heap.split_at_mut(rank)
         };
+        // The loads come first (see `fuse::chain`), then the arithmetic.
+        let loads = self
+            .ops
+            .iter()
+            .take_while(|op| matches!(op, TileOp::Load { .. }))
+            .count();
+        let (load_ops, arithmetic) = self.ops.split_at(loads);
         REGISTERS.with(|registers| {
             let mut registers = registers.borrow_mut();
             if registers.len() < self.registers {
@@ -160,16 +167,21 @@ impl Group {
                     r.resize(tile, 0.0);
                 }
             }
-            // What each register holds this tile. On the stack for the usual few registers:
-            // small groups run often.
-            let (mut few, mut many) = ([Held::Own; 16], Vec::new());
-            let held: &mut [Held] = if self.registers <= few.len() {
+            // Where each register's values are this tile: its own buffer, or for a load what
+            // the load stands for. On the stack for the usual few registers: small groups run
+            // often.
+            let own = |r: &mut Vec<f64>| Operand::Values(r.as_mut_ptr());
+            let (mut few, mut many) = ([Operand::Previous; 16], Vec::new());
+            let places: &mut [Operand] = if self.registers <= few.len() {
                 &mut few[..self.registers]
             } else {
-                many.resize(self.registers, Held::Own);
+                many.resize(self.registers, Operand::Previous);
                 &mut many
             };
-            let loads = self.ops.iter().any(|op| matches!(op, TileOp::Load { .. }));
+            for (place, register) in places.iter_mut().zip(registers.iter_mut()) {
+                *place = own(register);
+            }
+            let mut steps: Vec<Step> = Vec::with_capacity(arithmetic.len());
             for (column, row) in (start..end)
                 .step_by(tile)
                 .flat_map(|c| (0..rows).map(move |r| (c, r)))
@@ -177,138 +189,322 @@ impl Group {
                 let len = tile.min(end - column);
                 let first = row * cols + column;
                 let at = column - start;
-                if loads {
+                if loads > 0 {
                     coordinates(&self.shape, first, start_at);
                 }
-                for op in &self.ops {
-                    let dst = match *op {
-                        TileOp::Load { view, dst } => {
-                            let into = &mut registers[dst][..len];
-                            held[dst] =
-                                load(&self.views[view], slices[view], start_at, into, coords);
-                            continue;
-                        }
-                        TileOp::Unary { dst, .. }
-                        | TileOp::PowI { dst, .. }
-                        | TileOp::Binary { dst, .. } => dst,
+                for op in load_ops {
+                    let TileOp::Load { view, dst } = *op else {
+                        unreachable!("the loads come first")
                     };
-                    // A repeated run meets only a tile, in a binary operation; anywhere else
-                    // it is spread over its register first.
-                    let is_tile = |src: Src| match src {
-                        Src::Register(r) => matches!(held[r], Held::Own | Held::InPlace(_)),
-                        Src::Direct(_) | Src::Output(_) => true,
-                    };
-                    let spread = match *op {
-                        TileOp::Unary { src, .. } | TileOp::PowI { src, .. } => [Some(src), None],
-                        TileOp::Binary { a, b, .. } => {
-                            [(!is_tile(b)).then_some(a), (!is_tile(a)).then_some(b)]
-                        }
-                        TileOp::Load { .. } => unreachable!("handled above"),
-                    };
-                    for src in spread.into_iter().flatten() {
-                        if let Src::Register(r) = src {
-                            if let Held::Repeated(run) = held[r] {
-                                for row in registers[r][..len].chunks_exact_mut(run.len()) {
-                                    row.copy_from_slice(run);
-                                }
-                                held[r] = Held::Own;
-                            }
-                        }
-                    }
-                    // Only registers stand for uniform tiles.
-                    let uniform_of = |src: Src| match src {
-                        Src::Register(r) => match held[r] {
-                            Held::Uniform(value) => Some(value),
-                            Held::Own | Held::InPlace(_) | Held::Repeated(_) => None,
-                        },
-                        Src::Direct(_) | Src::Output(_) => None,
-                    };
-                    // Uniform operands give a uniform result, computed once by the same
-                    // kernel (so to the bit as the tile would be).
-                    let once = |kernel: &dyn Fn(&mut [f64])| {
-                        let mut result = [0.0];
-                        kernel(&mut result);
-                        result[0]
-                    };
-                    let uniform = match *op {
-                        TileOp::Unary { op, src, .. } => {
-                            uniform_of(src).map(|x| once(&|out| unary(op, &[x], out)))
-                        }
-                        TileOp::PowI { n, src, .. } => {
-                            uniform_of(src).map(|x| once(&|out| powi(n, &[x], out)))
-                        }
-                        TileOp::Binary { op, a, b, .. } => match (uniform_of(a), uniform_of(b)) {
-                            (Some(x), Some(y)) => Some(once(&|out| binary(op, &[x], &[y], out))),
-                            _ => None,
-                        },
-                        TileOp::Load { .. } => unreachable!("handled above"),
-                    };
-                    if let (Some(value), Dst::Register(r)) = (uniform, dst) {
-                        held[r] = Held::Uniform(value);
-                        continue;
-                    }
-                    // The result's tile is taken out while the operands are read: the planner
-                    // never gives an operand the result's place.
-                    let mut place = match dst {
-                        Dst::Register(r) => Place::Register(r, std::mem::take(&mut registers[r])),
-                        Dst::Output(k) => {
-                            Place::Output(k, std::mem::take(&mut targets[k * rows + row]))
-                        }
-                    };
-                    let out = match &mut place {
-                        Place::Register(_, values) => &mut values[..len],
-                        Place::Output(_, values) => &mut values[at..at + len],
-                    };
-                    // A tile of an operand: a register (or what it stands for), a slice of a
-                    // buffer read in order, or an output's tile.
-                    let read = |src: Src| match src {
-                        Src::Register(r) => match held[r] {
-                            Held::Own => Operand::Tile(&registers[r][..len]),
-                            Held::InPlace(values) => Operand::Tile(values),
-                            Held::Uniform(value) => Operand::Uniform(value),
-                            Held::Repeated(run) => Operand::Repeated(run),
-                        },
+                    let into = &mut registers[dst][..len];
+                    places[dst] =
+                        match load(&self.views[view], slices[view], start_at, into, coords) {
+                            Held::Own => own(&mut registers[dst]),
+                            Held::InPlace(values) => Operand::Values(values.as_ptr().cast_mut()),
+                            Held::Uniform(value) => Operand::Number(value),
+                            Held::Repeated(run) => repeated(run, &mut registers[dst][..len]),
+                        };
+                }
+                let output = |k: usize, targets: &mut [&mut [f64]]| {
+                    targets[k * rows + row][at..at + len].as_mut_ptr()
+                };
+                steps.clear();
+                for op in arithmetic {
+                    let mut operand = |src: Src| match src {
+                        Src::Register(r) => places[r],
                         Src::Direct(v) => {
                             let first = self.views[v].offset as usize + first;
-                            Operand::Tile(&slices[v][first..first + len])
+                            Operand::Values(slices[v][first..first + len].as_ptr().cast_mut())
                         }
-                        Src::Output(k) => Operand::Tile(&targets[k * rows + row][at..at + len]),
+                        Src::Output(k) => Operand::Values(output(k, targets)),
+                        Src::Previous => Operand::Previous,
                     };
-                    if let Some(value) = uniform {
-                        out.fill(value);
-                    } else {
-                        match *op {
-                            TileOp::Unary { op, src, .. } => unary(op, read(src).tile(), out),
-                            TileOp::PowI { n, src, .. } => powi(n, read(src).tile(), out),
-                            TileOp::Binary { op, a, b, .. } => match (read(a), read(b)) {
-                                (Operand::Uniform(x), y) => {
-                                    binary_scalar(op, y.tile(), x, true, out)
-                                }
-                                (x, Operand::Uniform(y)) => {
-                                    binary_scalar(op, x.tile(), y, false, out)
-                                }
-                                (Operand::Repeated(x), y) => {
-                                    binary_repeated(op, y.tile(), x, true, out)
-                                }
-                                (x, Operand::Repeated(y)) => {
-                                    binary_repeated(op, x.tile(), y, false, out)
-                                }
-                                (x, y) => binary(op, x.tile(), y.tile(), out),
-                            },
-                            TileOp::Load { .. } => unreachable!("handled above"),
-                        }
-                    }
-                    match place {
-                        Place::Register(r, values) => {
-                            registers[r] = values;
-                            held[r] = Held::Own;
-                        }
-                        Place::Output(k, values) => targets[k * rows + row] = values,
-                    }
+                    let (kind, a, b, dst) = match *op {
+                        TileOp::Unary { op, src, dst } => (Kind::Unary(op), src, src, dst),
+                        TileOp::PowI { n, src, dst } => (Kind::PowI(n), src, src, dst),
+                        TileOp::Binary { op, a, b, dst } => (Kind::Binary(op), a, b, dst),
+                        TileOp::Load { .. } => unreachable!("the loads come first"),
+                    };
+                    let (a, b) = (operand(a), operand(b));
+                    let dst = match dst {
+                        Dst::Register(r) => places[r],
+                        Dst::Output(k) => Operand::Values(output(k, targets)),
+                        Dst::Next => Operand::Previous,
+                    };
+                    let cheap = op.in_chunks();
+                    steps.push(Step {
+                        kind,
+                        a,
+                        b,
+                        dst,
+                        cheap,
+                    });
                 }
+                // SAFETY: every pointer is to `len` values: a register's (this thread's, not
+                // resized while the tile runs), a slice of an input buffer (read only), or a
+                // row of an output of this range; and the planner never gives an operation's
+                // result the place of one of its operands.
+                unsafe { compute(&steps, len) };
             }
         });
     }
+}
+
+/// The operand of a run repeated along a tile (which starts a repetition): read in place when
+/// its length is a multiple of a chunk's, from one chunk's worth of repetitions when it
+/// divides it, otherwise from a copy spread over the tile (`scratch`, the register's space).
+fn repeated(run: &[f64], scratch: &mut [f64]) -> Operand {
+    let period = run.len();
+    if period % CHUNK == 0 {
+        return Operand::Repeated(run.as_ptr(), period);
+    }
+    let spread = if CHUNK % period == 0 {
+        &mut scratch[..CHUNK]
+    } else {
+        &mut *scratch
+    };
+    for part in spread.chunks_exact_mut(period) {
+        part.copy_from_slice(run);
+    }
+    match spread.len() {
+        CHUNK => Operand::Repeated(spread.as_ptr(), CHUNK),
+        _ => Operand::Values(spread.as_mut_ptr()),
+    }
+}
+
+/// What an operation of the arithmetic computes.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Unary(UnaryOp),
+    PowI(i32),
+    Binary(BinaryOp),
+}
+
+/// Where an operand of one tile is, or where its result goes.
+#[derive(Clone, Copy, Debug)]
+enum Operand {
+    /// The tile's values, from here on.
+    Values(*mut f64),
+    /// The same number throughout.
+    Number(f64),
+    /// These values over and over, from the tile's start: value `i` is `i % period` of them
+    /// (a multiple of a chunk's length, so that a chunk reads them in one piece).
+    Repeated(*const f64, usize),
+    /// The result of the operation before (as a result: passed to the next one).
+    Previous,
+}
+
+/// One operation of a tile, on its operands' places.
+#[derive(Clone, Copy, Debug)]
+struct Step {
+    kind: Kind,
+    a: Operand,
+    b: Operand,
+    dst: Operand,
+    /// Whether it may run a chunk at a time (see `TileOp::in_chunks`).
+    cheap: bool,
+}
+
+/// The longest chunk of [`in_chunks`].
+const CHUNK: usize = 32;
+
+/// Runs `steps` over `len` values: each run of cheap steps in which some pass their result
+/// along a chunk at a time through all of them, every other step over all values by its own
+/// loop (a chunk at a time, it would pay for a dispatch per chunk and save no store).
+///
+/// # Safety
+/// Every `Values` place of `steps` is valid for `len` values; a step's result is not one of
+/// its operands.
+unsafe fn compute(steps: &[Step], len: usize) {
+    let mut rest = steps;
+    while !rest.is_empty() {
+        let cheap = rest.iter().take_while(|s| s.cheap).count().max(1);
+        let (now, later) = rest.split_at(cheap);
+        let passing = now.iter().any(|s| matches!(s.dst, Operand::Previous));
+        // SAFETY: as the caller promises.
+        unsafe {
+            match passing {
+                true => in_chunks(now, len),
+                false => now.iter().for_each(|step| whole(step, len)),
+            }
+        }
+        rest = later;
+    }
+}
+
+/// Runs `step` over `len` values by the loop of its operation.
+///
+/// # Safety
+/// As for [`compute`]; its result goes to a place (such steps pass nothing along).
+unsafe fn whole(step: &Step, len: usize) {
+    let Operand::Values(out) = step.dst else {
+        unreachable!("only steps that go in chunks pass their result along")
+    };
+    // SAFETY: as the caller promises: `len` values at each place, the result's apart from
+    // the operands'.
+    let values = |place: Operand| match place {
+        Operand::Values(p) => Some(unsafe { std::slice::from_raw_parts(p.cast_const(), len) }),
+        _ => None,
+    };
+    // A run repeated along the whole tile.
+    let run = |place: Operand| match place {
+        Operand::Repeated(p, period) if len % period == 0 => {
+            Some(unsafe { std::slice::from_raw_parts(p, period) })
+        }
+        _ => None,
+    };
+    let (x, y) = (values(step.a), values(step.b));
+    let out = unsafe { std::slice::from_raw_parts_mut(out, len) };
+    match (step.kind, x, y) {
+        (Kind::Unary(op), Some(x), _) => unary(op, x, out),
+        (Kind::PowI(n), Some(x), _) => powi(n, x, out),
+        (Kind::Binary(op), Some(x), Some(y)) => binary(op, x, y, out),
+        (Kind::Binary(op), Some(x), None) => match (step.b, run(step.b)) {
+            (Operand::Number(s), _) => binary_scalar(op, x, s, false, out),
+            (_, Some(run)) => binary_repeated(op, x, run, false, out),
+            // SAFETY: as above.
+            _ => unsafe { in_chunks(std::slice::from_ref(step), len) },
+        },
+        (Kind::Binary(op), None, Some(y)) => match (step.a, run(step.a)) {
+            (Operand::Number(s), _) => binary_scalar(op, y, s, true, out),
+            (_, Some(run)) => binary_repeated(op, y, run, true, out),
+            // SAFETY: as above.
+            _ => unsafe { in_chunks(std::slice::from_ref(step), len) },
+        },
+        // Rare: numbers or repeated runs only.
+        // SAFETY: as above.
+        _ => unsafe { in_chunks(std::slice::from_ref(step), len) },
+    }
+}
+
+/// Runs `steps` over `len` values, a chunk at a time through every step, in the widest
+/// vector registers the processor has: a chunk is four of them (`previous` and the two
+/// operands of a step then fit in registers on every kind of processor).
+///
+/// # Safety
+/// As for [`compute`].
+unsafe fn in_chunks(steps: &[Step], len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(steps: &[Step], len: usize) {
+            // SAFETY: as the caller promises.
+            unsafe { chunks::<32>(steps, len) }
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(steps: &[Step], len: usize) {
+            // SAFETY: as the caller promises.
+            unsafe { chunks::<16>(steps, len) }
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the processor has the features, and the caller keeps the promises.
+            return unsafe { avx512(steps, len) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            return unsafe { avx2(steps, len) };
+        }
+    }
+    // SAFETY: as the caller promises.
+    unsafe { chunks::<8>(steps, len) }
+}
+
+/// [`in_chunks`] with chunks of `N` values.
+///
+/// # Safety
+/// As for [`compute`].
+#[inline(always)]
+unsafe fn chunks<const N: usize>(steps: &[Step], len: usize) {
+    let mut at = 0;
+    while at + N <= len {
+        // SAFETY: as the caller promises, for values `at..at + N` of `len`.
+        unsafe { chunk::<N>(steps, at) };
+        at += N;
+    }
+    // The rest a few at a time: every value alone would pay the dispatch on each step.
+    while at + 4 <= len {
+        // SAFETY: as above.
+        unsafe { chunk::<4>(steps, at) };
+        at += 4;
+    }
+    while at < len {
+        // SAFETY: as above, for value `at`.
+        unsafe { chunk::<1>(steps, at) };
+        at += 1;
+    }
+}
+
+/// Values `at..at + N` through every step, the result passed along kept in a local array
+/// (the compiler keeps it in vector registers).
+///
+/// # Safety
+/// As for [`compute`], with `at + N` values valid at every place.
+#[inline(always)]
+unsafe fn chunk<const N: usize>(steps: &[Step], at: usize) {
+    let mut previous = [0.0; N];
+    for step in steps {
+        // SAFETY: the caller's promise covers values `at..at + N` of every place.
+        let read = |place: Operand, previous: [f64; N]| match place {
+            Operand::Values(p) => unsafe { p.add(at).cast::<[f64; N]>().read() },
+            Operand::Number(value) => [value; N],
+            Operand::Repeated(p, period) => unsafe { p.add(at % period).cast::<[f64; N]>().read() },
+            Operand::Previous => previous,
+        };
+        let mut x = read(step.a, previous);
+        // One loop per common operation, with the operation known inside it.
+        match step.kind {
+            Kind::Binary(op) => {
+                let y = read(step.b, previous);
+                match op {
+                    BinaryOp::Add => (0..N).for_each(|j| x[j] += y[j]),
+                    BinaryOp::Sub => (0..N).for_each(|j| x[j] -= y[j]),
+                    BinaryOp::Mul => (0..N).for_each(|j| x[j] *= y[j]),
+                    BinaryOp::Div => (0..N).for_each(|j| x[j] /= y[j]),
+                    _ => x = binary_other(op, x, y),
+                }
+            }
+            Kind::Unary(op) => match op {
+                UnaryOp::Neg => (0..N).for_each(|j| x[j] = -x[j]),
+                UnaryOp::Tanh => (0..N).for_each(|j| x[j] = UnaryOp::Tanh.apply(x[j])),
+                UnaryOp::Exp => (0..N).for_each(|j| x[j] = UnaryOp::Exp.apply(x[j])),
+                _ => x = unary_other(op, x),
+            },
+            Kind::PowI(n) => match n {
+                2 => (0..N).for_each(|j| x[j] *= x[j]),
+                3 => (0..N).for_each(|j| x[j] = x[j] * x[j] * x[j]),
+                -1 => (0..N).for_each(|j| x[j] = 1.0 / x[j]),
+                _ => x = powi_other(n, x),
+            },
+        }
+        match step.dst {
+            // SAFETY: as above; no operand of this step is read after this.
+            Operand::Values(p) => unsafe { p.add(at).cast::<[f64; N]>().write(x) },
+            Operand::Previous => previous = x,
+            Operand::Number(_) | Operand::Repeated(..) => unreachable!("results go to a place"),
+        }
+    }
+}
+
+/// The operations without a loop of their own, out of line: they do not vectorise, and
+/// inside [`chunk`] they would keep the compiler from holding its arrays in registers.
+#[inline(never)]
+fn unary_other<const N: usize>(op: UnaryOp, x: [f64; N]) -> [f64; N] {
+    x.map(|v| op.apply(v))
+}
+
+/// As [`unary_other`].
+#[inline(never)]
+fn binary_other<const N: usize>(op: BinaryOp, mut x: [f64; N], y: [f64; N]) -> [f64; N] {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a = op.apply(*a, b);
+    }
+    x
+}
+
+/// As [`unary_other`].
+#[inline(never)]
+fn powi_other<const N: usize>(n: i32, x: [f64; N]) -> [f64; N] {
+    x.map(|v| v.powi(n))
 }
 
 /// What a register holds for the current tile.
@@ -323,33 +519,6 @@ pub(super) enum Held<'a> {
     /// Nothing: every row of the tile is this run of a buffer (a vector broadcast over the
     /// rows of a batch).
     Repeated(&'a [f64]),
-}
-
-/// An operand's tile.
-#[derive(Clone, Copy)]
-enum Operand<'a> {
-    Tile(&'a [f64]),
-    Uniform(f64),
-    Repeated(&'a [f64]),
-}
-
-impl<'a> Operand<'a> {
-    /// The tile's values: uniform and repeated operands only meet their own kernels.
-    fn tile(self) -> &'a [f64] {
-        match self {
-            Operand::Tile(values) => values,
-            Operand::Uniform(_) | Operand::Repeated(_) => {
-                unreachable!("uniform and repeated operands meet tiles in their own kernels")
-            }
-        }
-    }
-}
-
-/// A result's place while it is computed, taken out of where it is kept: register `r`, or
-/// a row of output `k`.
-enum Place<'a> {
-    Register(usize, Vec<f64>),
-    Output(usize, &'a mut [f64]),
 }
 
 /// The `f64` array of a variable.
