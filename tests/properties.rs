@@ -426,6 +426,95 @@ fn chains_of_products_with_constants_keep_every_bit() {
     result.unwrap();
 }
 
+/// One operation of a random elementwise program, on earlier values (by index, modulo the
+/// number of values so far).
+#[derive(Clone, Debug)]
+enum Elementwise {
+    Add(usize, usize),
+    Sub(usize, usize),
+    Mul(usize, usize),
+    Div(usize, usize),
+    Neg(usize),
+    Pow(usize, i32),
+    Tanh(usize),
+    Times(usize, f64),
+}
+
+fn elementwise() -> impl Strategy<Value = Elementwise> {
+    let pair = (0..8usize, 0..8usize);
+    prop_oneof![
+        pair.clone().prop_map(|(a, b)| Elementwise::Add(a, b)),
+        pair.clone().prop_map(|(a, b)| Elementwise::Sub(a, b)),
+        pair.clone().prop_map(|(a, b)| Elementwise::Mul(a, b)),
+        pair.prop_map(|(a, b)| Elementwise::Div(a, b)),
+        (0..8usize).prop_map(Elementwise::Neg),
+        (0..8usize, prop::sample::select(vec![2, 3, -1, 4]))
+            .prop_map(|(a, n)| Elementwise::Pow(a, n)),
+        (0..8usize).prop_map(Elementwise::Tanh),
+        (0..8usize, prop::sample::select(vec![0.5, -3.0, 1e300]))
+            .prop_map(|(a, c)| Elementwise::Times(a, c)),
+    ]
+}
+
+/// The last two values of `ops` run on `x` and a row `bias` broadcast along its rows.
+fn elementwise_program(ops: &[Elementwise], x: &Tensor, bias: &Tensor) -> (Tensor, Tensor) {
+    let mut values = vec![x.clone(), bias.broadcast_to(x.shape().unwrap())];
+    for op in ops {
+        let at = |i: usize| &values[i % values.len()];
+        let value = match *op {
+            Elementwise::Add(a, b) => at(a) + at(b),
+            Elementwise::Sub(a, b) => at(a) - at(b),
+            Elementwise::Mul(a, b) => at(a) * at(b),
+            Elementwise::Div(a, b) => at(a) / at(b),
+            Elementwise::Neg(a) => -at(a),
+            Elementwise::Pow(a, n) => at(a).powi(n),
+            Elementwise::Tanh(a) => at(a).tanh(),
+            Elementwise::Times(a, c) => at(a) * c,
+        };
+        values.push(value);
+    }
+    let last = values.len() - 1;
+    (values[last].clone(), values[last - 1].clone())
+}
+
+#[test]
+fn fused_elementwise_programs_keep_every_bit() {
+    // Rows of lengths that end inside a chunk (of 32, then of 4) and across tiles of 512.
+    let shape = (
+        1..4usize,
+        prop::sample::select(vec![1, 3, 16, 37, 48, 200, 1029]),
+    );
+    let mut runner = TestRunner::new(config(128));
+    let strategy = (shape, prop::collection::vec(elementwise(), 1..14));
+    let result = runner.run(&strategy, |((rows, cols), ops)| {
+        let n = rows * cols;
+        let x = Tensor::from_vec(
+            (0..n).map(|k| (k as f64 * 0.731).sin() * 3.0).collect(),
+            &[rows, cols],
+        )
+        .unwrap();
+        let bias = Tensor::from((0..cols).map(|k| 0.25 * k as f64 - 1.5).collect::<Vec<_>>());
+        let f = |x: &Tensor| {
+            let (a, b) = elementwise_program(&ops, x, &bias);
+            a + b * 0.75
+        };
+        let (_, planned) = jvp(f).return_value().call(&x, &x).unwrap();
+        let (got, want) = (
+            planned.to_vec::<f64>().unwrap(),
+            f(&x).to_vec::<f64>().unwrap(),
+        );
+        for (g, w) in got.iter().zip(&want) {
+            // To the bit, but for the sign of a NaN (simplification may move a negation).
+            prop_assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "{rows}x{cols} {ops:?}: got {g}, want {w}"
+            );
+        }
+        Ok(())
+    });
+    result.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Random bad inputs: errors, never panics.
 // ---------------------------------------------------------------------------------------------
