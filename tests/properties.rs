@@ -407,23 +407,29 @@ fn chains_of_products_with_constants_keep_every_bit() {
     let x = Tensor::from(EDGES.to_vec());
     let mut runner = TestRunner::new(config(64));
     let result = runner.run(&prop::collection::vec(step, 1..8), |steps| {
-        // The value a plan computes (after simplification) against one operation at a time.
-        let f = |x: &Tensor| chain(&steps, x);
-        let (_, planned) = jvp(f).return_value().call(&x, &x).unwrap();
-        let (got, want) = (
-            planned.to_vec::<f64>().unwrap(),
-            f(&x).to_vec::<f64>().unwrap(),
-        );
-        for (g, w) in got.iter().zip(&want) {
-            // To the bit, but for the sign of a NaN (`(-x) * c` keeps the negated NaN's).
-            prop_assert!(
-                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
-                "{steps:?}: got {got:?}, want {want:?}"
-            );
-        }
-        Ok(())
+        planned_keeps_every_bit(|x| chain(&steps, x), &x, &format!("{steps:?}"))
     });
     result.unwrap();
+}
+
+/// The value a plan computes for `f` at `x` (simplified, fused) against `f` run one
+/// operation at a time: equal to the bit, but for the sign of a NaN (`(-x) * c` planned as
+/// `x * -c` keeps the NaN the eager negation flipped).
+fn planned_keeps_every_bit(
+    f: impl Fn(&Tensor) -> Tensor,
+    x: &Tensor,
+    case: &str,
+) -> Result<(), TestCaseError> {
+    let (_, planned) = jvp(&f).return_value().call(x, x).unwrap();
+    let got = planned.to_vec::<f64>().unwrap();
+    let want = f(x).to_vec::<f64>().unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        prop_assert!(
+            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+            "{case}: got {got:?}, want {want:?}"
+        );
+    }
+    Ok(())
 }
 
 /// One operation of a random elementwise program, on earlier values (by index, modulo the
@@ -498,19 +504,7 @@ fn fused_elementwise_programs_keep_every_bit() {
             let (a, b) = elementwise_program(&ops, x, &bias);
             a + b * 0.75
         };
-        let (_, planned) = jvp(f).return_value().call(&x, &x).unwrap();
-        let (got, want) = (
-            planned.to_vec::<f64>().unwrap(),
-            f(&x).to_vec::<f64>().unwrap(),
-        );
-        for (g, w) in got.iter().zip(&want) {
-            // To the bit, but for the sign of a NaN (simplification may move a negation).
-            prop_assert!(
-                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
-                "{rows}x{cols} {ops:?}: got {g}, want {w}"
-            );
-        }
-        Ok(())
+        planned_keeps_every_bit(f, &x, &format!("{rows}x{cols} {ops:?}"))
     });
     result.unwrap();
 }

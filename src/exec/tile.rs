@@ -305,7 +305,8 @@ struct Step {
     cheap: bool,
 }
 
-/// The longest chunk of [`in_chunks`].
+/// The values of a chunk of [`in_chunks`] with AVX-512 (four of its registers: the value
+/// passed along and a step's two operands then stay in registers).
 const CHUNK: usize = 32;
 
 /// Runs `steps` over `len` values: each run of cheap steps in which some pass their result
@@ -377,9 +378,10 @@ unsafe fn whole(step: &Step, len: usize) {
     }
 }
 
-/// Runs `steps` over `len` values, a chunk at a time through every step, in the widest
-/// vector registers the processor has: a chunk is four of them (`previous` and the two
-/// operands of a step then fit in registers on every kind of processor).
+/// Runs `steps` over `len` values, a chunk at a time through every step: with AVX-512 (the
+/// only processors on which steps pass results along, see `simd::wide_vectors`), chunks of
+/// four of its registers; elsewhere (single steps on numbers or repeated runs only) short
+/// ones.
 ///
 /// # Safety
 /// As for [`compute`].
@@ -389,20 +391,11 @@ unsafe fn in_chunks(steps: &[Step], len: usize) {
         #[target_feature(enable = "avx512f")]
         unsafe fn avx512(steps: &[Step], len: usize) {
             // SAFETY: as the caller promises.
-            unsafe { chunks::<32>(steps, len) }
+            unsafe { chunks::<CHUNK>(steps, len) }
         }
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(steps: &[Step], len: usize) {
-            // SAFETY: as the caller promises.
-            unsafe { chunks::<16>(steps, len) }
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if crate::simd::wide_vectors() {
             // SAFETY: the processor has the features, and the caller keeps the promises.
             return unsafe { avx512(steps, len) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: as above.
-            return unsafe { avx2(steps, len) };
         }
     }
     // SAFETY: as the caller promises.
