@@ -444,7 +444,8 @@ unsafe fn chunk<const N: usize>(steps: &[Step], at: usize) {
             Operand::Previous => previous,
         };
         let mut x = read(step.a, previous);
-        // One loop per common operation, with the operation known inside it.
+        // A loop per cheap operation (see `TileOp::in_chunks`), with the operation known
+        // inside it; others, which only single steps bring here, out of line.
         match step.kind {
             Kind::Binary(op) => {
                 let y = read(step.b, previous);
@@ -456,12 +457,8 @@ unsafe fn chunk<const N: usize>(steps: &[Step], at: usize) {
                     _ => x = binary_other(op, x, y),
                 }
             }
-            Kind::Unary(op) => match op {
-                UnaryOp::Neg => (0..N).for_each(|j| x[j] = -x[j]),
-                UnaryOp::Tanh => (0..N).for_each(|j| x[j] = UnaryOp::Tanh.apply(x[j])),
-                UnaryOp::Exp => (0..N).for_each(|j| x[j] = UnaryOp::Exp.apply(x[j])),
-                _ => x = unary_other(op, x),
-            },
+            Kind::Unary(UnaryOp::Neg) => (0..N).for_each(|j| x[j] = -x[j]),
+            Kind::Unary(op) => x = unary_other(op, x),
             Kind::PowI(n) => match n {
                 2 => (0..N).for_each(|j| x[j] *= x[j]),
                 3 => (0..N).for_each(|j| x[j] = x[j] * x[j] * x[j]),
@@ -478,8 +475,8 @@ unsafe fn chunk<const N: usize>(steps: &[Step], at: usize) {
     }
 }
 
-/// The operations without a loop of their own, out of line: they do not vectorise, and
-/// inside [`chunk`] they would keep the compiler from holding its arrays in registers.
+/// The operations without a loop of their own in [`chunk`], out of line: inside it they
+/// would keep the compiler from holding its arrays in registers.
 #[inline(never)]
 fn unary_other<const N: usize>(op: UnaryOp, x: [f64; N]) -> [f64; N] {
     x.map(|v| op.apply(v))
