@@ -1027,6 +1027,42 @@ fn every_chunk_size_gives_the_same_derivatives() {
 }
 
 #[test]
+fn directions_beyond_a_cache_run_in_equal_chunks_side_by_side() {
+    // 256 directions through intermediates of a batch of 64 rows: more than a core's cache
+    // holds at once, so the sweep runs in chunks of equal size, side by side on the threads.
+    let matrix = |rows: usize, cols: usize, f: fn(f64) -> f64| {
+        let values = (0..rows * cols).map(|k| f(k as f64)).collect();
+        Tensor::from_vec(values, &[rows, cols]).unwrap()
+    };
+    let x = matrix(64, 16, |k| (0.37 * k).sin());
+    let f = |w: &Tensor| (x.matmul(w).tanh().matmul(w) - 0.5).powi(2).mean();
+    let w = matrix(16, 16, |k| 0.2 * (0.11 * k + 0.3).cos());
+    let text = hessian(f).program(&w).unwrap().to_string();
+    let line = text.lines().find(|l| l.contains("in chunks of")).unwrap();
+    let chunk: usize = line
+        .split("in chunks of ")
+        .nth(1)
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(chunk < 256, "{line}");
+    // Equal chunks: no smaller chunk would need as few of them.
+    let chunks = 256usize.div_ceil(chunk);
+    assert_eq!(chunk, 256usize.div_ceil(chunks), "{line}");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads >= 2 && std::env::var("RAYON_NUM_THREADS").is_err() {
+        assert!(line.contains("2 side by side"), "{line}");
+    }
+    let side_by_side = vals(leaf(&hessian(f).call(&w).unwrap()));
+    let one_chunk = vals(leaf(&hessian(f).chunk_size(256).call(&w).unwrap()));
+    assert_close(&side_by_side, &one_chunk, 1e-13);
+    assert!(side_by_side.iter().any(|&v| v.abs() > 1e-3));
+}
+
+#[test]
 fn blocks_an_input_does_not_reach_are_zero() {
     // y only enters linearly, so d2f/dy2 is zero and never computed; the block keeps its shape.
     let f = |x: &Tensor, y: &Tensor| x.powi(3).sum() + (x * y).sum();

@@ -786,17 +786,23 @@ fn whole_derivative(
     Ok((derivative.select(&wanted), blocks))
 }
 
-/// Bytes the intermediates of one sweep may take at once, when the chunk size is chosen by
-/// memory: small enough to stay in cache-friendly sizes and to bound the memory of large
-/// Hessians, large enough that per-chunk overheads vanish.
+/// Bytes the intermediates of one sweep through loops may take at once, when the chunk size
+/// is chosen by memory: a loop runs step after step, so its chunks are as large as memory
+/// allows, to share each step's fixed costs among many directions.
 const SWEEP_BYTES: usize = 32 << 20;
+
+/// Bytes the intermediates of one chunk of a sweep without loops may take, when the chunk
+/// size is chosen by memory: about a core's own cache, so that a chunk's values are still in
+/// cache when the next operation reads them. Such chunks run side by side, one per thread.
+const CHUNK_BYTES: usize = 2 << 20;
 
 /// Directions tried per sweep when measuring a sweep's memory per direction.
 const PROBE_CHUNK: usize = 32;
 
 /// The forward-mode derivative of `program` split for sweeps, with each input's chunk size
-/// given by the spec or chosen so that a sweep's intermediates fit [`SWEEP_BYTES`] (and, for
-/// a sweep through loops, shared among the threads).
+/// given by the spec or chosen by memory: a sweep through loops in chunks whose intermediates
+/// fit [`SWEEP_BYTES`] (shared among the threads when all directions fit), any other in
+/// chunks that fit [`CHUNK_BYTES`], side by side on the threads.
 fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result<Sweeps> {
     let in_avals = program.input_avals();
     let sizes: Vec<usize> = wrt.iter().map(|&i| in_avals[i].numel().max(1)).collect();
@@ -835,12 +841,15 @@ fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result
         .zip(&probe)
         .map(|((columns, &n), &tried)| {
             let per_direction = Plan::new(columns.program.clone()).peak_bytes() / tried;
-            let fits = SWEEP_BYTES / per_direction.max(1);
-            match shared(n) {
-                Some(split) if fits >= n => split,
-                // All directions at once when they fit; otherwise the most that fit.
-                _ => (fits.clamp(1, n), 1),
+            let fits = |bytes: usize| (bytes / per_direction.max(1)).clamp(1, n);
+            if loops {
+                return match shared(n) {
+                    Some(split) if fits(SWEEP_BYTES) == n => split,
+                    _ => (even_chunk(n, fits(SWEEP_BYTES)), 1),
+                };
             }
+            let chunk = even_chunk(n, fits(CHUNK_BYTES));
+            (chunk, threads.min(n.div_ceil(chunk)))
         })
         .unzip();
     let mut sweeps = if chunks == probe {
@@ -852,6 +861,12 @@ fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result
         columns.side_by_side = parts;
     }
     Ok(sweeps)
+}
+
+/// The chunk size that splits `n` directions into as few chunks of at most `most` as it can,
+/// of equal sizes (but the last), so that the last chunk is not mostly empty directions.
+fn even_chunk(n: usize, most: usize) -> usize {
+    n.div_ceil(n.div_ceil(most.max(1)))
 }
 
 /// The fewest directions per chunk when a sweep's directions are split among the threads:

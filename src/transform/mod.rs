@@ -512,9 +512,11 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout, M: Mode> GradientTransform<F, Si
 
     /// How many directions of a differentiated input forward mode pushes through at once
     /// (`jacfwd` and `hessian`). The derivative is computed in sweeps of this many columns, so
-    /// its memory is bounded by the chunk rather than by the number of inputs. By default the
-    /// size is chosen from the memory a direction needs (all directions at once when they
-    /// fit in a few tens of megabytes).
+    /// its memory is bounded by the chunk rather than by the number of inputs; the chunks run
+    /// one after another. By default the size is chosen from the memory a direction needs:
+    /// all directions at once when they fit in about a core's cache (2 MiB), otherwise chunks
+    /// that fit it, run side by side on the threads (through loops, chunks that fit a few
+    /// tens of megabytes, since each step's fixed costs are shared by a chunk's directions).
     ///
     /// ```
     /// use brainstate::{hessian, Tensor};
