@@ -268,6 +268,36 @@ fn patterns_of_known_functions() {
     assert_eq!(p.nnz(), 4); // w0 w1 and w1 w2
 }
 
+/// A batch of rows through one layer: every row depends on the same columns of `w`, so
+/// detection meets the same sets over and over (and sorts and multiplies each out once); the
+/// pattern is still exactly one dense block per column of `w`, and two layers make it dense.
+#[test]
+fn patterns_of_batched_layers() {
+    let x = Tensor::from_vec(
+        (0..8 * 16).map(|k| (0.3 * k as f64).sin()).collect(),
+        &[8, 16],
+    );
+    let x = x.unwrap();
+    let w = Tensor::from_vec(
+        (0..16 * 4).map(|k| (0.7 * k as f64).cos()).collect(),
+        &[16, 4],
+    );
+    let w = w.unwrap();
+    // w is [16, 4], flattened by rows: entry (i, j) is variable 4 i + j.
+    let layer = |w: &Tensor| x.matmul(w).tanh().sum();
+    let p = hessian_sparsity(layer).call(&w).unwrap();
+    assert_eq!(p.nnz(), 4 * 16 * 16);
+    for v in 0..64 {
+        let same_column: Vec<usize> = (0..16).map(|i| 4 * i + v % 4).collect();
+        assert_eq!(p.row(v), same_column.as_slice(), "row {v}");
+    }
+    let dense = hessian(layer).call(&w).unwrap();
+    assert_covers(&p, 64, &flat(&dense));
+    let two_layers = |w: &Tensor| x.matmul(w).tanh().matmul(&w.transpose()).tanh().sum();
+    let p = hessian_sparsity(two_layers).call(&w).unwrap();
+    assert_eq!(p.nnz(), 64 * 64);
+}
+
 /// Random compositions of primitives: the pattern covers every nonzero of the dense Hessian
 /// and the sparse Hessian agrees with it.
 #[test]

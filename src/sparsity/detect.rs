@@ -59,25 +59,28 @@ impl Sets {
     }
 
     /// Builds sets element by element; `each(e, out)` appends element `e`'s indices, which
-    /// are then sorted and made distinct.
+    /// are then sorted and made distinct. Elements built from the same indices (every row of
+    /// a batch, say) are sorted once: a long row is looked up among those built before it.
     fn build(len: usize, mut each: impl FnMut(usize, &mut Vec<u32>)) -> Result<Sets> {
         let mut offsets = Vec::with_capacity(len + 1);
         let mut indices = Vec::new();
+        let mut built = Seen::default();
         offsets.push(0);
         for e in 0..len {
             let start = indices.len();
             each(e, &mut indices);
-            let row = &mut indices[start..];
-            if row.len() > 1 {
-                row.sort_unstable();
-                let mut kept = 1;
-                for i in 1..row.len() {
-                    if row[i] != row[kept - 1] {
-                        row[kept] = row[i];
-                        kept += 1;
-                    }
+            let raw = &indices[start..];
+            if raw.len() >= Seen::LEAST {
+                if let Some(row) = built.find(&[raw]) {
+                    indices.truncate(start);
+                    indices.extend_from_slice(row);
+                } else {
+                    let from = built.remember(&[raw]);
+                    sort_distinct(&mut indices, start);
+                    built.answer(from, &indices[start..]);
                 }
-                indices.truncate(start + kept);
+            } else {
+                sort_distinct(&mut indices, start);
             }
             offsets.push(u32::try_from(indices.len()).map_err(|_| too_dense())?);
         }
@@ -86,6 +89,98 @@ impl Sets {
         } else {
             Sets::Rows { offsets, indices }
         })
+    }
+}
+
+/// Sorts `indices[start..]` and keeps each index once.
+fn sort_distinct(indices: &mut Vec<u32>, start: usize) {
+    let row = &mut indices[start..];
+    if row.len() > 1 {
+        row.sort_unstable();
+        let mut kept = 1;
+        for i in 1..row.len() {
+            if row[i] != row[kept - 1] {
+                row[kept] = row[i];
+                kept += 1;
+            }
+        }
+        indices.truncate(start + kept);
+    }
+}
+
+/// Index lists met before, each with what was made of it, found by their contents: detection
+/// meets the same sets over and over (every row of a batch depends on the same parameters),
+/// and sorting them or multiplying them out once each is enough. A key is one or more lists;
+/// only the latest key of each hash is kept, so a collision costs a recomputation, never a
+/// wrong answer (contents are compared).
+#[derive(Default)]
+struct Seen {
+    /// Hash of a key -> where its lists start in `lists`, their lengths, and its answer in
+    /// `answers`.
+    slots: HashMap<u64, Slot>,
+    lists: Vec<u32>,
+    answers: Vec<u32>,
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    start: usize,
+    lens: [usize; 2],
+    answer: (usize, usize),
+}
+
+impl Seen {
+    /// Lists shorter than this are cheaper to recompute than to look up.
+    const LEAST: usize = 16;
+
+    fn hash(key: &[&[u32]]) -> u64 {
+        let mut h: u64 = 0;
+        for list in key {
+            for &x in list.iter() {
+                h = (h.rotate_left(5) ^ u64::from(x)).wrapping_mul(0x517c_c1b7_2722_0a95);
+            }
+            h = (h.rotate_left(5) ^ list.len() as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+        h
+    }
+
+    /// The answer recorded for `key` (at most two lists), if it was met before.
+    fn find(&self, key: &[&[u32]]) -> Option<&[u32]> {
+        let slot = self.slots.get(&Self::hash(key))?;
+        let mut at = slot.start;
+        for (list, &len) in key.iter().zip(&slot.lens) {
+            if self.lists.get(at..at + len)? != *list {
+                return None;
+            }
+            at += len;
+        }
+        let (start, len) = slot.answer;
+        Some(&self.answers[start..start + len])
+    }
+
+    /// Records `key` (at most two lists), with an empty answer until [`Seen::answer`] gives
+    /// one; returns the hash to give it with.
+    fn remember(&mut self, key: &[&[u32]]) -> u64 {
+        let h = Self::hash(key);
+        let mut slot = Slot {
+            start: self.lists.len(),
+            lens: [0; 2],
+            answer: (self.answers.len(), 0),
+        };
+        for (list, len) in key.iter().zip(&mut slot.lens) {
+            self.lists.extend_from_slice(list);
+            *len = list.len();
+        }
+        self.slots.insert(h, slot);
+        h
+    }
+
+    /// The answer for the key last remembered under hash `h`.
+    fn answer(&mut self, h: u64, answer: &[u32]) {
+        if let Some(slot) = self.slots.get_mut(&h) {
+            slot.answer = (self.answers.len(), answer.len());
+            self.answers.extend_from_slice(answer);
+        }
     }
 }
 
@@ -99,15 +194,32 @@ struct Entries {
     keys: Vec<u64>,
     sorted: usize,
     limit: usize,
+    /// Large products already added.
+    added: Seen,
 }
 
 impl Entries {
+    fn new(limit: usize) -> Entries {
+        Entries {
+            keys: Vec::new(),
+            sorted: 0,
+            limit,
+            added: Seen::default(),
+        }
+    }
+
     /// Adds every `(p, q)` for `p` in `a` and `q` in `b`; `false` once over the limit.
     fn product(&mut self, a: &[u32], b: &[u32]) -> bool {
         // `a x b` holds at least `|a| |b| / 2` distinct entries: stop before storing them
         // when those alone are over the limit.
         if a.len().saturating_mul(b.len()) / 2 > self.limit {
             return false;
+        }
+        if a.len() * b.len() >= Seen::LEAST * Seen::LEAST {
+            if self.added.find(&[a, b]).is_some() {
+                return self.sorted <= self.limit;
+            }
+            self.added.remember(&[a, b]);
         }
         for &p in a {
             for &q in b {
@@ -167,11 +279,7 @@ pub(super) fn upper_pattern(
             })
         })
         .collect();
-    let mut entries = Entries {
-        keys: Vec::new(),
-        sorted: 0,
-        limit,
-    };
+    let mut entries = Entries::new(limit);
     if run_program(&program, inputs, false, &mut entries)?.is_none() {
         return Ok(None);
     }
