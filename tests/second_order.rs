@@ -293,6 +293,17 @@ fn patterns_of_batched_layers() {
     }
     let dense = hessian(layer).call(&w).unwrap();
     assert_covers(&p, 64, &flat(&dense));
+    // Sets made of a shared one and one of their own: each keeps its own.
+    let offsets = |w: &Tensor, c: &Tensor| (x.matmul(w) + c).tanh().sum();
+    let c = Tensor::from_vec((0..32).map(|k| 0.1 * k as f64).collect(), &[8, 4]).unwrap();
+    let p = hessian_sparsity(offsets)
+        .argnums([0, 1])
+        .call((&w, &c))
+        .unwrap();
+    // Blocks of w's columns, c's diagonal, and each c[i, j] with column j of w, both ways.
+    assert_eq!(p.nnz(), 4 * 16 * 16 + 32 + 2 * 32 * 16);
+    let dense = hessian(offsets).argnums([0, 1]).call((&w, &c)).unwrap();
+    assert_covers(&p, 96, &vals(&dense.flat_matrix().unwrap()));
     let two_layers = |w: &Tensor| x.matmul(w).tanh().matmul(&w.transpose()).tanh().sum();
     let p = hessian_sparsity(two_layers).call(&w).unwrap();
     assert_eq!(p.nnz(), 64 * 64);

@@ -21,14 +21,15 @@ use crate::primitives::{Dependence, Loop, Prim, Program, Structural, broadcast_s
 use crate::storage::{Aval, Data};
 
 /// Index sets, one per element of a value: element `e` depends on the differentiated input
-/// elements `indices[offsets[e]..offsets[e + 1]]` (sorted, distinct).
+/// elements `indices[start..start + len]`, `(start, len) = spans[e]` (sorted, distinct).
+/// Elements with equal sets often share one span.
 #[derive(Debug)]
 pub(super) enum Sets {
     /// No element depends on any input.
     Empty,
-    /// Compressed rows.
+    /// Spans of one list of indices.
     Rows {
-        offsets: Vec<u32>,
+        spans: Vec<(u32, u32)>,
         indices: Vec<u32>,
     },
 }
@@ -37,8 +38,9 @@ impl Sets {
     fn get(&self, e: usize) -> &[u32] {
         match self {
             Sets::Empty => &[],
-            Sets::Rows { offsets, indices } => {
-                &indices[offsets[e] as usize..offsets[e + 1] as usize]
+            Sets::Rows { spans, indices } => {
+                let (start, len) = spans[e];
+                &indices[start as usize..start as usize + len as usize]
             }
         }
     }
@@ -53,41 +55,63 @@ impl Sets {
     /// Element `e` depends on input element `first + e`.
     fn identity(first: usize, len: usize) -> Sets {
         Sets::Rows {
-            offsets: (0..=len as u32).collect(),
+            spans: (0..len as u32).map(|e| (e, 1)).collect(),
             indices: (first as u32..(first + len) as u32).collect(),
         }
     }
 
-    /// Builds sets element by element; `each(e, out)` appends element `e`'s indices, which
-    /// are then sorted and made distinct. Elements built from the same indices (every row of
-    /// a batch, say) are sorted once: a long row is looked up among those built before it.
-    fn build(len: usize, mut each: impl FnMut(usize, &mut Vec<u32>)) -> Result<Sets> {
-        let mut offsets = Vec::with_capacity(len + 1);
+    /// Builds sets element by element: `each(e, sources)` gives the sets whose union is
+    /// element `e`'s. A source given twice counts once, and elements that are the union of
+    /// the same sources share one span: every row of a batch depends on the same parameters,
+    /// and costs one union, not one each.
+    fn build<'a>(len: usize, mut each: impl FnMut(usize, &mut Vec<&'a [u32]>)) -> Result<Sets> {
+        let mut spans = Vec::with_capacity(len);
         let mut indices = Vec::new();
-        let mut built = Seen::default();
-        offsets.push(0);
+        let mut sources: Vec<&'a [u32]> = Vec::new();
+        let mut built: Seen<u64> = Seen::default();
+        let mut key: Vec<u64> = Vec::new();
         for e in 0..len {
-            let start = indices.len();
-            each(e, &mut indices);
-            let raw = &indices[start..];
-            if raw.len() >= Seen::LEAST {
-                if let Some(row) = built.find(&[raw]) {
-                    indices.truncate(start);
-                    indices.extend_from_slice(row);
-                } else {
-                    let from = built.remember(&[raw]);
-                    sort_distinct(&mut indices, start);
-                    built.answer(from, &indices[start..]);
+            sources.clear();
+            each(e, &mut sources);
+            sources.retain(|s| !s.is_empty());
+            if sources.len() > 1 {
+                sources.sort_unstable_by_key(|s| (s.as_ptr(), s.len()));
+                sources.dedup_by_key(|s| (s.as_ptr(), s.len()));
+            }
+            let total: usize = sources.iter().map(|s| s.len()).sum();
+            // Short unions are cheaper to make again than to look up.
+            let shared = total >= Seen::<u64>::LEAST;
+            if shared {
+                key.clear();
+                key.extend(
+                    sources
+                        .iter()
+                        .flat_map(|s| [s.as_ptr() as u64, s.len() as u64]),
+                );
+                if let Some(span) = built.find(&[&key]) {
+                    spans.push(span);
+                    continue;
                 }
-            } else {
+            }
+            let start = indices.len();
+            for s in &sources {
+                indices.extend_from_slice(s);
+            }
+            // Each source is sorted and distinct already.
+            if sources.len() > 1 {
                 sort_distinct(&mut indices, start);
             }
-            offsets.push(u32::try_from(indices.len()).map_err(|_| too_dense())?);
+            let end = u32::try_from(indices.len()).map_err(|_| too_dense())?;
+            let span = (start as u32, end - start as u32);
+            if shared {
+                built.remember(&[&key], span);
+            }
+            spans.push(span);
         }
         Ok(if indices.is_empty() {
             Sets::Empty
         } else {
-            Sets::Rows { offsets, indices }
+            Sets::Rows { spans, indices }
         })
     }
 }
@@ -108,44 +132,49 @@ fn sort_distinct(indices: &mut Vec<u32>, start: usize) {
     }
 }
 
-/// Index lists met before, each with what was made of it, found by their contents: detection
-/// meets the same sets over and over (every row of a batch depends on the same parameters),
-/// and sorting them or multiplying them out once each is enough. A key is one or more lists;
-/// only the latest key of each hash is kept, so a collision costs a recomputation, never a
-/// wrong answer (contents are compared).
-#[derive(Default)]
-struct Seen {
-    /// Hash of a key -> where its lists start in `lists`, their lengths, and its answer in
-    /// `answers`.
-    slots: HashMap<u64, Slot>,
-    lists: Vec<u32>,
-    answers: Vec<u32>,
+fn too_dense() -> Error {
+    Error::Options("hessian_sparsity: the index sets outgrew their budget".into())
 }
 
+/// Keys met before, each with its answer: a key is one or two lists, found by a hash of its
+/// contents. Only the latest key of each hash is kept, so a collision costs a recomputation,
+/// never a wrong answer (contents are compared).
+struct Seen<T> {
+    slots: HashMap<u64, Slot>,
+    lists: Vec<T>,
+}
+
+/// Where a key's lists start in [`Seen::lists`], their lengths, and its answer.
 #[derive(Clone, Copy)]
 struct Slot {
     start: usize,
     lens: [usize; 2],
-    answer: (usize, usize),
+    answer: (u32, u32),
 }
 
-impl Seen {
-    /// Lists shorter than this are cheaper to recompute than to look up.
+impl<T> Default for Seen<T> {
+    fn default() -> Self {
+        Seen {
+            slots: HashMap::new(),
+            lists: Vec::new(),
+        }
+    }
+}
+
+impl<T: Copy + Eq + Into<u64>> Seen<T> {
+    /// Keys shorter than this are cheaper to recompute than to look up.
     const LEAST: usize = 16;
 
-    fn hash(key: &[&[u32]]) -> u64 {
-        let mut h: u64 = 0;
-        for list in key {
-            for &x in list.iter() {
-                h = (h.rotate_left(5) ^ u64::from(x)).wrapping_mul(0x517c_c1b7_2722_0a95);
-            }
-            h = (h.rotate_left(5) ^ list.len() as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
-        }
-        h
+    fn hash(key: &[&[T]]) -> u64 {
+        let mix = |h: u64, x: u64| (h.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
+        key.iter().fold(0, |h, list| {
+            let h = list.iter().fold(h, |h, &x| mix(h, x.into()));
+            mix(h, list.len() as u64)
+        })
     }
 
     /// The answer recorded for `key` (at most two lists), if it was met before.
-    fn find(&self, key: &[&[u32]]) -> Option<&[u32]> {
+    fn find(&self, key: &[&[T]]) -> Option<(u32, u32)> {
         let slot = self.slots.get(&Self::hash(key))?;
         let mut at = slot.start;
         for (list, &len) in key.iter().zip(&slot.lens) {
@@ -154,38 +183,22 @@ impl Seen {
             }
             at += len;
         }
-        let (start, len) = slot.answer;
-        Some(&self.answers[start..start + len])
+        Some(slot.answer)
     }
 
-    /// Records `key` (at most two lists), with an empty answer until [`Seen::answer`] gives
-    /// one; returns the hash to give it with.
-    fn remember(&mut self, key: &[&[u32]]) -> u64 {
-        let h = Self::hash(key);
+    /// Records `key` (at most two lists) and its answer.
+    fn remember(&mut self, key: &[&[T]], answer: (u32, u32)) {
         let mut slot = Slot {
             start: self.lists.len(),
             lens: [0; 2],
-            answer: (self.answers.len(), 0),
+            answer,
         };
         for (list, len) in key.iter().zip(&mut slot.lens) {
             self.lists.extend_from_slice(list);
             *len = list.len();
         }
-        self.slots.insert(h, slot);
-        h
+        self.slots.insert(Self::hash(key), slot);
     }
-
-    /// The answer for the key last remembered under hash `h`.
-    fn answer(&mut self, h: u64, answer: &[u32]) {
-        if let Some(slot) = self.slots.get_mut(&h) {
-            slot.answer = (self.answers.len(), answer.len());
-            self.answers.extend_from_slice(answer);
-        }
-    }
-}
-
-fn too_dense() -> Error {
-    Error::Options("hessian_sparsity: the index sets outgrew their budget".into())
 }
 
 /// The Hessian entries found so far, as `(row << 32) | col` keys with `row <= col`, kept
@@ -195,7 +208,7 @@ struct Entries {
     sorted: usize,
     limit: usize,
     /// Large products already added.
-    added: Seen,
+    added: Seen<u32>,
 }
 
 impl Entries {
@@ -215,11 +228,11 @@ impl Entries {
         if a.len().saturating_mul(b.len()) / 2 > self.limit {
             return false;
         }
-        if a.len() * b.len() >= Seen::LEAST * Seen::LEAST {
+        if a.len() * b.len() >= Seen::<u32>::LEAST * Seen::<u32>::LEAST {
             if self.added.find(&[a, b]).is_some() {
                 return self.sorted <= self.limit;
             }
-            self.added.remember(&[a, b]);
+            self.added.remember(&[a, b], (0, 0));
         }
         for &p in a {
             for &q in b {
@@ -400,9 +413,9 @@ fn through_loop(
             if ins[i].is_empty() {
                 return Ok(Arc::new(Sets::Empty));
             }
-            Ok(Arc::new(Sets::build(len, |e, row| {
+            Ok(Arc::new(Sets::build(len, |e, sources| {
                 for t in 0..steps {
-                    row.extend_from_slice(ins[i].get(t * len + e));
+                    sources.push(ins[i].get(t * len + e));
                 }
             })?))
         })
@@ -436,8 +449,8 @@ fn through_loop(
         outputs.push(if y.is_empty() {
             Arc::new(Sets::Empty)
         } else {
-            Arc::new(Sets::build(steps * len, |e, row| {
-                row.extend_from_slice(y.get(e % len))
+            Arc::new(Sets::build(steps * len, |e, sources| {
+                sources.push(y.get(e % len))
             })?)
         });
     }
@@ -446,9 +459,9 @@ fn through_loop(
 
 /// The element-wise union of two sets of `len` elements.
 fn union(a: &Sets, b: &Sets, len: usize) -> Result<Sets> {
-    Sets::build(len, |e, row| {
-        row.extend_from_slice(a.get(e));
-        row.extend_from_slice(b.get(e));
+    Sets::build(len, |e, sources| {
+        sources.push(a.get(e));
+        sources.push(b.get(e));
     })
 }
 
@@ -490,9 +503,9 @@ fn propagate(
                 [] => empty(),
                 // One operand of the output's shape: its sets, shared.
                 [p] if avals[*p].shape == out.shape => Ok(Some(ins[*p].clone())),
-                _ => Ok(Some(Arc::new(Sets::build(len, |e, row| {
+                _ => Ok(Some(Arc::new(Sets::build(len, |e, sources| {
                     for &p in &moving {
-                        row.extend_from_slice(at(p, e));
+                        sources.push(at(p, e));
                     }
                 })?))),
             }
@@ -500,9 +513,9 @@ fn propagate(
         Dependence::Gather if !reads => empty(),
         Dependence::Gather => {
             let map = gather_map(prim, avals)?;
-            Ok(Some(Arc::new(Sets::build(len, |e, row| {
+            Ok(Some(Arc::new(Sets::build(len, |e, sources| {
                 if let Some((p, i)) = map[e] {
-                    row.extend_from_slice(ins[p].get(i));
+                    sources.push(ins[p].get(i));
                 }
             })?)))
         }
@@ -516,9 +529,9 @@ fn propagate(
                     members[*o].push(i as u32);
                 }
             }
-            Ok(Some(Arc::new(Sets::build(len, |e, row| {
+            Ok(Some(Arc::new(Sets::build(len, |e, sources| {
                 for &i in &members[e] {
-                    row.extend_from_slice(ins[0].get(i as usize));
+                    sources.push(ins[0].get(i as usize));
                 }
             })?)))
         }
@@ -532,9 +545,9 @@ fn propagate(
             for (i, &o) in map.iter().enumerate() {
                 members[o as usize].push(i as u32);
             }
-            Ok(Some(Arc::new(Sets::build(len, |e, row| {
+            Ok(Some(Arc::new(Sets::build(len, |e, sources| {
                 for &i in &members[e] {
-                    row.extend_from_slice(ins[0].get(i as usize));
+                    sources.push(ins[0].get(i as usize));
                 }
             })?)))
         }
@@ -564,19 +577,19 @@ fn matmul(
     let a_batch = broadcast_map(&a.shape[..ra - 2], &batch)?;
     let b_batch = broadcast_map(&b.shape[..rb - 2], &batch)?;
     let count = a_batch.len();
-    let union = |sets: &Sets, elements: &mut dyn Iterator<Item = usize>| -> Vec<u32> {
-        let mut u: Vec<u32> = elements.flat_map(|e| sets.get(e).iter().copied()).collect();
-        u.sort_unstable();
-        u.dedup();
-        u
-    };
     if !ins[0].is_empty() && !ins[1].is_empty() {
+        // Column k of each batch of a and row k of each batch of b, as sets.
+        let a_cols = Sets::build(a.numel() / m.max(1), |c, sources| {
+            let (ta, k) = (c / kk, c % kk);
+            sources.extend((0..m).map(|i| ins[0].get((ta * m + i) * kk + k)));
+        })?;
+        let b_rows = Sets::build(b.numel() / n.max(1), |r, sources| {
+            sources.extend((0..n).map(|j| ins[1].get(r * n + j)));
+        })?;
         for t in 0..count {
             let (ta, tb) = (a_batch[t] as usize, b_batch[t] as usize);
             for k in 0..kk {
-                let col = union(&ins[0], &mut (0..m).map(|i| (ta * m + i) * kk + k));
-                let row = union(&ins[1], &mut (0..n).map(|j| (tb * kk + k) * n + j));
-                if !entries.product(&col, &row) {
+                if !entries.product(a_cols.get(ta * kk + k), b_rows.get(tb * kk + k)) {
                     return Ok(None);
                 }
             }
@@ -586,20 +599,18 @@ fn matmul(
         return Ok(Some(Arc::new(Sets::Empty)));
     }
     // Rows of a and columns of b, each once.
-    let rows: Vec<Vec<u32>> = (0..a.numel() / kk.max(1))
-        .map(|r| union(&ins[0], &mut (0..kk).map(|k| r * kk + k)))
-        .collect();
-    let cols: Vec<Vec<u32>> = (0..b.numel() / kk.max(1))
-        .map(|c| {
-            let (tb, j) = (c / n, c % n);
-            union(&ins[1], &mut (0..kk).map(|k| (tb * kk + k) * n + j))
-        })
-        .collect();
-    Ok(Some(Arc::new(Sets::build(out.numel(), |e, row| {
+    let rows = Sets::build(a.numel() / kk.max(1), |r, sources| {
+        sources.extend((0..kk).map(|k| ins[0].get(r * kk + k)));
+    })?;
+    let cols = Sets::build(b.numel() / kk.max(1), |c, sources| {
+        let (tb, j) = (c / n, c % n);
+        sources.extend((0..kk).map(|k| ins[1].get((tb * kk + k) * n + j)));
+    })?;
+    Ok(Some(Arc::new(Sets::build(out.numel(), |e, sources| {
         let (t, ij) = (e / (m * n), e % (m * n));
         let (i, j) = (ij / n, ij % n);
-        row.extend_from_slice(&rows[a_batch[t] as usize * m + i]);
-        row.extend_from_slice(&cols[b_batch[t] as usize * n + j]);
+        sources.push(rows.get(a_batch[t] as usize * m + i));
+        sources.push(cols.get(b_batch[t] as usize * n + j));
     })?)))
 }
 
