@@ -1063,6 +1063,47 @@ fn directions_beyond_a_cache_run_in_equal_chunks_side_by_side() {
 }
 
 #[test]
+fn sweeps_take_the_blocks_of_variables_read_earlier_from_their_mirror_images() {
+    // Read in the order x, w, b (not the order of the arguments); two outputs, so that each
+    // block has an outer axis before its two groups of axes.
+    let f = |b: &Tensor, x: &Tensor, w: &Tensor| {
+        let h = (x.matmul(w).tanh() + b).powi(2);
+        brainstate::stack(&[h.sum(), (h * x.sum()).sin().sum()], 0)
+    };
+    let b = Tensor::from([0.1, -0.2, 0.3]);
+    let x = Tensor::from([[0.7, -0.3], [0.2, 0.9]]);
+    let w = Tensor::from([[0.3, -0.2, 0.5], [0.1, 0.4, -0.6]]);
+    let args = (&b, &x, &w);
+    let swept = hessian(f).argnums([0, 1, 2]).chunk_size(2);
+    let text = swept.program(args).unwrap().to_string();
+    assert!(
+        text.contains("takes 3 blocks from their mirror images"),
+        "{text}"
+    );
+    // One program of all directions (no sweeps, no mirrors) gives the same blocks.
+    let whole = hessian(f).argnums([0, 1, 2]);
+    assert!(!whole.program(args).unwrap().to_string().contains("mirror"));
+    let (swept, whole) = (swept.call(args).unwrap(), whole.call(args).unwrap());
+    assert_close(&all_values(&swept), &all_values(&whole), 1e-13);
+    // Each mirrored block is its image transposed, to the bit.
+    let sizes = [3, 4, 6];
+    for i in 0..3 {
+        for j in (0..3).filter(|&j| j != i) {
+            let (block, image) = (vals(leaf(&swept[i][j])), vals(leaf(&swept[j][i])));
+            for o in 0..2 {
+                for p in 0..sizes[i] {
+                    for q in 0..sizes[j] {
+                        let at = (o * sizes[i] + p) * sizes[j] + q;
+                        let mirrored = (o * sizes[j] + q) * sizes[i] + p;
+                        assert_eq!(block[at].to_bits(), image[mirrored].to_bits());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn blocks_an_input_does_not_reach_are_zero() {
     // y only enters linearly, so d2f/dy2 is zero and never computed; the block keeps its shape.
     let f = |x: &Tensor, y: &Tensor| x.powi(3).sum() + (x * y).sum();

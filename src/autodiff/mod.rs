@@ -17,7 +17,7 @@ mod loops;
 mod sweep;
 mod transpose;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 pub(crate) use self::directional::{hessian_products, hvp_program, jvp_program_of, vjp_split};
 pub(crate) use self::jvp::jvp_program;
@@ -256,11 +256,18 @@ pub(crate) fn hessian_program(
 /// (the original outputs and the gradients, described by [`Sweeps::outputs`]) and one linear
 /// program per differentiated input `wrt[j]`, run on `chunks[j]` directions at a time, whose
 /// outputs are the columns of the blocks [`Output::Hessian`] `{ out, wrt: (i, j) }`.
+///
+/// With `symmetric` (a real or holomorphic Hessian), the sweep of `wrt[j]` leaves out the
+/// blocks `(i, j)` of the inputs `wrt[i]` that the program reads before `wrt[j]`, which
+/// [`Sweeps::mirrors`] lists: they are the blocks `(j, i)` of the sweep of `wrt[i]` with their
+/// two groups of axes swapped. With them goes the work only they needed: a later layer's
+/// sweep no longer runs reverse mode back through the earlier layers.
 pub(crate) fn hessian_sweeps(
     program: &Program,
     wrt: &[usize],
     of: &[usize],
     chunks: &[usize],
+    symmetric: bool,
 ) -> Result<Sweeps> {
     let grad = jacrev_program(program, wrt, of)?;
     let (positions, blocks) = grad.jacobians();
@@ -270,6 +277,43 @@ pub(crate) fn hessian_sweeps(
         columns.blocks = columns.blocks.iter().map(|&b| second(b)).collect();
         for (block, _) in &mut columns.zeros {
             *block = second(*block);
+        }
+    }
+    if symmetric {
+        // Inputs in the order the program first reads them.
+        let first_read: Vec<(usize, usize)> = (wrt.iter().enumerate())
+            .map(|(k, &i)| {
+                let v = program.inputs[i];
+                let at = program.eqns.iter().position(|e| e.inputs.contains(&v));
+                (at.unwrap_or(usize::MAX), k)
+            })
+            .collect();
+        let computed: HashSet<Output> = (sweeps.columns.iter())
+            .flat_map(|c| c.blocks.iter().copied())
+            .collect();
+        // The block's image, when the block is mirrored.
+        let image = |block: &Output| match *block {
+            Output::Hessian { out, wrt: (i, j) } if first_read[i] < first_read[j] => {
+                let image = Output::Hessian { out, wrt: (j, i) };
+                computed.contains(&image).then_some(image)
+            }
+            _ => None,
+        };
+        for columns in &mut sweeps.columns {
+            let (mut blocks, mut outputs) = (Vec::new(), Vec::new());
+            for (&block, &v) in columns.blocks.iter().zip(&columns.program.outputs) {
+                match image(&block) {
+                    Some(image) => sweeps.mirrors.push((block, image)),
+                    None => {
+                        blocks.push(block);
+                        outputs.push(v);
+                    }
+                }
+            }
+            if blocks.len() < columns.blocks.len() {
+                (columns.blocks, columns.program.outputs) = (blocks, outputs);
+                columns.program = clean(std::mem::take(&mut columns.program));
+            }
         }
     }
     sweeps.outputs = sweeps

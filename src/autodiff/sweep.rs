@@ -34,6 +34,10 @@ pub(crate) struct Sweeps {
     pub outputs: Vec<Output>,
     /// One per differentiated input, in `wrt` order.
     pub columns: Vec<Columns>,
+    /// Hessian blocks `(i, j)` that no sweep computes, each with its image `(j, i)`, a
+    /// computed block: the block is the image with its two groups of axes swapped (see
+    /// [`super::hessian_sweeps`]).
+    pub mirrors: Vec<(Output, Output)>,
 }
 
 /// The linear program of one differentiated input.
@@ -124,6 +128,7 @@ pub(crate) fn forward_sweeps(
         primal: split.primal,
         outputs: (0..n_outputs).map(Output::Primal).collect(),
         columns,
+        mirrors: Vec::new(),
     })
 }
 

@@ -20,4 +20,4 @@ mod tile;
 pub(crate) use self::loops::run_loop;
 pub(crate) use self::plan::Plan;
 pub(crate) use self::simplify::simplify;
-pub(crate) use self::sweep::Sweep;
+pub(crate) use self::sweep::{Mirror, Sweep};

@@ -147,6 +147,61 @@ impl Sweep {
     }
 }
 
+/// A Hessian block no sweep computes: block `of` (of a call's blocks), of shape
+/// `outer ++ first ++ second`, with its two trailing groups of axes swapped.
+#[derive(Clone, Debug)]
+pub(crate) struct Mirror {
+    pub of: usize,
+    pub first: Vec<usize>,
+    pub second: Vec<usize>,
+}
+
+impl Mirror {
+    /// The block of shape `outer ++ second ++ first` that mirrors `block`.
+    pub fn image(&self, block: &Data) -> Result<Data> {
+        let (rows, cols) = (shape_numel(&self.first), shape_numel(&self.second));
+        let outer = block.shape().len() - self.first.len() - self.second.len();
+        let shape = [&block.shape()[..outer], &self.second, &self.first].concat();
+        fn swap<T: Element>(a: &ArrayD<T>, rows: usize, cols: usize, shape: &[usize]) -> Data {
+            let a = a.as_standard_layout();
+            let src = a.as_slice().expect("standard layout");
+            let mut dst = vec![T::from_complex(Complex64::new(0.0, 0.0)); src.len()];
+            // One `rows x cols` matrix per outer element, transposed in tiles that keep
+            // both the reads and the strided writes in cache.
+            const TILE: usize = 32;
+            for (from, to) in src.chunks(rows * cols).zip(dst.chunks_mut(rows * cols)) {
+                for r0 in (0..rows).step_by(TILE) {
+                    for c0 in (0..cols).step_by(TILE) {
+                        for r in r0..(r0 + TILE).min(rows) {
+                            for c in c0..(c0 + TILE).min(cols) {
+                                to[c * rows + r] = from[r * cols + c];
+                            }
+                        }
+                    }
+                }
+            }
+            Data::from(ArrayD::from_shape_vec(shape, dst).expect("as many values"))
+        }
+        Ok(match block {
+            Data::F64(a) => swap(a, rows, cols, &shape),
+            Data::F32(a) => swap(a, rows, cols, &shape),
+            Data::C128(a) => swap(a, rows, cols, &shape),
+            Data::C64(a) => swap(a, rows, cols, &shape),
+            other => {
+                return Err(Error::dtype(
+                    "sweep",
+                    "mirrors blocks of floating-point or complex values, not",
+                    other.dtype(),
+                ));
+            }
+        })
+    }
+}
+
+fn shape_numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
 /// Writes the first `valid` rows of a chunk's output `[chunk, a...]` into columns
 /// `start..start + valid` of `block` `[a..., n]`.
 fn place(out: &Data, block: &mut Data, start: usize, valid: usize, n: usize) -> Result<()> {

@@ -17,7 +17,7 @@ use crate::autodiff::{
     jacfwd_sweeps, jacrev_program, jvp_program_of, vjp_split,
 };
 use crate::error::{Error, Result};
-use crate::exec::{Plan, Sweep};
+use crate::exec::{Mirror, Plan, Sweep};
 use crate::memory;
 use crate::primitives::{Prim, Program};
 use crate::sparsity::{Compression, Recover, SparsityPattern, hessian_pattern};
@@ -59,6 +59,8 @@ pub(crate) enum Executable {
         n_outputs: usize,
         sweeps: Vec<(Sweep, Vec<Output>)>,
         zeros: Vec<(Output, Aval)>,
+        /// Blocks no sweep computes, after the zeros: mirror images of computed ones.
+        mirrors: Vec<Mirror>,
     },
     /// One plan computing the function's outputs, then Hessian-vector products with the
     /// coloring's seeds (one `[colors] ++ shape` product per differentiated leaf), from which
@@ -705,21 +707,31 @@ impl Compiled {
     /// How the executable computes the derivative, when not as one program.
     pub fn notes(&self) -> Vec<String> {
         match &self.exec {
-            Executable::Swept { sweeps, .. } => sweeps
-                .iter()
-                .enumerate()
-                .map(|(k, (sweep, _))| {
-                    let at_once = match sweep.side_by_side {
-                        1 => String::new(),
-                        n => format!(", {n} side by side"),
-                    };
-                    format!(
-                        "runs in sweeps: variable {k} ({} directions) in chunks of {}{at_once}",
-                        sweep.input.numel(),
-                        sweep.chunk
-                    )
-                })
-                .collect(),
+            Executable::Swept {
+                sweeps, mirrors, ..
+            } => {
+                let mut notes: Vec<String> = (sweeps.iter().enumerate())
+                    .map(|(k, (sweep, _))| {
+                        let at_once = match sweep.side_by_side {
+                            1 => String::new(),
+                            n => format!(", {n} side by side"),
+                        };
+                        format!(
+                            "runs in sweeps: variable {k} ({} directions) in chunks of {}{at_once}",
+                            sweep.input.numel(),
+                            sweep.chunk
+                        )
+                    })
+                    .collect();
+                if !mirrors.is_empty() {
+                    notes.push(format!(
+                        "takes {} blocks from their mirror images (the Hessian is symmetric): \
+                         a variable's sweep computes the blocks of the variables read after it",
+                        mirrors.len()
+                    ));
+                }
+                notes
+            }
             Executable::Compressed { compression, .. } => vec![format!(
                 "computed from its sparsity: a star coloring of {} entries takes {} colors, \
                  so {} Hessian-vector products per call, then each entry is read from one",
@@ -806,8 +818,10 @@ const PROBE_CHUNK: usize = 32;
 fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result<Sweeps> {
     let in_avals = program.input_avals();
     let sizes: Vec<usize> = wrt.iter().map(|&i| in_avals[i].numel().max(1)).collect();
+    // Second derivatives commute for real and for holomorphic functions.
+    let symmetric = spec.holomorphic || wrt.iter().all(|&i| !in_avals[i].dtype.is_complex());
     let build = |chunks: &[usize]| match spec.kind {
-        Kind::Hessian => hessian_sweeps(program, wrt, of, chunks),
+        Kind::Hessian => hessian_sweeps(program, wrt, of, chunks, symmetric),
         _ => jacfwd_sweeps(program, wrt, of, chunks),
     };
     // Of the gradient program's outputs, the primal part keeps the function's own.
@@ -879,6 +893,9 @@ fn swept(spec: &Spec, sweeps: Sweeps, n_value: usize) -> (Executable, Vec<Output
     let mut order = Vec::new();
     let mut zeros = Vec::new();
     let mut runs = Vec::new();
+    let shapes: Vec<Vec<usize>> = (sweeps.columns.iter())
+        .map(|c| c.input.shape.clone())
+        .collect();
     for columns in sweeps.columns {
         order.extend(&columns.blocks);
         let sweep = Sweep::new(
@@ -890,12 +907,27 @@ fn swept(spec: &Spec, sweeps: Sweeps, n_value: usize) -> (Executable, Vec<Output
         runs.push((sweep, columns.blocks));
         zeros.extend(columns.zeros);
     }
+    let mirrors: Vec<Mirror> = (sweeps.mirrors.iter())
+        .map(|&(_, image)| {
+            let Output::Hessian { wrt: (j, i), .. } = image else {
+                unreachable!("internal: only Hessian blocks are mirrored")
+            };
+            Mirror {
+                of: (order.iter().position(|&o| o == image))
+                    .expect("internal: a mirror's image is a computed block"),
+                first: shapes[j].clone(),
+                second: shapes[i].clone(),
+            }
+        })
+        .collect();
     order.extend(zeros.iter().map(|(o, _)| *o));
+    order.extend(sweeps.mirrors.iter().map(|&(block, _)| block));
     let exec = Executable::Swept {
         primal: plan(spec, sweeps.primal, n_value),
         n_outputs: sweeps.outputs.len(),
         sweeps: runs,
         zeros,
+        mirrors,
     };
     (exec, order)
 }

@@ -73,16 +73,18 @@ pub(crate) fn executable_bytes(exec: &Executable, wrt: &[Aval]) -> usize {
             primal,
             sweeps,
             zeros,
+            mirrors,
             ..
         } => {
-            let mut blocks = 0usize;
+            // Each computed block's bytes, in order; a mirror image takes as many.
+            let mut computed = Vec::new();
             let mut sweep_peak = 0usize;
             for (sweep, _) in sweeps {
                 let n = sweep.input.numel();
                 for out in sweep.plan.program.output_avals() {
                     let per_direction = memory::array_bytes("sweep", &out.shape[1..], out.dtype)
                         .unwrap_or(usize::MAX);
-                    blocks = blocks.saturating_add(per_direction.saturating_mul(n));
+                    computed.push(per_direction.saturating_mul(n));
                 }
                 let seed = memory::array_bytes("sweep", &[sweep.chunk, n], sweep.input.dtype)
                     .unwrap_or(usize::MAX);
@@ -94,6 +96,9 @@ pub(crate) fn executable_bytes(exec: &Executable, wrt: &[Aval]) -> usize {
                 &zeros.iter().map(|(_, a)| a.clone()).collect::<Vec<_>>(),
             )
             .unwrap_or(usize::MAX);
+            let blocks = (computed.iter())
+                .chain(mirrors.iter().map(|m| &computed[m.of]))
+                .fold(0usize, |sum, &b| sum.saturating_add(b));
             primal
                 .peak_bytes()
                 .saturating_add(blocks)

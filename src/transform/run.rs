@@ -138,6 +138,7 @@ fn execute(compiled: &Compiled, inputs: &[Arc<Data>], debug_nan: bool) -> Result
             n_outputs,
             sweeps,
             zeros,
+            mirrors,
         } => {
             let mut outputs = primal.run(inputs, debug_nan)?;
             let residuals = outputs.split_off(*n_outputs);
@@ -148,6 +149,9 @@ fn execute(compiled: &Compiled, inputs: &[Arc<Data>], debug_nan: bool) -> Result
             pool::recycle_all(residuals);
             for (_, a) in zeros {
                 blocks.push(Arc::new(crate::memory::zeros("sweep", &a.shape, a.dtype)?));
+            }
+            for mirror in mirrors {
+                blocks.push(Arc::new(mirror.image(&blocks[mirror.of])?));
             }
             Run {
                 outputs,
