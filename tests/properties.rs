@@ -266,6 +266,24 @@ fn check_program(ops: &[Op], x: &[f64]) -> Result<(), String> {
     if !close(&vals(common::leaf(&chunked)), &h, 1e-9) {
         return Err("a chunked Hessian disagrees".into());
     }
+    // Over two arguments in sweeps: one block of each pair is its mirror's image.
+    if n >= 2 {
+        let half = n / 2;
+        let split = |a: &Tensor, b: &Tensor| f(&concatenate(&[a.clone(), b.clone()], 0));
+        let (a, b) = (
+            Tensor::from(x[..half].to_vec()),
+            Tensor::from(x[half..].to_vec()),
+        );
+        let blocks = hessian(split)
+            .argnums([0, 1])
+            .chunk_size(2)
+            .call((&a, &b))
+            .map_err(|e| format!("two arguments: {e}"))?;
+        let joined = vals(&blocks.flat_matrix().map_err(|e| format!("flat: {e}"))?);
+        if !close(&joined, &h, 1e-9) {
+            return Err(format!("blocks over two arguments {joined:?} vs {h:?}"));
+        }
+    }
     Ok(())
 }
 
