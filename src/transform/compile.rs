@@ -798,9 +798,10 @@ fn whole_derivative(
     Ok((derivative.select(&wanted), blocks))
 }
 
-/// Bytes the intermediates of one sweep through loops may take at once, when the chunk size
-/// is chosen by memory: a loop runs step after step, so its chunks are as large as memory
-/// allows, to share each step's fixed costs among many directions.
+/// Bytes the intermediates of one sweep may take at once, when the chunk size is chosen by
+/// memory: through loops, which run step after step, chunks are as large as this allows, to
+/// share each step's fixed costs among many directions; otherwise it bounds the chunks run
+/// side by side.
 const SWEEP_BYTES: usize = 32 << 20;
 
 /// Bytes the intermediates of one chunk of a sweep without loops may take, when the chunk
@@ -813,8 +814,8 @@ const PROBE_CHUNK: usize = 32;
 
 /// The forward-mode derivative of `program` split for sweeps, with each input's chunk size
 /// given by the spec or chosen by memory: a sweep through loops in chunks whose intermediates
-/// fit [`SWEEP_BYTES`] (shared among the threads when all directions fit), any other in
-/// chunks that fit [`CHUNK_BYTES`], side by side on the threads.
+/// fit [`SWEEP_BYTES`] (shared among the threads when all directions fit), any other as
+/// [`cached_chunks`] says.
 fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result<Sweeps> {
     let in_avals = program.input_avals();
     let sizes: Vec<usize> = wrt.iter().map(|&i| in_avals[i].numel().max(1)).collect();
@@ -862,8 +863,7 @@ fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result
                     _ => (even_chunk(n, fits(SWEEP_BYTES)), 1),
                 };
             }
-            let chunk = even_chunk(n, fits(CHUNK_BYTES));
-            (chunk, threads.min(n.div_ceil(chunk)))
+            cached_chunks(n, per_direction, threads)
         })
         .unzip();
     let mut sweeps = if chunks == probe {
@@ -875,6 +875,16 @@ fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result
         columns.side_by_side = parts;
     }
     Ok(sweeps)
+}
+
+/// The chunk size and how many chunks run side by side, for a sweep without loops of `n`
+/// directions of `per_direction` bytes each: chunks that fit [`CHUNK_BYTES`], one per thread
+/// while the chunks together fit [`SWEEP_BYTES`].
+fn cached_chunks(n: usize, per_direction: usize, threads: usize) -> (usize, usize) {
+    let per_direction = per_direction.max(1);
+    let chunk = even_chunk(n, CHUNK_BYTES / per_direction);
+    let at_once = (SWEEP_BYTES / chunk.saturating_mul(per_direction)).clamp(1, threads.max(1));
+    (chunk, at_once.min(n.div_ceil(chunk)))
 }
 
 /// The chunk size that splits `n` directions into as few chunks of at most `most` as it can,
@@ -930,4 +940,24 @@ fn swept(spec: &Spec, sweeps: Sweeps, n_value: usize) -> (Executable, Vec<Output
         mirrors,
     };
     (exec, order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweeps_without_loops_run_cache_sized_chunks_side_by_side_within_the_sweep_budget() {
+        // mlp_1089's first sweep: 512 directions of about 226 KiB each.
+        assert_eq!(cached_chunks(512, 231_432, 2), (9, 2));
+        // All directions in one chunk: one run.
+        assert_eq!(cached_chunks(64, 12_288, 2), (64, 1));
+        // Directions larger than the cache: one at a time on each thread, while two fit the
+        // sweep's budget together.
+        assert_eq!(cached_chunks(10, 4 << 20, 2), (1, 2));
+        assert_eq!(cached_chunks(10, 20 << 20, 2), (1, 1));
+        // Equal chunks: 512 directions in at most 166 at a time are four chunks of 128.
+        assert_eq!(even_chunk(512, 166), 128);
+        assert_eq!(even_chunk(7, 100), 7);
+    }
 }
