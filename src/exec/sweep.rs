@@ -159,13 +159,20 @@ pub(crate) struct Mirror {
 impl Mirror {
     /// The block of shape `outer ++ second ++ first` that mirrors `block`.
     pub fn image(&self, block: &Data) -> Result<Data> {
-        let (rows, cols) = (shape_numel(&self.first), shape_numel(&self.second));
+        let rows = self.first.iter().product();
+        let cols = self.second.iter().product();
         let outer = block.shape().len() - self.first.len() - self.second.len();
         let shape = [&block.shape()[..outer], &self.second, &self.first].concat();
-        fn swap<T: Element>(a: &ArrayD<T>, rows: usize, cols: usize, shape: &[usize]) -> Data {
+        fn swap<T: Element>(
+            a: &ArrayD<T>,
+            rows: usize,
+            cols: usize,
+            shape: &[usize],
+        ) -> Result<Data> {
             let a = a.as_standard_layout();
             let src = a.as_slice().expect("standard layout");
-            let mut dst = vec![T::from_complex(Complex64::new(0.0, 0.0)); src.len()];
+            let zero = T::from_complex(Complex64::new(0.0, 0.0));
+            let mut dst = crate::memory::try_filled("hessian", src.len(), zero)?;
             // One `rows x cols` matrix per outer element, transposed in tiles that keep
             // both the reads and the strided writes in cache.
             const TILE: usize = 32;
@@ -180,26 +187,22 @@ impl Mirror {
                     }
                 }
             }
-            Data::from(ArrayD::from_shape_vec(shape, dst).expect("as many values"))
+            Ok(Data::from(
+                ArrayD::from_shape_vec(shape, dst).expect("as many values"),
+            ))
         }
-        Ok(match block {
+        match block {
             Data::F64(a) => swap(a, rows, cols, &shape),
             Data::F32(a) => swap(a, rows, cols, &shape),
             Data::C128(a) => swap(a, rows, cols, &shape),
             Data::C64(a) => swap(a, rows, cols, &shape),
-            other => {
-                return Err(Error::dtype(
-                    "sweep",
-                    "mirrors blocks of floating-point or complex values, not",
-                    other.dtype(),
-                ));
-            }
-        })
+            other => Err(Error::dtype(
+                "sweep",
+                "mirrors blocks of floating-point or complex values, not",
+                other.dtype(),
+            )),
+        }
     }
-}
-
-fn shape_numel(shape: &[usize]) -> usize {
-    shape.iter().product()
 }
 
 /// Writes the first `valid` rows of a chunk's output `[chunk, a...]` into columns
