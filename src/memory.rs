@@ -190,7 +190,7 @@ const PROBE_BYTES: usize = 1 << 20;
 
 /// Asks the allocator for `bytes` and gives them back: an error naming `op` when it cannot
 /// provide them, where an allocation that fails would abort the process.
-fn probe(op: &str, bytes: usize) -> Result<()> {
+pub(crate) fn probe(op: &str, bytes: usize) -> Result<()> {
     if bytes < PROBE_BYTES {
         return Ok(());
     }

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::Plan;
 use crate::error::{Error, Result};
 use crate::ir::Var;
-use crate::primitives::{Creation, Eqn, Prim, Program, Structural};
+use crate::primitives::{Creation, Eqn, Prim, Program, Structural, transposed_matrices};
 use crate::storage::{Aval, DType, Data, Element, pool};
 
 /// A linear plan over the residuals and a seed of `chunk` directions of `input` (shape
@@ -163,45 +163,11 @@ impl Mirror {
         let cols = self.second.iter().product();
         let outer = block.shape().len() - self.first.len() - self.second.len();
         let shape = [&block.shape()[..outer], &self.second, &self.first].concat();
-        fn swap<T: Element>(
-            a: &ArrayD<T>,
-            rows: usize,
-            cols: usize,
-            shape: &[usize],
-        ) -> Result<Data> {
-            let a = a.as_standard_layout();
-            let src = a.as_slice().expect("standard layout");
-            let zero = T::from_complex(Complex64::new(0.0, 0.0));
-            let mut dst = crate::memory::try_filled("hessian", src.len(), zero)?;
-            // One `rows x cols` matrix per outer element, transposed in tiles that keep
-            // both the reads and the strided writes in cache.
-            const TILE: usize = 32;
-            for (from, to) in src.chunks(rows * cols).zip(dst.chunks_mut(rows * cols)) {
-                for r0 in (0..rows).step_by(TILE) {
-                    for c0 in (0..cols).step_by(TILE) {
-                        for r in r0..(r0 + TILE).min(rows) {
-                            for c in c0..(c0 + TILE).min(cols) {
-                                to[c * rows + r] = from[r * cols + c];
-                            }
-                        }
-                    }
-                }
-            }
-            Ok(Data::from(
-                ArrayD::from_shape_vec(shape, dst).expect("as many values"),
-            ))
-        }
-        match block {
-            Data::F64(a) => swap(a, rows, cols, &shape),
-            Data::F32(a) => swap(a, rows, cols, &shape),
-            Data::C128(a) => swap(a, rows, cols, &shape),
-            Data::C64(a) => swap(a, rows, cols, &shape),
-            other => Err(Error::dtype(
-                "sweep",
-                "mirrors blocks of floating-point or complex values, not",
-                other.dtype(),
-            )),
-        }
+        crate::memory::probe(
+            "hessian",
+            crate::memory::array_bytes("hessian", &shape, block.dtype())?,
+        )?;
+        Ok(transposed_matrices(block, rows, cols).into_shape(&shape))
     }
 }
 

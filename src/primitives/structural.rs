@@ -625,6 +625,22 @@ impl Rules for Structural {
     }
 }
 
+/// `x`'s elements, in order, read as a stack of `rows x cols` matrices, each transposed (to
+/// `cols x rows`) by the transpose kernel.
+pub(crate) fn transposed_matrices(x: &Data, rows: usize, cols: usize) -> Data {
+    with_array!(x, a => {
+        let a = a.as_standard_layout();
+        let stacked = a.len() / (rows * cols).max(1);
+        // One matrix alone takes the 2-d kernel, which copies in tiles.
+        let (shape, perm): (&[usize], &[usize]) = match stacked {
+            1 => (&[rows, cols], &[1, 0]),
+            _ => (&[stacked, rows, cols], &[0, 2, 1]),
+        };
+        let view = a.view().into_shape_with_order(IxDyn(shape)).expect("as many elements");
+        Data::from(owned(view.permuted_axes(IxDyn(perm))))
+    })
+}
+
 /// A standard-layout copy of a view. Fixed-rank iteration is much faster than dynamic-rank,
 /// and 2-d transposes are copied in cache-sized tiles.
 fn owned<T: Copy + 'static>(view: ArrayViewD<'_, T>) -> ArrayD<T> {
