@@ -570,16 +570,23 @@ fn chain(group: &mut Group) {
     group.ops = ops;
 }
 
-impl TileOp {
+/// What an operation of a group's arithmetic computes.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Kind {
+    Unary(UnaryOp),
+    PowI(i32),
+    Binary(BinaryOp),
+}
+
+impl Kind {
     /// Whether the operation runs a chunk at a time with its neighbours (see `chain`):
     /// arithmetic that compiles to a few instructions. Others (`tanh`, `exp`, ...) run over a
     /// whole tile by their own loop, which holds their constants in registers throughout.
-    pub(super) fn in_chunks(&self) -> bool {
-        match *self {
-            TileOp::Load { .. } => false,
-            TileOp::Unary { op, .. } => op == UnaryOp::Neg,
-            TileOp::PowI { n, .. } => matches!(n, 2 | 3 | -1),
-            TileOp::Binary { op, .. } => {
+    pub(super) fn in_chunks(self) -> bool {
+        match self {
+            Kind::Unary(op) => op == UnaryOp::Neg,
+            Kind::PowI(n) => matches!(n, 2 | 3 | -1),
+            Kind::Binary(op) => {
                 matches!(
                     op,
                     BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div
@@ -587,9 +594,26 @@ impl TileOp {
             }
         }
     }
+}
+
+impl TileOp {
+    /// What the operation computes (nothing for a load).
+    pub(super) fn kind(&self) -> Option<Kind> {
+        match *self {
+            TileOp::Load { .. } => None,
+            TileOp::Unary { op, .. } => Some(Kind::Unary(op)),
+            TileOp::PowI { n, .. } => Some(Kind::PowI(n)),
+            TileOp::Binary { op, .. } => Some(Kind::Binary(op)),
+        }
+    }
+
+    /// Whether the operation runs a chunk at a time (see [`Kind::in_chunks`]).
+    pub(super) fn in_chunks(&self) -> bool {
+        self.kind().is_some_and(Kind::in_chunks)
+    }
 
     /// The operands read (none for a load, which reads a view).
-    fn sources(&self) -> [Option<Src>; 2] {
+    pub(super) fn sources(&self) -> [Option<Src>; 2] {
         match *self {
             TileOp::Load { .. } => [None, None],
             TileOp::Unary { src, .. } | TileOp::PowI { src, .. } => [Some(src), None],
@@ -598,7 +622,7 @@ impl TileOp {
     }
 
     /// Where the result goes (a load's register too).
-    fn dst(&self) -> Dst {
+    pub(super) fn dst(&self) -> Dst {
         match *self {
             TileOp::Load { dst, .. } => Dst::Register(dst),
             TileOp::Unary { dst, .. } | TileOp::PowI { dst, .. } | TileOp::Binary { dst, .. } => {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::fuse::{Dst, Group, Src, TileOp, View};
+use super::fuse::{Dst, Group, Kind, Src, TileOp, View};
 use crate::error::{Error, Result};
 use crate::ir::Var;
 use crate::primitives::{BinaryOp, UnaryOp};
@@ -219,26 +219,18 @@ impl Group {
                         Src::Output(k) => Operand::Values(output(k, targets)),
                         Src::Previous => Operand::Previous,
                     };
-                    let (kind, a, b, dst) = match *op {
-                        TileOp::Unary { op, src, dst } => (Kind::Unary(op), src, src, dst),
-                        TileOp::PowI { n, src, dst } => (Kind::PowI(n), src, src, dst),
-                        TileOp::Binary { op, a, b, dst } => (Kind::Binary(op), a, b, dst),
-                        TileOp::Load { .. } => unreachable!("the loads come first"),
+                    let kind = op.kind().expect("the loads come first");
+                    let [Some(a), b] = op.sources() else {
+                        unreachable!("an operation reads an operand")
                     };
-                    let (a, b) = (operand(a), operand(b));
-                    let dst = match dst {
+                    // A unary operation's second operand is never read.
+                    let (a, b) = (operand(a), b.map_or(Operand::Previous, &mut operand));
+                    let dst = match op.dst() {
                         Dst::Register(r) => places[r],
                         Dst::Output(k) => Operand::Values(output(k, targets)),
                         Dst::Next => Operand::Previous,
                     };
-                    let cheap = op.in_chunks();
-                    steps.push(Step {
-                        kind,
-                        a,
-                        b,
-                        dst,
-                        cheap,
-                    });
+                    steps.push(Step { kind, a, b, dst });
                 }
                 // SAFETY: every pointer is to `len` values: a register's (this thread's, not
                 // resized while the tile runs), a slice of an input buffer (read only), or a
@@ -272,14 +264,6 @@ fn repeated(run: &[f64], scratch: &mut [f64]) -> Operand {
     }
 }
 
-/// What an operation of the arithmetic computes.
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Unary(UnaryOp),
-    PowI(i32),
-    Binary(BinaryOp),
-}
-
 /// Where an operand of one tile is, or where its result goes.
 #[derive(Clone, Copy, Debug)]
 enum Operand {
@@ -301,8 +285,6 @@ struct Step {
     a: Operand,
     b: Operand,
     dst: Operand,
-    /// Whether it may run a chunk at a time (see `TileOp::in_chunks`).
-    cheap: bool,
 }
 
 /// The values of a chunk of [`in_chunks`] with AVX-512 (four of its registers: the value
@@ -319,7 +301,11 @@ const CHUNK: usize = 32;
 unsafe fn compute(steps: &[Step], len: usize) {
     let mut rest = steps;
     while !rest.is_empty() {
-        let cheap = rest.iter().take_while(|s| s.cheap).count().max(1);
+        let cheap = rest
+            .iter()
+            .take_while(|s| s.kind.in_chunks())
+            .count()
+            .max(1);
         let (now, later) = rest.split_at(cheap);
         let passing = now.iter().any(|s| matches!(s.dst, Operand::Previous));
         // SAFETY: as the caller promises.
