@@ -856,14 +856,14 @@ fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result
         .zip(&probe)
         .map(|((columns, &n), &tried)| {
             let per_direction = Plan::new(columns.program.clone()).peak_bytes() / tried;
-            let fits = |bytes: usize| (bytes / per_direction.max(1)).clamp(1, n);
-            if loops {
-                return match shared(n) {
-                    Some(split) if fits(SWEEP_BYTES) == n => split,
-                    _ => (even_chunk(n, fits(SWEEP_BYTES)), 1),
-                };
+            if !loops {
+                return cached_chunks(n, per_direction, threads);
             }
-            cached_chunks(n, per_direction, threads)
+            let fits = (SWEEP_BYTES / per_direction.max(1)).clamp(1, n);
+            match shared(n) {
+                Some(split) if fits == n => split,
+                _ => (even_chunk(n, fits), 1),
+            }
         })
         .unzip();
     let mut sweeps = if chunks == probe {
