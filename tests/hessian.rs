@@ -1052,8 +1052,7 @@ fn directions_beyond_a_cache_run_in_equal_chunks_side_by_side() {
     // Equal chunks: no smaller chunk would need as few of them.
     let chunks = 256usize.div_ceil(chunk);
     assert_eq!(chunk, 256usize.div_ceil(chunks), "{line}");
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads >= 2 && std::env::var("RAYON_NUM_THREADS").is_err() {
+    if common::side_by_side_threads() {
         assert!(line.contains("2 side by side"), "{line}");
     }
     let side_by_side = vals(leaf(&hessian(f).call(&w).unwrap()));

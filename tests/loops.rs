@@ -749,9 +749,8 @@ fn a_hessian_through_a_loop_shares_its_directions_among_the_threads() {
         let (last, _) = scan(body, &init, &xs.unwrap()).unwrap();
         (last - 0.5).powi(2).sum()
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let text = hessian(f).program(&w).unwrap().to_string();
-    if threads >= 2 && std::env::var("RAYON_NUM_THREADS").is_err() {
+    if common::side_by_side_threads() {
         assert!(text.contains("in chunks of 18, 2 side by side"), "{text}");
     }
     // The chunks run side by side give what one chunk of all directions gives.

@@ -34,6 +34,13 @@ pub fn leaf(node: &Node) -> &Tensor {
     node.tensor().expect("a leaf")
 }
 
+/// Whether sweeps may run chunks side by side: two or more processors, and rayon's thread
+/// count not set from outside.
+pub fn side_by_side_threads() -> bool {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    threads >= 2 && std::env::var("RAYON_NUM_THREADS").is_err()
+}
+
 #[track_caller]
 pub fn assert_close(got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "lengths differ: {got:?} vs {want:?}");
