@@ -4,7 +4,6 @@
 
 use std::fmt;
 
-use ndarray::linalg::{general_mat_mul, general_mat_vec_mul};
 use ndarray::{ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, Axis, CowArray, IxDyn, ShapeBuilder};
 use rayon::prelude::*;
 
@@ -245,8 +244,8 @@ pub(crate) fn add_transposed_product(a: &[f64], b: &[f64], shape: [usize; 2], to
     }
     let a = view(a, rows, x, (x, 1));
     let b = view(b, rows, y, (y, 1));
-    let mut c = ArrayViewMut2::from_shape((x, y), total).expect("x * y values");
-    general_mat_mul(1.0, &a.t(), &b, 1.0, &mut c);
+    let c = ArrayViewMut2::from_shape((x, y), total).expect("x * y values");
+    kernel(a.t(), b, c, true);
 }
 
 multiversion! {
@@ -302,24 +301,24 @@ where
         split_product(a, b, c, parts);
         return;
     }
-    let (x, mut y) = (b.column(0), c.column_mut(0));
     if a.ncols() < SHORT_ROW {
+        let (x, mut y) = (b.column(0), c.column_mut(0));
         if let (Some(rows), Some(x), Some(y)) = (a.as_slice(), x.as_slice(), y.as_slice_mut()) {
             short_rows(rows, x, y);
             return;
         }
     }
-    general_mat_vec_mul(T::one(), &a, &x, T::zero(), &mut y);
+    kernel(a, b, c, false);
 }
 
 /// `c = a @ b` in `parts` products run side by side, each of a block of rows or columns of
 /// `c` (whichever dimension is longer, so that each part keeps a long side for the kernel).
-fn split_product<T>(a: ArrayView2<T>, b: ArrayView2<T>, mut c: ArrayViewMut2<T>, parts: usize)
+fn split_product<T>(a: ArrayView2<T>, b: ArrayView2<T>, c: ArrayViewMut2<T>, parts: usize)
 where
     T: ndarray::LinalgScalar + Send + Sync,
 {
     if parts < 2 {
-        general_mat_mul(T::one(), &a, &b, T::zero(), &mut c);
+        kernel(a, b, c, false);
         return;
     }
     let first = parts / 2;
@@ -336,6 +335,54 @@ where
         || split_product(a0, b0, c0, first),
         || split_product(a1, b1, c1, parts - first),
     );
+}
+
+/// `c = a @ b`, or `c += a @ b` when `accumulate`, by the `gemm` crate's kernels, each
+/// operand read in place through its own strides. Its small-matrix kernels skip the packing
+/// that dominates the small products of a tangent batch (a layer of 8-32 units times a few
+/// hundred directions).
+fn kernel<T: ndarray::LinalgScalar>(
+    a: ArrayView2<T>,
+    b: ArrayView2<T>,
+    mut c: ArrayViewMut2<T>,
+    accumulate: bool,
+) {
+    let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
+    if k == 0 {
+        if !accumulate {
+            c.fill(T::zero());
+        }
+        return;
+    }
+    let (sa, sb, sc) = (a.strides(), b.strides(), c.strides());
+    let (sc0, sc1) = (sc[0], sc[1]);
+    // SAFETY: each pointer is read (or written) only at the offsets of its view's own shape
+    // and strides, and `c`, borrowed mutably, overlaps neither operand. `T` is one of the
+    // four dtypes `gemm` dispatches on (f32, f64 and their complex numbers): matmul's
+    // `infer` admits no other.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            sc1,
+            sc0,
+            accumulate,
+            a.as_ptr(),
+            sa[1],
+            sa[0],
+            b.as_ptr(),
+            sb[1],
+            sb[0],
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// Rows shorter than this take [`short_rows`].
@@ -470,6 +517,50 @@ mod tests {
             let want = x.dot(&y);
             assert_eq!(out.slice(s![i, .., ..]), want);
         }
+    }
+
+    /// `kernel` against a sum of products, for each dtype matmul admits, with operands read
+    /// through transposed and strided layouts, overwriting and accumulating.
+    #[test]
+    fn the_kernel_agrees_with_sums_of_products_for_every_dtype_and_layout() {
+        use ndarray::{Array2, s};
+        use num_complex::Complex;
+        fn check<T>(make: impl Fn(f64, f64) -> T, close: impl Fn(T, T) -> bool)
+        where
+            T: ndarray::LinalgScalar + std::fmt::Debug,
+        {
+            for (m, k, n) in [(1, 1, 1), (3, 5, 2), (32, 8, 16), (17, 33, 1), (1, 32, 16)] {
+                let value = |i: usize, j: usize, w: f64| {
+                    make((i as f64 * w + j as f64).sin(), (j as f64 * w).cos())
+                };
+                // `a` stored transposed, `b` every other column of a wider matrix
+                let at = Array2::from_shape_fn((k, m), |(j, i)| value(i, j, 0.7));
+                let wide = Array2::from_shape_fn((k, 2 * n), |(i, j)| value(i, j, 0.3));
+                let (a, b) = (at.t(), wide.slice(s![.., ..;2]));
+                let sum = |i: usize, j: usize| {
+                    (0..k).fold(T::zero(), |acc, l| acc + a[[i, l]] * b[[l, j]])
+                };
+                let mut c = Array2::from_elem((m, n), make(f64::NAN, 0.0));
+                kernel(a, b, c.view_mut(), false);
+                let start = make(0.5, -1.0);
+                let mut acc = Array2::from_elem((n, m), start);
+                kernel(a, b, acc.view_mut().reversed_axes(), true);
+                for ((i, j), &got) in c.indexed_iter() {
+                    assert!(close(got, sum(i, j)), "{m}x{k}x{n} ({i}, {j}): {got:?}");
+                    assert!(
+                        close(acc[[j, i]], start + sum(i, j)),
+                        "{m}x{k}x{n} accumulated"
+                    );
+                }
+            }
+        }
+        check(|re, _| re, |x: f64, y| (x - y).abs() <= 1e-12);
+        check(|re, _| re as f32, |x: f32, y| (x - y).abs() <= 1e-4);
+        check(Complex::new, |x: Complex<f64>, y| (x - y).norm() <= 1e-12);
+        check(
+            |re, im| Complex::new(re as f32, im as f32),
+            |x: Complex<f32>, y| (x - y).norm() <= 1e-4,
+        );
     }
 
     #[test]
