@@ -433,8 +433,8 @@ fn dense_hessians_of_sparse_functions_match_their_closed_forms() {
 
 #[test]
 fn dense_hessians_from_sparsity_match_the_closed_form() {
-    // Two arguments whose blocks are large enough to be filled on every thread, with
-    // entries in the blocks between them: f = rosen(x) + rosen(y) + sum(x y^2).
+    // Two arguments, with entries in the blocks between them:
+    // f = rosen(x) + rosen(y) + sum(x y^2).
     let n = 300;
     let x = Tensor::linspace(-1.0, 1.0, n);
     let y = Tensor::linspace(0.5, -0.5, n);
@@ -457,6 +457,15 @@ fn dense_hessians_from_sparsity_match_the_closed_form() {
     }
     let got = vals(&h.call((&x, &y)).unwrap().flat_matrix().unwrap());
     assert_close(&got, &want, 1e-12);
+}
+
+#[test]
+fn dense_hessians_from_sparsity_too_large_for_reused_memory_are_filled_on_every_thread() {
+    // A 2048 x 2048 block is 32 MiB: new pages, filled on the thread pool.
+    let n = 2048;
+    let x = Tensor::linspace(-1.0, 1.0, n);
+    let got = hessian(rosen).call(&x).unwrap();
+    assert_close(&vals(leaf(&got)), &rosen_hessian(&vals(&x)), 1e-12);
 }
 
 // ---------------------------------------------------------------------------------------------
