@@ -546,32 +546,35 @@ fn executable(
                 (Executable::Whole(plan(spec, whole, of.len())), blocks)
             }
             Kind::JacFwd => forward(spec, program, wrt, of)?,
-            Kind::Hessian => {
-                // The Hessian of a program that multiplies matrices is dense as a rule, and
-                // detecting that takes about as long as building the sweeps (mlp_1089: 2.4
-                // and 3.5 ms): with a second thread, the sweeps are built beside the
-                // detection, and dropped when the pattern is sparse enough. Other programs
-                // (elementwise, banded) are detected alone: their sweeps, often larger than
-                // their compressed products, would only be thrown away.
-                let beside = mixes(program) && rayon::current_num_threads() > 1;
-                let (sparse, dense) = if beside {
-                    let (sparse, dense) = rayon::join(
-                        || sparse_enough(spec, program, wrt, of),
-                        || forward(spec, program, wrt, of),
-                    );
-                    (sparse?, Some(dense))
-                } else {
-                    (sparse_enough(spec, program, wrt, of)?, None)
-                };
-                match sparse {
-                    Some(compression) => {
-                        compressed(spec, program, wrt, compression, Recover::Dense)?
-                    }
-                    None => dense.unwrap_or_else(|| forward(spec, program, wrt, of))?,
-                }
-            }
+            Kind::Hessian => dense_hessian(spec, program, wrt, of)?,
         },
     })
+}
+
+/// A dense Hessian: from its compressed products when its pattern, detected at plan time, is
+/// sparse enough, else by sweeps. The Hessian of a program that multiplies matrices is dense
+/// as a rule, and detecting that takes about as long as building the sweeps (mlp_1089: 2.4
+/// and 3.5 ms): with a second thread, the sweeps are built beside the detection, and dropped
+/// when the pattern is sparse enough. Other programs (elementwise, banded) are detected
+/// alone: their sweeps, often larger than their compressed products, would only be thrown
+/// away.
+fn dense_hessian(
+    spec: &Spec,
+    program: &Program,
+    wrt: &[usize],
+    of: &[usize],
+) -> Result<(Executable, HashMap<Output, usize>)> {
+    let sweeps = || forward(spec, program, wrt, of);
+    let (sparse, dense) = if mixes(program) && rayon::current_num_threads() > 1 {
+        let (sparse, dense) = rayon::join(|| sparse_enough(spec, program, wrt, of), sweeps);
+        (sparse?, Some(dense))
+    } else {
+        (sparse_enough(spec, program, wrt, of)?, None)
+    };
+    match sparse {
+        Some(compression) => compressed(spec, program, wrt, compression, Recover::Dense),
+        None => dense.unwrap_or_else(sweeps),
+    }
 }
 
 /// Whether `program` (or a loop's body in it) multiplies matrices.
