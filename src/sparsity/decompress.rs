@@ -10,13 +10,9 @@ use super::Compression;
 use crate::error::{Error, Result};
 use crate::storage::{Data, pool};
 
-/// Gathers of at least this many entries run on the thread pool.
+/// Gathers of at least this many entries, and dense blocks of new pages of at least this many
+/// elements, run on the thread pool.
 const PARALLEL_MIN: usize = 1 << 16;
-
-/// Dense blocks of at least this many bytes are filled on the thread pool: the allocator maps
-/// new pages for every allocation this large (glibc's largest threshold for reusing freed
-/// memory is 32 MiB), and faulting them in is most of the fill.
-const NEW_PAGES_MIN: usize = 32 << 20;
 
 impl Compression {
     /// The compressed products `B` (`[colors, n]`, row-major) from one product per
@@ -97,11 +93,11 @@ impl Compression {
                 crate::memory::try_filled("hessian", len, T::default())
             })
             .collect::<Result<_>>()?;
-        // Row by row, on every thread when the block is so large that its pages are new: the
-        // first write to each page faults it in, which threads overlap. A smaller block is
-        // most often memory the allocator had (a previous call's result), already mapped and
-        // zeroed before this loop: setting its few entries per row takes less than waking a
-        // thread (rosen_n1024: 0.11 ms one thread, 0.21 ms two).
+        // Row by row, on every thread when the block is large and its pages are new: the
+        // first write to each page faults it in, which threads overlap. Memory the allocator
+        // had (a previous call's result, say) is mapped and zeroed before this loop: setting
+        // a few entries per row then takes less than waking a thread (rosen_n1024: 0.11 ms
+        // one thread, 0.21 ms two).
         let pattern = &self.pattern;
         for (b, block) in out.iter_mut().enumerate() {
             let (i, j) = (b / k, b % k);
@@ -116,7 +112,7 @@ impl Compression {
                 }
             };
             let width = blocks[j].max(1);
-            if size_of_val(&block[..]) < NEW_PAGES_MIN {
+            if block.len() < PARALLEL_MIN || pool::mapped(block) {
                 block.chunks_mut(width).enumerate().for_each(fill_row);
             } else {
                 block.par_chunks_mut(width).enumerate().for_each(fill_row);

@@ -208,6 +208,33 @@ fn map_pages(from: usize, to: usize) {
 #[cfg(not(target_os = "linux"))]
 fn map_pages(_from: usize, _to: usize) {}
 
+/// Whether the pages of `buffer` are mapped already (its first, middle and last page, which
+/// tell memory the allocator had from new pages): then writing it costs no page faults.
+#[cfg(target_os = "linux")]
+pub(crate) fn mapped<T>(buffer: &[T]) -> bool {
+    const PAGE: usize = 4096;
+    let (start, bytes) = (buffer.as_ptr() as usize, size_of_val(buffer));
+    if bytes == 0 {
+        return true;
+    }
+    [start, start + bytes / 2, start + bytes - 1]
+        .iter()
+        .all(|&at| {
+            let mut resident = 0u8;
+            // SAFETY: mincore reads the page tables only, for the one page holding `at` (part of
+            // `buffer`), and writes one byte into `resident`.
+            let ok =
+                unsafe { libc::mincore((at / PAGE * PAGE) as *mut libc::c_void, 1, &mut resident) };
+            ok == 0 && resident & 1 == 1
+        })
+}
+
+/// Elsewhere, buffers are taken as new.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn mapped<T>(_buffer: &[T]) -> bool {
+    false
+}
+
 /// Returns the storage of a dead array to the pool.
 pub(crate) fn recycle(data: Data) {
     if let Data::F64(array) = data {
@@ -282,6 +309,17 @@ mod tests {
             assert!(a.iter().enumerate().all(|(i, &x)| x == i as f64 + 0.5));
             assert!(b.iter().enumerate().all(|(i, &x)| x == -(i as f64)));
         }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn new_buffers_are_unmapped_until_written() {
+        // 64 MiB: beyond any allocator's reuse of freed memory, new pages from the system.
+        let mut buffer = vec![0.0f64; 8 << 20];
+        assert!(!mapped(&buffer));
+        buffer.fill(1.0);
+        assert!(mapped(&buffer));
+        assert!(mapped::<f64>(&[]));
     }
 
     #[test]
