@@ -565,7 +565,7 @@ fn dense_hessian(
     of: &[usize],
 ) -> Result<(Executable, HashMap<Output, usize>)> {
     let sweeps = || forward(spec, program, wrt, of);
-    let (sparse, dense) = if mixes(program) && rayon::current_num_threads() > 1 {
+    let (sparse, dense) = if multiplies_matrices(program) && rayon::current_num_threads() > 1 {
         let (sparse, dense) = rayon::join(|| sparse_enough(spec, program, wrt, of), sweeps);
         (sparse?, Some(dense))
     } else {
@@ -578,10 +578,10 @@ fn dense_hessian(
 }
 
 /// Whether `program` (or a loop's body in it) multiplies matrices.
-fn mixes(program: &Program) -> bool {
+fn multiplies_matrices(program: &Program) -> bool {
     program.eqns.iter().any(|e| match &e.prim {
         Prim::MatMul(_) => true,
-        Prim::Loop(l) => mixes(&l.body),
+        Prim::Loop(l) => multiplies_matrices(&l.body),
         _ => false,
     })
 }
