@@ -190,7 +190,7 @@ const PROBE_BYTES: usize = 1 << 20;
 
 /// Asks the allocator for `bytes` and gives them back: an error naming `op` when it cannot
 /// provide them, where an allocation that fails would abort the process.
-pub(crate) fn probe(op: &str, bytes: usize) -> Result<()> {
+fn probe(op: &str, bytes: usize) -> Result<()> {
     if bytes < PROBE_BYTES {
         return Ok(());
     }
@@ -215,9 +215,15 @@ pub(crate) fn try_filled<T: Clone>(op: &str, n: usize, value: T) -> Result<Vec<T
     Ok(vec![value; n])
 }
 
+/// An error naming `op` when an array of `shape` and `dtype` cannot be allocated (see
+/// [`probe`]): checked before a kernel allocates one.
+pub(crate) fn check_array(op: &str, shape: &[usize], dtype: DType) -> Result<()> {
+    probe(op, array_bytes(op, shape, dtype)?)
+}
+
 /// Zeros of `shape` and `dtype`, or an error naming `op` when they cannot be allocated.
 pub(crate) fn zeros(op: &str, shape: &[usize], dtype: DType) -> Result<Data> {
-    probe(op, array_bytes(op, shape, dtype)?)?;
+    check_array(op, shape, dtype)?;
     Ok(Data::zeros(shape, dtype))
 }
 

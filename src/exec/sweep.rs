@@ -163,10 +163,7 @@ impl Mirror {
         let cols = self.second.iter().product();
         let outer = block.shape().len() - self.first.len() - self.second.len();
         let shape = [&block.shape()[..outer], &self.second, &self.first].concat();
-        crate::memory::probe(
-            "hessian",
-            crate::memory::array_bytes("hessian", &shape, block.dtype())?,
-        )?;
+        crate::memory::check_array("hessian", &shape, block.dtype())?;
         Ok(transposed_matrices(block, rows, cols).into_shape(&shape))
     }
 }
