@@ -159,8 +159,8 @@ pub(crate) enum Src {
     Direct(usize),
     /// The tile of output `k`, already computed.
     Output(usize),
-    /// The result of the operation just before, never stored (see [`Dst::Next`]).
-    Previous,
+    /// A result held in the processor's registers, never stored (see [`Dst::Slot`]).
+    Slot(usize),
 }
 
 /// Where a tile's result goes: a register, or straight into the tile of an output (a value
@@ -169,17 +169,21 @@ pub(crate) enum Src {
 pub(crate) enum Dst {
     Register(usize),
     Output(usize),
-    /// Only to the next operation, the only one that reads it: it stays in the processor's
-    /// registers instead of being stored and loaded again.
-    Next,
+    /// Into slot `s` of [`SLOTS`], for later operations of its chain, the only ones that read
+    /// it: it stays in the processor's registers instead of being stored and loaded again.
+    Slot(usize),
 }
+
+/// Results a chain holds in the processor's registers at once. A chunk of values takes four
+/// of AVX-512's 32 vector registers: the slots, and a step's two operands, take 24.
+pub(super) const SLOTS: usize = 4;
 
 impl From<Dst> for Src {
     fn from(dst: Dst) -> Src {
         match dst {
             Dst::Register(r) => Src::Register(r),
             Dst::Output(k) => Src::Output(k),
-            Dst::Next => Src::Previous,
+            Dst::Slot(s) => Src::Slot(s),
         }
     }
 }
@@ -530,7 +534,7 @@ fn build(
                 location.insert(out, dst.into());
             }
             Dst::Register(r) => free.push(r),
-            Dst::Output(_) | Dst::Next => {}
+            Dst::Output(_) | Dst::Slot(_) => {}
         }
     }
     coalesce(&mut group);
@@ -539,35 +543,69 @@ fn build(
     group
 }
 
-/// Puts the loads first, then (on processors with wide vector registers) passes each result
-/// that only the next operation reads straight to it ([`Dst::Next`]): such chains then run a
-/// few vectors at a time through every operation, and the results passed are never stored.
-/// Loads write registers of their own (see `build`), so running them first changes nothing.
+/// Puts the loads first, then (on processors with wide vector registers) holds in slots
+/// ([`Dst::Slot`]) the results that only later operations of their chain read. A chain is a
+/// run of operations that go a chunk at a time ([`TileOp::in_chunks`]): it runs a few vectors
+/// at a time through every operation, and the results it holds are never stored. Loads write
+/// registers of their own (see `build`), so running them first changes nothing.
 fn chain(group: &mut Group) {
     let (mut ops, mut arithmetic): (Vec<TileOp>, Vec<TileOp>) = std::mem::take(&mut group.ops)
         .into_iter()
         .partition(|op| matches!(op, TileOp::Load { .. }));
-    let reads = |op: &TileOp, r: usize| op.sources().contains(&Some(Src::Register(r)));
-    let links = match crate::simd::wide_vectors() {
-        true => arithmetic.len().saturating_sub(1),
-        false => 0,
-    };
-    for i in 0..links {
-        let Dst::Register(r) = arithmetic[i].dst() else {
-            continue;
-        };
-        let read_later = arithmetic[i + 2..]
-            .iter()
-            .take_while(|op| op.dst() != Dst::Register(r))
-            .any(|op| reads(op, r));
-        let linked = arithmetic[i].in_chunks() && arithmetic[i + 1].in_chunks();
-        if linked && reads(&arithmetic[i + 1], r) && !read_later {
-            arithmetic[i].set_dst(Dst::Next);
-            arithmetic[i + 1].replace_source(Src::Register(r), Src::Previous);
+    if crate::simd::wide_vectors() {
+        let mut start = 0;
+        while start < arithmetic.len() {
+            let len = arithmetic[start..]
+                .iter()
+                .take_while(|op| op.in_chunks())
+                .count();
+            hold_in_slots(&mut arithmetic, start..start + len);
+            start += len.max(1);
         }
     }
     ops.extend(arithmetic);
     group.ops = ops;
+}
+
+/// Gives each result of the chain `ops[run]` whose every reader is a later operation of the
+/// chain a free slot, from its operation to its last reader (a register is written again
+/// only after its value's last read, see `build`).
+fn hold_in_slots(ops: &mut [TileOp], run: std::ops::Range<usize>) {
+    let reads = |op: &TileOp, r: usize| op.sources().contains(&Some(Src::Register(r)));
+    // The readers of the value that operation `i` writes to register `r`.
+    let readers = |ops: &[TileOp], i: usize, r: usize| -> Vec<usize> {
+        (i + 1..ops.len())
+            .take_while(|&j| j == i + 1 || ops[j - 1].dst() != Dst::Register(r))
+            .filter(|&j| reads(&ops[j], r))
+            .collect()
+    };
+    let mut free: Vec<usize> = (0..SLOTS).rev().collect();
+    // The values held: their register, slot and last reader.
+    let mut held: Vec<(usize, usize, usize)> = Vec::with_capacity(SLOTS);
+    for i in run.clone() {
+        for &(r, s, _) in &held {
+            ops[i].replace_source(Src::Register(r), Src::Slot(s));
+        }
+        held.retain(|&(_, s, last)| {
+            let live = last > i;
+            if !live {
+                free.push(s);
+            }
+            live
+        });
+        let Dst::Register(r) = ops[i].dst() else {
+            continue;
+        };
+        let readers = readers(ops, i, r);
+        let (Some(&last), Some(s)) = (readers.last(), free.last().copied()) else {
+            continue;
+        };
+        if last < run.end {
+            free.pop();
+            ops[i].set_dst(Dst::Slot(s));
+            held.push((r, s, last));
+        }
+    }
 }
 
 /// What an operation of a group's arithmetic computes.
@@ -820,6 +858,26 @@ mod tests {
         );
     }
 
+    /// Checks that every result held in a slot comes from a chain's operation, and that its
+    /// readers follow it in the same chain.
+    fn held_in_slots_only_within_chains(ops: &[&TileOp]) {
+        for (i, op) in ops.iter().enumerate() {
+            let Dst::Slot(s) = op.dst() else { continue };
+            assert!(op.in_chunks(), "{op:?}");
+            let mut read = false;
+            for next in &ops[i + 1..] {
+                if next.sources().contains(&Some(Src::Slot(s))) {
+                    assert!(next.in_chunks(), "{next:?} reads slot {s}");
+                    read = true;
+                }
+                if !next.in_chunks() || next.dst() == Dst::Slot(s) {
+                    break;
+                }
+            }
+            assert!(read, "{op:?} has no reader");
+        }
+    }
+
     #[test]
     fn chains_of_cheap_operations_agree_with_one_operation_at_a_time() {
         // Chains of products, sums, quotients, negations and squares between transcendental
@@ -843,13 +901,8 @@ mod tests {
             let c = T::from_vec((0..width).map(|k| (k as f64).cos()).collect(), &[width]).unwrap();
             let plan = Plan::new(make_program(f, (&x, &b, &c)).unwrap());
             let ops: Vec<&TileOp> = groups(&plan).iter().flat_map(|g| &g.ops).collect();
-            for pair in ops.windows(2) {
-                if pair[0].dst() == Dst::Next {
-                    assert!(pair[0].in_chunks() && pair[1].in_chunks(), "{pair:?}");
-                    assert!(pair[1].sources().contains(&Some(Src::Previous)));
-                }
-            }
-            let passed = ops.iter().any(|op| op.dst() == Dst::Next);
+            held_in_slots_only_within_chains(&ops);
+            let passed = ops.iter().any(|op| matches!(op.dst(), Dst::Slot(_)));
             assert_eq!(passed, crate::simd::wide_vectors());
             let out = agree(&plan, &[x.clone(), b.clone(), c.clone()]);
             let (want0, want1) = f(&x, &b, &c);
@@ -1115,6 +1168,61 @@ mod tests {
     }
 
     #[test]
+    fn chains_hold_several_results_at_once_and_keep_the_rest_in_registers() {
+        // Six products of x, each read twice, far apart: more results alive at once than
+        // there are slots. With 700 values a row, the last chunks of a tile are short ones.
+        let f = |x: &T, b: &T| {
+            let p: Vec<T> = (1..=6).map(|k| x * (k as f64) + b).collect();
+            let sum = p.iter().fold(x.clone(), |acc, v| acc * v);
+            p.iter().rev().fold(sum, |acc, v| acc - v * 0.5)
+        };
+        let x = T::from_vec(
+            (0..1400).map(|k| (k as f64 * 0.37).sin()).collect(),
+            &[2, 700],
+        )
+        .unwrap();
+        let b = T::from_vec((0..700).map(|k| 0.01 * k as f64).collect(), &[700]).unwrap();
+        let plan = Plan::new(make_program(f, (&x, &b)).unwrap());
+        let ops: Vec<&TileOp> = groups(&plan).iter().flat_map(|g| &g.ops).collect();
+        held_in_slots_only_within_chains(&ops);
+        let slots: HashSet<usize> = ops
+            .iter()
+            .filter_map(|op| match op.dst() {
+                Dst::Slot(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        let in_registers = ops
+            .iter()
+            .any(|op| op.kind().is_some() && matches!(op.dst(), Dst::Register(_)));
+        if crate::simd::wide_vectors() {
+            assert_eq!(slots.len(), SLOTS, "{ops:?}");
+            assert!(in_registers, "{ops:?}");
+        }
+        let out = agree(&plan, &[x.clone(), b.clone()]);
+        assert_eq!(out[0], f(&x, &b).to_vec::<f64>().unwrap());
+    }
+
+    #[test]
+    fn operations_without_a_loop_for_their_operands_read_them_spread_over_the_tile() {
+        // The larger of x and a row of 16 repeated over 3 rows (read as repetitions of 32
+        // values, which 48 is not a whole number of), and of two numbers broadcast.
+        let f = |x: &T, b: &T, s: &T, t: &T| {
+            let shape = [3, 16];
+            x.maximum(b) * s.broadcast_to(&shape).maximum(t.broadcast_to(&shape))
+        };
+        let x = T::from_vec((0..48).map(|k| (k as f64 * 0.37).sin()).collect(), &[3, 16]).unwrap();
+        let b = T::from_vec((0..16).map(|k| 0.06 * k as f64 - 0.5).collect(), &[16]).unwrap();
+        let (s, t) = (
+            T::from(vec![-0.5]).reshape(&[]),
+            T::from(vec![1.5]).reshape(&[]),
+        );
+        let plan = Plan::new(make_program(f, (&x, &b, &s, &t)).unwrap());
+        let out = agree(&plan, &[x.clone(), b.clone(), s.clone(), t.clone()]);
+        assert_eq!(out[0], f(&x, &b, &s, &t).to_vec::<f64>().unwrap());
+    }
+
+    #[test]
     fn a_value_read_after_its_group_is_computed_into_its_output_and_read_from_there() {
         let f = |x: &T| {
             let a = x.exp();
@@ -1127,7 +1235,7 @@ mod tests {
             op,
             TileOp::Binary {
                 a: Src::Output(0),
-                dst: Dst::Next | Dst::Register(_),
+                dst: Dst::Slot(_) | Dst::Register(_),
                 ..
             }
         )));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::fuse::{Dst, Group, Kind, Src, TileOp, View};
+use super::fuse::{Dst, Group, Kind, SLOTS, Src, TileOp, View};
 use crate::error::{Error, Result};
 use crate::ir::Var;
 use crate::primitives::{BinaryOp, UnaryOp};
@@ -171,11 +171,11 @@ impl Group {
             // the load stands for. On the stack for the usual few registers: small groups run
             // often.
             let own = |r: &mut Vec<f64>| Operand::Values(r.as_mut_ptr());
-            let (mut few, mut many) = ([Operand::Previous; 16], Vec::new());
+            let (mut few, mut many) = ([Operand::Number(0.0); 16], Vec::new());
             let places: &mut [Operand] = if self.registers <= few.len() {
                 &mut few[..self.registers]
             } else {
-                many.resize(self.registers, Operand::Previous);
+                many.resize(self.registers, Operand::Number(0.0));
                 &mut many
             };
             for (place, register) in places.iter_mut().zip(registers.iter_mut()) {
@@ -217,18 +217,18 @@ impl Group {
                             Operand::Values(slices[v][first..first + len].as_ptr().cast_mut())
                         }
                         Src::Output(k) => Operand::Values(output(k, targets)),
-                        Src::Previous => Operand::Previous,
+                        Src::Slot(s) => Operand::Slot(s),
                     };
                     let kind = op.kind().expect("the loads come first");
                     let [Some(a), b] = op.sources() else {
                         unreachable!("an operation reads an operand")
                     };
                     // A unary operation's second operand is never read.
-                    let (a, b) = (operand(a), b.map_or(Operand::Previous, &mut operand));
+                    let (a, b) = (operand(a), b.map_or(Operand::Number(0.0), &mut operand));
                     let dst = match op.dst() {
                         Dst::Register(r) => places[r],
                         Dst::Output(k) => Operand::Values(output(k, targets)),
-                        Dst::Next => Operand::Previous,
+                        Dst::Slot(s) => Operand::Slot(s),
                     };
                     steps.push(Step { kind, a, b, dst });
                 }
@@ -274,8 +274,8 @@ enum Operand {
     /// These values over and over, from the tile's start: value `i` is `i % period` of them
     /// (a multiple of a chunk's length, so that a chunk reads them in one piece).
     Repeated(*const f64, usize),
-    /// The result of the operation before (as a result: passed to the next one).
-    Previous,
+    /// A result held in registers while a chain runs (see `fuse::Dst::Slot`).
+    Slot(usize),
 }
 
 /// One operation of a tile, on its operands' places.
@@ -287,13 +287,13 @@ struct Step {
     dst: Operand,
 }
 
-/// The values of a chunk of [`in_chunks`] with AVX-512 (four of its registers: the value
-/// passed along and a step's two operands then stay in registers).
+/// The values of a chunk of [`in_chunks`] with AVX-512: four of its 32 registers, so that
+/// the slots and a step's two operands stay in registers.
 const CHUNK: usize = 32;
 
-/// Runs `steps` over `len` values: each run of cheap steps in which some pass their result
-/// along a chunk at a time through all of them, every other step over all values by its own
-/// loop (a chunk at a time, it would pay for a dispatch per chunk and save no store).
+/// Runs `steps` over `len` values: each chain (a run of cheap steps that holds results in
+/// slots) a chunk at a time through all of its steps, every other step over all values by
+/// its own loop (a chunk at a time, it would pay for a dispatch per chunk and save no store).
 ///
 /// # Safety
 /// Every `Values` place of `steps` is valid for `len` values; a step's result is not one of
@@ -307,7 +307,7 @@ unsafe fn compute(steps: &[Step], len: usize) {
             .count()
             .max(1);
         let (now, later) = rest.split_at(cheap);
-        let passing = now.iter().any(|s| matches!(s.dst, Operand::Previous));
+        let passing = now.iter().any(|s| matches!(s.dst, Operand::Slot(_)));
         // SAFETY: as the caller promises.
         unsafe {
             match passing {
@@ -322,10 +322,10 @@ unsafe fn compute(steps: &[Step], len: usize) {
 /// Runs `step` over `len` values by the loop of its operation.
 ///
 /// # Safety
-/// As for [`compute`]; its result goes to a place (such steps pass nothing along).
+/// As for [`compute`]; its result goes to a place (only chains hold results in slots).
 unsafe fn whole(step: &Step, len: usize) {
     let Operand::Values(out) = step.dst else {
-        unreachable!("only steps that go in chunks pass their result along")
+        unreachable!("only chains hold results in slots")
     };
     // SAFETY: as the caller promises: `len` values at each place, the result's apart from
     // the operands'.
@@ -350,24 +350,59 @@ unsafe fn whole(step: &Step, len: usize) {
             (Operand::Number(s), _) => binary_scalar(op, x, s, false, out),
             (_, Some(run)) => binary_repeated(op, x, run, false, out),
             // SAFETY: as above.
-            _ => unsafe { in_chunks(std::slice::from_ref(step), len) },
+            _ => unsafe { spread(step, len) },
         },
         (Kind::Binary(op), None, Some(y)) => match (step.a, run(step.a)) {
             (Operand::Number(s), _) => binary_scalar(op, y, s, true, out),
             (_, Some(run)) => binary_repeated(op, y, run, true, out),
             // SAFETY: as above.
-            _ => unsafe { in_chunks(std::slice::from_ref(step), len) },
+            _ => unsafe { spread(step, len) },
         },
-        // Rare: numbers or repeated runs only.
         // SAFETY: as above.
-        _ => unsafe { in_chunks(std::slice::from_ref(step), len) },
+        _ => unsafe { spread(step, len) },
     }
 }
 
-/// Runs `steps` over `len` values, a chunk at a time through every step: with AVX-512 (the
-/// only processors on which steps pass results along, see `simd::wide_vectors`), chunks of
-/// four of its registers; elsewhere (single steps on numbers or repeated runs only) short
-/// ones.
+/// [`whole`] for the rare step with an operand that none of its loops reads as it is (both
+/// numbers, say, or a run that does not divide the tile): such operands are spread over the
+/// tile first.
+///
+/// # Safety
+/// As for [`whole`], with `len` at most [`TILE`].
+unsafe fn spread(step: &Step, len: usize) {
+    let mut scratch = [[0.0; TILE]; 2];
+    let [for_a, for_b] = &mut scratch;
+    let spread = |place: Operand, into: &mut [f64; TILE]| {
+        let into = &mut into[..len];
+        match place {
+            Operand::Values(_) => return place,
+            Operand::Number(s) => into.fill(s),
+            // SAFETY: a repeated run's values are valid, `period` of them.
+            Operand::Repeated(p, period) => {
+                for (i, v) in into.iter_mut().enumerate() {
+                    *v = unsafe { *p.add(i % period) };
+                }
+            }
+            Operand::Slot(_) => unreachable!("only chains hold results in slots"),
+        }
+        Operand::Values(into.as_mut_ptr())
+    };
+    let b = match step.kind {
+        Kind::Binary(_) => spread(step.b, for_b),
+        _ => step.b,
+    };
+    let spread = Step {
+        a: spread(step.a, for_a),
+        b,
+        ..*step
+    };
+    // SAFETY: as the caller promises; the operands are now values, which `whole` reads.
+    unsafe { whole(&spread, len) }
+}
+
+/// Runs the chain `steps` over `len` values, a chunk at a time through every step, in chunks
+/// of four of AVX-512's registers (chains run only on such processors, see
+/// `simd::wide_vectors`; elsewhere, in short ones).
 ///
 /// # Safety
 /// As for [`compute`].
@@ -413,74 +448,63 @@ unsafe fn chunks<const N: usize>(steps: &[Step], len: usize) {
     }
 }
 
-/// Values `at..at + N` through every step, the result passed along kept in a local array
-/// (the compiler keeps it in vector registers).
+/// Values `at..at + N` through every step, the results held in slots kept in local arrays,
+/// one per slot (the compiler keeps them in vector registers).
 ///
 /// # Safety
 /// As for [`compute`], with `at + N` values valid at every place.
 #[inline(always)]
 unsafe fn chunk<const N: usize>(steps: &[Step], at: usize) {
-    let mut previous = [0.0; N];
+    const { assert!(SLOTS == 4) };
+    let (mut s0, mut s1, mut s2, mut s3) = ([0.0; N], [0.0; N], [0.0; N], [0.0; N]);
     for step in steps {
         // SAFETY: the caller's promise covers values `at..at + N` of every place.
-        let read = |place: Operand, previous: [f64; N]| match place {
-            Operand::Values(p) => unsafe { p.add(at).cast::<[f64; N]>().read() },
-            Operand::Number(value) => [value; N],
-            Operand::Repeated(p, period) => unsafe { p.add(at % period).cast::<[f64; N]>().read() },
-            Operand::Previous => previous,
-        };
-        let mut x = read(step.a, previous);
-        // A loop per cheap operation (see `TileOp::in_chunks`), with the operation known
-        // inside it; others, which only single steps bring here, out of line.
+        let read =
+            |place: Operand, s0: [f64; N], s1: [f64; N], s2: [f64; N], s3: [f64; N]| match place {
+                Operand::Values(p) => unsafe { p.add(at).cast::<[f64; N]>().read() },
+                Operand::Number(value) => [value; N],
+                Operand::Repeated(p, period) => unsafe {
+                    p.add(at % period).cast::<[f64; N]>().read()
+                },
+                Operand::Slot(0) => s0,
+                Operand::Slot(1) => s1,
+                Operand::Slot(2) => s2,
+                Operand::Slot(_) => s3,
+            };
+        let mut x = read(step.a, s0, s1, s2, s3);
+        // A loop per operation, with the operation known inside it: chains hold only these
+        // (see `TileOp::in_chunks`), and nothing else runs here, so that no call makes the
+        // compiler store the slots around it.
         match step.kind {
             Kind::Binary(op) => {
-                let y = read(step.b, previous);
+                let y = read(step.b, s0, s1, s2, s3);
                 match op {
                     BinaryOp::Add => (0..N).for_each(|j| x[j] += y[j]),
                     BinaryOp::Sub => (0..N).for_each(|j| x[j] -= y[j]),
                     BinaryOp::Mul => (0..N).for_each(|j| x[j] *= y[j]),
                     BinaryOp::Div => (0..N).for_each(|j| x[j] /= y[j]),
-                    _ => x = binary_other(op, x, y),
+                    _ => unreachable!("chains hold cheap operations only"),
                 }
             }
             Kind::Unary(UnaryOp::Neg) => (0..N).for_each(|j| x[j] = -x[j]),
-            Kind::Unary(op) => x = unary_other(op, x),
+            Kind::Unary(_) => unreachable!("chains hold cheap operations only"),
             Kind::PowI(n) => match n {
                 2 => (0..N).for_each(|j| x[j] *= x[j]),
                 3 => (0..N).for_each(|j| x[j] = x[j] * x[j] * x[j]),
                 -1 => (0..N).for_each(|j| x[j] = 1.0 / x[j]),
-                _ => x = powi_other(n, x),
+                _ => unreachable!("chains hold cheap operations only"),
             },
         }
         match step.dst {
             // SAFETY: as above; no operand of this step is read after this.
             Operand::Values(p) => unsafe { p.add(at).cast::<[f64; N]>().write(x) },
-            Operand::Previous => previous = x,
+            Operand::Slot(0) => s0 = x,
+            Operand::Slot(1) => s1 = x,
+            Operand::Slot(2) => s2 = x,
+            Operand::Slot(_) => s3 = x,
             Operand::Number(_) | Operand::Repeated(..) => unreachable!("results go to a place"),
         }
     }
-}
-
-/// The operations without a loop of their own in [`chunk`], out of line: inside it they
-/// would keep the compiler from holding its arrays in registers.
-#[inline(never)]
-fn unary_other<const N: usize>(op: UnaryOp, x: [f64; N]) -> [f64; N] {
-    x.map(|v| op.apply(v))
-}
-
-/// As [`unary_other`].
-#[inline(never)]
-fn binary_other<const N: usize>(op: BinaryOp, mut x: [f64; N], y: [f64; N]) -> [f64; N] {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a = op.apply(*a, b);
-    }
-    x
-}
-
-/// As [`unary_other`].
-#[inline(never)]
-fn powi_other<const N: usize>(n: i32, x: [f64; N]) -> [f64; N] {
-    x.map(|v| v.powi(n))
 }
 
 /// What a register holds for the current tile.
