@@ -24,6 +24,20 @@ struct Measured {
     nnz: Option<usize>,
 }
 
+/// The timed calls of a case span about this long (see [`repetitions`]).
+const WINDOW_S: f64 = 0.3;
+/// The most timed calls of a case.
+const MAX_REPS: usize = 5000;
+
+/// Timed calls for a case whose warm call took `call_s`: the minimum of BENCHMARKS.md (30
+/// under 10 ms, else 5), or enough to span [`WINDOW_S`], so that a short burst of load on the
+/// shared machine does not move the median. `tools/bench_jax.py` uses the same rule.
+fn repetitions(call_s: f64) -> usize {
+    let least = if call_s < 0.01 { 30 } else { 5 };
+    let spanning = (WINDOW_S / call_s.max(1e-9)).ceil() as usize;
+    least.max(spanning.min(MAX_REPS))
+}
+
 /// Times `call` as the suite asks: the first call, then the median of enough further calls.
 fn measure(call: impl Fn() -> Outcome) -> Measured {
     let start = Instant::now();
@@ -36,11 +50,7 @@ fn measure(call: impl Fn() -> Outcome) -> Measured {
         .any(|t| t.dtype().is_ok_and(|d| d.is_complex()));
     let probe = Instant::now();
     call();
-    let reps = if probe.elapsed().as_secs_f64() < 0.01 {
-        30
-    } else {
-        5
-    };
+    let reps = repetitions(probe.elapsed().as_secs_f64());
     let mut times: Vec<f64> = (0..reps)
         .map(|_| {
             let start = Instant::now();

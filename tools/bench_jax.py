@@ -21,8 +21,11 @@ Anchors (the transform object timed by ``first_call_s``):
 - ``first_call_s``: wall time of building the transform object and its first
   call (trace + [sparsity detection + coloring] + compile + run), blocked with
   ``block_until_ready``.
-- ``median_s``: median wall time of ``reps`` further calls on the same inputs;
-  30 reps when a call takes under 10 ms, otherwise 5 (the minimum BENCHMARKS.md allows).
+- ``median_s``: median wall time of ``reps`` further calls on the same inputs:
+  at least 30 when a call takes under 10 ms, otherwise 5 (the minimum BENCHMARKS.md
+  allows), and enough calls to span about ``WINDOW_S`` (at most ``MAX_REPS``), so that
+  a short burst of load on the shared machine does not move the median. The Rust
+  runner (``benches/suite.rs``) uses the same rule.
 - ``checksum``: sum of all result entries over all pytree leaves ([re, im] for
   the complex case; the stored entries for sparse results); ``frobenius``:
   sqrt(sum |h|^2) over the same entries.
@@ -290,6 +293,19 @@ def check_reference(name, checksum, frobenius, nnz):
         print(f"WARNING: {name} nnz = {nnz}, reference {ref_nnz[0]}", file=sys.stderr)
 
 
+
+# The timed calls span about this long (see ``repetitions``).
+WINDOW_S = 0.3
+MAX_REPS = 5000
+
+
+def repetitions(call_s):
+    """Timed calls for a case whose warm call took ``call_s``: the minimum of
+    BENCHMARKS.md (30 under 10 ms, else 5), or enough to span ``WINDOW_S``."""
+    least = 30 if call_s < 10e-3 else 5
+    return max(least, min(MAX_REPS, math.ceil(WINDOW_S / max(call_s, 1e-9))))
+
+
 def run_case(name):
     make, args = CASES[name]()
     block(args)
@@ -303,7 +319,7 @@ def run_case(name):
     # One untimed warm call decides the number of repetitions.
     t0 = time.perf_counter()
     block(fn(*args))
-    reps = 30 if time.perf_counter() - t0 < 10e-3 else 5
+    reps = repetitions(time.perf_counter() - t0)
 
     times = []
     for _ in range(reps):
