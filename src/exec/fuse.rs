@@ -572,12 +572,12 @@ fn chain(group: &mut Group) {
 /// only after its value's last read, see `build`).
 fn hold_in_slots(ops: &mut [TileOp], run: std::ops::Range<usize>) {
     let reads = |op: &TileOp, r: usize| op.sources().contains(&Some(Src::Register(r)));
-    // The readers of the value that operation `i` writes to register `r`.
-    let readers = |ops: &[TileOp], i: usize, r: usize| -> Vec<usize> {
+    // The last reader of the value that operation `i` writes to register `r`.
+    let last_reader = |ops: &[TileOp], i: usize, r: usize| {
         (i + 1..ops.len())
             .take_while(|&j| j == i + 1 || ops[j - 1].dst() != Dst::Register(r))
             .filter(|&j| reads(&ops[j], r))
-            .collect()
+            .last()
     };
     let mut free: Vec<usize> = (0..SLOTS).rev().collect();
     // The values held: their register, slot and last reader.
@@ -596,8 +596,7 @@ fn hold_in_slots(ops: &mut [TileOp], run: std::ops::Range<usize>) {
         let Dst::Register(r) = ops[i].dst() else {
             continue;
         };
-        let readers = readers(ops, i, r);
-        let (Some(&last), Some(s)) = (readers.last(), free.last().copied()) else {
+        let (Some(last), Some(&s)) = (last_reader(ops, i, r), free.last()) else {
             continue;
         };
         if last < run.end {
