@@ -185,10 +185,13 @@ fn map_ahead(ranges: &[(usize, usize)], backwards: bool) {
     }
 }
 
+/// The page size the system maps memory in (Linux on the processors we build for).
+#[cfg(target_os = "linux")]
+const PAGE: usize = 4096;
+
 /// Maps the whole pages between two addresses for writing, without changing their contents.
 #[cfg(target_os = "linux")]
 fn map_pages(from: usize, to: usize) {
-    const PAGE: usize = 4096;
     let (first, end) = (from.next_multiple_of(PAGE), to / PAGE * PAGE);
     if end > first {
         // SAFETY: MADV_POPULATE_WRITE maps pages as a write would, but reads and writes
@@ -212,7 +215,6 @@ fn map_pages(_from: usize, _to: usize) {}
 /// tell memory the allocator had from new pages): then writing it costs no page faults.
 #[cfg(target_os = "linux")]
 pub(crate) fn mapped<T>(buffer: &[T]) -> bool {
-    const PAGE: usize = 4096;
     let (start, bytes) = (buffer.as_ptr() as usize, size_of_val(buffer));
     if bytes == 0 {
         return true;
