@@ -401,8 +401,8 @@ unsafe fn spread(step: &Step, len: usize) {
 }
 
 /// Runs the chain `steps` over `len` values, a chunk at a time through every step, in chunks
-/// of four of AVX-512's registers (chains run only on such processors, see
-/// `simd::wide_vectors`; elsewhere, in short ones).
+/// of four of AVX-512's registers: the planner makes chains only on such processors (see
+/// `simd::wide_vectors`).
 ///
 /// # Safety
 /// As for [`compute`].
@@ -419,8 +419,10 @@ unsafe fn in_chunks(steps: &[Step], len: usize) {
             return unsafe { avx512(steps, len) };
         }
     }
-    // SAFETY: as the caller promises.
-    unsafe { chunks::<8>(steps, len) }
+    unreachable!(
+        "a chain of {} steps over {len} values without wide vector registers",
+        steps.len()
+    )
 }
 
 /// [`in_chunks`] with chunks of `N` values.
