@@ -398,12 +398,13 @@ fn sparse_hessian_matches_dense() {
 
 #[test]
 fn dense_hessians_of_sparse_functions_match_their_closed_forms() {
-    // Large enough that the compressed evaluation is chosen (3 colors for 64 columns).
+    // Large enough that the compressed evaluation is chosen (3 colors for 64 columns), and
+    // read from the three diagonals of its stencil.
     let x = Tensor::linspace(-1.0, 1.0, 64);
     let h = hessian(rosen);
     let auto = vals(leaf(&h.call(&x).unwrap()));
     let printed = h.program(&x).unwrap().to_string();
-    assert!(printed.contains("3 colors"), "{printed}");
+    assert!(printed.contains("a stencil of 3 offset(s)"), "{printed}");
     assert_close(&auto, &rosen_hessian(&vals(&x)), 1e-12);
     // A diagonal Hessian, complex and holomorphic.
     let z: Vec<Complex64> = (0..32)
@@ -414,7 +415,7 @@ fn dense_hessians_of_sparse_functions_match_their_closed_forms() {
     let hz = hessian(g).holomorphic(true);
     let auto = leaf(&hz.call(&z).unwrap()).to_vec::<Complex64>().unwrap();
     let printed = hz.program(&z).unwrap().to_string();
-    assert!(printed.contains("colors"), "{printed}");
+    assert!(printed.contains("a stencil of 1 offset(s)"), "{printed}");
     // g'' = 6 z + (2 + z) e^z on the diagonal.
     let zs = z.to_vec::<Complex64>().unwrap();
     for (k, a) in auto.iter().enumerate() {
@@ -441,7 +442,8 @@ fn dense_hessians_from_sparsity_match_the_closed_form() {
     let f = |x: &Tensor, y: &Tensor| rosen(x) + rosen(y) + (x * y.powi(2)).sum();
     let h = hessian(f).argnums([0, 1]);
     let printed = h.program((&x, &y)).unwrap().to_string();
-    assert!(printed.contains("colors"), "{printed}");
+    // Offsets -1, 0 and 1 of x and of y, read by both blocks of rows.
+    assert!(printed.contains("stencil of 6 offset(s)"), "{printed}");
     let (xs, ys) = (vals(&x), vals(&y));
     let (hx, hy) = (rosen_hessian(&xs), rosen_hessian(&ys));
     let mut want = vec![0.0; 4 * n * n];
@@ -457,6 +459,56 @@ fn dense_hessians_from_sparsity_match_the_closed_form() {
     }
     let got = vals(&h.call((&x, &y)).unwrap().flat_matrix().unwrap());
     assert_close(&got, &want, 1e-12);
+}
+
+/// The dense Hessian of `f` at `x`, row by row from Hessian-vector products with the unit
+/// vectors: a path that shares nothing with compressed evaluation.
+fn hessian_by_hvps(f: impl Fn(&Tensor) -> Tensor + Clone, x: &Tensor) -> Vec<f64> {
+    let (shape, n) = (x.shape().unwrap().to_vec(), x.numel().unwrap());
+    (0..n)
+        .flat_map(|k| {
+            let unit = (0..n).map(|j| if j == k { 1.0 } else { 0.0 }).collect();
+            let v = Tensor::from_vec(unit, &shape).unwrap();
+            vals(leaf(&hvp(f.clone()).call(x, &v).unwrap()))
+        })
+        .collect()
+}
+
+#[test]
+fn stencils_on_grids_and_products_without_one_agree_with_hvps() {
+    // A grid energy: neighbours along both axes, scaled by values elsewhere on the grid, so
+    // the stencil has offsets along each axis and diagonally, with coefficients that vary.
+    let grid = |u: &Tensor| {
+        let right = u.slice_along(1, 1.., 1) - u.slice_along(1, ..-1, 1);
+        let down = u.slice_along(0, 1.., 1) - u.slice_along(0, ..-1, 1);
+        let scale = u.slice_along(0, ..-1, 1).slice_along(1, 1.., 1).sin();
+        (right.powi(2).slice_along(0, 1.., 1) * &scale).sum() + down.powi(4).sum() + u.exp().sum()
+    };
+    let u = Tensor::from_vec((0..63).map(|k| (0.37 * k as f64).sin()).collect(), &[7, 9]).unwrap();
+    let want = hessian_by_hvps(grid, &u);
+    let sparse = hessian(grid).sparse();
+    let printed = sparse.program(&u).unwrap().to_string();
+    assert!(printed.contains("a stencil of"), "{printed}");
+    let got = sparse.call(&u).unwrap();
+    assert_close(&vals(&got.to_dense().unwrap()), &want, 1e-12);
+    let dense = vals(leaf(&hessian(grid).call(&u).unwrap()));
+    assert_close(&dense, &want, 1e-12);
+    let diagonal = vals(leaf(&hessian(grid).diagonal().call(&u).unwrap()));
+    let on_diagonal: Vec<f64> = (0..63).map(|k| want[k * 63 + k]).collect();
+    assert_close(&diagonal, &on_diagonal, 1e-12);
+    // Each value times its mirror image: a reversal is no stencil, so the products are
+    // computed per color.
+    let mirrored = |x: &Tensor| (x * x.flip(&[0])).sum() + x.powi(3).sum();
+    let x = Tensor::linspace(-1.0, 2.0, 40);
+    let want = hessian_by_hvps(mirrored, &x);
+    let sparse = hessian(mirrored).sparse();
+    let printed = sparse.program(&x).unwrap().to_string();
+    assert!(printed.contains("colors"), "{printed}");
+    assert_close(
+        &vals(&sparse.call(&x).unwrap().to_dense().unwrap()),
+        &want,
+        1e-12,
+    );
 }
 
 #[test]

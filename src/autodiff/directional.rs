@@ -10,7 +10,7 @@ use super::{Derivative, Output, jacrev_program, vjp_program};
 use crate::error::Result;
 use crate::ir::passes::clean;
 use crate::primitives::{Program, Tangent};
-use crate::storage::Data;
+use crate::storage::Aval;
 use crate::tensor::Tensor;
 use crate::trace::Tracing;
 
@@ -48,24 +48,29 @@ pub(crate) fn hvp_program(program: &Program, wrt: &[usize]) -> Result<Derivative
     Ok(relabel(forward, &grad, |out| Output::Product { wrt: out }))
 }
 
-/// Hessian-vector products of output 0 with constant seeds: `seeds[k]` (shape
-/// `[batch] ++ shape of input wrt[k]`) for every differentiated input at once. The program
-/// `inputs -> gradient program outputs ++ [Output::Product { wrt: i }]`, each product of
-/// shape `[batch] ++ shape of input wrt[i]`.
+/// Hessian-vector products of output 0 with `directions` seeds at once: the program
+/// `inputs ++ seeds -> gradient program outputs ++ [Output::Product { wrt: i }]`, with one
+/// seed input per differentiated input `wrt[k]` (shape `[directions] ++ its shape`) and each
+/// product of shape `[directions] ++ shape of input wrt[i]`. The seeds are inputs so that a
+/// caller can read the products' structure before binding them to constants.
 pub(crate) fn hessian_products(
     program: &Program,
     wrt: &[usize],
-    seeds: &[Data],
+    directions: usize,
 ) -> Result<Derivative> {
     let grad = jacrev_program(program, wrt, &[0])?;
     let (gradients, _) = grad.jacobians();
     let tracing = Tracing::new();
     let in_avals = grad.program.input_avals();
     let inputs: Vec<Tensor> = in_avals.iter().map(|a| tracing.input(a)).collect();
-    let batch = [seeds.first().map_or(1, |s| s.shape()[0])];
+    let batch = [directions];
     let mut tangents: Vec<Tangent> = in_avals.iter().map(|a| Tangent::zero(&batch, a)).collect();
-    for (&i, seed) in wrt.iter().zip(seeds) {
-        tangents[i] = Tangent::Value(tracing.constant(seed.clone()));
+    for &i in wrt {
+        let seed = Aval {
+            shape: [&batch[..], &in_avals[i].shape].concat(),
+            dtype: in_avals[i].dtype,
+        };
+        tangents[i] = Tangent::Value(tracing.input(&seed));
     }
     let (outs, touts) = jvp_program(&grad.program, &inputs, &tangents, &batch)?;
     let mut results = outs;

@@ -1,12 +1,15 @@
 //! Reading a Hessian's entries out of its compressed products.
 
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD};
+use num_traits::Zero;
 use rayon::prelude::*;
 
-use super::Compression;
+use super::{Compression, Reading};
 use crate::error::{Error, Result};
 use crate::storage::{Data, pool};
 
@@ -18,20 +21,24 @@ impl Compression {
     /// The compressed products `B` (`[colors, n]`, row-major) from one product per
     /// differentiated leaf (`[colors] ++ leaf shape` each): the one product itself when there
     /// is one leaf, else its rows gathered.
-    fn gathered<'a, T: Copy>(&self, products: &[ArrayViewD<'a, T>]) -> Result<Cow<'a, [T]>> {
+    fn gathered<'a, T: Copy>(
+        &self,
+        products: &[ArrayViewD<'a, T>],
+        colors: usize,
+    ) -> Result<Cow<'a, [T]>> {
         let sizes = self.pattern.sizes();
         let mut flats = Vec::with_capacity(products.len());
         for (product, &len) in products.iter().zip(&sizes) {
             let flat = product
                 .to_slice()
                 .ok_or_else(|| Error::shape("sparse hessian", "a product out of layout"))?;
-            if flat.len() != self.colors * len {
+            if flat.len() != colors * len {
                 return Err(Error::shape(
                     "sparse hessian",
                     format!(
                         "a product of {} values for {} colors of {len} variables",
                         flat.len(),
-                        self.colors
+                        colors
                     ),
                 ));
             }
@@ -41,8 +48,8 @@ impl Compression {
             return Ok(Cow::Borrowed(flat));
         }
         let n: usize = sizes.iter().sum();
-        let mut b = Vec::with_capacity(self.colors * n);
-        for c in 0..self.colors {
+        let mut b = Vec::with_capacity(colors * n);
+        for c in 0..colors {
             for (flat, &len) in flats.iter().zip(&sizes) {
                 b.extend_from_slice(&flat[c * len..(c + 1) * len]);
             }
@@ -50,42 +57,140 @@ impl Compression {
         Ok(Cow::Owned(b))
     }
 
-    /// The values of the pattern's entries, in its order (gathered on every thread when
-    /// there are many: a gather is bound by memory latency, which threads overlap).
-    fn entries<T: Copy + Send + Sync + 'static>(
+    /// The values of the pattern's entries, in its order.
+    fn entries<T: Copy + Zero + Send + Sync + 'static>(
         &self,
         products: &[ArrayViewD<T>],
     ) -> Result<Vec<T>> {
-        let gathered = self.gathered(products)?;
+        match &self.reading {
+            Reading::Colors {
+                colors, sources, ..
+            } => self.gather(products, *colors, sources),
+            Reading::Stencil {
+                offsets,
+                terms,
+                partial,
+            } => self.read_stencil(products, offsets.len(), terms, partial),
+        }
+    }
+
+    /// The entries from compressed products, each from its source (on every thread when
+    /// there are many: a gather is bound by memory latency, which threads overlap).
+    fn gather<T: Copy + Send + Sync + 'static>(
+        &self,
+        products: &[ArrayViewD<T>],
+        colors: usize,
+        sources: &[u32],
+    ) -> Result<Vec<T>> {
+        let gathered = self.gathered(products, colors)?;
         // A slice held by value: the gather loads no bounds from memory per entry.
         let b: &[T] = &gathered;
         let read = move |&s: &u32| b[s as usize];
-        let mut values = pool::take(self.sources.len());
-        if self.sources.len() < PARALLEL_MIN {
-            values.extend(self.sources.iter().map(read));
+        let mut values = pool::take(sources.len());
+        if sources.len() < PARALLEL_MIN {
+            values.extend(sources.iter().map(read));
         } else {
-            let sources = self.sources.par_iter().with_min_len(PARALLEL_MIN / 2);
+            let sources = sources.par_iter().with_min_len(PARALLEL_MIN / 2);
             sources.map(read).collect_into_vec(&mut values);
         }
         Ok(values)
     }
 
+    /// The entries from a stencil's coefficients (`offsets` arrays per leaf), row after row:
+    /// each row reads its own element of each array, so every array is read in order. A run
+    /// of rows with one entry per offset interleaves the arrays; other rows (`partial`)
+    /// read each entry's array from `terms`.
+    fn read_stencil<T: Copy + Zero + Send + Sync + 'static>(
+        &self,
+        coefficients: &[ArrayViewD<T>],
+        offsets: usize,
+        terms: &[u16],
+        partial: &[usize],
+    ) -> Result<Vec<T>> {
+        let sizes = self.pattern.sizes();
+        let arrays = coefficients
+            .iter()
+            .enumerate()
+            .map(|(a, c)| {
+                let len = sizes.get(a / offsets.max(1)).copied();
+                c.to_slice().filter(|s| Some(s.len()) == len)
+            })
+            .collect::<Option<Vec<&[T]>>>()
+            .filter(|arrays| arrays.len() == sizes.len() * offsets);
+        let Some(arrays) = arrays else {
+            return Err(Error::shape(
+                "sparse hessian",
+                format!("coefficients out of layout for {offsets} offsets of leaves of {sizes:?}"),
+            ));
+        };
+        let starts = self.pattern.starts();
+        let row_start = &self.pattern.row_start;
+        let fill = |rows: Range<usize>, out: &mut [MaybeUninit<T>]| {
+            let base = row_start[rows.start];
+            let mut leaf = starts.partition_point(|&s| s <= rows.start) - 1;
+            let mut next_partial = partial.partition_point(|&p| p < rows.start);
+            let mut r = rows.start;
+            while r < rows.end {
+                while r >= starts[leaf] + sizes[leaf] {
+                    leaf += 1;
+                }
+                let mine = &arrays[leaf * offsets..(leaf + 1) * offsets];
+                let k = r - starts[leaf];
+                let entries = |a: usize, b: usize| row_start[a] - base..row_start[b] - base;
+                if partial.get(next_partial) == Some(&r) {
+                    for (slot, &t) in out[entries(r, r + 1)]
+                        .iter_mut()
+                        .zip(&terms[row_start[r]..])
+                    {
+                        slot.write(mine.get(t as usize).map_or(T::zero(), |a| a[k]));
+                    }
+                    next_partial += 1;
+                    r += 1;
+                    continue;
+                }
+                let end = (rows.end)
+                    .min(starts[leaf] + sizes[leaf])
+                    .min(partial.get(next_partial).copied().unwrap_or(usize::MAX));
+                interleave(mine, k..k + (end - r), &mut out[entries(r, end)]);
+                r = end;
+            }
+        };
+        let (rows, nnz) = (self.pattern.size(), terms.len());
+        let mut values: Vec<T> = pool::take(nnz);
+        let out = &mut values.spare_capacity_mut()[..nnz];
+        if nnz < PARALLEL_MIN {
+            fill(0..rows, out);
+        } else {
+            // Blocks of rows of about PARALLEL_MIN / 2 entries, each writing its own entries.
+            let per_block = (rows * (PARALLEL_MIN / 2) / nnz).max(1);
+            let mut blocks = Vec::with_capacity(rows / per_block + 1);
+            let mut rest = out;
+            for first in (0..rows).step_by(per_block) {
+                let end = (first + per_block).min(rows);
+                let (mine, after) = rest.split_at_mut(row_start[end] - row_start[first]);
+                blocks.push((first..end, mine));
+                rest = after;
+            }
+            blocks
+                .into_par_iter()
+                .for_each(|(rows, out)| fill(rows, out));
+        }
+        // SAFETY: the rows 0..n hold the entries 0..nnz, and `fill` wrote every entry of
+        // every row it was given (a block of rows each, covering 0..n).
+        unsafe { values.set_len(nnz) };
+        Ok(values)
+    }
+
     /// The dense blocks `H[i][j]` (shape `leaf i ++ leaf j`, row-major over `i` then `j`),
     /// zero outside the pattern.
-    fn dense<T: Copy + Default + Send + Sync + 'static>(
+    fn dense<T: Copy + Default + Zero + Send + Sync + 'static>(
         &self,
         products: &[ArrayViewD<T>],
         shapes: &[Vec<usize>],
     ) -> Result<Vec<ArrayD<T>>> {
         let values = self.entries(products)?;
         let blocks = &self.pattern.sizes();
-        let starts: Vec<usize> = blocks
-            .iter()
-            .scan(0, |acc, &len| {
-                *acc += len;
-                Some(*acc - len)
-            })
-            .collect();
+        let starts = self.pattern.starts();
         let k = blocks.len();
         let mut out: Vec<Vec<T>> = (0..k * k)
             .map(|b| {
@@ -131,25 +236,32 @@ impl Compression {
 
     /// The diagonal, one array per leaf (of the leaf's shape); zero where the pattern has no
     /// diagonal entry.
-    fn diagonal<T: Copy + Default>(
+    fn diagonal<T: Copy + Default + Zero + Send + Sync + 'static>(
         &self,
         products: &[ArrayViewD<T>],
         shapes: &[Vec<usize>],
     ) -> Result<Vec<ArrayD<T>>> {
-        let b = self.gathered(products)?;
         let n = self.pattern.size();
+        let pattern = &self.pattern;
+        // Where entry (v, v), at `slot` in its row, is: a compressed value for a coloring, an
+        // entry for a stencil.
+        let values = match &self.reading {
+            Reading::Colors { colors, .. } => self.gathered(products, *colors)?,
+            Reading::Stencil { .. } => Cow::Owned(self.entries(products)?),
+        };
+        let at = |v: usize, slot: usize| match &self.reading {
+            Reading::Colors { color, .. } => color[v] * n + v,
+            Reading::Stencil { .. } => pattern.row_start[v] + slot,
+        };
         let mut start = 0;
         shapes
             .iter()
             .zip(&self.pattern.sizes())
             .map(|(shape, &len)| {
                 let values = (start..start + len)
-                    .map(|v| {
-                        if self.pattern.contains(v, v) {
-                            b[self.color[v] * n + v]
-                        } else {
-                            T::default()
-                        }
+                    .map(|v| match pattern.row(v).binary_search(&v) {
+                        Ok(slot) => values[at(v, slot)],
+                        Err(_) => T::default(),
                     })
                     .collect();
                 start += len;
@@ -159,9 +271,10 @@ impl Compression {
             .collect()
     }
 
-    /// Recovers the Hessian from one compressed product per differentiated leaf (shapes
-    /// `[colors] ++ shapes[i]`): the dense blocks, the pattern's entries (one 1-D array), or
-    /// the diagonal per leaf.
+    /// Recovers the Hessian from the products of the plan (for a coloring, one compressed
+    /// product per differentiated leaf, shapes `[colors] ++ shapes[i]`; for a stencil, the
+    /// coefficient arrays of each leaf, shapes `shapes[i]`): the dense blocks, the pattern's
+    /// entries (one 1-D array), or the diagonal per leaf.
     pub(crate) fn decompress(
         &self,
         products: &[Arc<Data>],
@@ -227,4 +340,38 @@ pub(crate) enum Recover {
     Entries,
     /// The diagonal.
     Diagonal,
+}
+
+/// Rows `ks` of `arrays` side by side: `out[j * arrays.len() + t] = arrays[t][ks.start + j]`.
+/// Written out for the common numbers of arrays, so the loop does not index `arrays`.
+fn interleave<T: Copy>(arrays: &[&[T]], ks: Range<usize>, out: &mut [MaybeUninit<T>]) {
+    match arrays {
+        [a] => {
+            for (o, &x) in out.iter_mut().zip(&a[ks]) {
+                o.write(x);
+            }
+        }
+        [a, b] => {
+            let pairs = a[ks.clone()].iter().zip(&b[ks]);
+            for (o, (&x, &y)) in out.chunks_exact_mut(2).zip(pairs) {
+                o[0].write(x);
+                o[1].write(y);
+            }
+        }
+        [a, b, c] => {
+            let triples = a[ks.clone()].iter().zip(&b[ks.clone()]).zip(&c[ks]);
+            for (o, ((&x, &y), &z)) in out.chunks_exact_mut(3).zip(triples) {
+                o[0].write(x);
+                o[1].write(y);
+                o[2].write(z);
+            }
+        }
+        _ => {
+            for (o, k) in out.chunks_exact_mut(arrays.len().max(1)).zip(ks) {
+                for (slot, a) in o.iter_mut().zip(arrays) {
+                    slot.write(a[k]);
+                }
+            }
+        }
+    }
 }

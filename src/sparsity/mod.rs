@@ -9,6 +9,7 @@
 mod coloring;
 mod decompress;
 mod detect;
+pub(crate) mod stencil;
 
 use std::fmt;
 use std::sync::Arc;
@@ -84,6 +85,17 @@ impl SparsityPattern {
     /// The sizes of the blocks (differentiated leaves), in order.
     pub(crate) fn sizes(&self) -> Vec<usize> {
         self.shapes.iter().map(|s| s.iter().product()).collect()
+    }
+
+    /// Where each block starts in the flat variable.
+    pub(crate) fn starts(&self) -> Vec<usize> {
+        self.sizes()
+            .iter()
+            .scan(0, |acc, &len| {
+                *acc += len;
+                Some(*acc - len)
+            })
+            .collect()
     }
 
     /// The number of rows (and columns): the size of the flat differentiated variable.
@@ -365,16 +377,39 @@ pub(crate) fn hessian_pattern(
     }
 }
 
-/// A coloring of a pattern, and where each entry's value is in the compressed products.
+/// How a Hessian is computed from a few products per call, and where each entry of its
+/// pattern is in them.
 pub(crate) struct Compression {
     pub pattern: Arc<SparsityPattern>,
-    /// The color of each column.
-    pub color: Vec<usize>,
-    pub colors: usize,
-    /// For each entry (in pattern order), its index `color * n + vertex` into the
-    /// compressed products `B` (shape `[colors, n]`, row-major). Four bytes each: the gather
-    /// reads them on every call.
-    pub sources: Vec<u32>,
+    pub reading: Reading,
+}
+
+/// The products a [`Compression`] computes, and how its entries are read from them.
+pub(crate) enum Reading {
+    /// One Hessian-vector product per color of a star coloring, `B` (`[colors, n]`,
+    /// row-major): entry `e` is `B[sources[e]]`, `sources[e] = color * n + vertex`. Four
+    /// bytes each: the gather reads them on every call.
+    Colors {
+        /// The color of each column.
+        color: Vec<usize>,
+        colors: usize,
+        sources: Vec<u32>,
+    },
+    /// The coefficients of a stencil (see [`stencil`](self::stencil)), one array per leaf and
+    /// offset: entry `e`, in row `k` of leaf `i`, is array `i * offsets.len() + terms[e]` at
+    /// `k`; zero where `terms[e]` is [`Reading::NO_TERM`] (an entry the stencil never reaches).
+    Stencil {
+        offsets: Vec<stencil::Offset>,
+        terms: Vec<u16>,
+        /// The rows whose entries are not one of every offset, in order (at the edges of a
+        /// grid, say), ascending; every other row's entries are its elements of the arrays.
+        partial: Vec<usize>,
+    },
+}
+
+impl Reading {
+    /// The term of an entry that no offset of the stencil reaches.
+    pub const NO_TERM: u16 = u16::MAX;
 }
 
 impl Compression {
@@ -404,24 +439,91 @@ impl Compression {
             .collect();
         Ok(Compression {
             pattern: Arc::new(pattern),
-            color,
-            colors,
-            sources,
+            reading: Reading::Colors {
+                color,
+                colors,
+                sources,
+            },
         })
+    }
+
+    /// The same pattern read from the coefficients of a stencil with these `offsets`, each
+    /// entry `(r, c)` from the offset `(leaf of c, index of c - index of r)`.
+    pub fn with_stencil(&self, offsets: Vec<stencil::Offset>) -> Compression {
+        let pattern = &self.pattern;
+        let shapes = &pattern.shapes;
+        let starts = pattern.starts();
+        let leaf_of = |v: usize| starts.partition_point(|&s| s <= v) - 1;
+        let (mut index_r, mut index_c, mut d) = (Vec::new(), Vec::new(), Vec::new());
+        let mut terms = Vec::with_capacity(pattern.nnz());
+        let mut partial = Vec::new();
+        for r in 0..pattern.size() {
+            let i = leaf_of(r);
+            unravel(r - starts[i], &shapes[i], &mut index_r);
+            for &c in pattern.row(r) {
+                let j = leaf_of(c);
+                unravel(c - starts[j], &shapes[j], &mut index_c);
+                d.clear();
+                d.extend(
+                    index_c
+                        .iter()
+                        .zip(&index_r)
+                        .map(|(&c, &r)| c as isize - r as isize),
+                );
+                let term = match index_c.len() == index_r.len() {
+                    true => offsets.binary_search_by(|(leaf, o)| (*leaf, &o[..]).cmp(&(j, &d[..]))),
+                    false => Err(0),
+                };
+                terms.push(term.map_or(Reading::NO_TERM, |t| t as u16));
+            }
+            let mine = &terms[pattern.row_start[r]..];
+            if !mine.iter().copied().eq(0..offsets.len() as u16) {
+                partial.push(r);
+            }
+        }
+        Compression {
+            pattern: self.pattern.clone(),
+            reading: Reading::Stencil {
+                offsets,
+                terms,
+                partial,
+            },
+        }
+    }
+
+    /// The number of colors, for a coloring.
+    pub fn colors(&self) -> Option<usize> {
+        match self.reading {
+            Reading::Colors { colors, .. } => Some(colors),
+            Reading::Stencil { .. } => None,
+        }
     }
 
     /// The seed of leaf `k` of the flat variable: `[colors] ++ shape`, one where a column of
     /// the leaf has the row's color.
     pub fn seed(&self, k: usize, shape: &[usize], dtype: crate::DType) -> Data {
+        let Reading::Colors { color, colors, .. } = &self.reading else {
+            unreachable!("seeds are of colorings")
+        };
         let sizes = self.pattern.sizes();
         let offset: usize = sizes[..k].iter().sum();
         let len = sizes[k];
-        let mut values = vec![0.0; self.colors * len];
+        let mut values = vec![0.0; colors * len];
         for i in 0..len {
-            values[self.color[offset + i] * len + i] = 1.0;
+            values[color[offset + i] * len + i] = 1.0;
         }
-        let mut full = vec![self.colors];
+        let mut full = vec![*colors];
         full.extend(shape);
         Data::F64(ndarray::ArrayD::from_shape_vec(full, values).expect("colors * len")).cast(dtype)
+    }
+}
+
+/// The multi-index of flat (row-major) index `flat` in `shape`, into `index`.
+fn unravel(mut flat: usize, shape: &[usize], index: &mut Vec<usize>) {
+    index.clear();
+    index.resize(shape.len(), 0);
+    for (d, &n) in shape.iter().enumerate().rev() {
+        index[d] = flat % n.max(1);
+        flat /= n.max(1);
     }
 }

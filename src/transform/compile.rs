@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::exec::{Mirror, Plan, Sweep};
 use crate::memory;
 use crate::primitives::{Prim, Program};
-use crate::sparsity::{Compression, Recover, SparsityPattern, hessian_pattern};
+use crate::sparsity::{Compression, Reading, Recover, SparsityPattern, hessian_pattern, stencil};
 use crate::state::GradStates;
 use crate::storage::{Aval, Data};
 use crate::tensor::Tensor;
@@ -659,10 +659,12 @@ fn sparse_enough(
         return Ok(None);
     };
     let compression = Compression::new(pattern)?;
-    Ok((compression.colors * 4 <= n).then_some(compression))
+    Ok((compression.colors().is_some_and(|colors| colors * 4 <= n)).then_some(compression))
 }
 
-/// The executable computing a Hessian from compressed products.
+/// The executable computing a Hessian from compressed products: from the coefficients of
+/// their stencil where they have one with at most twice as many offsets as colors (see
+/// [`crate::sparsity::stencil`]), else from one Hessian-vector product per color.
 fn compressed(
     spec: &Spec,
     program: &Program,
@@ -670,16 +672,27 @@ fn compressed(
     compression: Compression,
     into: Recover,
 ) -> Result<(Executable, HashMap<Output, usize>)> {
-    let in_avals = program.input_avals();
-    let seeds: Vec<_> = wrt
-        .iter()
-        .enumerate()
-        .map(|(k, &i)| compression.seed(k, &in_avals[i].shape, in_avals[i].dtype))
-        .collect();
-    let derivative = hessian_products(program, wrt, &seeds)?;
+    let colors = compression.colors().unwrap_or(1);
+    let derivative = hessian_products(program, wrt, colors)?;
     let own: Vec<Output> = (0..program.outputs.len()).map(Output::Primal).collect();
     let products = (0..wrt.len()).map(|i| Output::Product { wrt: i });
     let wanted: Vec<Output> = own.iter().copied().chain(products).collect();
+    let products = derivative.select(&wanted);
+    let n_inputs = program.inputs.len();
+    // Each coefficient array of a stencil costs less than a product with a seed.
+    let stencil = stencil::coefficients(&products, n_inputs, own.len())?
+        .filter(|s| s.offsets.len() <= 2 * colors && s.offsets.len() < Reading::NO_TERM as usize);
+    let (derivative, compression) = match stencil {
+        Some(stencil) => (stencil.program, compression.with_stencil(stencil.offsets)),
+        None => {
+            let in_avals = program.input_avals();
+            let seeds = wrt.iter().enumerate().map(|(k, &i)| {
+                let seed = compression.seed(k, &in_avals[i].shape, in_avals[i].dtype);
+                Arc::new(seed)
+            });
+            (bind_inputs(products, n_inputs, seeds), compression)
+        }
+    };
     let blocks = match into {
         Recover::Dense => numbered((0..wrt.len()).flat_map(|i| {
             (0..wrt.len()).map(move |j| Output::Hessian {
@@ -692,12 +705,23 @@ fn compressed(
     };
     let exec = Executable::Compressed {
         // One value output: compressed Hessians are of scalar functions.
-        plan: plan(spec, derivative.select(&wanted), 1),
+        plan: plan(spec, derivative, 1),
         n_outputs: own.len(),
         compression: Arc::new(compression),
         into,
     };
     Ok((exec, blocks))
+}
+
+/// `program` with its inputs from position `first` on bound to constants.
+fn bind_inputs(
+    mut program: Program,
+    first: usize,
+    values: impl Iterator<Item = Arc<Data>>,
+) -> Program {
+    let bound = program.inputs.split_off(first);
+    program.consts.extend(bound.into_iter().zip(values));
+    program
 }
 
 impl Spec<'_> {
@@ -764,13 +788,23 @@ impl Compiled {
                 }
                 notes
             }
-            Executable::Compressed { compression, .. } => vec![format!(
-                "computed from its sparsity: a star coloring of {} entries takes {} colors, \
-                 so {} Hessian-vector products per call, then each entry is read from one",
-                compression.pattern.nnz(),
-                compression.colors,
-                compression.colors
-            )],
+            Executable::Compressed { compression, .. } => {
+                let nnz = compression.pattern.nnz();
+                vec![match &compression.reading {
+                    Reading::Colors { colors, .. } => format!(
+                        "computed from its sparsity: a star coloring of {nnz} entries takes \
+                         {colors} colors, so {colors} Hessian-vector products per call, then \
+                         each entry is read from one"
+                    ),
+                    Reading::Stencil { offsets, .. } => format!(
+                        "computed from its sparsity: its Hessian-vector products are a stencil \
+                         of {} offset(s), so its {nnz} entries are read from {} coefficient \
+                         arrays per call",
+                        offsets.len(),
+                        offsets.len() * compression.pattern.block_shapes().len()
+                    ),
+                }]
+            }
             Executable::Whole(_) | Executable::Pattern(_) | Executable::Vjp { .. } => Vec::new(),
         }
     }
