@@ -248,13 +248,13 @@ fn fold_negations(mut program: Program) -> Program {
     program
 }
 
-/// Zero padding moved through the linear arithmetic (`+`, `-`, `*`, negation) that computes
-/// the value padded, down to the values that arithmetic reads: `pad(a * b)` is
-/// `pad(a) * pad(b)`, as zeros times zeros are zeros. Reverse-mode derivatives pad the
-/// cotangents of slices back to their source's shape and add them up (`x[1:]` and
-/// `x[:-1]` in a stencil); with the pads on the values read they are views, and the
-/// arithmetic and the sum run as one loop over the padded shape, instead of one loop
-/// storing each unpadded cotangent and another reading them back.
+/// Zero padding moved through the arithmetic that keeps zeros (`+`, `-`, `*`, negation,
+/// positive integer powers) and computes the value padded, down to the values that
+/// arithmetic reads: `pad(a * b)` is `pad(a) * pad(b)`, as zeros times zeros are zeros.
+/// Reverse-mode derivatives pad the cotangents of slices back to their source's shape and
+/// add them up (`x[1:]` and `x[:-1]` in a stencil); with the pads on the values read they
+/// are views, and the arithmetic and the sum run as one loop over the padded shape, instead
+/// of one loop storing each unpadded cotangent and another reading them back.
 ///
 /// It pays for values beyond the caches ([`SINK_MIN`] elements), whose stores and reloads
 /// cost more than arithmetic: where the value padded is read elsewhere too (or padded in
@@ -283,7 +283,7 @@ fn sink_pads(mut program: Program) -> Program {
             (Prim::Structural(Structural::Pad { lo, hi, interior }), Some(input))
                 if interior.iter().all(|&i| i == 0)
                     && sink.program.aval(eqn.outputs[0]).numel() >= SINK_MIN
-                    && sink.linear(input) =>
+                    && sink.keeps_zeros(input) =>
             {
                 let padded = sink.padded(input, lo, hi);
                 sink.rename.insert(eqn.outputs[0], padded);
@@ -305,14 +305,15 @@ fn sink_pads(mut program: Program) -> Program {
     program
 }
 
-/// Whether `prim` is linear arithmetic: zeros in give zeros out, so a pad commutes with it.
-fn linear_arithmetic(prim: &Prim) -> bool {
+/// Whether `prim` keeps zeros (zeros in give zeros out), so a pad commutes with it: linear
+/// arithmetic, products and positive integer powers.
+fn keeps_zeros(prim: &Prim) -> bool {
     matches!(
         prim,
         Prim::Elementwise(Elementwise::Binary(
             BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul
         )) | Prim::Elementwise(Elementwise::Unary(UnaryOp::Neg))
-    )
+    ) || matches!(prim, Prim::Elementwise(Elementwise::PowI(n)) if *n >= 1)
 }
 
 /// Smallest padded value (in elements) whose pad [`sink_pads`] moves: a few times the
@@ -341,8 +342,9 @@ impl PadSink<'_> {
         *self.rename.get(&v).unwrap_or(&v)
     }
 
-    /// Whether `v` is computed by linear arithmetic on `f64` (and budget is left to copy it).
-    fn linear(&self, v: Var) -> bool {
+    /// Whether `v` is computed by arithmetic that keeps zeros, on `f64` (and budget is left
+    /// to copy it).
+    fn keeps_zeros(&self, v: Var) -> bool {
         let Some(&i) = self.producer.get(&v) else {
             return false;
         };
@@ -352,7 +354,7 @@ impl PadSink<'_> {
             .iter()
             .chain(&eqn.outputs)
             .all(|&u| self.program.aval(u).dtype == DType::F64);
-        self.budget > 0 && f64s && linear_arithmetic(&eqn.prim) && eqn.outputs.len() == 1
+        self.budget > 0 && f64s && keeps_zeros(&eqn.prim) && eqn.outputs.len() == 1
     }
 
     /// A new equation computing one new value of `aval`.
@@ -375,7 +377,7 @@ impl PadSink<'_> {
     }
 
     /// `pad(v)` (zeros `lo` before and `hi` after each axis), computed from padded operands
-    /// when `v` is linear arithmetic.
+    /// when `v` is arithmetic that keeps zeros.
     fn padded(&mut self, v: Var, lo: &[usize], hi: &[usize]) -> Var {
         let key = (v, lo.to_vec(), hi.to_vec());
         if let Some(&done) = self.padded.get(&key) {
@@ -385,7 +387,7 @@ impl PadSink<'_> {
         let shape: Vec<usize> = (0..aval.shape.len())
             .map(|d| aval.shape[d] + lo[d] + hi[d])
             .collect();
-        let out = if self.linear(v) {
+        let out = if self.keeps_zeros(v) {
             let eqn = &self.original[self.producer[&v]];
             let (prim, source, operands) = (eqn.prim.clone(), eqn.source, eqn.inputs.clone());
             let inputs = operands
@@ -776,14 +778,14 @@ mod tests {
     }
 
     #[test]
-    fn pads_of_linear_arithmetic_move_onto_the_values_it_reads() {
+    fn pads_of_arithmetic_that_keeps_zeros_move_onto_the_values_it_reads() {
         use crate::{Tensor, grad};
         // Rosenbrock's gradient pads the cotangents of x[1:] and x[:-1] back to x's shape.
         let g = grad(|x: &Tensor| {
             let (head, tail) = (x.slice_along(0, ..-1, 1), x.slice_along(0, 1.., 1));
             ((tail - head.powi(2)).powi(2) * 100.0 + (1.0 - &head).powi(2)).sum()
         });
-        // How many pads read linear arithmetic, of how many pads.
+        // How many pads read arithmetic that keeps zeros, of how many pads.
         let pads_of_arithmetic = |p: &Program| {
             let producer: HashMap<Var, &Prim> = p
                 .eqns
@@ -795,23 +797,23 @@ mod tests {
                 .iter()
                 .filter(|e| matches!(e.prim, Prim::Structural(Structural::Pad { .. })))
                 .collect();
-            let linear = pads.iter().filter(|pad| {
+            let sinkable = pads.iter().filter(|pad| {
                 producer
                     .get(&pad.inputs[0])
-                    .is_some_and(|prim| linear_arithmetic(prim))
+                    .is_some_and(|prim| keeps_zeros(prim))
             });
-            (linear.count(), pads.len())
+            (sinkable.count(), pads.len())
         };
         // Small values stay as they are, in cache either way.
         let small = simplify(g.program(&Tensor::linspace(-1.0, 1.5, 7)).unwrap());
         assert_eq!(pads_of_arithmetic(&small), (2, 2), "{small}");
-        // Large ones: every pad reads a value that is not linear arithmetic, so nothing is
+        // Large ones: every pad reads a value that does not keep zeros, so nothing is
         // computed unpadded just to be padded.
         let n = SINK_MIN + 3;
         let x = Tensor::linspace(-1.0, 1.5, n);
         let p = simplify(g.program(&x).unwrap());
-        let (linear, pads) = pads_of_arithmetic(&p);
-        assert!(linear == 0 && pads > 0, "{p}");
+        let (sinkable, pads) = pads_of_arithmetic(&p);
+        assert!(sinkable == 0 && pads > 0, "{p}");
         // The gradient, against its closed form.
         let plan = crate::exec::Plan::new(p);
         let out = plan.run(&[x.data().unwrap().clone()], false).unwrap();
