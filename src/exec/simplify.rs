@@ -390,10 +390,16 @@ impl PadSink<'_> {
         let out = if self.keeps_zeros(v) {
             let eqn = &self.original[self.producer[&v]];
             let (prim, source, operands) = (eqn.prim.clone(), eqn.source, eqn.inputs.clone());
+            // A product's factor of one element scales the padded zeros to zeros: it stays a
+            // number, which a fused loop holds in a register (and the other factor is large).
+            let product = prim == Prim::from(BinaryOp::Mul);
             let inputs = operands
                 .into_iter()
                 .map(|u| {
                     let u = self.renamed(u);
+                    if product && self.program.aval(u).numel() == 1 {
+                        return u;
+                    }
                     let u = self.broadcast(u, &aval.shape);
                     self.padded(u, lo, hi)
                 })
@@ -528,12 +534,24 @@ fn fold_constants(mut program: Program) -> Program {
 }
 
 /// A constant larger than folding makes, whose elements are all equal, read only by
-/// elementwise equations, becomes the broadcast of its value: fused loops read it as one
-/// number, not as a buffer from memory. Derivatives make such constants: the cotangent of a
-/// sum is a vector of ones, which the derivative scales.
+/// elementwise equations and the index maps that fused loops read as views (broadcasts,
+/// slices, pads, reshapes, transposes), becomes the broadcast of its value: fused loops read
+/// it as one number, not as a buffer from memory. Derivatives make such constants: the
+/// cotangent of a sum is a vector of ones, which the derivative scales.
 fn uniform_constants(mut program: Program) -> Program {
-    let elementwise =
-        super::plan::read_only_by(&program, |prim| matches!(prim, Prim::Elementwise(_)));
+    let elementwise = super::plan::read_only_by(&program, |prim| {
+        matches!(
+            prim,
+            Prim::Elementwise(_)
+                | Prim::Structural(
+                    Structural::Broadcast(_)
+                        | Structural::Slice { .. }
+                        | Structural::Pad { .. }
+                        | Structural::Reshape(_)
+                        | Structural::Transpose(_)
+                )
+        )
+    });
     let mut broadcasts = Vec::new();
     for k in 0..program.consts.len() {
         let (var, data) = program.consts[k].clone();
@@ -632,45 +650,49 @@ mod tests {
     }
 
     #[test]
-    fn large_uniform_constants_read_elementwise_become_broadcasts() {
+    fn large_uniform_constants_read_elementwise_or_as_views_become_broadcasts() {
         let n = FOLD_LIMIT + 1;
         let constant =
             |values: Vec<f64>| Arc::new(Data::F64(ndarray::Array::from(values).into_dyn()));
-        // x + c, and c @ x (a product reads the buffer itself).
-        let program = |c: Arc<Data>, product: bool| {
+        // x + c, pad(c), and c @ x (a product reads the buffer itself).
+        let program = |c: Arc<Data>, prim: Prim| {
             let mut p = Program::default();
             let aval = Aval::new(&[n], DType::F64);
             let x = p.new_var(aval.clone());
             p.inputs.push(x);
             let c_var = p.new_var(aval.clone());
             p.consts.push((c_var, c));
-            let (prim, aval): (Prim, _) = if product {
-                (
-                    Prim::MatMul(crate::primitives::MatMul),
-                    Aval::new(&[], DType::F64),
-                )
-            } else {
-                (BinaryOp::Add.into(), aval)
+            let (inputs, aval) = match prim {
+                Prim::MatMul(_) => (vec![x, c_var], Aval::new(&[], DType::F64)),
+                Prim::Structural(_) => (vec![c_var], Aval::new(&[n + 1], DType::F64)),
+                _ => (vec![x, c_var], aval),
             };
             let y = p.new_var(aval);
             p.eqns.push(Eqn {
                 prim,
-                inputs: vec![x, c_var],
+                inputs,
                 outputs: vec![y],
                 source: None,
             });
             p.outputs.push(y);
             uniform_constants(p)
         };
-        let p = program(constant(vec![0.5; n]), false);
-        assert_eq!(p.len(), 2, "{p}");
-        assert_eq!(*p.consts[0].1, Data::F64(ndarray::arr0(0.5).into_dyn()));
+        let pad = Structural::Pad {
+            lo: vec![1],
+            hi: vec![0],
+            interior: vec![0],
+        };
+        for prim in [BinaryOp::Add.into(), pad.into()] {
+            let p = program(constant(vec![0.5; n]), prim);
+            assert_eq!(p.len(), 2, "{p}");
+            assert_eq!(*p.consts[0].1, Data::F64(ndarray::arr0(0.5).into_dyn()));
+        }
         // Not uniform (a zero of the other sign), or read by a product: kept as it is.
         let mut signed = vec![0.0; n];
         signed[7] = -0.0;
         for p in [
-            program(constant(signed), false),
-            program(constant(vec![0.5; n]), true),
+            program(constant(signed), BinaryOp::Add.into()),
+            program(constant(vec![0.5; n]), crate::primitives::MatMul.into()),
         ] {
             assert_eq!(p.len(), 1, "{p}");
             assert_eq!(p.consts[0].1.shape(), &[n]);
@@ -830,6 +852,42 @@ mod tests {
             }
             assert!((got[i] - want).abs() <= 1e-12 * want.abs().max(1.0), "{i}");
         }
+    }
+
+    #[test]
+    fn pads_sink_past_factors_of_one_element_which_stay_numbers() {
+        // pad(x * c) for a number c: pad(x) * c, with c read as it is (not broadcast, padded).
+        let n = SINK_MIN;
+        let mut p = Program::default();
+        let x = p.new_var(Aval::new(&[n], DType::F64));
+        p.inputs.push(x);
+        let c = p.new_var(Aval::new(&[], DType::F64));
+        p.consts
+            .push((c, Arc::new(Data::F64(ndarray::arr0(3.0).into_dyn()))));
+        let product = p.new_var(Aval::new(&[n], DType::F64));
+        let padded = p.new_var(Aval::new(&[n + 2], DType::F64));
+        p.eqns.push(Eqn {
+            prim: BinaryOp::Mul.into(),
+            inputs: vec![x, c],
+            outputs: vec![product],
+            source: None,
+        });
+        let pad = Structural::Pad {
+            lo: vec![1],
+            hi: vec![1],
+            interior: vec![0],
+        };
+        p.eqns.push(Eqn {
+            prim: pad.clone().into(),
+            inputs: vec![product],
+            outputs: vec![padded],
+            source: None,
+        });
+        p.outputs.push(padded);
+        let p = clean(sink_pads(p));
+        let prims: Vec<&Prim> = p.eqns.iter().map(|e| &e.prim).collect();
+        assert_eq!(prims, [&pad.into(), &BinaryOp::Mul.into()], "{p}");
+        assert_eq!(p.eqns[1].inputs[1], p.consts[0].0, "{p}");
     }
 
     #[test]
