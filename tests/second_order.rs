@@ -512,6 +512,34 @@ fn stencils_on_grids_and_products_without_one_agree_with_hvps() {
 }
 
 #[test]
+fn large_sparse_hessians_read_from_stencils_block_by_block_match_the_closed_form() {
+    // Enough variables for the coefficients to be computed in many blocks, on every thread.
+    let n = 300_000;
+    let x = Tensor::linspace(-1.0, 1.0, n);
+    let xs = vals(&x);
+    let mut want = Vec::with_capacity(3 * n);
+    for i in 0..n {
+        if i > 0 {
+            want.push(-400.0 * xs[i - 1]);
+        }
+        let mut diagonal = if i > 0 { 200.0 } else { 0.0 };
+        if i + 1 < n {
+            diagonal += 1200.0 * xs[i] * xs[i] - 400.0 * xs[i + 1] + 2.0;
+        }
+        want.push(diagonal);
+        if i + 1 < n {
+            want.push(-400.0 * xs[i]);
+        }
+    }
+    // Run as planned, and equation by equation (debug_nan), which stores the coefficients.
+    for debug_nan in [false, true] {
+        let h = hessian(rosen).sparse().debug_nan(debug_nan);
+        let values = vals(h.call(&x).unwrap().values());
+        assert_close(&values, &want, 1e-12);
+    }
+}
+
+#[test]
 fn large_dense_hessians_from_sparsity_agree_on_new_pages_and_on_reused_ones() {
     // The first call's 2048 x 2048 block (32 MiB) is new pages, filled on the thread pool;
     // the second call's block may be the memory the first one's result freed.

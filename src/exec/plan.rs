@@ -125,6 +125,68 @@ impl Plan {
     /// Runs the program. With `check_finite`, equation by equation, the first equation whose
     /// output holds a NaN or an infinity is reported as an error instead.
     pub fn run(&self, inputs: &[Arc<Data>], check_finite: bool) -> Result<Vec<Arc<Data>>> {
+        let mut env = self.bind(inputs);
+        if check_finite {
+            for (i, frees) in self.frees.iter().enumerate() {
+                self.run_eqn(i, frees, &mut env, true)?;
+                release(frees, &mut env);
+            }
+        } else {
+            self.run_steps(&self.steps, &mut env)?;
+        }
+        Ok(self.outputs(&self.program.outputs, &env))
+    }
+
+    /// Where a plan's outputs from position `from` on are all computed by its last step, a
+    /// group walking its elements in one row: for each of those outputs, its position among
+    /// the group's.
+    pub fn streamed_outputs(&self, from: usize) -> Option<Vec<usize>> {
+        let (Step::Group(group), _) = self.steps.last()? else {
+            return None;
+        };
+        let numel = group.shape.iter().product();
+        let (own, streamed) = self
+            .program
+            .outputs
+            .split_at(from.min(self.program.outputs.len()));
+        let position = |v: &Var| group.outputs.iter().position(|u| u == v);
+        let positions: Option<Vec<usize>> = streamed.iter().map(position).collect();
+        let alone = own.iter().all(|v| position(v).is_none())
+            && group.outputs.len() == streamed.len()
+            && group.blocks(numel).0 == 1;
+        positions.filter(|_| alone && !streamed.is_empty())
+    }
+
+    /// [`Plan::run`] for a plan with [`Plan::streamed_outputs`] from `from` on: those
+    /// outputs go to `consume` a block of elements at a time, in output order, as its last
+    /// group computes them (see [`super::fuse::Group::run_blocked`]), rather than into
+    /// buffers. Returns the outputs before `from`.
+    pub fn run_streaming<P: Send>(
+        &self,
+        inputs: &[Arc<Data>],
+        from: usize,
+        split: impl FnOnce(&[std::ops::Range<usize>]) -> Vec<P>,
+        consume: impl Fn(&mut P, std::ops::Range<usize>, &[&[f64]]) + Sync,
+    ) -> Result<Vec<Arc<Data>>> {
+        let positions = self
+            .streamed_outputs(from)
+            .ok_or_else(|| Error::Trace("internal: a plan streaming no outputs".into()))?;
+        let (last, before) = self.steps.split_last().expect("a last step");
+        let mut env = self.bind(inputs);
+        self.run_steps(before, &mut env)?;
+        let Step::Group(group) = &last.0 else {
+            unreachable!("streamed outputs come from a group")
+        };
+        group.run_blocked(&env, split, |state, block, outputs| {
+            let ordered: Vec<&[f64]> = positions.iter().map(|&k| outputs[k]).collect();
+            consume(state, block, &ordered);
+        })?;
+        release(&last.1, &mut env);
+        Ok(self.outputs(&self.program.outputs[..from], &env))
+    }
+
+    /// The values of a run before its first step: inputs and constants.
+    fn bind(&self, inputs: &[Arc<Data>]) -> Vec<Option<Arc<Data>>> {
         let program = &self.program;
         let mut env: Vec<Option<Arc<Data>>> = vec![None; program.avals.len()];
         for (&v, data) in program.inputs.iter().zip(inputs) {
@@ -133,30 +195,31 @@ impl Plan {
         for (v, data) in &program.consts {
             env[v.index()] = Some(data.clone());
         }
-        if check_finite {
-            for (i, frees) in self.frees.iter().enumerate() {
-                self.run_eqn(i, frees, &mut env, true)?;
-                release(frees, &mut env);
-            }
-        } else {
-            for (step, frees) in &self.steps {
-                match step {
-                    Step::Eqn(i) => self.run_eqn(*i, frees, &mut env, false)?,
-                    Step::Group(group) => {
-                        let outs = group.run(&env)?;
-                        for (&v, out) in group.outputs.iter().zip(outs) {
-                            env[v.index()] = Some(Arc::new(out));
-                        }
+        env
+    }
+
+    /// Runs fused `steps`, releasing what each leaves dead.
+    fn run_steps(&self, steps: &[(Step, Vec<Var>)], env: &mut [Option<Arc<Data>>]) -> Result<()> {
+        for (step, frees) in steps {
+            match step {
+                Step::Eqn(i) => self.run_eqn(*i, frees, env, false)?,
+                Step::Group(group) => {
+                    let outs = group.run(env)?;
+                    for (&v, out) in group.outputs.iter().zip(outs) {
+                        env[v.index()] = Some(Arc::new(out));
                     }
                 }
-                release(frees, &mut env);
             }
+            release(frees, env);
         }
-        Ok(program
-            .outputs
-            .iter()
+        Ok(())
+    }
+
+    /// The values of `vars` after a run.
+    fn outputs(&self, vars: &[Var], env: &[Option<Arc<Data>>]) -> Vec<Arc<Data>> {
+        vars.iter()
             .map(|v| env[v.index()].clone().expect("outputs are defined"))
-            .collect())
+            .collect()
     }
 
     /// Runs equation `i` by its primitive's kernel (in the buffer of a dying operand when
@@ -330,6 +393,33 @@ mod tests {
             Data::F64(a) => a.iter().copied().collect(),
             other => panic!("expected f64, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn streamed_outputs_reach_the_consumer_block_by_block_as_run_computes_them() {
+        // Ranges for two threads (when there are two), each of several blocks, the last
+        // block of each short.
+        let n = 2 * super::super::tile::PARALLEL_MIN + 1234;
+        let plan = Plan::new(chain(n));
+        assert_eq!(plan.streamed_outputs(0), Some(vec![0]));
+        assert_eq!(plan.streamed_outputs(1), None, "no outputs streamed");
+        let values: Vec<f64> = (0..n).map(|k| (k as f64 * 1e-4).sin()).collect();
+        let x = Arc::new(Data::F64(ndarray::Array::from(values).into_dyn()));
+        let want = run(&plan, x.clone());
+        let got = std::sync::Mutex::new(vec![f64::NAN; n]);
+        let split = |ranges: &[std::ops::Range<usize>]| {
+            assert_eq!(ranges.first().map(|r| r.start), Some(0));
+            assert_eq!(ranges.last().map(|r| r.end), Some(n));
+            ranges.iter().map(|r| r.start).collect::<Vec<usize>>()
+        };
+        let consume = |next: &mut usize, block: std::ops::Range<usize>, outs: &[&[f64]]| {
+            assert_eq!(block.start, *next, "blocks in order, none skipped");
+            *next = block.end;
+            got.lock().unwrap()[block].copy_from_slice(outs[0]);
+        };
+        let own = plan.run_streaming(&[x], 0, split, consume).unwrap();
+        assert!(own.is_empty());
+        assert_eq!(got.into_inner().unwrap(), want);
     }
 
     #[test]

@@ -19,7 +19,11 @@ const TILE: usize = 512;
 
 /// Groups of at least this many elements per thread run on the thread pool: below it, the
 /// cost of waking threads exceeds the work shared.
-const PARALLEL_MIN: usize = 1 << 16;
+pub(super) const PARALLEL_MIN: usize = 1 << 16;
+
+/// Elements a blocked run ([`Group::run_blocked`]) computes before handing them on: a few
+/// tiles, whose outputs stay in a core's second-level cache.
+const BLOCK: usize = 8 * TILE;
 
 thread_local! {
     /// The registers of the group running on this thread, kept between runs.
@@ -31,7 +35,119 @@ impl Group {
     /// in order. Large groups are split into ranges of columns run on the thread pool.
     pub fn run(&self, env: &[Option<Arc<Data>>]) -> Result<Vec<Data>> {
         let numel: usize = self.shape.iter().product();
-        // Operands in standard layout are read in place, others (rarely any) from a copy.
+        let mut outputs: Vec<Vec<f64>> = self
+            .outputs
+            .iter()
+            // Every element is stored by the tile loop.
+            .map(|_| pool::take_to_overwrite(numel))
+            .collect();
+        self.with_operands(env, |slices| {
+            if numel == 0 {
+                return;
+            }
+            let (rows, cols) = self.blocks(numel);
+            let ranges = self.ranges(numel, cols);
+            if let [range] = &ranges[..] {
+                // Every row of every output, in one list (few allocations: small groups run
+                // often).
+                let mut targets: Vec<&mut [f64]> = outputs
+                    .iter_mut()
+                    .flat_map(|output| output.chunks_mut(cols))
+                    .collect();
+                self.run_columns(slices, rows, cols, range.clone(), &mut targets);
+            } else {
+                // Each range writes its columns of every row of every output.
+                let width = ranges[0].len();
+                let mut pieces: Vec<Vec<&mut [f64]>> = ranges
+                    .iter()
+                    .map(|_| Vec::with_capacity(outputs.len() * rows))
+                    .collect();
+                for row in outputs
+                    .iter_mut()
+                    .flat_map(|output| output.chunks_mut(cols))
+                {
+                    for (piece, part) in pieces.iter_mut().zip(row.chunks_mut(width)) {
+                        piece.push(part);
+                    }
+                }
+                ranges
+                    .into_iter()
+                    .zip(pieces)
+                    .collect::<Vec<_>>()
+                    .into_par_iter()
+                    .for_each(|(range, mut targets)| {
+                        self.run_columns(slices, rows, cols, range, &mut targets)
+                    });
+            }
+        })?;
+        Ok(outputs
+            .into_iter()
+            .map(|values| {
+                Data::F64(
+                    ndarray::ArrayD::from_shape_vec(self.out_shape.as_slice(), values)
+                        .expect("one value per element"),
+                )
+            })
+            .collect())
+    }
+
+    /// Runs the group a block of elements at a time, handing each block's outputs (in
+    /// order) to `consume` instead of storing them: for outputs read once, by whatever reads
+    /// them while they are in the cache. The elements are split into ranges as [`Group::run`]
+    /// splits them for the thread pool; `split` makes a state for each range, which
+    /// `consume` receives with each block of the range, in order: when this returns `Ok`,
+    /// every element has been handed on once. For a group that walks its elements in one row
+    /// (an error otherwise).
+    pub fn run_blocked<P: Send>(
+        &self,
+        env: &[Option<Arc<Data>>],
+        split: impl FnOnce(&[Range<usize>]) -> Vec<P>,
+        consume: impl Fn(&mut P, Range<usize>, &[&[f64]]) + Sync,
+    ) -> Result<()> {
+        let numel: usize = self.shape.iter().product();
+        let (rows, cols) = self.blocks(numel);
+        if rows != 1 {
+            return Err(Error::Trace(
+                "internal: a blocked run of a group walking several rows".into(),
+            ));
+        }
+        let ranges = self.ranges(numel, cols);
+        let states = split(&ranges);
+        if states.len() != ranges.len() {
+            return Err(Error::Trace(format!(
+                "internal: {} states for {} ranges of a blocked run",
+                states.len(),
+                ranges.len()
+            )));
+        }
+        self.with_operands(env, |slices| {
+            let run_range = |(range, mut state): (Range<usize>, P)| {
+                let mut blocks: Vec<Vec<f64>> = vec![vec![0.0; BLOCK]; self.outputs.len()];
+                for first in range.clone().step_by(BLOCK) {
+                    let block = first..range.end.min(first + BLOCK);
+                    let mut targets: Vec<&mut [f64]> =
+                        blocks.iter_mut().map(|b| &mut b[..block.len()]).collect();
+                    self.run_columns(slices, 1, cols, block.clone(), &mut targets);
+                    let outputs: Vec<&[f64]> = targets.iter().map(|t| &**t).collect();
+                    consume(&mut state, block, &outputs);
+                }
+            };
+            let work: Vec<(Range<usize>, P)> = ranges.into_iter().zip(states).collect();
+            if work.len() == 1 {
+                work.into_iter().for_each(run_range);
+            } else {
+                work.into_par_iter().for_each(run_range);
+            }
+        })
+    }
+
+    /// Calls `f` with the buffers of the group's views, read in place when in standard
+    /// layout, else (rarely) from a copy.
+    fn with_operands<R>(
+        &self,
+        env: &[Option<Arc<Data>>],
+        f: impl FnOnce(&[&[f64]]) -> R,
+    ) -> Result<R> {
         let mut copies: Vec<ndarray::ArrayD<f64>> = Vec::new();
         for view in &self.views {
             let array = buffer(env, view.var)?;
@@ -51,62 +167,18 @@ impl Group {
                 })
             })
             .collect::<Result<Vec<&[f64]>>>()?;
-        let mut outputs: Vec<Vec<f64>> = self
-            .outputs
-            .iter()
-            // Every element is stored by the tile loop.
-            .map(|_| pool::take_to_overwrite(numel))
-            .collect();
-        if numel > 0 {
-            let (rows, cols) = self.blocks(numel);
-            let parts = (numel / PARALLEL_MIN).clamp(1, rayon::current_num_threads());
-            if parts == 1 {
-                // Every row of every output, in one list (few allocations: small groups run
-                // often).
-                let mut targets: Vec<&mut [f64]> = outputs
-                    .iter_mut()
-                    .flat_map(|output| output.chunks_mut(cols))
-                    .collect();
-                self.run_columns(&slices, rows, cols, 0..cols, &mut targets);
-            } else {
-                // Ranges of whole tiles of columns, one per thread, each writing its columns
-                // of every row of every output.
-                let width = cols.div_ceil(parts).next_multiple_of(TILE);
-                let ranges: Vec<Range<usize>> = (0..cols)
-                    .step_by(width)
-                    .map(|c| c..cols.min(c + width))
-                    .collect();
-                let mut pieces: Vec<Vec<&mut [f64]>> = ranges
-                    .iter()
-                    .map(|_| Vec::with_capacity(outputs.len() * rows))
-                    .collect();
-                for row in outputs
-                    .iter_mut()
-                    .flat_map(|output| output.chunks_mut(cols))
-                {
-                    for (piece, part) in pieces.iter_mut().zip(row.chunks_mut(width)) {
-                        piece.push(part);
-                    }
-                }
-                ranges
-                    .into_iter()
-                    .zip(pieces)
-                    .collect::<Vec<_>>()
-                    .into_par_iter()
-                    .for_each(|(range, mut targets)| {
-                        self.run_columns(&slices, rows, cols, range, &mut targets)
-                    });
-            }
-        }
-        Ok(outputs
-            .into_iter()
-            .map(|values| {
-                Data::F64(
-                    ndarray::ArrayD::from_shape_vec(self.out_shape.as_slice(), values)
-                        .expect("one value per element"),
-                )
-            })
-            .collect())
+        Ok(f(&slices))
+    }
+
+    /// The ranges of columns run side by side: one per thread for large groups (whole tiles
+    /// each), else all of them.
+    fn ranges(&self, numel: usize, cols: usize) -> Vec<Range<usize>> {
+        let parts = (numel / PARALLEL_MIN).clamp(1, rayon::current_num_threads());
+        let width = cols.div_ceil(parts).next_multiple_of(TILE);
+        (0..cols)
+            .step_by(width.max(1))
+            .map(|c| c..cols.min(c + width))
+            .collect()
     }
 
     /// The iteration space as `rows x cols`, walked a tile of columns at a time down every

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use super::{Compression, Reading};
 use crate::error::{Error, Result};
+use crate::exec::Plan;
 use crate::storage::{Data, pool};
 
 /// Gathers of at least this many entries, and dense blocks of new pages of at least this many
@@ -124,37 +125,19 @@ impl Compression {
             ));
         };
         let starts = self.pattern.starts();
-        let row_start = &self.pattern.row_start;
         let fill = |rows: Range<usize>, out: &mut [MaybeUninit<T>]| {
-            let base = row_start[rows.start];
-            let mut leaf = starts.partition_point(|&s| s <= rows.start) - 1;
-            let mut next_partial = partial.partition_point(|&p| p < rows.start);
-            let mut r = rows.start;
-            while r < rows.end {
-                while r >= starts[leaf] + sizes[leaf] {
-                    leaf += 1;
+            let base = self.pattern.row_start[rows.start];
+            for (leaf, (&start, &size)) in starts.iter().zip(&sizes).enumerate() {
+                let mine = rows.start.max(start)..rows.end.min(start + size);
+                if !mine.is_empty() {
+                    let arrays = &arrays[leaf * offsets..(leaf + 1) * offsets];
+                    let entries = self.pattern.row_start[mine.start] - base
+                        ..self.pattern.row_start[mine.end] - base;
+                    self.read_rows(terms, partial, arrays, start, mine, &mut out[entries]);
                 }
-                let mine = &arrays[leaf * offsets..(leaf + 1) * offsets];
-                let k = r - starts[leaf];
-                let entries = |a: usize, b: usize| row_start[a] - base..row_start[b] - base;
-                if partial.get(next_partial) == Some(&r) {
-                    for (slot, &t) in out[entries(r, r + 1)]
-                        .iter_mut()
-                        .zip(&terms[row_start[r]..])
-                    {
-                        slot.write(mine.get(t as usize).map_or(T::zero(), |a| a[k]));
-                    }
-                    next_partial += 1;
-                    r += 1;
-                    continue;
-                }
-                let end = (rows.end)
-                    .min(starts[leaf] + sizes[leaf])
-                    .min(partial.get(next_partial).copied().unwrap_or(usize::MAX));
-                interleave(mine, k..k + (end - r), &mut out[entries(r, end)]);
-                r = end;
             }
         };
+        let row_start = &self.pattern.row_start;
         let (rows, nnz) = (self.pattern.size(), terms.len());
         let mut values: Vec<T> = pool::take(nnz);
         let out = &mut values.spare_capacity_mut()[..nnz];
@@ -179,6 +162,96 @@ impl Compression {
         // every row it was given (a block of rows each, covering 0..n).
         unsafe { values.set_len(nnz) };
         Ok(values)
+    }
+
+    /// Writes the entries of `rows`, rows of one leaf, into `out`, from that leaf's
+    /// coefficient `arrays` (one per offset), whose element 0 is row `first`: a run of rows
+    /// with one entry per offset interleaves the arrays; the rows of `partial` read each
+    /// entry's array from `terms`.
+    fn read_rows<T: Copy + Zero>(
+        &self,
+        terms: &[u16],
+        partial: &[usize],
+        arrays: &[&[T]],
+        first: usize,
+        rows: Range<usize>,
+        out: &mut [MaybeUninit<T>],
+    ) {
+        let row_start = &self.pattern.row_start;
+        let base = row_start[rows.start];
+        let entries = |a: usize, b: usize| row_start[a] - base..row_start[b] - base;
+        let mut next_partial = partial.partition_point(|&p| p < rows.start);
+        let mut r = rows.start;
+        while r < rows.end {
+            let k = r - first;
+            if partial.get(next_partial) == Some(&r) {
+                for (slot, &t) in out[entries(r, r + 1)]
+                    .iter_mut()
+                    .zip(&terms[row_start[r]..])
+                {
+                    slot.write(arrays.get(t as usize).map_or(T::zero(), |a| a[k]));
+                }
+                next_partial += 1;
+                r += 1;
+                continue;
+            }
+            let end = (rows.end).min(partial.get(next_partial).copied().unwrap_or(usize::MAX));
+            interleave(arrays, k..k + (end - r), &mut out[entries(r, end)]);
+            r = end;
+        }
+    }
+
+    /// The pattern's entries, for a stencil of one leaf whose coefficients are the outputs
+    /// of `plan` from `n_outputs` on and all come from its last group: each block of rows is
+    /// read into the entries while the group's values are in the cache, and the coefficient
+    /// arrays are never stored whole (see [`Plan::run_streaming`]). Returns the plan's own
+    /// outputs with the entries (as [`Compression::decompress`] recovers them), or `None`
+    /// (nothing run) when the plan is not of that form.
+    pub(crate) fn stream_entries(
+        &self,
+        plan: &Plan,
+        inputs: &[Arc<Data>],
+        n_outputs: usize,
+    ) -> Result<Option<Recovered>> {
+        let Reading::Stencil {
+            offsets,
+            terms,
+            partial,
+        } = &self.reading
+        else {
+            return Ok(None);
+        };
+        let streamed = plan.streamed_outputs(n_outputs).map(|p| p.len());
+        if self.pattern.sizes().len() != 1 || streamed != Some(offsets.len()) {
+            return Ok(None);
+        }
+        let row_start = &self.pattern.row_start;
+        let mut values: Vec<f64> = pool::take(terms.len());
+        // Each range of rows writes its own entries, a block of rows at a time.
+        let mut rest = &mut values.spare_capacity_mut()[..terms.len()];
+        let split = move |ranges: &[Range<usize>]| {
+            let mut parts = Vec::with_capacity(ranges.len());
+            for range in ranges {
+                let len = row_start[range.end] - row_start[range.start];
+                let (mine, after) = std::mem::take(&mut rest).split_at_mut(len);
+                parts.push(mine);
+                rest = after;
+            }
+            parts
+        };
+        let consume = |out: &mut &mut [MaybeUninit<f64>], rows: Range<usize>, arrays: &[&[f64]]| {
+            let len = row_start[rows.end] - row_start[rows.start];
+            let (mine, rest) = std::mem::take(out).split_at_mut(len);
+            self.read_rows(terms, partial, arrays, rows.start, rows, mine);
+            *out = rest;
+        };
+        let own = plan.run_streaming(inputs, n_outputs, split, consume)?;
+        // SAFETY: the group's ranges cover its elements, the leaf's rows 0..n, whose entries
+        // are 0..nnz; each range was given its rows' entries, and every block of it wrote
+        // every entry of its rows.
+        unsafe { values.set_len(terms.len()) };
+        let entries = ArrayD::from_shape_vec(vec![values.len()], values).expect("nnz values");
+        Ok(Some((own, vec![Data::F64(entries)])))
     }
 
     /// The dense blocks `H[i][j]` (shape `leaf i ++ leaf j`, row-major over `i` then `j`),
@@ -330,6 +403,10 @@ impl Compression {
         }
     }
 }
+
+/// A plan's own outputs, and the Hessian recovered from its products (as
+/// [`Compression::decompress`] recovers it).
+pub(crate) type Recovered = (Vec<Arc<Data>>, Vec<Data>);
 
 /// What [`Compression::decompress`] recovers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

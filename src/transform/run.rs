@@ -165,12 +165,26 @@ fn execute(compiled: &Compiled, inputs: &[Arc<Data>], debug_nan: bool) -> Result
             compression,
             into,
         } => {
-            let mut outputs = plan.run(inputs, debug_nan)?;
-            let products = outputs.split_off(*n_outputs);
-            let shapes: Vec<Vec<usize>> =
-                compiled.wrt_avals.iter().map(|a| a.shape.clone()).collect();
-            let blocks = compression.decompress(&products, &shapes, *into)?;
-            pool::recycle_all(products);
+            // The entries of a stencil are read as its coefficients are computed, block by
+            // block; `debug_nan` checks equation by equation, so runs the plan as it is.
+            let streamed = match (into, debug_nan) {
+                (Recover::Entries, false) => {
+                    compression.stream_entries(plan, inputs, *n_outputs)?
+                }
+                _ => None,
+            };
+            let (outputs, blocks) = match streamed {
+                Some(streamed) => streamed,
+                None => {
+                    let mut outputs = plan.run(inputs, debug_nan)?;
+                    let products = outputs.split_off(*n_outputs);
+                    let shapes: Vec<Vec<usize>> =
+                        compiled.wrt_avals.iter().map(|a| a.shape.clone()).collect();
+                    let blocks = compression.decompress(&products, &shapes, *into)?;
+                    pool::recycle_all(products);
+                    (outputs, blocks)
+                }
+            };
             Run {
                 outputs,
                 blocks: shared(blocks).collect(),
