@@ -513,8 +513,9 @@ fn stencils_on_grids_and_products_without_one_agree_with_hvps() {
 
 #[test]
 fn large_sparse_hessians_read_from_stencils_block_by_block_match_the_closed_form() {
-    // Enough variables for the coefficients to be computed in many blocks, on every thread.
-    let n = 300_000;
+    // Enough variables for the coefficients to be computed in many blocks, on every thread,
+    // and for the entries (10 MB) to be written past the caches.
+    let n = 400_000;
     let x = Tensor::linspace(-1.0, 1.0, n);
     let xs = vals(&x);
     let mut want = Vec::with_capacity(3 * n);

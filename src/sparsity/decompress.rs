@@ -12,11 +12,16 @@ use rayon::prelude::*;
 use super::{Compression, Reading};
 use crate::error::{Error, Result};
 use crate::exec::Plan;
+use crate::simd;
 use crate::storage::{Data, pool};
 
 /// Gathers of at least this many entries, and dense blocks of new pages of at least this many
 /// elements, run on the thread pool.
 const PARALLEL_MIN: usize = 1 << 16;
+
+/// Entries that a stencil's decompression writes past the caches, in bytes: more than a
+/// core may count on keeping of the last-level cache.
+const STREAM_MIN_BYTES: usize = 8 << 20;
 
 impl Compression {
     /// The compressed products `B` (`[colors, n]`, row-major) from one product per
@@ -168,14 +173,14 @@ impl Compression {
     /// coefficient `arrays` (one per offset), whose element 0 is row `first`: a run of rows
     /// with one entry per offset interleaves the arrays; the rows of `partial` read each
     /// entry's array from `terms`.
-    fn read_rows<T: Copy + Zero>(
+    fn read_rows<T: Copy + Zero, S: Slot<T>>(
         &self,
         terms: &[u16],
         partial: &[usize],
         arrays: &[&[T]],
         first: usize,
         rows: Range<usize>,
-        out: &mut [MaybeUninit<T>],
+        out: &mut [S],
     ) {
         let row_start = &self.pattern.row_start;
         let base = row_start[rows.start];
@@ -189,7 +194,7 @@ impl Compression {
                     .iter_mut()
                     .zip(&terms[row_start[r]..])
                 {
-                    slot.write(arrays.get(t as usize).map_or(T::zero(), |a| a[k]));
+                    slot.set(arrays.get(t as usize).map_or(T::zero(), |a| a[k]));
                 }
                 next_partial += 1;
                 r += 1;
@@ -227,22 +232,34 @@ impl Compression {
         }
         let row_start = &self.pattern.row_start;
         let mut values: Vec<f64> = pool::take(terms.len());
-        // Each range of rows writes its own entries, a block of rows at a time.
+        // Each range of rows writes its own entries, a block of rows at a time: straight into
+        // them, or when they are far larger than the caches, into a buffer of the range's
+        // from which they are streamed out (see `simd::stream`).
         let mut rest = &mut values.spare_capacity_mut()[..terms.len()];
         let split = move |ranges: &[Range<usize>]| {
             let mut parts = Vec::with_capacity(ranges.len());
             for range in ranges {
                 let len = row_start[range.end] - row_start[range.start];
                 let (mine, after) = std::mem::take(&mut rest).split_at_mut(len);
-                parts.push(mine);
+                parts.push((mine, Vec::new()));
                 rest = after;
             }
             parts
         };
-        let consume = |out: &mut &mut [MaybeUninit<f64>], rows: Range<usize>, arrays: &[&[f64]]| {
+        let streams = terms.len() * size_of::<f64>() >= STREAM_MIN_BYTES;
+        let consume = |(out, staged): &mut (&mut [MaybeUninit<f64>], Vec<f64>),
+                       rows: Range<usize>,
+                       arrays: &[&[f64]]| {
             let len = row_start[rows.end] - row_start[rows.start];
             let (mine, rest) = std::mem::take(out).split_at_mut(len);
-            self.read_rows(terms, partial, arrays, rows.start, rows, mine);
+            if streams {
+                staged.resize(len, 0.0);
+                self.read_rows(terms, partial, arrays, rows.start, rows, &mut staged[..]);
+                simd::stream(staged, mine);
+                simd::stream_fence();
+            } else {
+                self.read_rows(terms, partial, arrays, rows.start, rows, mine);
+            }
             *out = rest;
         };
         let own = plan.run_streaming(inputs, n_outputs, split, consume)?;
@@ -421,34 +438,51 @@ pub(crate) enum Recover {
 
 /// Rows `ks` of `arrays` side by side: `out[j * arrays.len() + t] = arrays[t][ks.start + j]`.
 /// Written out for the common numbers of arrays, so the loop does not index `arrays`.
-fn interleave<T: Copy>(arrays: &[&[T]], ks: Range<usize>, out: &mut [MaybeUninit<T>]) {
+fn interleave<T: Copy, S: Slot<T>>(arrays: &[&[T]], ks: Range<usize>, out: &mut [S]) {
     match arrays {
         [a] => {
             for (o, &x) in out.iter_mut().zip(&a[ks]) {
-                o.write(x);
+                o.set(x);
             }
         }
         [a, b] => {
             let pairs = a[ks.clone()].iter().zip(&b[ks]);
             for (o, (&x, &y)) in out.chunks_exact_mut(2).zip(pairs) {
-                o[0].write(x);
-                o[1].write(y);
+                o[0].set(x);
+                o[1].set(y);
             }
         }
         [a, b, c] => {
             let triples = a[ks.clone()].iter().zip(&b[ks.clone()]).zip(&c[ks]);
             for (o, ((&x, &y), &z)) in out.chunks_exact_mut(3).zip(triples) {
-                o[0].write(x);
-                o[1].write(y);
-                o[2].write(z);
+                o[0].set(x);
+                o[1].set(y);
+                o[2].set(z);
             }
         }
         _ => {
             for (o, k) in out.chunks_exact_mut(arrays.len().max(1)).zip(ks) {
                 for (slot, a) in o.iter_mut().zip(arrays) {
-                    slot.write(a[k]);
+                    slot.set(a[k]);
                 }
             }
         }
+    }
+}
+
+/// Where entries are written: values, or the entries of a result not written yet.
+trait Slot<T> {
+    fn set(&mut self, value: T);
+}
+
+impl<T> Slot<T> for T {
+    fn set(&mut self, value: T) {
+        *self = value;
+    }
+}
+
+impl<T> Slot<T> for MaybeUninit<T> {
+    fn set(&mut self, value: T) {
+        self.write(value);
     }
 }
