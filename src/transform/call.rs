@@ -457,9 +457,11 @@ impl<C: Case> Pullback<C> {
 impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L, Dense> {
     /// Computes the Hessian in compressed sparse rows ([`SparseHessian`]) instead of dense
     /// blocks: the sparsity pattern is detected from the program and colored once per
-    /// signature, then each call takes as many Hessian-vector products as colors. The function
-    /// must return a scalar; a pattern too dense to pay off is computed the same way (with as
-    /// many products as it needs).
+    /// signature, then each call takes as many Hessian-vector products as colors. Where those
+    /// products only scale, add and shift the vector (chains, grids, banded couplings), the
+    /// plan computes the stencil's coefficients instead, which are the Hessian's entries (the
+    /// printed program says which). The function must return a scalar; a pattern too dense to
+    /// pay off is computed the same way (with as many products as it needs).
     ///
     /// ```
     /// use brainstate::{hessian, Tensor};
