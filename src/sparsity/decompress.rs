@@ -142,7 +142,6 @@ impl Compression {
                 }
             }
         };
-        let row_start = &self.pattern.row_start;
         let (rows, nnz) = (self.pattern.size(), terms.len());
         let mut values: Vec<T> = pool::take(nnz);
         let out = &mut values.spare_capacity_mut()[..nnz];
@@ -151,15 +150,10 @@ impl Compression {
         } else {
             // Blocks of rows of about PARALLEL_MIN / 2 entries, each writing its own entries.
             let per_block = (rows * (PARALLEL_MIN / 2) / nnz).max(1);
-            let mut blocks = Vec::with_capacity(rows / per_block + 1);
-            let mut rest = out;
-            for first in (0..rows).step_by(per_block) {
-                let end = (first + per_block).min(rows);
-                let (mine, after) = rest.split_at_mut(row_start[end] - row_start[first]);
-                blocks.push((first..end, mine));
-                rest = after;
-            }
-            blocks
+            let blocks = (0..rows)
+                .step_by(per_block)
+                .map(|first| first..(first + per_block).min(rows));
+            self.rows_apart(out, blocks)
                 .into_par_iter()
                 .for_each(|(rows, out)| fill(rows, out));
         }
@@ -206,6 +200,25 @@ impl Compression {
         }
     }
 
+    /// `out`, the entries of every row in order, cut into the entries of each of `ranges`
+    /// (consecutive ranges of rows from row 0), for each range to write its own.
+    fn rows_apart<'a, S>(
+        &self,
+        out: &'a mut [S],
+        ranges: impl Iterator<Item = Range<usize>>,
+    ) -> Vec<(Range<usize>, &'a mut [S])> {
+        let row_start = &self.pattern.row_start;
+        let mut rest = out;
+        ranges
+            .map(|rows| {
+                let len = row_start[rows.end] - row_start[rows.start];
+                let (mine, after) = std::mem::take(&mut rest).split_at_mut(len);
+                rest = after;
+                (rows, mine)
+            })
+            .collect()
+    }
+
     /// The pattern's entries, for a stencil of one leaf whose coefficients are the outputs
     /// of `plan` from `n_outputs` on and all come from its last group: each block of rows is
     /// read into the entries while the group's values are in the cache, and the coefficient
@@ -235,16 +248,15 @@ impl Compression {
         // Each range of rows writes its own entries, a block of rows at a time: straight into
         // them, or when they are far larger than the caches, into a buffer of the range's
         // from which they are streamed out (see `simd::stream`).
-        let mut rest = &mut values.spare_capacity_mut()[..terms.len()];
+        let out = &mut values.spare_capacity_mut()[..terms.len()];
         let split = move |ranges: &[Range<usize>]| {
-            let mut parts = Vec::with_capacity(ranges.len());
-            for range in ranges {
-                let len = row_start[range.end] - row_start[range.start];
-                let (mine, after) = std::mem::take(&mut rest).split_at_mut(len);
-                parts.push((mine, Vec::new()));
-                rest = after;
-            }
+            // `out` moves in whole: the parts borrow from it beyond this call.
+            let whole = out;
+            let parts = self.rows_apart(whole, ranges.iter().cloned());
             parts
+                .into_iter()
+                .map(|(_, mine)| (mine, Vec::new()))
+                .collect()
         };
         let streams = terms.len() * size_of::<f64>() >= STREAM_MIN_BYTES;
         let consume = |(out, staged): &mut (&mut [MaybeUninit<f64>], Vec<f64>),

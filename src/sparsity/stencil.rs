@@ -168,7 +168,7 @@ impl Replay {
         let same_shape = |a: &Linear| out.shape[1..] == a.shape[..] && out.dtype == a.dtype;
         Ok(match (prim, ins) {
             (Prim::Elementwise(Elementwise::Unary(UnaryOp::Neg)), [Lin(a)]) if same_shape(a) => {
-                Some(a.map(|c| -c.unwrap_or_else(|| Tensor::scalar_of(1.0, a.dtype))))
+                Some(a.map(|c| -or_one(c, a.dtype)))
             }
             (Prim::Elementwise(Elementwise::Binary(op)), [Lin(a), Lin(b)])
                 if matches!(op, BinaryOp::Add | BinaryOp::Sub)
@@ -178,13 +178,12 @@ impl Replay {
                 let minus = *op == BinaryOp::Sub;
                 let mut sum = a.clone();
                 for (offset, coef) in &b.terms {
-                    let one = || Tensor::scalar_of(1.0, a.dtype);
-                    let coef = coef.clone().unwrap_or_else(one);
+                    let coef = or_one(coef.clone(), a.dtype);
                     let term = match sum.terms.remove(offset) {
                         None if minus => -coef,
                         None => coef,
                         Some(mine) => {
-                            let mine = mine.unwrap_or_else(one);
+                            let mine = or_one(mine, a.dtype);
                             if minus { mine - coef } else { mine + coef }
                         }
                     };
@@ -207,8 +206,7 @@ impl Replay {
                 let Some(p) = per_element(p, out)? else {
                     return Ok(None);
                 };
-                let one = Tensor::scalar_of(1.0, a.dtype);
-                Some(a.map(|c| c.unwrap_or_else(|| one.clone()) / &p))
+                Some(a.map(|c| or_one(c, a.dtype) / &p))
             }
             (Prim::Structural(Structural::Slice { start, stop, step }), [Lin(a)])
                 if step.iter().all(|&s| s == 1) && start[0] == 0 && stop[0] == out.shape[0] =>
@@ -274,7 +272,7 @@ impl Replay {
     /// A coefficient as a traced array of `shape`: broadcast, and recorded rather than
     /// computed now (a large constant would be computed at plan time and stored).
     fn full(&self, coef: Option<Tensor>, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let coef = coef.unwrap_or_else(|| Tensor::scalar_of(1.0, dtype));
+        let coef = or_one(coef, dtype);
         let coef = match coef.is_traced() {
             true => coef,
             false => self.tracing.constant((**coef.data()?).clone()),
@@ -299,6 +297,11 @@ impl Linear {
             terms,
         }
     }
+}
+
+/// A coefficient as a tensor: one (a number of `dtype`) where it is `None`.
+fn or_one(coef: Option<Tensor>, dtype: DType) -> Tensor {
+    coef.unwrap_or_else(|| Tensor::scalar_of(1.0, dtype))
 }
 
 /// A known operand `p` of an elementwise operation with a linear one (`[directions] ++
