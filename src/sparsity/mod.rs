@@ -412,9 +412,18 @@ impl Reading {
     pub const NO_TERM: u16 = u16::MAX;
 }
 
-impl Compression {
-    /// A star coloring of `pattern` with its direct decompression.
-    pub fn new(pattern: SparsityPattern) -> Result<Compression> {
+/// A star coloring of a pattern: the columns of one color make one Hessian-vector product,
+/// from which a [`Compression`] reads the entries, unless they are read from a stencil.
+pub(crate) struct Coloring {
+    pub pattern: Arc<SparsityPattern>,
+    /// The color of each column.
+    pub color: Vec<usize>,
+    pub colors: usize,
+}
+
+impl Coloring {
+    /// A star coloring of `pattern`.
+    pub fn new(pattern: SparsityPattern) -> Result<Coloring> {
         let n = pattern.size();
         let upper: Vec<(u32, u32)> = (0..n)
             .flat_map(|r| {
@@ -433,23 +442,36 @@ impl Compression {
                 format!("{colors} colors of {n} variables: more than 2^32 compressed values"),
             ));
         }
-        let sources = coloring::sources(&pattern.row_start, &pattern.cols, &color, colors)?
-            .into_iter()
-            .map(|(c, v)| (c * n + v) as u32)
-            .collect();
-        Ok(Compression {
+        Ok(Coloring {
             pattern: Arc::new(pattern),
+            color,
+            colors,
+        })
+    }
+
+    /// The entries read from one Hessian-vector product per color, each from one product
+    /// (the direct decompression of a star coloring).
+    pub fn products(self) -> Result<Compression> {
+        let pattern = &self.pattern;
+        let n = pattern.size();
+        let sources =
+            coloring::sources(&pattern.row_start, &pattern.cols, &self.color, self.colors)?
+                .into_iter()
+                .map(|(c, v)| (c * n + v) as u32)
+                .collect();
+        Ok(Compression {
+            pattern: self.pattern,
             reading: Reading::Colors {
-                color,
-                colors,
+                color: self.color,
+                colors: self.colors,
                 sources,
             },
         })
     }
 
-    /// The same pattern read from the coefficients of a stencil with these `offsets`, each
-    /// entry `(r, c)` from the offset `(leaf of c, index of c - index of r)`.
-    pub fn with_stencil(&self, offsets: Vec<stencil::Offset>) -> Compression {
+    /// The entries read from the coefficients of a stencil with these `offsets`, each entry
+    /// `(r, c)` from the offset `(leaf of c, index of c - index of r)`.
+    pub fn stencil(&self, offsets: Vec<stencil::Offset>) -> Compression {
         let pattern = &self.pattern;
         let shapes = &pattern.shapes;
         let starts = pattern.starts();
@@ -491,20 +513,10 @@ impl Compression {
         }
     }
 
-    /// The number of colors, for a coloring.
-    pub fn colors(&self) -> Option<usize> {
-        match self.reading {
-            Reading::Colors { colors, .. } => Some(colors),
-            Reading::Stencil { .. } => None,
-        }
-    }
-
     /// The seed of leaf `k` of the flat variable: `[colors] ++ shape`, one where a column of
     /// the leaf has the row's color.
     pub fn seed(&self, k: usize, shape: &[usize], dtype: crate::DType) -> Data {
-        let Reading::Colors { color, colors, .. } = &self.reading else {
-            unreachable!("seeds are of colorings")
-        };
+        let (color, colors) = (&self.color, self.colors);
         let sizes = self.pattern.sizes();
         let offset: usize = sizes[..k].iter().sum();
         let len = sizes[k];
@@ -512,7 +524,7 @@ impl Compression {
         for i in 0..len {
             values[color[offset + i] * len + i] = 1.0;
         }
-        let mut full = vec![*colors];
+        let mut full = vec![colors];
         full.extend(shape);
         Data::F64(ndarray::ArrayD::from_shape_vec(full, values).expect("colors * len")).cast(dtype)
     }

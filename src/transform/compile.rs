@@ -20,7 +20,9 @@ use crate::error::{Error, Result};
 use crate::exec::{Mirror, Plan, Sweep};
 use crate::memory;
 use crate::primitives::{Prim, Program};
-use crate::sparsity::{Compression, Reading, Recover, SparsityPattern, hessian_pattern, stencil};
+use crate::sparsity::{
+    Coloring, Compression, Reading, Recover, SparsityPattern, hessian_pattern, stencil,
+};
 use crate::state::GradStates;
 use crate::storage::{Aval, Data};
 use crate::tensor::Tensor;
@@ -533,12 +535,12 @@ fn executable(
             (Executable::Pattern(Arc::new(pattern)), HashMap::new())
         }
         Evaluation::Sparse => {
-            let compression = Compression::new(full_pattern(spec, program, wrt)?)?;
-            compressed(spec, program, wrt, compression, Recover::Entries)?
+            let coloring = Coloring::new(full_pattern(spec, program, wrt)?)?;
+            compressed(spec, program, wrt, coloring, Recover::Entries)?
         }
         Evaluation::Diagonal => {
-            let compression = Compression::new(full_pattern(spec, program, wrt)?)?;
-            compressed(spec, program, wrt, compression, Recover::Diagonal)?
+            let coloring = Coloring::new(full_pattern(spec, program, wrt)?)?;
+            compressed(spec, program, wrt, coloring, Recover::Diagonal)?
         }
         Evaluation::Dense => match spec.kind {
             Kind::Grad | Kind::JacRev => {
@@ -572,7 +574,7 @@ fn dense_hessian(
         (sparse_enough(spec, program, wrt, of)?, None)
     };
     match sparse {
-        Some(compression) => compressed(spec, program, wrt, compression, Recover::Dense),
+        Some(coloring) => compressed(spec, program, wrt, coloring, Recover::Dense),
         None => dense.unwrap_or_else(sweeps),
     }
 }
@@ -643,7 +645,7 @@ fn sparse_enough(
     program: &Program,
     wrt: &[usize],
     of: &[usize],
-) -> Result<Option<Compression>> {
+) -> Result<Option<Coloring>> {
     let scalar = of.len() == 1 && program.aval(program.outputs[of[0]]).shape.is_empty();
     let n: usize = wrt
         .iter()
@@ -658,8 +660,8 @@ fn sparse_enough(
     let Some(pattern) = hessian_pattern(program, wrt, Some(most))? else {
         return Ok(None);
     };
-    let compression = Compression::new(pattern)?;
-    Ok((compression.colors().is_some_and(|colors| colors * 4 <= n)).then_some(compression))
+    let coloring = Coloring::new(pattern)?;
+    Ok((coloring.colors * 4 <= n).then_some(coloring))
 }
 
 /// The executable computing a Hessian from compressed products: from the coefficients of
@@ -669,10 +671,10 @@ fn compressed(
     spec: &Spec,
     program: &Program,
     wrt: &[usize],
-    compression: Compression,
+    coloring: Coloring,
     into: Recover,
 ) -> Result<(Executable, HashMap<Output, usize>)> {
-    let colors = compression.colors().unwrap_or(1);
+    let colors = coloring.colors;
     let derivative = hessian_products(program, wrt, colors)?;
     let own: Vec<Output> = (0..program.outputs.len()).map(Output::Primal).collect();
     let products = (0..wrt.len()).map(|i| Output::Product { wrt: i });
@@ -683,14 +685,15 @@ fn compressed(
     let stencil = stencil::coefficients(&products, n_inputs, own.len())?
         .filter(|s| s.offsets.len() <= 2 * colors && s.offsets.len() < Reading::NO_TERM as usize);
     let (derivative, compression) = match stencil {
-        Some(stencil) => (stencil.program, compression.with_stencil(stencil.offsets)),
+        Some(stencil) => (stencil.program, coloring.stencil(stencil.offsets)),
         None => {
             let in_avals = program.input_avals();
             let seeds = wrt.iter().enumerate().map(|(k, &i)| {
-                let seed = compression.seed(k, &in_avals[i].shape, in_avals[i].dtype);
+                let seed = coloring.seed(k, &in_avals[i].shape, in_avals[i].dtype);
                 Arc::new(seed)
             });
-            (bind_inputs(products, n_inputs, seeds), compression)
+            let program = bind_inputs(products, n_inputs, seeds);
+            (program, coloring.products()?)
         }
     };
     let blocks = match into {
