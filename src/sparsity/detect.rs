@@ -17,7 +17,7 @@ use ndarray::ArrayD;
 use crate::error::{Error, Result};
 use crate::ir::Var;
 use crate::ir::passes::dead_code;
-use crate::primitives::{Dependence, Loop, Prim, Program, Structural, broadcast_shapes};
+use crate::primitives::{Dependence, Loop, Prim, Program, broadcast_shapes};
 use crate::storage::{Aval, Data};
 
 /// Index sets, one per element of a value: element `e` depends on the differentiated input
@@ -201,10 +201,11 @@ impl<T: Copy + Eq + Into<u64>> Seen<T> {
     }
 }
 
-/// The Hessian entries found so far, as `(row << 32) | col` keys with `row <= col`, kept
-/// distinct by periodic sorting; detection stops when they outgrow `limit`.
+/// The Hessian entries found so far, as `(row << 32) | col` keys with `row <= col` and
+/// `row < n`, kept distinct by periodic sorting; detection stops when they outgrow `limit`.
 struct Entries {
     keys: Vec<u64>,
+    n: usize,
     sorted: usize,
     limit: usize,
     /// Large products already added.
@@ -212,9 +213,10 @@ struct Entries {
 }
 
 impl Entries {
-    fn new(limit: usize) -> Entries {
+    fn new(n: usize, limit: usize) -> Entries {
         Entries {
             keys: Vec::new(),
+            n,
             sorted: 0,
             limit,
             added: Seen::default(),
@@ -247,9 +249,39 @@ impl Entries {
         self.sorted <= self.limit
     }
 
+    /// Sorts and deduplicates the keys: bucketed by row when there are at least an eighth as
+    /// many as rows (a counting sort, then each row's few columns), else compared whole.
     fn compact(&mut self) {
-        self.keys.sort_unstable();
-        self.keys.dedup();
+        if self.keys.len() < self.n / 8 {
+            self.keys.sort_unstable();
+            self.keys.dedup();
+        } else {
+            let mut start = vec![0usize; self.n + 1];
+            for &key in &self.keys {
+                start[(key >> 32) as usize + 1] += 1;
+            }
+            for row in 0..self.n {
+                start[row + 1] += start[row];
+            }
+            let mut fill = start.clone();
+            let mut cols = vec![0u32; self.keys.len()];
+            for &key in &self.keys {
+                let row = &mut fill[(key >> 32) as usize];
+                cols[*row] = key as u32;
+                *row += 1;
+            }
+            self.keys.clear();
+            for (row, ends) in start.windows(2).enumerate() {
+                let cols = &mut cols[ends[0]..ends[1]];
+                cols.sort_unstable();
+                let row = (row as u64) << 32;
+                for (i, &col) in cols.iter().enumerate() {
+                    if i == 0 || col != cols[i - 1] {
+                        self.keys.push(row | u64::from(col));
+                    }
+                }
+            }
+        }
         self.sorted = self.keys.len();
     }
 }
@@ -292,7 +324,7 @@ pub(super) fn upper_pattern(
             })
         })
         .collect();
-    let mut entries = Entries::new(limit);
+    let mut entries = Entries::new(n, limit);
     if run_program(&program, inputs, false, &mut entries)?.is_none() {
         return Ok(None);
     }
@@ -617,14 +649,51 @@ fn matmul(
 /// For each element of an array of shape `to`, the element of an array of shape `from`
 /// broadcast to it (NumPy rules).
 fn broadcast_map(from: &[usize], to: &[usize]) -> Result<Vec<u32>> {
-    let total: usize = from.iter().product();
-    let index = ArrayD::from_shape_vec(from, (0..total as i64).collect())
-        .map_err(|_| Error::shape("broadcast", "index array"))?;
-    let prim = Prim::from(Structural::Broadcast(to.to_vec()));
-    match prim.eval(&[&Data::I64(index)])?.pop() {
-        Some(Data::I64(map)) => Ok(map.iter().map(|&i| i as u32).collect()),
-        _ => Err(Error::shape("broadcast", "index map")),
+    let len: usize = to.iter().product();
+    let lead = to
+        .len()
+        .checked_sub(from.len())
+        .ok_or_else(|| Error::shape("broadcast", "a shape of higher rank than its target"))?;
+    // The stride of each axis of `to` in `from`: zero where `from` repeats one element.
+    let mut strides = vec![0usize; to.len()];
+    let mut stride = 1;
+    for (axis, &size) in from.iter().enumerate().rev() {
+        let target = to[lead + axis];
+        if size != target && size != 1 {
+            return Err(Error::shape(
+                "broadcast",
+                format!("shape {from:?} does not broadcast to {to:?}"),
+            ));
+        }
+        if size == target {
+            strides[lead + axis] = stride;
+        }
+        stride *= size;
     }
+    if from == to {
+        return Ok((0..len as u32).collect());
+    }
+    // Row by row of the last axis, an odometer over the others.
+    let (last, last_stride) = (
+        to.last().copied().unwrap_or(1),
+        strides.last().copied().unwrap_or(0),
+    );
+    let mut map = Vec::with_capacity(len);
+    let mut index = vec![0usize; to.len().saturating_sub(1)];
+    let mut base = 0usize;
+    while map.len() < len {
+        map.extend((0..last).map(|j| (base + j * last_stride) as u32));
+        for axis in (0..index.len()).rev() {
+            index[axis] += 1;
+            base += strides[axis];
+            if index[axis] < to[axis] {
+                break;
+            }
+            base -= strides[axis] * index[axis];
+            index[axis] = 0;
+        }
+    }
+    Ok(map)
 }
 
 /// For each output element of a structural primitive, the operand and element it is, if
@@ -657,4 +726,69 @@ fn gather_map(prim: &Prim, avals: &[Aval]) -> Result<Vec<Option<(usize, usize)>>
             })
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::primitives::Structural;
+
+    #[test]
+    fn broadcast_maps_agree_with_the_broadcast_primitive() {
+        let cases: [(&[usize], &[usize]); 7] = [
+            (&[], &[]),
+            (&[], &[3, 2]),
+            (&[4], &[4]),
+            (&[1, 3], &[2, 4, 3]),
+            (&[2, 1, 3], &[2, 4, 3]),
+            (&[2, 1], &[3, 2, 5]),
+            (&[3, 0], &[2, 3, 0]),
+        ];
+        for (from, to) in cases {
+            let total: usize = from.iter().product();
+            let index = ArrayD::from_shape_vec(from, (0..total as i64).collect()).unwrap();
+            let prim = Prim::from(Structural::Broadcast(to.to_vec()));
+            let Some(Data::I64(expected)) = prim.eval(&[&Data::I64(index)]).unwrap().pop() else {
+                panic!("broadcast gives indices");
+            };
+            let expected: Vec<u32> = expected.iter().map(|&i| i as u32).collect();
+            assert_eq!(
+                broadcast_map(from, to).unwrap(),
+                expected,
+                "{from:?} -> {to:?}"
+            );
+        }
+        assert!(broadcast_map(&[2], &[3]).is_err());
+        assert!(broadcast_map(&[2, 2], &[2]).is_err());
+    }
+
+    #[test]
+    fn compaction_sorts_and_dedups_by_row_or_whole() {
+        for (n, count) in [(64, 1000), (4096, 20)] {
+            let mut state = 12345u64;
+            let mut entries = Entries::new(n, usize::MAX);
+            let mut expected = Vec::new();
+            for k in 0..count {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let (a, b) = (
+                    (state >> 33) as u32 % n as u32,
+                    (state >> 13) as u32 % n as u32,
+                );
+                let (lo, hi) = (a.min(b), a.max(b));
+                let key = (u64::from(lo) << 32) | u64::from(hi);
+                // Every third key twice.
+                entries
+                    .keys
+                    .extend(std::iter::repeat_n(key, 1 + (k % 3 == 0) as usize));
+                expected.push(key);
+            }
+            entries.compact();
+            expected.sort_unstable();
+            expected.dedup();
+            assert_eq!(entries.keys, expected);
+            assert_eq!(entries.sorted, expected.len());
+        }
+    }
 }
