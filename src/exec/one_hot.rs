@@ -39,13 +39,13 @@ pub(super) fn regroup_selecting_products(mut program: Program) -> Program {
     let mut eqns = Vec::with_capacity(original.len());
     for eqn in &original {
         let rewritten = match eqn.prim {
-            // The second operand is evaluated only when the first is not known.
-            Prim::MatMul(_) => match values.get(eqn.inputs[0], &program, &original) {
-                Some(known) => select_rows(&mut program, &known, eqn),
-                None => values
-                    .get(eqn.inputs[1], &program, &original)
-                    .and_then(|known| select_columns(&mut program, &known, eqn)),
-            },
+            // The second operand is evaluated only when the first does not select.
+            Prim::MatMul(_) => (values.get(eqn.inputs[0], &program, &original))
+                .and_then(|known| select_rows(&mut program, &known, eqn))
+                .or_else(|| {
+                    (values.get(eqn.inputs[1], &program, &original))
+                        .and_then(|known| select_columns(&mut program, &known, eqn))
+                }),
             _ => None,
         };
         match rewritten {
@@ -326,6 +326,24 @@ mod tests {
                 assert_eq!(got[[d, r, 0]], want);
             }
         }
+    }
+
+    #[test]
+    fn a_known_operand_that_does_not_select_leaves_the_basis_to_be_read() {
+        // `x @ I` with `x` a constant: `x` is known but selects nothing, the basis does.
+        let x = ndarray::Array2::from_shape_fn((5, 4), |(i, j)| (i * 4 + j) as f64 - 3.5);
+        let mut program = product_with_basis(0);
+        let input = program.inputs.pop().unwrap();
+        let constant = Arc::new(Data::F64(x.clone().into_dyn()));
+        program.consts.push((input, constant));
+        let text = crate::exec::simplify(program.clone()).to_string();
+        assert!(!text.contains("matmul"), "{text}");
+        let plan = super::super::Plan::new(program);
+        let Data::F64(got) = &*plan.run(&[], false).unwrap()[0] else {
+            panic!("f64 out");
+        };
+        let want = ndarray::Array3::from_shape_fn((4, 5, 1), |(d, r, _)| x[[r, d]]);
+        assert_eq!(got, &want.into_dyn());
     }
 
     #[test]
