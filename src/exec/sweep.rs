@@ -71,6 +71,13 @@ impl Sweep {
         }
     }
 
+    /// Whether the plan multiplies by the identity basis it generates, rather than only
+    /// regrouping other values by it.
+    pub fn multiplies_basis(&self) -> bool {
+        let eye = |e: &Eqn| matches!(e.prim, Prim::Creation(Creation::Eye { .. }));
+        self.own_seed && self.plan.program.eqns.iter().any(eye)
+    }
+
     /// Runs the plan over the whole basis of the input and returns the blocks, in the order
     /// of the plan's outputs.
     pub fn run(&self, residuals: &[Arc<Data>], check_finite: bool) -> Result<Vec<Data>> {

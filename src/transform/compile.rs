@@ -13,8 +13,8 @@ use super::function::{Function, Signature, Split, trace_function};
 use super::mode::Evaluation;
 use super::{Argnums, Kind};
 use crate::autodiff::{
-    Output, Sweeps, hessian_products, hessian_program, hessian_sweeps, hvp_program, jacfwd_program,
-    jacfwd_sweeps, jacrev_program, jvp_program_of, vjp_split,
+    Columns, Output, Sweeps, hessian_products, hessian_program, hessian_sweeps, hvp_program,
+    jacfwd_program, jacfwd_sweeps, jacrev_program, jvp_program_of, vjp_split,
 };
 use crate::error::{Error, Result};
 use crate::exec::{Mirror, Plan, Sweep};
@@ -939,6 +939,29 @@ fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result
         probed
     } else {
         build(&chunks)?
+    };
+    // A sweep without loops whose directions fit one chunk runs on one thread. When its
+    // identity basis stays a product after planning (it is not only regrouped, see
+    // `exec::one_hot`), every direction costs the same work, and the threads share them.
+    let shares = |columns: &Columns| {
+        let n = columns.input.numel();
+        let one_chunk = columns.chunk == n && columns.side_by_side == 1;
+        (!loops && threads > 1 && one_chunk && n >= threads * SIDE_BY_SIDE_DIRECTIONS)
+            && Sweep::new(columns.program.clone(), columns.input.clone(), n, 1).multiplies_basis()
+    };
+    let shared: Vec<bool> = sweeps.columns.iter().map(shares).collect();
+    let side_by_side = if shared.contains(&true) {
+        let (chunks, parts): (Vec<usize>, Vec<usize>) =
+            (sweeps.columns.iter().zip(&shared).zip(side_by_side))
+                .map(|((columns, &shared), parts)| match shared {
+                    true => (columns.chunk.div_ceil(threads), threads),
+                    false => (columns.chunk, parts),
+                })
+                .unzip();
+        sweeps = build(&chunks)?;
+        parts
+    } else {
+        side_by_side
     };
     for (columns, parts) in sweeps.columns.iter_mut().zip(side_by_side) {
         columns.side_by_side = parts;
