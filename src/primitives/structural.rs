@@ -657,7 +657,8 @@ fn owned<T: Copy + 'static>(view: ArrayViewD<'_, T>) -> ArrayD<T> {
         2 => {
             let v = view.into_dimensionality::<Ix2>().expect("rank 2");
             let (rows, cols) = v.dim();
-            if v.strides()[0] == 1 && rows * cols > 0 {
+            // Column-major (a transpose of a standard layout): copied in tiles.
+            if v.strides()[0] == 1 && v.strides()[1] >= rows as isize && rows * cols > 0 {
                 return transpose_tiled(v).into_dyn();
             }
             collect(&mut v.iter().copied())
@@ -694,13 +695,19 @@ fn owned<T: Copy + 'static>(view: ArrayViewD<'_, T>) -> ArrayD<T> {
 fn transpose_tiled<T: Copy + 'static>(v: ArrayView2<'_, T>) -> Array2<T> {
     const TILE: usize = 8;
     let (rows, cols) = v.dim();
+    let stride = v.strides()[1] as usize;
+    // SAFETY: `v` is non-empty with unit row stride and a column stride of at least `rows`
+    // (checked by the caller): its elements lie in the `(cols - 1) * stride + rows` values
+    // from its first, which it borrows.
+    let source = unsafe { std::slice::from_raw_parts(v.as_ptr(), (cols - 1) * stride + rows) };
     let mut out = pool::take(rows * cols);
-    let spare = out.spare_capacity_mut();
+    let spare = &mut out.spare_capacity_mut()[..rows * cols];
     for r0 in (0..rows).step_by(TILE) {
         for c0 in (0..cols).step_by(TILE) {
             for r in r0..(r0 + TILE).min(rows) {
+                let row = &mut spare[r * cols..][..cols];
                 for c in c0..(c0 + TILE).min(cols) {
-                    spare[r * cols + c].write(v[[r, c]]);
+                    row[c].write(source[c * stride + r]);
                 }
             }
         }
@@ -755,6 +762,14 @@ mod tests {
             let copy = owned(t.clone());
             assert!(copy.is_standard_layout());
             assert_eq!(copy, t, "{rows} x {cols}");
+            // The transpose of a slice: columns further apart than its rows.
+            let part = a.slice(ndarray::s![.., ..cols.div_ceil(2)]);
+            let t = part.t().into_dyn();
+            assert_eq!(owned(t.clone()), t, "{rows} x {cols}, half");
+            // Reversed rows: unit row stride, negative column stride, copied element by
+            // element.
+            let t = a.slice(ndarray::s![..;-1, ..]).reversed_axes().into_dyn();
+            assert_eq!(owned(t.clone()), t, "{rows} x {cols}, reversed");
         }
     }
 }
