@@ -7,6 +7,7 @@
 //! produce programs, and this runs them.
 
 mod accumulate;
+mod batch;
 mod flat_body;
 mod fuse;
 mod hoist;
@@ -17,6 +18,7 @@ mod simplify;
 mod sweep;
 mod tile;
 
+pub(crate) use self::batch::BatchSplit;
 pub(crate) use self::loops::run_loop;
 pub(crate) use self::plan::Plan;
 pub(crate) use self::simplify::simplify;

@@ -17,7 +17,7 @@ use crate::autodiff::{
     jacfwd_program, jacfwd_sweeps, jacrev_program, jvp_program_of, vjp_split,
 };
 use crate::error::{Error, Result};
-use crate::exec::{Mirror, Plan, Sweep};
+use crate::exec::{BatchSplit, Mirror, Plan, Sweep};
 use crate::memory;
 use crate::primitives::{Prim, Program};
 use crate::sparsity::{
@@ -51,8 +51,11 @@ pub(crate) struct Spec<'a> {
 pub(crate) enum Executable {
     /// One plan: the function's outputs (value, aux, written states), then the blocks. The
     /// plan takes the argument leaves and the states' leaves, then any vectors of the call
-    /// (tangents for `jvp`, vectors for `hvp`).
-    Whole(Plan),
+    /// (tangents for `jvp`, vectors for `hvp`). With a split, the threads share its batch.
+    Whole {
+        plan: Plan,
+        split: Option<BatchSplit>,
+    },
     /// A primal plan computing the function's outputs, then the residuals that the sweeps
     /// read; each sweep's outputs are the blocks listed with it. Blocks that are zero whatever
     /// the inputs are not computed.
@@ -485,6 +488,14 @@ fn plan(spec: &Spec, mut program: Program, n_value: usize) -> Plan {
     Plan::new(program)
 }
 
+/// The executable of one program: its plan, and the plan in parts of a batch when the
+/// threads can share its rows (see [`BatchSplit`]).
+fn whole(spec: &Spec, program: Program, n_value: usize) -> Executable {
+    let plan = plan(spec, program, n_value);
+    let split = BatchSplit::new(&plan.program);
+    Executable::Whole { plan, split }
+}
+
 /// Blocks numbered in the order given.
 fn numbered(order: impl IntoIterator<Item = Output>) -> HashMap<Output, usize> {
     order.into_iter().enumerate().map(|(i, o)| (o, i)).collect()
@@ -518,7 +529,7 @@ fn executable(
             let tangents: Vec<Output> = (0..of.len()).map(|o| Output::Tangent { out: o }).collect();
             let wanted: Vec<Output> = own.iter().chain(&tangents).copied().collect();
             (
-                Executable::Whole(plan(spec, derivative.select(&wanted), of.len())),
+                whole(spec, derivative.select(&wanted), of.len()),
                 numbered(tangents),
             )
         }
@@ -526,7 +537,7 @@ fn executable(
             let derivative = hvp_program(program, wrt)?;
             let wanted: Vec<Output> = own.iter().copied().chain(products()).collect();
             (
-                Executable::Whole(plan(spec, derivative.select(&wanted), of.len())),
+                whole(spec, derivative.select(&wanted), of.len()),
                 numbered(products()),
             )
         }
@@ -544,8 +555,8 @@ fn executable(
         }
         Evaluation::Dense => match spec.kind {
             Kind::Grad | Kind::JacRev => {
-                let (whole, blocks) = whole_derivative(spec.kind, program, wrt, of)?;
-                (Executable::Whole(plan(spec, whole, of.len())), blocks)
+                let (derivative, blocks) = whole_derivative(spec.kind, program, wrt, of)?;
+                (whole(spec, derivative, of.len()), blocks)
             }
             Kind::JacFwd => forward(spec, program, wrt, of)?,
             Kind::Hessian => dense_hessian(spec, program, wrt, of)?,
@@ -604,8 +615,8 @@ fn forward(
     let in_avals = program.input_avals();
     let directions: usize = wrt.iter().map(|&i| in_avals[i].numel()).sum();
     if wrt.len() > 1 && spec.chunk_size.is_none() && directions <= ONE_PASS_DIRECTIONS {
-        let (whole, blocks) = whole_derivative(spec.kind, program, wrt, of)?;
-        return Ok((Executable::Whole(plan(spec, whole, of.len())), blocks));
+        let (derivative, blocks) = whole_derivative(spec.kind, program, wrt, of)?;
+        return Ok((whole(spec, derivative, of.len()), blocks));
     }
     let (exec, order) = swept(spec, sweeps(spec, program, wrt, of)?, of.len());
     Ok((exec, numbered(order)))
@@ -746,7 +757,9 @@ impl Executable {
     /// The number of equations of its plans.
     pub fn equations(&self) -> usize {
         match self {
-            Executable::Whole(plan) | Executable::Compressed { plan, .. } => plan.program.len(),
+            Executable::Whole { plan, .. } | Executable::Compressed { plan, .. } => {
+                plan.program.len()
+            }
             Executable::Swept { primal, sweeps, .. } => {
                 primal.program.len()
                     + sweeps
@@ -808,7 +821,16 @@ impl Compiled {
                     ),
                 }]
             }
-            Executable::Whole(_) | Executable::Pattern(_) | Executable::Vjp { .. } => Vec::new(),
+            Executable::Whole { split, .. } => (split.iter())
+                .map(|split| {
+                    format!(
+                        "runs in {} parts of its batch of {} rows side by side, one per thread",
+                        split.parts(),
+                        split.rows()
+                    )
+                })
+                .collect(),
+            Executable::Pattern(_) | Executable::Vjp { .. } => Vec::new(),
         }
     }
 
@@ -823,7 +845,7 @@ impl Compiled {
                 | Evaluation::Diagonal
                 | Evaluation::Pattern => Ok(whole_derivative(d.kind, &d.program, &d.wrt, &d.of)?.0),
                 Evaluation::Hvp | Evaluation::Jvp => match &self.exec {
-                    Executable::Whole(plan) => Ok(plan.program.clone()),
+                    Executable::Whole { plan, .. } => Ok(plan.program.clone()),
                     _ => Err(Error::Trace(
                         "internal: a directional plan in one program".into(),
                     )),

@@ -68,7 +68,7 @@ pub(crate) fn executable_bytes(exec: &Executable, wrt: &[Aval]) -> usize {
             .fold(0usize, usize::saturating_add)
     };
     match exec {
-        Executable::Whole(plan) => plan.peak_bytes(),
+        Executable::Whole { plan, .. } => plan.peak_bytes(),
         Executable::Swept {
             primal,
             sweeps,

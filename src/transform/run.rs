@@ -124,8 +124,12 @@ fn execute(compiled: &Compiled, inputs: &[Arc<Data>], debug_nan: bool) -> Result
     let n_blocks = compiled.blocks.len();
     let shared = |data: Vec<Data>| data.into_iter().map(Arc::new);
     Ok(match &compiled.exec {
-        Executable::Whole(plan) => {
-            let mut outputs = plan.run(inputs, debug_nan)?;
+        Executable::Whole { plan, split } => {
+            // `debug_nan` names the equation of the program as traced: run it whole.
+            let mut outputs = match split {
+                Some(split) if !debug_nan => split.run(inputs)?,
+                _ => plan.run(inputs, debug_nan)?,
+            };
             let blocks = outputs.split_off(outputs.len() - n_blocks);
             Run {
                 outputs,
@@ -214,7 +218,7 @@ fn execute(compiled: &Compiled, inputs: &[Arc<Data>], debug_nan: bool) -> Result
 /// own outputs, then the blocks.
 fn inline(compiled: &Compiled, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
     let whole = match &compiled.exec {
-        Executable::Whole(_) | Executable::Swept { .. } => compiled.whole()?,
+        Executable::Whole { .. } | Executable::Swept { .. } => compiled.whole()?,
         Executable::Compressed { into, .. } if *into == Recover::Dense => compiled.whole()?,
         Executable::Compressed { .. } | Executable::Pattern(_) | Executable::Vjp { .. } => {
             return Err(Error::Trace(
