@@ -71,9 +71,9 @@ impl Sweep {
         }
     }
 
-    /// Whether the plan multiplies by the identity basis it generates, rather than only
-    /// regrouping other values by it.
-    pub fn multiplies_basis(&self) -> bool {
+    /// Whether the identity basis the plan generates is still computed with after planning
+    /// (in a product, or added to a batch), rather than only regrouping other values.
+    pub fn keeps_basis(&self) -> bool {
         let eye = |e: &Eqn| matches!(e.prim, Prim::Creation(Creation::Eye { .. }));
         self.own_seed && self.plan.program.eqns.iter().any(eye)
     }

@@ -963,13 +963,14 @@ fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result
         build(&chunks)?
     };
     // A sweep without loops whose directions fit one chunk runs on one thread. When its
-    // identity basis stays a product after planning (it is not only regrouped, see
-    // `exec::one_hot`), every direction costs the same work, and the threads share them.
+    // identity basis is still computed with after planning (it does not only regroup other
+    // values, see `exec::one_hot`), every direction costs the same work, and the threads
+    // share them.
     let shares = |columns: &Columns| {
         let n = columns.input.numel();
         let one_chunk = columns.chunk == n && columns.side_by_side == 1;
         (!loops && threads > 1 && one_chunk && n >= threads * SIDE_BY_SIDE_DIRECTIONS)
-            && Sweep::new(columns.program.clone(), columns.input.clone(), n, 1).multiplies_basis()
+            && Sweep::new(columns.program.clone(), columns.input.clone(), n, 1).keeps_basis()
     };
     let shared: Vec<bool> = sweeps.columns.iter().map(shares).collect();
     let side_by_side = if shared.contains(&true) {
