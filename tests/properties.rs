@@ -1,8 +1,9 @@
 //! Property-based tests (proptest): random programs against finite differences and Hessian
 //! symmetry, random loop bodies against their unrolled loops, random chains of products with
-//! constants planned to the bit as computed one operation at a time, random bad inputs that
-//! must give errors (never panics), and random failing calls after which every state is
-//! bit-for-bit unchanged.
+//! constants planned to the bit as computed one operation at a time, random batch models run
+//! in parts of their batch against the whole run, random bad inputs that must give errors
+//! (never panics), and random failing calls after which every state is bit-for-bit
+//! unchanged.
 //!
 //! Each property prints its campaign figures (attempts, clean errors, panics, aborts, wrong
 //! results, corrupted states; an abort would end the test process, so a printed line means
@@ -525,6 +526,97 @@ fn fused_elementwise_programs_keep_every_bit() {
         planned_keeps_every_bit(f, &x, &format!("{rows}x{cols} {ops:?}"))
     });
     result.unwrap();
+}
+
+/// One step of a random batch model: rows of `h` (`[rows, 32]`) through a layer, an
+/// elementwise function, a per-row sum, or a mean over the rows (which mixes them).
+#[derive(Clone, Debug)]
+enum Layer {
+    Product,
+    Bias,
+    Tanh,
+    Square,
+    RowSum,
+    RowsMean,
+    Transposes,
+}
+
+fn layer() -> impl Strategy<Value = Layer> {
+    prop_oneof![
+        Just(Layer::Product),
+        Just(Layer::Bias),
+        Just(Layer::Tanh),
+        Just(Layer::Square),
+        Just(Layer::RowSum),
+        Just(Layer::RowsMean),
+        Just(Layer::Transposes),
+    ]
+}
+
+fn batch_model(layers: &[Layer], x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+    let mut h = x.clone();
+    for layer in layers {
+        h = match layer {
+            Layer::Product => h.matmul(w),
+            Layer::Bias => h + b,
+            Layer::Tanh => h.tanh(),
+            Layer::Square => h.powi(2) * 0.1,
+            Layer::RowSum => h.clone() * h.sum_axes(&[1], true).tanh(),
+            Layer::RowsMean => h.clone() - h.mean_axes(&[0], true),
+            Layer::Transposes => h.transpose().tanh().transpose(),
+        };
+    }
+    h.powi(2).mean()
+}
+
+#[test]
+fn batches_split_among_threads_give_the_whole_programs_results() {
+    // hvp runs whole programs in parts of their batch where the rows stay apart (see
+    // `exec::batch`); `debug_nan` runs them whole.
+    let splits = AtomicUsize::new(0);
+    let mut runner = TestRunner::new(config(24));
+    let strategy = (
+        prop::sample::select(vec![128usize, 200, 400]),
+        prop::collection::vec(layer(), 1..7),
+    );
+    let result = runner.run(&strategy, |(rows, layers)| {
+        let matrix = |r: usize, c: usize, s: f64| {
+            let values = (0..r * c)
+                .map(|k| s * (0.37 * k as f64 + 0.1).sin())
+                .collect();
+            Tensor::from_vec(values, &[r, c]).unwrap()
+        };
+        let x = matrix(rows, 32, 1.0);
+        let f = |w: &Tensor, b: &Tensor| batch_model(&layers, &x, w, b);
+        let (w, b) = (matrix(32, 32, 0.2), Tensor::from(vec![0.1; 32]));
+        let (vw, vb) = (matrix(32, 32, 1.0), Tensor::from(vec![0.5; 32]));
+        let args = (&w, &b);
+        let text = hvp(f).argnums([0, 1]).program(args).unwrap().to_string();
+        if text.contains("parts of its batch") {
+            splits.fetch_add(1, Ordering::Relaxed);
+        }
+        let vectors = (vw.clone(), vb.clone());
+        let split = hvp(f).argnums([0, 1]).call(args, &vectors).unwrap();
+        let whole = hvp(f)
+            .argnums([0, 1])
+            .debug_nan(true)
+            .call(args, &vectors)
+            .unwrap();
+        let flat =
+            |node: &brainstate::Node| node.leaves().iter().flat_map(vals).collect::<Vec<_>>();
+        let (split, whole) = (flat(&split), flat(&whole));
+        prop_assert!(
+            close(&split, &whole, 1e-12),
+            "{layers:?}: {split:?} vs {whole:?}"
+        );
+        Ok(())
+    });
+    result.unwrap();
+    let splits = splits.load(Ordering::Relaxed);
+    println!("campaign batch splits: {splits} models ran in parts");
+    if common::side_by_side_threads() {
+        assert!(splits > 0, "no model was split");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
