@@ -968,8 +968,7 @@ fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result
     // share them.
     let shares = |columns: &Columns| {
         let n = columns.input.numel();
-        let one_chunk = columns.chunk == n && columns.side_by_side == 1;
-        (!loops && threads > 1 && one_chunk && n >= threads * SIDE_BY_SIDE_DIRECTIONS)
+        (!loops && threads > 1 && columns.chunk == n && n >= threads * SIDE_BY_SIDE_DIRECTIONS)
             && Sweep::new(columns.program.clone(), columns.input.clone(), n, 1).keeps_basis()
     };
     let shared: Vec<bool> = sweeps.columns.iter().map(shares).collect();
