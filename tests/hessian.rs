@@ -1026,17 +1026,19 @@ fn every_chunk_size_gives_the_same_derivatives() {
     }
 }
 
+/// A `rows x cols` matrix with entries `f(k)` over the flat index `k`.
+fn flat_matrix(rows: usize, cols: usize, f: fn(f64) -> f64) -> Tensor {
+    let values = (0..rows * cols).map(|k| f(k as f64)).collect();
+    Tensor::from_vec(values, &[rows, cols]).unwrap()
+}
+
 #[test]
 fn directions_beyond_a_cache_run_in_equal_chunks_side_by_side() {
     // 256 directions through intermediates of a batch of 64 rows: more than a core's cache
     // holds at once, so the sweep runs in chunks of equal size, side by side on the threads.
-    let matrix = |rows: usize, cols: usize, f: fn(f64) -> f64| {
-        let values = (0..rows * cols).map(|k| f(k as f64)).collect();
-        Tensor::from_vec(values, &[rows, cols]).unwrap()
-    };
-    let x = matrix(64, 16, |k| (0.37 * k).sin());
+    let x = flat_matrix(64, 16, |k| (0.37 * k).sin());
     let f = |w: &Tensor| (x.matmul(w).tanh().matmul(w) - 0.5).powi(2).mean();
-    let w = matrix(16, 16, |k| 0.2 * (0.11 * k + 0.3).cos());
+    let w = flat_matrix(16, 16, |k| 0.2 * (0.11 * k + 0.3).cos());
     let text = hessian(f).program(&w).unwrap().to_string();
     let line = text.lines().find(|l| l.contains("in chunks of")).unwrap();
     let chunk: usize = line
@@ -1063,11 +1065,7 @@ fn directions_beyond_a_cache_run_in_equal_chunks_side_by_side() {
 
 #[test]
 fn a_small_sweep_that_multiplies_its_basis_shares_the_directions_among_the_threads() {
-    let matrix = |rows: usize, cols: usize, f: fn(f64) -> f64| {
-        let values = (0..rows * cols).map(|k| f(k as f64)).collect();
-        Tensor::from_vec(values, &[rows, cols]).unwrap()
-    };
-    let x = matrix(32, 8, |k| (0.37 * k).sin());
+    let x = flat_matrix(32, 8, |k| (0.37 * k).sin());
     let sweep_line = |text: String| {
         let line = text.lines().find(|l| l.contains("in chunks of")).unwrap();
         line.to_string()
@@ -1079,7 +1077,7 @@ fn a_small_sweep_that_multiplies_its_basis_shares_the_directions_among_the_threa
             .powi(2)
             .mean()
     };
-    let w1 = matrix(8, 16, |k| 0.2 * (0.11 * k + 0.3).cos());
+    let w1 = flat_matrix(8, 16, |k| 0.2 * (0.11 * k + 0.3).cos());
     let line = sweep_line(hessian(mlp).program(&w1).unwrap().to_string());
     if common::side_by_side_threads() {
         assert!(line.contains("side by side"), "{line}");
@@ -1090,7 +1088,7 @@ fn a_small_sweep_that_multiplies_its_basis_shares_the_directions_among_the_threa
     assert_close(&shared, &one_chunk, 1e-13);
     assert!(shared.iter().any(|&v| v.abs() > 1e-3));
     // A linear model's basis only regroups x (`x @ I` is x): one chunk on one thread.
-    let x = matrix(64, 64, |k| (0.37 * k).sin());
+    let x = flat_matrix(64, 64, |k| (0.37 * k).sin());
     let linear = |w: &Tensor| x.matmul(w).logaddexp(0.0).sum();
     let w = Tensor::from_vec((0..64).map(|k| 0.01 * k as f64).collect(), &[64]).unwrap();
     let line = sweep_line(hessian(linear).program(&w).unwrap().to_string());
