@@ -1099,6 +1099,32 @@ fn a_small_sweep_that_multiplies_its_basis_shares_the_directions_among_the_threa
 }
 
 #[test]
+fn sweeps_of_many_chunks_run_side_by_side() {
+    let x = flat_matrix(32, 16, |k| (0.37 * k).sin());
+    // Two layers sharing w: a dense Hessian, computed by sweeps.
+    let f = |w: &Tensor, b: &Tensor| ((x.matmul(w) + b).tanh().matmul(w) - 0.5).powi(2).mean();
+    let w = flat_matrix(16, 16, |k| 0.2 * (0.11 * k + 0.3).cos());
+    let b = Tensor::from_vec((0..16).map(|k| 0.05 * k as f64).collect(), &[16]).unwrap();
+    // Chunks of 4: 64 + 4 of them, shared by the threads across both sweeps.
+    let chunked = hessian(f).argnums([0, 1]).chunk_size(4);
+    let text = chunked.program((&w, &b)).unwrap().to_string();
+    if common::side_by_side_threads() {
+        assert!(text.contains("runs its sweeps side by side"), "{text}");
+    }
+    let flat = |node: &brainstate::Node| node.leaves().iter().flat_map(vals).collect::<Vec<_>>();
+    let together = flat(&chunked.call((&w, &b)).unwrap());
+    let one_chunk = flat(
+        &hessian(f)
+            .argnums([0, 1])
+            .chunk_size(256)
+            .call((&w, &b))
+            .unwrap(),
+    );
+    assert_close(&together, &one_chunk, 1e-13);
+    assert!(together.iter().any(|&v| v.abs() > 1e-3));
+}
+
+#[test]
 fn sweeps_take_the_blocks_of_variables_read_earlier_from_their_mirror_images() {
     // Read in the order x, w, b (not the order of the arguments); two outputs, so that each
     // block has an outer axis before its two groups of axes.

@@ -8,6 +8,7 @@ use super::Kind;
 use super::compile::Executable;
 use super::mode::Evaluation;
 use crate::error::Result;
+use crate::exec::Sweep;
 use crate::memory;
 use crate::primitives::Program;
 use crate::sparsity::Recover;
@@ -74,11 +75,11 @@ pub(crate) fn executable_bytes(exec: &Executable, wrt: &[Aval]) -> usize {
             sweeps,
             zeros,
             mirrors,
+            together,
             ..
         } => {
             // Each computed block's bytes, in order; a mirror image takes as many.
             let mut computed = Vec::new();
-            let mut sweep_peak = 0usize;
             for (sweep, _) in sweeps {
                 let n = sweep.input.numel();
                 for out in sweep.plan.program.output_avals() {
@@ -86,11 +87,12 @@ pub(crate) fn executable_bytes(exec: &Executable, wrt: &[Aval]) -> usize {
                         .unwrap_or(usize::MAX);
                     computed.push(per_direction.saturating_mul(n));
                 }
-                let seed = memory::array_bytes("sweep", &[sweep.chunk, n], sweep.input.dtype)
-                    .unwrap_or(usize::MAX);
-                let chunk_peak = sweep.plan.peak_bytes().saturating_add(seed);
-                sweep_peak = sweep_peak.max(chunk_peak.saturating_mul(sweep.side_by_side));
             }
+            let running = sweeps.iter().map(|(sweep, _)| sweep_bytes(sweep));
+            let sweep_peak = match together {
+                true => running.fold(0, usize::saturating_add),
+                false => running.max().unwrap_or(0),
+            };
             let zeros = memory::avals_bytes(
                 "sweep",
                 &zeros.iter().map(|(_, a)| a.clone()).collect::<Vec<_>>(),
@@ -159,4 +161,14 @@ pub(crate) fn shapes(avals: &[Aval]) -> String {
         listed.push(format!("and {} more", avals.len() - 4));
     }
     listed.join(", ")
+}
+
+/// The most bytes a sweep's chunks hold at once while it runs: a chunk's intermediates and
+/// seed, times the chunks run side by side.
+pub(crate) fn sweep_bytes(sweep: &Sweep) -> usize {
+    let n = sweep.input.numel();
+    let seed =
+        memory::array_bytes("sweep", &[sweep.chunk, n], sweep.input.dtype).unwrap_or(usize::MAX);
+    let chunk = sweep.plan.peak_bytes().saturating_add(seed);
+    chunk.saturating_mul(sweep.side_by_side)
 }

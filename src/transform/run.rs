@@ -5,9 +5,12 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use super::compile::{Compiled, Executable};
-use crate::autodiff::jvp_program;
+use crate::autodiff::{Output, jvp_program};
 use crate::error::{Error, Result};
+use crate::exec::Sweep;
 use crate::primitives::Tangent;
 use crate::sparsity::Recover;
 use crate::state;
@@ -143,12 +146,18 @@ fn execute(compiled: &Compiled, inputs: &[Arc<Data>], debug_nan: bool) -> Result
             sweeps,
             zeros,
             mirrors,
+            together,
         } => {
             let mut outputs = primal.run(inputs, debug_nan)?;
             let residuals = outputs.split_off(*n_outputs);
+            let run = |(sweep, _): &(Sweep, Vec<Output>)| sweep.run(&residuals, debug_nan);
+            let swept: Vec<Vec<Data>> = match together {
+                true => sweeps.par_iter().map(run).collect::<Result<_>>()?,
+                false => sweeps.iter().map(run).collect::<Result<_>>()?,
+            };
             let mut blocks = Vec::with_capacity(n_blocks);
-            for (sweep, _) in sweeps {
-                blocks.extend(shared(sweep.run(&residuals, debug_nan)?));
+            for run in swept {
+                blocks.extend(shared(run));
             }
             pool::recycle_all(residuals);
             for (_, a) in zeros {
