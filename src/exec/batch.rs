@@ -416,7 +416,7 @@ fn part(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Tensor, hvp, make_program};
+    use crate::{Tensor, hvp, jacrev, make_program};
 
     fn matrix(rows: usize, cols: usize, scale: f64) -> Tensor {
         let values = (0..rows * cols).map(|k| scale * (0.37 * k as f64 + 0.1).sin());
@@ -478,6 +478,25 @@ mod tests {
         for program in &mixes {
             assert!(BatchSplit::with_batch(program, 8, 2).is_none(), "{program}");
         }
+    }
+
+    #[test]
+    fn a_jacobian_of_rows_runs_in_parts_of_the_basis_too() {
+        // The cotangent basis spans the rows on its own axes: each part reads its columns.
+        let (x, w) = (matrix(128, 8, 1.0), matrix(8, 8, 0.3));
+        let f = |x: &Tensor, w: &Tensor| (x.matmul(w).tanh() * 2.0).sin();
+        let text = jacrev(f).program((&x, &w)).unwrap().to_string();
+        if rayon::current_num_threads() > 1 {
+            assert!(text.contains("parts of its batch of 128 rows"), "{text}");
+        }
+        let flat = |node: crate::Node| {
+            (node.leaves().iter())
+                .flat_map(|t| t.to_vec::<f64>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let split = flat(jacrev(f).call((&x, &w)).unwrap());
+        let whole = flat(jacrev(f).debug_nan(true).call((&x, &w)).unwrap());
+        assert_eq!(split, whole);
     }
 
     #[test]
