@@ -73,13 +73,13 @@ impl BatchSplit {
         let inputs: Vec<Option<usize>> = (program.inputs.iter())
             .map(|&v| (program.aval(v).shape.first() == Some(&batch)).then_some(0))
             .collect();
-        let rows = follow(program, &inputs, batch)?;
+        let followed = follow(program, &inputs, batch)?;
         let bounds: Vec<usize> = (0..=parts).map(|p| p * batch / parts).collect();
         let plans = (0..parts)
             .into_par_iter()
-            .map(|p| part(program, &rows, &inputs, batch, bounds[p]..bounds[p + 1]))
-            .map(|part| part.map(Plan::new))
+            .map(|p| part(program, &followed, bounds[p]..bounds[p + 1]).map(Plan::new))
             .collect::<Option<Vec<Plan>>>()?;
+        let rows = &followed.rows;
         Some(BatchSplit {
             parts: plans,
             bounds,
@@ -170,11 +170,21 @@ fn rows_of(x: &Data, axis: usize, rows: std::ops::Range<usize>) -> Result<Data> 
     one(Structural::Slice { start, stop, step }, &[x])
 }
 
-/// Where the rows of every value of `program` are (by variable index), given those of its
-/// inputs (`Some(axis)`: split along `axis`; constants of `batch` leading rows are split
-/// along them); `None` at the first equation that mixes rows.
-fn follow(program: &Program, inputs: &[Option<usize>], batch: usize) -> Option<Vec<Rows>> {
+/// The batch followed through a program.
+struct Followed {
+    /// Where the rows of every value are, by variable index.
+    rows: Vec<Rows>,
+    /// For each equation, the axis along which each shared operand spanning the rows is cut
+    /// to a part's rows.
+    cuts: Vec<Vec<Option<usize>>>,
+}
+
+/// The rows of every value of `program`, given those of its inputs (`Some(axis)`: split
+/// along `axis`; constants of `batch` leading rows are split along them); `None` at the
+/// first equation that mixes rows.
+fn follow(program: &Program, inputs: &[Option<usize>], batch: usize) -> Option<Followed> {
     let mut rows = vec![Rows::Shared; program.avals.len()];
+    let mut cuts = Vec::with_capacity(program.eqns.len());
     for (&v, axis) in program.inputs.iter().zip(inputs) {
         rows[v.index()] = axis.map_or(Rows::Shared, Rows::Along);
     }
@@ -187,16 +197,17 @@ fn follow(program: &Program, inputs: &[Option<usize>], batch: usize) -> Option<V
         let ins: Vec<Rows> = eqn.inputs.iter().map(|v| rows[v.index()]).collect();
         let avals: Vec<&Aval> = eqn.inputs.iter().map(|&v| program.aval(v)).collect();
         let out = program.aval(eqn.outputs[0]);
-        let result = if ins.iter().all(|&r| r == Rows::Shared) {
-            Rows::Shared
+        let (result, cut) = if ins.iter().all(|&r| r == Rows::Shared) {
+            (Rows::Shared, vec![None; ins.len()])
         } else {
-            rule(&eqn.prim, &ins, &avals, out, batch)?.0
+            rule(&eqn.prim, &ins, &avals, out, batch)?
         };
         for &v in &eqn.outputs {
             rows[v.index()] = result;
         }
+        cuts.push(cut);
     }
-    Some(rows)
+    Some(Followed { rows, cuts })
 }
 
 /// The rows of an equation's result from those of its operands (not all shared), and, for
@@ -345,20 +356,15 @@ fn matmul(
 /// The program of the part of `program` with rows `part`: traced again, each equation on its
 /// operands' rows of the part (shared operands that span the rows cut to them), the shapes
 /// its parameters name along the rows shortened.
-fn part(
-    program: &Program,
-    rows: &[Rows],
-    inputs: &[Option<usize>],
-    batch: usize,
-    part: std::ops::Range<usize>,
-) -> Option<Program> {
+fn part(program: &Program, followed: &Followed, part: std::ops::Range<usize>) -> Option<Program> {
+    let rows = &followed.rows;
     let tracing = Tracing::new();
     let len = part.end - part.start;
     let mut env: Vec<Option<Tensor>> = vec![None; program.avals.len()];
-    for (&v, axis) in program.inputs.iter().zip(inputs) {
+    for &v in &program.inputs {
         let mut aval = program.aval(v).clone();
-        if let Some(axis) = axis {
-            aval.shape[*axis] = len;
+        if let Rows::Along(axis) = rows[v.index()] {
+            aval.shape[axis] = len;
         }
         env[v.index()] = Some(tracing.input(&aval));
     }
@@ -369,20 +375,13 @@ fn part(
         };
         env[v.index()] = Some(tracing.constant(mine));
     }
-    for eqn in &program.eqns {
-        let ins: Vec<Rows> = eqn.inputs.iter().map(|v| rows[v.index()]).collect();
-        let avals: Vec<&Aval> = eqn.inputs.iter().map(|&v| program.aval(v)).collect();
-        let out = program.aval(eqn.outputs[0]);
-        let cuts = match ins.iter().all(|&r| r == Rows::Shared) {
-            true => vec![None; ins.len()],
-            false => rule(&eqn.prim, &ins, &avals, out, batch)?.1,
-        };
+    for (eqn, cuts) in program.eqns.iter().zip(&followed.cuts) {
         let operands: Vec<Tensor> = (eqn.inputs.iter().zip(cuts))
             .map(|(v, cut)| {
                 let t = env[v.index()].clone().expect("defined before use");
                 match cut {
                     Some(axis) => {
-                        t.slice_along(axis as isize, part.start as isize..part.end as isize, 1)
+                        t.slice_along(*axis as isize, part.start as isize..part.end as isize, 1)
                     }
                     None => t,
                 }
