@@ -26,8 +26,8 @@
 //! assert!(memory::limit() > 1 << 20);
 //! ```
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::error::{Error, Result};
 use crate::storage::{Aval, DType, Data};
@@ -227,6 +227,58 @@ pub(crate) fn zeros(op: &str, shape: &[usize], dtype: DType) -> Result<Data> {
     Ok(Data::zeros(shape, dtype))
 }
 
+/// Bytes of results kept by every [`Kept`] together.
+static KEPT: AtomicUsize = AtomicUsize::new(0);
+
+/// A call's results, kept for the next call to write into once the caller has let go of them:
+/// a large result is then neither mapped nor zeroed again. What is kept is the caller's memory
+/// as long as the caller holds it, and this one's until the next call or until it is dropped;
+/// all of them together keep at most a quarter of the limit a call runs under.
+#[derive(Default)]
+pub(crate) struct Kept(Mutex<Vec<Arc<Data>>>);
+
+fn bytes_of(arrays: &[Arc<Data>]) -> usize {
+    let bytes = |a: &Arc<Data>| a.shape().iter().product::<usize>() * a.dtype().size_bytes();
+    arrays.iter().map(bytes).sum()
+}
+
+impl Kept {
+    /// Keeps `arrays` in place of what was kept, when they fit a quarter of `limit` with what
+    /// the others keep.
+    pub fn keep(&self, arrays: &[Arc<Data>], limit: usize) {
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        KEPT.fetch_sub(bytes_of(&kept), Ordering::Relaxed);
+        kept.clear();
+        let bytes = bytes_of(arrays);
+        if KEPT.fetch_add(bytes, Ordering::Relaxed) + bytes <= limit / 4 {
+            kept.extend_from_slice(arrays);
+        } else {
+            KEPT.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// The kept arrays when nothing else holds any of them, else none; nothing is kept after,
+    /// so two calls at once never write into the same arrays.
+    pub fn take_unshared(&self) -> Vec<Data> {
+        let kept = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        KEPT.fetch_sub(bytes_of(&kept), Ordering::Relaxed);
+        match kept.iter().all(|a| Arc::strong_count(a) == 1) {
+            true => kept
+                .into_iter()
+                .filter_map(|a| Arc::try_unwrap(a).ok())
+                .collect(),
+            false => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        let kept = self.0.get_mut().unwrap_or_else(PoisonError::into_inner);
+        KEPT.fetch_sub(bytes_of(kept), Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,5 +305,21 @@ mod tests {
     fn human_sizes() {
         assert_eq!(human(320_000_000_000), "298.0 GiB");
         assert_eq!(human(1024), "1.0 KiB");
+    }
+
+    #[test]
+    fn results_are_kept_within_a_quarter_of_the_limit_and_given_back_unshared_only() {
+        let array = || Arc::new(Data::zeros(&[1024], DType::F64)); // 8 KiB
+        let kept = Kept::default();
+        // 8 KiB is more than a quarter of 32 KiB - 1: not kept.
+        kept.keep(&[array()], (32 << 10) - 1);
+        assert!(kept.take_unshared().is_empty());
+        // Kept under 64 MiB, and given back once only the keeper holds it.
+        let shared = array();
+        kept.keep(&[shared.clone(), array()], 64 << 20);
+        assert!(kept.take_unshared().is_empty()); // `shared` is still held here
+        kept.keep(&[shared, array()], 64 << 20);
+        assert_eq!(kept.take_unshared().len(), 2);
+        assert!(kept.take_unshared().is_empty()); // taken: nothing is kept after
     }
 }

@@ -543,13 +543,59 @@ fn large_sparse_hessians_read_from_stencils_block_by_block_match_the_closed_form
 #[test]
 fn large_dense_hessians_from_sparsity_agree_on_new_pages_and_on_reused_ones() {
     // The first call's 2048 x 2048 block (32 MiB) is new pages, filled on the thread pool;
-    // the second call's block may be the memory the first one's result freed.
+    // the second call writes into the first one's result, dropped by then.
     let n = 2048;
-    let x = Tensor::linspace(-1.0, 1.0, n);
     let h = hessian(rosen);
-    let want = rosen_hessian(&vals(&x));
-    assert_close(&vals(leaf(&h.call(&x).unwrap())), &want, 1e-12);
-    assert_close(&vals(leaf(&h.call(&x).unwrap())), &want, 1e-12);
+    for s in [1.0, 0.5] {
+        let x = Tensor::linspace(-s, s, n);
+        let want = rosen_hessian(&vals(&x));
+        assert_close(&vals(leaf(&h.call(&x).unwrap())), &want, 1e-12);
+    }
+}
+
+#[test]
+fn dense_hessians_from_sparsity_are_written_into_dropped_results_never_into_held_ones() {
+    // rosen is read from a stencil, the mirror-image function from colors: both write a
+    // call's Hessian into the last call's once the caller has let go of it.
+    let mirrored = |x: &Tensor| (x * x.flip(&[0])).sum() + x.powi(3).sum();
+    let at = |s: f64| Tensor::linspace(-s, 2.0 * s, 48);
+    let rosen_at = |x: &Tensor| rosen_hessian(&vals(x));
+    let mirrored_at = |x: &Tensor| hessian_by_hvps(mirrored, x);
+    let check = |h: &dyn Fn(&Tensor) -> Vec<f64>, want: &dyn Fn(&Tensor) -> Vec<f64>| {
+        // Held: a later call leaves the earlier results as they were.
+        let held: Vec<_> = [1.0, 0.5, 0.25].map(|s| (h(&at(s)), s)).into();
+        for (got, s) in &held {
+            assert_close(got, &want(&at(*s)), 1e-12);
+        }
+        // Dropped at once: each call writes into the one before.
+        for s in [2.0, -1.0, 0.75] {
+            assert_close(&h(&at(s)), &want(&at(s)), 1e-12);
+        }
+    };
+    let h = hessian(rosen);
+    assert!(h.program(&at(1.0)).unwrap().to_string().contains("stencil"));
+    check(&|x| vals(leaf(&h.call(x).unwrap())), &rosen_at);
+    let h = hessian(mirrored);
+    assert!(h.program(&at(1.0)).unwrap().to_string().contains("colors"));
+    check(&|x| vals(leaf(&h.call(x).unwrap())), &mirrored_at);
+    // Held as tensors while the next call runs.
+    let first = h.call(&at(1.0)).unwrap();
+    let second = h.call(&at(0.5)).unwrap();
+    assert_close(&vals(leaf(&first)), &mirrored_at(&at(1.0)), 1e-12);
+    assert_close(&vals(leaf(&second)), &mirrored_at(&at(0.5)), 1e-12);
+    // Calls on two threads at once never share a result.
+    let h = hessian(rosen);
+    std::thread::scope(|scope| {
+        for t in 0..2 {
+            let h = &h;
+            scope.spawn(move || {
+                for k in 0..20 {
+                    let x = at(0.1 + (2 * k + t) as f64 * 0.05);
+                    assert_close(&vals(leaf(&h.call(&x).unwrap())), &rosen_at(&x), 1e-12);
+                }
+            });
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -284,22 +284,34 @@ impl Compression {
     }
 
     /// The dense blocks `H[i][j]` (shape `leaf i ++ leaf j`, row-major over `i` then `j`),
-    /// zero outside the pattern.
+    /// zero outside the pattern. `reuse` is an earlier result of this compression that nobody
+    /// else holds: zero outside the pattern too, so writing the pattern's entries into it is
+    /// all a call needs, without new pages or zeroing.
     fn dense<T: Copy + Default + Zero + Send + Sync + 'static>(
         &self,
         products: &[ArrayViewD<T>],
         shapes: &[Vec<usize>],
+        reuse: Vec<ArrayD<T>>,
     ) -> Result<Vec<ArrayD<T>>> {
         let values = self.entries(products)?;
         let blocks = &self.pattern.sizes();
         let starts = self.pattern.starts();
         let k = blocks.len();
-        let mut out: Vec<Vec<T>> = (0..k * k)
-            .map(|b| {
-                let len = blocks[b / k].saturating_mul(blocks[b % k]);
-                crate::memory::try_filled("hessian", len, T::default())
-            })
-            .collect::<Result<_>>()?;
+        let shape = |b: usize| [shapes[b / k].as_slice(), &shapes[b % k]].concat();
+        let fits = reuse.len() == k * k
+            && (reuse.iter().enumerate())
+                .all(|(b, a)| a.shape() == shape(b) && a.is_standard_layout());
+        let mut out = match fits {
+            true => reuse,
+            false => (0..k * k)
+                .map(|b| {
+                    let len = blocks[b / k].saturating_mul(blocks[b % k]);
+                    let values = crate::memory::try_filled("hessian", len, T::default())?;
+                    ArrayD::from_shape_vec(shape(b), values)
+                        .map_err(|_| Error::shape("sparse hessian", "a block's shape"))
+                })
+                .collect::<Result<_>>()?,
+        };
         // Row by row, on every thread when the block is large and its pages are new: the
         // first write to each page faults it in, which threads overlap. Memory the allocator
         // had (a previous call's result, say) is mapped and zeroed before this loop: setting
@@ -319,21 +331,14 @@ impl Compression {
                 }
             };
             let width = blocks[j].max(1);
+            let block = block.as_slice_mut().expect("blocks are in standard layout");
             if block.len() < PARALLEL_MIN || pool::mapped(block) {
                 block.chunks_mut(width).enumerate().for_each(fill_row);
             } else {
                 block.par_chunks_mut(width).enumerate().for_each(fill_row);
             }
         }
-        out.into_iter()
-            .enumerate()
-            .map(|(b, values)| {
-                let mut shape = shapes[b / k].clone();
-                shape.extend(&shapes[b % k]);
-                ArrayD::from_shape_vec(shape, values)
-                    .map_err(|_| Error::shape("sparse hessian", "a block's shape"))
-            })
-            .collect()
+        Ok(out)
     }
 
     /// The diagonal, one array per leaf (of the leaf's shape); zero where the pattern has no
@@ -376,12 +381,14 @@ impl Compression {
     /// Recovers the Hessian from the products of the plan (for a coloring, one compressed
     /// product per differentiated leaf, shapes `[colors] ++ shapes[i]`; for a stencil, the
     /// coefficient arrays of each leaf, shapes `shapes[i]`): the dense blocks, the pattern's
-    /// entries (one 1-D array), or the diagonal per leaf.
+    /// entries (one 1-D array), or the diagonal per leaf. Dense blocks are written into
+    /// `reuse` when it is this compression's earlier dense result (see [`Compression::dense`]).
     pub(crate) fn decompress(
         &self,
         products: &[Arc<Data>],
         shapes: &[Vec<usize>],
         into: Recover,
+        reuse: Vec<Data>,
     ) -> Result<Vec<Data>> {
         macro_rules! typed {
             ($variant:ident) => {{
@@ -399,11 +406,14 @@ impl Compression {
                 let arrays: Vec<_> = arrays.iter().map(|a| a.as_standard_layout()).collect();
                 let refs: Vec<ArrayViewD<_>> = arrays.iter().map(|a| a.view()).collect();
                 Ok(match into {
-                    Recover::Dense => self
-                        .dense(&refs, shapes)?
-                        .into_iter()
-                        .map(Data::$variant)
-                        .collect(),
+                    Recover::Dense => {
+                        let reuse = reuse.into_iter().filter_map(|d| match d {
+                            Data::$variant(a) => Some(a),
+                            _ => None,
+                        });
+                        let blocks = self.dense(&refs, shapes, reuse.collect())?;
+                        blocks.into_iter().map(Data::$variant).collect()
+                    }
                     Recover::Entries => {
                         let values = self.entries(&refs)?;
                         let len = values.len();

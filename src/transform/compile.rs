@@ -78,6 +78,9 @@ pub(crate) enum Executable {
         n_outputs: usize,
         compression: Arc<Compression>,
         into: Recover,
+        /// The last call's dense blocks, for the next call to write into (rosen_n4096's
+        /// 134 MB faulted a page per row on every call).
+        last: memory::Kept,
     },
     /// A Hessian's sparsity pattern: nothing to run.
     Pattern(Arc<SparsityPattern>),
@@ -726,6 +729,7 @@ fn compressed(
         n_outputs: own.len(),
         compression: Arc::new(compression),
         into,
+        last: memory::Kept::default(),
     };
     Ok((exec, blocks))
 }

@@ -81,7 +81,7 @@ pub(crate) fn run(
             settings.memory_limit,
             || compiled.needed_note.clone(),
         )?;
-        let run = execute(compiled, &data, settings.debug_nan)?;
+        let run = execute(compiled, &data, settings)?;
         let tensors = |data: Vec<Arc<Data>>| data.into_iter().map(Tensor::from_shared).collect();
         (tensors(run.outputs), tensors(run.blocks), run.residuals)
     };
@@ -123,7 +123,8 @@ struct Run {
 }
 
 /// Runs a compiled transform's executable on concrete inputs.
-fn execute(compiled: &Compiled, inputs: &[Arc<Data>], debug_nan: bool) -> Result<Run> {
+fn execute(compiled: &Compiled, inputs: &[Arc<Data>], settings: &Settings) -> Result<Run> {
+    let debug_nan = settings.debug_nan;
     let n_blocks = compiled.blocks.len();
     let shared = |data: Vec<Data>| data.into_iter().map(Arc::new);
     Ok(match &compiled.exec {
@@ -177,6 +178,7 @@ fn execute(compiled: &Compiled, inputs: &[Arc<Data>], debug_nan: bool) -> Result
             n_outputs,
             compression,
             into,
+            last,
         } => {
             // The entries of a stencil are read as its coefficients are computed, block by
             // block; `debug_nan` checks equation by equation, so runs the plan as it is.
@@ -193,14 +195,19 @@ fn execute(compiled: &Compiled, inputs: &[Arc<Data>], debug_nan: bool) -> Result
                     let products = outputs.split_off(*n_outputs);
                     let shapes: Vec<Vec<usize>> =
                         compiled.wrt_avals.iter().map(|a| a.shape.clone()).collect();
-                    let blocks = compression.decompress(&products, &shapes, *into)?;
+                    let reuse = last.take_unshared();
+                    let blocks = compression.decompress(&products, &shapes, *into, reuse)?;
                     pool::recycle_all(products);
                     (outputs, blocks)
                 }
             };
+            let blocks: Vec<Arc<Data>> = shared(blocks).collect();
+            if *into == Recover::Dense {
+                last.keep(&blocks, settings.memory_limit);
+            }
             Run {
                 outputs,
-                blocks: shared(blocks).collect(),
+                blocks,
                 residuals: Vec::new(),
             }
         }
@@ -244,4 +251,36 @@ fn inline(compiled: &Compiled, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<Te
     let mut outputs = jvp_program(whole, inputs, &zeros, &[])?.0;
     let blocks = outputs.split_off(whole.outputs.len() - compiled.blocks.len());
     Ok((outputs, blocks))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::storage::Data;
+    use crate::{Tensor, hessian};
+
+    #[test]
+    fn a_dense_hessian_from_sparsity_is_written_into_the_last_one_once_it_is_dropped() {
+        let rosen = |x: &Tensor| {
+            let (head, tail) = (x.slice_along(0, ..-1, 1), x.slice_along(0, 1.., 1));
+            ((tail - head.powi(2)).powi(2) * 100.0 + (1.0 - &head).powi(2)).sum()
+        };
+        let x = Tensor::linspace(-1.0, 1.0, 64);
+        let h = hessian(rosen);
+        let address = |x: &Tensor| {
+            let result = h.call(x).unwrap();
+            match &**result.tensor().unwrap().data().unwrap() {
+                Data::F64(a) => (a.as_ptr() as usize, result),
+                _ => unreachable!("an f64 Hessian"),
+            }
+        };
+        let (first, held) = address(&x);
+        // Held: the next call's result is new memory.
+        let (second, _) = address(&x);
+        assert_ne!(first, second);
+        drop(held);
+        // Dropped (the second at once, then the first): each call writes into the last.
+        let (third, _) = address(&x);
+        assert_eq!(third, second);
+        assert_eq!(address(&x).0, third);
+    }
 }
