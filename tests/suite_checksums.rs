@@ -4,6 +4,7 @@
 
 #[path = "../benches/cases.rs"]
 mod cases;
+mod common;
 
 use brainstate::Complex64;
 
@@ -39,5 +40,65 @@ fn suite_cases_reproduce_reference_checksums() {
             (got_sum, got_frobenius),
             "{name}: cached call"
         );
+    }
+}
+
+/// Set in the child process that counts page faults.
+const FAULTS_CHILD: &str = "BRAINSTATE_FAULTS_CHILD";
+
+/// The cases whose steady calls are counted: all but the two slowest, whose plans are like
+/// others' (rosen_n4096, whose result is 134 MB of mostly zeros, is counted).
+fn counted() -> impl Iterator<Item = &'static str> {
+    let slow = ["mlp_1089", "sparse_rosen_n1000000"];
+    (cases::REFERENCE.iter().map(|r| r.0)).filter(move |name| !slow.contains(name))
+}
+
+/// Minor page faults of this process so far (Linux), from `/proc/self/stat`.
+fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    after_name.split_whitespace().nth(7)?.parse().ok()
+}
+
+/// The entry point of the child process (a no-op in the parent): each case's page faults per
+/// steady call, after warm-up calls.
+#[test]
+fn faults_child_entry() {
+    if std::env::var(FAULTS_CHILD).is_err() {
+        return;
+    }
+    for name in counted() {
+        let case = cases::build(name).expect("known case");
+        // The pools fill over the first calls, each thread's as it runs a part.
+        for _ in 0..100 {
+            drop(case());
+        }
+        let (before, calls) = (minor_faults(), 100);
+        for _ in 0..calls {
+            drop(case());
+        }
+        if let (Some(before), Some(after)) = (before, minor_faults()) {
+            println!("FAULTS {name} {}", (after - before) as f64 / calls as f64);
+        }
+    }
+}
+
+#[test]
+fn steady_calls_of_the_suite_cases_map_no_new_pages() {
+    // In a child process, so that no other test's memory is counted. Intermediates come
+    // from the plans' pools, and a dense Hessian from sparsity is written into the last one
+    // (rosen_n4096 faulted a page per row of its band, 4113, on every call).
+    let output = common::child_output("faults_child_entry", FAULTS_CHILD, "1");
+    if minor_faults().is_none() {
+        return; // no /proc to count with
+    }
+    let counts: Vec<(&str, f64)> = (output.lines())
+        .filter_map(|l| l.split_once("FAULTS ").and_then(|(_, l)| l.split_once(' ')))
+        .map(|(name, per_call)| (name, per_call.parse().expect("a number")))
+        .collect();
+    assert_eq!(counts.len(), counted().count(), "{output}");
+    for (name, per_call) in counts {
+        // A stray fault (the allocator giving back memory now and then) is allowed.
+        assert!(per_call < 1.0, "{name}: {per_call} page faults per call");
     }
 }
