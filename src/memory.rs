@@ -243,6 +243,11 @@ fn bytes_of(arrays: &[Arc<Data>]) -> usize {
 }
 
 impl Kept {
+    /// Whether results of `bytes` would be kept now under `limit`, with what the others keep.
+    pub fn would_keep(bytes: usize, limit: usize) -> bool {
+        KEPT.load(Ordering::Relaxed).saturating_add(bytes) <= limit / 4
+    }
+
     /// Keeps `arrays` in place of what was kept, when they fit a quarter of `limit` with what
     /// the others keep.
     pub fn keep(&self, arrays: &[Arc<Data>], limit: usize) {
@@ -250,7 +255,11 @@ impl Kept {
         KEPT.fetch_sub(bytes_of(&kept), Ordering::Relaxed);
         kept.clear();
         let bytes = bytes_of(arrays);
-        if KEPT.fetch_add(bytes, Ordering::Relaxed) + bytes <= limit / 4 {
+        if KEPT
+            .fetch_add(bytes, Ordering::Relaxed)
+            .saturating_add(bytes)
+            <= limit / 4
+        {
             kept.extend_from_slice(arrays);
         } else {
             KEPT.fetch_sub(bytes, Ordering::Relaxed);

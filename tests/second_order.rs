@@ -435,30 +435,72 @@ fn dense_hessians_of_sparse_functions_match_their_closed_forms() {
 #[test]
 fn dense_hessians_from_sparsity_match_the_closed_form() {
     // Two arguments, with entries in the blocks between them:
-    // f = rosen(x) + rosen(y) + sum(x y^2).
-    let n = 300;
-    let x = Tensor::linspace(-1.0, 1.0, n);
-    let y = Tensor::linspace(0.5, -0.5, n);
-    let f = |x: &Tensor, y: &Tensor| rosen(x) + rosen(y) + (x * y.powi(2)).sum();
-    let h = hessian(f).argnums([0, 1]);
-    let printed = h.program((&x, &y)).unwrap().to_string();
-    // Offsets -1, 0 and 1 of x and of y, read by both blocks of rows.
-    assert!(printed.contains("stencil of 6 offset(s)"), "{printed}");
-    let (xs, ys) = (vals(&x), vals(&y));
-    let (hx, hy) = (rosen_hessian(&xs), rosen_hessian(&ys));
-    let mut want = vec![0.0; 4 * n * n];
-    for i in 0..n {
-        for j in 0..n {
-            want[i * 2 * n + j] = hx[i * n + j];
-            want[(n + i) * 2 * n + n + j] = hy[i * n + j];
+    // f = rosen(x) + rosen(y) + sum(x y^2). At n = 600 the result (four blocks, 1.44 million
+    // entries) is large enough for its pages to be mapped while the plan is built.
+    for n in [300, 600] {
+        let x = Tensor::linspace(-1.0, 1.0, n);
+        let y = Tensor::linspace(0.5, -0.5, n);
+        let f = |x: &Tensor, y: &Tensor| rosen(x) + rosen(y) + (x * y.powi(2)).sum();
+        let h = hessian(f).argnums([0, 1]);
+        let printed = h.program((&x, &y)).unwrap().to_string();
+        // Offsets -1, 0 and 1 of x and of y, read by both blocks of rows.
+        assert!(printed.contains("stencil of 6 offset(s)"), "{printed}");
+        let (xs, ys) = (vals(&x), vals(&y));
+        let (hx, hy) = (rosen_hessian(&xs), rosen_hessian(&ys));
+        let mut want = vec![0.0; 4 * n * n];
+        for i in 0..n {
+            for j in 0..n {
+                want[i * 2 * n + j] = hx[i * n + j];
+                want[(n + i) * 2 * n + n + j] = hy[i * n + j];
+            }
+            // d2/dy2 of x y^2 is 2x, and d2/dx dy is 2y.
+            want[(n + i) * 2 * n + n + i] += 2.0 * xs[i];
+            want[i * 2 * n + n + i] = 2.0 * ys[i];
+            want[(n + i) * 2 * n + i] = 2.0 * ys[i];
         }
-        // d2/dy2 of x y^2 is 2x, and d2/dx dy is 2y.
-        want[(n + i) * 2 * n + n + i] += 2.0 * xs[i];
-        want[i * 2 * n + n + i] = 2.0 * ys[i];
-        want[(n + i) * 2 * n + i] = 2.0 * ys[i];
+        // A fresh transform: its first call writes into the blocks mapped beside the plan.
+        let h = hessian(f).argnums([0, 1]);
+        let got = vals(&h.call((&x, &y)).unwrap().flat_matrix().unwrap());
+        assert_close(&got, &want, 1e-12);
     }
-    let got = vals(&h.call((&x, &y)).unwrap().flat_matrix().unwrap());
-    assert_close(&got, &want, 1e-12);
+}
+
+#[test]
+fn large_complex_and_single_precision_hessians_from_sparsity_match_their_closed_forms() {
+    // 1100 x 1100 entries: mapped while the plan is built, then written by the first call.
+    let n = 1100;
+    let z: Vec<Complex64> = (0..n)
+        .map(|k| Complex64::new((0.3 * k as f64).cos(), 0.5 * (0.7 * k as f64).sin()))
+        .collect();
+    let z = Tensor::from(z);
+    let g = |z: &Tensor| (z.powi(3) + z.exp() * z).sum();
+    let got = leaf(&hessian(g).holomorphic(true).call(&z).unwrap())
+        .to_vec::<Complex64>()
+        .unwrap();
+    let zs = z.to_vec::<Complex64>().unwrap();
+    for (k, a) in got.iter().enumerate() {
+        let (i, j) = (k / n, k % n);
+        // g'' = 6 z + (2 + z) e^z on the diagonal.
+        let want = match i == j {
+            true => 6.0 * zs[i] + (2.0 + zs[i]) * zs[i].exp(),
+            false => Complex64::new(0.0, 0.0),
+        };
+        assert!(
+            (a - want).norm() <= 1e-12 * (1.0 + want.norm()),
+            "{k}: {a} {want}"
+        );
+    }
+    let x = Tensor::linspace(-1.0, 1.0, n).cast(brainstate::DType::F32);
+    let got = leaf(&hessian(rosen).call(&x).unwrap())
+        .to_vec::<f32>()
+        .unwrap();
+    let want = rosen_hessian(&vals(&x.cast(brainstate::DType::F64)));
+    for (k, (&a, &w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (a as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
+            "{k}: {a} {w}"
+        );
+    }
 }
 
 /// The dense Hessian of `f` at `x`, row by row from Hessian-vector products with the unit

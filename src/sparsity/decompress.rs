@@ -3,17 +3,18 @@
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ndarray::{ArrayD, ArrayViewD};
+use num_complex::{Complex32, Complex64};
 use num_traits::Zero;
 use rayon::prelude::*;
 
-use super::{Compression, Reading};
+use super::{Compression, Reading, SparsityPattern};
 use crate::error::{Error, Result};
 use crate::exec::Plan;
 use crate::simd;
-use crate::storage::{Data, pool};
+use crate::storage::{DType, Data, Element, pool};
 
 /// Gathers of at least this many entries, and dense blocks of new pages of at least this many
 /// elements, run on the thread pool.
@@ -285,8 +286,8 @@ impl Compression {
 
     /// The dense blocks `H[i][j]` (shape `leaf i ++ leaf j`, row-major over `i` then `j`),
     /// zero outside the pattern. `reuse` is an earlier result of this compression that nobody
-    /// else holds: zero outside the pattern too, so writing the pattern's entries into it is
-    /// all a call needs, without new pages or zeroing.
+    /// else holds, or blocks from [`map_beside`]: zero outside the pattern too, so writing the
+    /// pattern's entries into it is all a call needs, without new pages or zeroing.
     fn dense<T: Copy + Default + Zero + Send + Sync + 'static>(
         &self,
         products: &[ArrayViewD<T>],
@@ -294,49 +295,25 @@ impl Compression {
         reuse: Vec<ArrayD<T>>,
     ) -> Result<Vec<ArrayD<T>>> {
         let values = self.entries(products)?;
-        let blocks = &self.pattern.sizes();
-        let starts = self.pattern.starts();
-        let k = blocks.len();
-        let shape = |b: usize| [shapes[b / k].as_slice(), &shapes[b % k]].concat();
-        let fits = reuse.len() == k * k
+        let fits = reuse.len() == shapes.len().pow(2)
             && (reuse.iter().enumerate())
-                .all(|(b, a)| a.shape() == shape(b) && a.is_standard_layout());
+                .all(|(b, a)| a.shape() == block_shape(shapes, b) && a.is_standard_layout());
         let mut out = match fits {
             true => reuse,
-            false => (0..k * k)
-                .map(|b| {
-                    let len = blocks[b / k].saturating_mul(blocks[b % k]);
-                    let values = crate::memory::try_filled("hessian", len, T::default())?;
-                    ArrayD::from_shape_vec(shape(b), values)
-                        .map_err(|_| Error::shape("sparse hessian", "a block's shape"))
-                })
-                .collect::<Result<_>>()?,
+            false => zero_blocks(shapes)?,
         };
-        // Row by row, on every thread when the block is large and its pages are new: the
-        // first write to each page faults it in, which threads overlap. Memory the allocator
-        // had (a previous call's result, say) is mapped and zeroed before this loop: setting
-        // a few entries per row then takes less than waking a thread (rosen_n1024: 0.11 ms
-        // one thread, 0.21 ms two).
-        let pattern = &self.pattern;
-        for (b, block) in out.iter_mut().enumerate() {
-            let (i, j) = (b / k, b % k);
-            let columns = starts[j]..starts[j] + blocks[j];
-            let fill_row = |(a, row): (usize, &mut [T])| {
-                let r = starts[i] + a;
-                let slots = pattern.row_start[r]..pattern.row_start[r + 1];
-                for (&c, &value) in pattern.cols[slots.clone()].iter().zip(&values[slots]) {
-                    if columns.contains(&c) {
-                        row[c - columns.start] = value;
-                    }
-                }
-            };
-            let width = blocks[j].max(1);
-            let block = block.as_slice_mut().expect("blocks are in standard layout");
-            if block.len() < PARALLEL_MIN || pool::mapped(block) {
-                block.chunks_mut(width).enumerate().for_each(fill_row);
-            } else {
-                block.par_chunks_mut(width).enumerate().for_each(fill_row);
-            }
+        // On every thread when the blocks are large and their pages new: the first write to
+        // each page faults it in, which threads overlap. Memory the allocator had (a previous
+        // call's result, say) is mapped and zeroed already: setting a few entries per row
+        // then takes less than waking a thread (rosen_n1024: 0.11 ms one thread, 0.21 ms two).
+        let large = out.iter().map(ArrayD::len).sum::<usize>() >= PARALLEL_MIN;
+        let new_pages = large && out.iter().any(|b| !b.as_slice().is_some_and(pool::mapped));
+        let (sizes, starts) = (self.pattern.sizes(), self.pattern.starts());
+        let pieces = pieces(&mut out, &sizes);
+        let write = |piece| write_piece(&self.pattern, &starts, &sizes, piece, |e| values[e]);
+        match new_pages {
+            true => pieces.into_par_iter().for_each(write),
+            false => pieces.into_iter().for_each(write),
         }
         Ok(out)
     }
@@ -440,6 +417,116 @@ impl Compression {
                 dtype,
             )),
         }
+    }
+}
+
+/// The shape of dense block `b` of leaves of `shapes`: `leaf i ++ leaf j`, `b = i k + j`.
+fn block_shape(shapes: &[Vec<usize>], b: usize) -> Vec<usize> {
+    let k = shapes.len();
+    [shapes[b / k].as_slice(), &shapes[b % k]].concat()
+}
+
+/// Zero dense blocks for leaves of `shapes`, as new pages that the system maps and zeroes as
+/// they are first written.
+fn zero_blocks<T: Clone + Default>(shapes: &[Vec<usize>]) -> Result<Vec<ArrayD<T>>> {
+    (0..shapes.len().pow(2))
+        .map(|b| {
+            let shape = block_shape(shapes, b);
+            let len = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            let len = len.ok_or_else(|| Error::shape("hessian", "a block's size overflows"))?;
+            let values = crate::memory::try_filled("hessian", len, T::default())?;
+            ArrayD::from_shape_vec(shape, values)
+                .map_err(|_| Error::shape("sparse hessian", "a block's shape"))
+        })
+        .collect()
+}
+
+/// Rows of dense blocks written as one piece of work.
+const PIECE_ROWS: usize = 64;
+
+/// A piece of the dense blocks: the block, the first of its rows, and those rows.
+type Piece<'a, T> = (usize, usize, &'a mut [T]);
+
+/// The rows of dense blocks `out` (over leaves of `sizes` values) in pieces of [`PIECE_ROWS`].
+fn pieces<'a, T>(out: &'a mut [ArrayD<T>], sizes: &[usize]) -> Vec<Piece<'a, T>> {
+    let k = sizes.len();
+    let mut pieces = Vec::new();
+    for (b, block) in out.iter_mut().enumerate() {
+        let width = sizes[b % k].max(1);
+        let Some(block) = block.as_slice_mut() else {
+            unreachable!("internal: dense blocks are in standard layout")
+        };
+        let rows = block.chunks_mut(width * PIECE_ROWS).enumerate();
+        pieces.extend(rows.map(|(p, rows)| (b, p * PIECE_ROWS, rows)));
+    }
+    pieces
+}
+
+/// Writes `value(e)` at the pattern's entries `e` that fall in `piece`.
+fn write_piece<T: Copy>(
+    pattern: &SparsityPattern,
+    starts: &[usize],
+    sizes: &[usize],
+    (b, first, rows): Piece<'_, T>,
+    value: impl Fn(usize) -> T,
+) {
+    let k = sizes.len();
+    let (i, j) = (b / k, b % k);
+    let columns = starts[j]..starts[j] + sizes[j];
+    for (a, row) in rows.chunks_mut(sizes[j].max(1)).enumerate() {
+        let r = starts[i] + first + a;
+        for e in pattern.row_start[r]..pattern.row_start[r + 1] {
+            let c = pattern.cols[e];
+            if columns.contains(&c) {
+                row[c - columns.start] = value(e);
+            }
+        }
+    }
+}
+
+/// Runs `meanwhile` on this thread while another maps the pages of zero dense blocks of
+/// `dtype` for `pattern` (over leaves of `shapes`), writing zeros where its entries fall, then
+/// helps it finish. A large Hessian's pages (one per row of a band) take longer to map than
+/// its plan takes to build; [`Compression::dense`] then writes a call's entries into them.
+/// The blocks are `None` when they cannot be allocated.
+pub(crate) fn map_beside<R>(
+    pattern: &SparsityPattern,
+    shapes: &[Vec<usize>],
+    dtype: DType,
+    meanwhile: impl FnOnce() -> R,
+) -> (R, Option<Vec<Data>>) {
+    fn map<T: Element + Copy + Default + Zero + Send + Sync, R>(
+        pattern: &SparsityPattern,
+        shapes: &[Vec<usize>],
+        meanwhile: impl FnOnce() -> R,
+    ) -> (R, Option<Vec<Data>>) {
+        let Ok(mut blocks) = zero_blocks::<T>(shapes) else {
+            return (meanwhile(), None);
+        };
+        let (sizes, starts) = (pattern.sizes(), pattern.starts());
+        let claims = Mutex::new(pieces(&mut blocks, &sizes).into_iter());
+        let map = || loop {
+            let next = claims.lock().unwrap_or_else(PoisonError::into_inner).next();
+            let Some(piece) = next else { break };
+            write_piece(pattern, &starts, &sizes, piece, |_| T::zero());
+        };
+        let result = std::thread::scope(|scope| {
+            // A thread of its own: the pool's threads may be building the plan. Without
+            // one, this thread maps every page after `meanwhile`.
+            let _ = std::thread::Builder::new().spawn_scoped(scope, map);
+            let result = meanwhile();
+            map();
+            result
+        });
+        drop(claims);
+        (result, Some(blocks.into_iter().map(Data::from).collect()))
+    }
+    match dtype {
+        DType::F64 => map::<f64, R>(pattern, shapes, meanwhile),
+        DType::F32 => map::<f32, R>(pattern, shapes, meanwhile),
+        DType::C128 => map::<Complex64, R>(pattern, shapes, meanwhile),
+        DType::C64 => map::<Complex32, R>(pattern, shapes, meanwhile),
+        DType::Bool | DType::I64 => (meanwhile(), None),
     }
 }
 

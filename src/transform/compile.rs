@@ -21,7 +21,7 @@ use crate::exec::{BatchSplit, Mirror, Plan, Sweep};
 use crate::memory;
 use crate::primitives::{Prim, Program};
 use crate::sparsity::{
-    Coloring, Compression, Reading, Recover, SparsityPattern, hessian_pattern, stencil,
+    Coloring, Compression, Reading, Recover, SparsityPattern, hessian_pattern, map_beside, stencil,
 };
 use crate::state::GradStates;
 use crate::storage::{Aval, Data};
@@ -590,11 +590,39 @@ fn dense_hessian(
     } else {
         (sparse_enough(spec, program, wrt, of)?, None)
     };
-    match sparse {
-        Some(coloring) => compressed(spec, program, wrt, coloring, Recover::Dense),
-        None => dense.unwrap_or_else(sweeps),
+    let Some(coloring) = sparse else {
+        return dense.unwrap_or_else(sweeps);
+    };
+    let wrt_avals: Vec<&Aval> = wrt
+        .iter()
+        .map(|&i| program.aval(program.inputs[i]))
+        .collect();
+    let n = coloring.pattern.size();
+    let bytes = (n.saturating_mul(n)).saturating_mul(wrt_avals[0].dtype.size_bytes());
+    if n.saturating_mul(n) < MAP_BESIDE_MIN || !memory::Kept::would_keep(bytes, spec.memory_limit) {
+        return compressed(spec, program, wrt, coloring, Recover::Dense);
     }
+    // The pages of a large result (one per row of a band) take longer to map than its plan
+    // takes to build (rosen_n4096: 4113 page faults, about 8 ms of one thread, against about
+    // 1 ms): another thread maps them meanwhile, and the first call writes into them.
+    let shapes: Vec<Vec<usize>> = wrt_avals.iter().map(|a| a.shape.clone()).collect();
+    let pattern = coloring.pattern.clone();
+    let (built, zeros) = map_beside(&pattern, &shapes, wrt_avals[0].dtype, || {
+        compressed(spec, program, wrt, coloring, Recover::Dense)
+    });
+    let (exec, order) = built?;
+    if let (Executable::Compressed { last, .. }, Some(zeros)) = (&exec, zeros) {
+        last.keep(
+            &zeros.into_iter().map(Arc::new).collect::<Vec<_>>(),
+            spec.memory_limit,
+        );
+    }
+    Ok((exec, order))
 }
+
+/// Dense Hessians from sparsity of at least this many entries have their pages mapped while
+/// their plan is built (rosen_n1024's 8 MiB and more).
+const MAP_BESIDE_MIN: usize = 1 << 20;
 
 /// Whether `program` (or a loop's body in it) multiplies matrices.
 fn multiplies_matrices(program: &Program) -> bool {
