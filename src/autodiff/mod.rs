@@ -92,18 +92,6 @@ fn pairs(of: usize, wrt: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..of).flat_map(move |o| (0..wrt).map(move |i| (o, i)))
 }
 
-/// Offsets of consecutive blocks of the given sizes.
-fn offsets(sizes: &[usize]) -> Vec<usize> {
-    sizes
-        .iter()
-        .scan(0, |acc, &s| {
-            let o = *acc;
-            *acc += s;
-            Some(o)
-        })
-        .collect()
-}
-
 /// Rows `offset..offset + len` of the `total x len` slice of the identity, shaped
 /// `[total] ++ shape`: one block of the standard basis, generated at run time.
 fn basis(tracing: &Tracing, aval: &Aval, total: usize, offset: usize) -> Result<Tensor> {
@@ -135,7 +123,7 @@ pub(crate) fn jacrev_program(program: &Program, wrt: &[usize], of: &[usize]) -> 
     let out_avals = program.output_avals();
     let inputs: Vec<Tensor> = in_avals.iter().map(|a| tracing.input(a)).collect();
     let sizes: Vec<usize> = of.iter().map(|&o| out_avals[o].numel()).collect();
-    let starts = offsets(&sizes);
+    let starts = crate::primitives::starts(sizes.iter().copied());
     let total: usize = sizes.iter().sum();
     // A single scalar output needs no batch of cotangents: its seed is just 1.
     let scalar = of.len() == 1 && out_avals[of[0]].shape.is_empty();
@@ -180,7 +168,7 @@ pub(crate) fn jacfwd_program(program: &Program, wrt: &[usize], of: &[usize]) -> 
     let out_avals = program.output_avals();
     let inputs: Vec<Tensor> = in_avals.iter().map(|a| tracing.input(a)).collect();
     let sizes: Vec<usize> = wrt.iter().map(|&i| in_avals[i].numel()).collect();
-    let starts = offsets(&sizes);
+    let starts = crate::primitives::starts(sizes.iter().copied());
     let total: usize = sizes.iter().sum();
     let mut tangents: Vec<Tangent> = in_avals
         .iter()

@@ -519,6 +519,18 @@ pub(crate) fn broadcast_shapes(op: &str, a: &[usize], b: &[usize]) -> Result<Vec
         .collect()
 }
 
+/// Where consecutive pieces of the given lengths start: `[0, l0, l0 + l1, ...]` (one per
+/// piece).
+pub(crate) fn starts(lengths: impl IntoIterator<Item = usize>) -> Vec<usize> {
+    let mut next = 0;
+    (lengths.into_iter())
+        .map(|len| {
+            next += len;
+            next - len
+        })
+        .collect()
+}
+
 /// `[a, b, ...] ++ [c, ...]`.
 pub(crate) fn concat_dims(a: &[usize], b: &[usize]) -> Vec<usize> {
     a.iter().chain(b).copied().collect()

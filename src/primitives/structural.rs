@@ -548,13 +548,7 @@ impl Rules for Structural {
                     .iter()
                     .map(|piece| Ok(piece.aval()?.shape))
                     .collect::<Result<Vec<_>>>()?;
-                let starts: Vec<usize> = shapes
-                    .iter()
-                    .scan(0, |offset, s| {
-                        *offset += s[*axis];
-                        Some(*offset - s[*axis])
-                    })
-                    .collect();
+                let starts = super::starts(shapes.iter().map(|s| s[*axis]));
                 cotangents(x, batch, &|i| {
                     let mut start = vec![0; out.len()];
                     let mut stop = out.to_vec();

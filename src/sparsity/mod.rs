@@ -89,13 +89,7 @@ impl SparsityPattern {
 
     /// Where each block starts in the flat variable.
     pub(crate) fn starts(&self) -> Vec<usize> {
-        self.sizes()
-            .iter()
-            .scan(0, |acc, &len| {
-                *acc += len;
-                Some(*acc - len)
-            })
-            .collect()
+        crate::primitives::starts(self.sizes())
     }
 
     /// The number of rows (and columns): the size of the flat differentiated variable.
