@@ -237,6 +237,11 @@ static KEPT: AtomicUsize = AtomicUsize::new(0);
 #[derive(Default)]
 pub(crate) struct Kept(Mutex<Vec<Arc<Data>>>);
 
+/// Whether `bytes` more fit beside the `kept` bytes within a quarter of `limit`.
+fn fits(kept: usize, bytes: usize, limit: usize) -> bool {
+    kept.saturating_add(bytes) <= limit / 4
+}
+
 fn bytes_of(arrays: &[Arc<Data>]) -> usize {
     let bytes = |a: &Arc<Data>| a.shape().iter().product::<usize>() * a.dtype().size_bytes();
     arrays.iter().map(bytes).sum()
@@ -245,7 +250,7 @@ fn bytes_of(arrays: &[Arc<Data>]) -> usize {
 impl Kept {
     /// Whether results of `bytes` would be kept now under `limit`, with what the others keep.
     pub fn would_keep(bytes: usize, limit: usize) -> bool {
-        KEPT.load(Ordering::Relaxed).saturating_add(bytes) <= limit / 4
+        fits(KEPT.load(Ordering::Relaxed), bytes, limit)
     }
 
     /// Keeps `arrays` in place of what was kept, when they fit a quarter of `limit` with what
@@ -255,11 +260,7 @@ impl Kept {
         KEPT.fetch_sub(bytes_of(&kept), Ordering::Relaxed);
         kept.clear();
         let bytes = bytes_of(arrays);
-        if KEPT
-            .fetch_add(bytes, Ordering::Relaxed)
-            .saturating_add(bytes)
-            <= limit / 4
-        {
+        if fits(KEPT.fetch_add(bytes, Ordering::Relaxed), bytes, limit) {
             kept.extend_from_slice(arrays);
         } else {
             KEPT.fetch_sub(bytes, Ordering::Relaxed);

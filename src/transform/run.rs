@@ -278,7 +278,7 @@ mod tests {
         let (second, _) = address(&x);
         assert_ne!(first, second);
         drop(held);
-        // Dropped (the second at once, then the first): each call writes into the last.
+        // Dropped (the second result at once): each call writes into the one before.
         let (third, _) = address(&x);
         assert_eq!(third, second);
         assert_eq!(address(&x).0, third);
