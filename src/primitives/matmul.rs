@@ -151,7 +151,7 @@ impl Rules for MatMul {
 /// [`matmul_into`]).
 pub(crate) fn batched_matmul<T>(a: ArrayViewD<'_, T>, b: ArrayViewD<'_, T>) -> ArrayD<T>
 where
-    T: ndarray::LinalgScalar + Send + Sync,
+    T: ndarray::LinalgScalar + Send + Sync + PartialEq,
 {
     let (ra, rb) = (a.ndim(), b.ndim());
     let (m, k, n) = (a.shape()[ra - 2], a.shape()[ra - 1], b.shape()[rb - 1]);
@@ -175,7 +175,7 @@ where
 /// product each. Operands of any layout are read in place.
 pub(crate) fn matmul_into<T>(a: ArrayViewD<'_, T>, b: ArrayViewD<'_, T>, out: &mut [T])
 where
-    T: ndarray::LinalgScalar + Send + Sync,
+    T: ndarray::LinalgScalar + Send + Sync + PartialEq,
 {
     let (ra, rb) = (a.ndim(), b.ndim());
     let (m, k, n) = (a.shape()[ra - 2], a.shape()[ra - 1], b.shape()[rb - 1]);
@@ -205,6 +205,25 @@ where
             product(view(a, count * m, k, (k, 1)), view(b, k, n, (n, 1)), c);
             return;
         }
+        if ca == 1 && cb == count && count > 1 {
+            // One `a` against a batch of one-hot matrices (a sweep's chunk of the identity
+            // basis, as in `x @ dW`): each product is a column of `a` put into zeros. Only
+            // for finite `a`, whose products with the zeros are zeros.
+            if let Some(hot) =
+                one_hot(b, k * n).filter(|_| a.iter().all(|&x| x * T::zero() == T::zero()))
+            {
+                out.fill(T::zero());
+                for (out, hot) in out.chunks_exact_mut(m * n).zip(hot) {
+                    if let Some(at) = hot {
+                        let (row, column) = (at / n, at % n);
+                        for r in 0..m {
+                            out[r * n + column] = a[r * k + row];
+                        }
+                    }
+                }
+                return;
+            }
+        }
         if ca == 1 && cb == count && n == 1 {
             // [m, k] @ [k, count]: the columns of b, and of the result, are strided.
             let c = ArrayViewMut2::from_shape((m, count).strides((1, m)), out).expect("in bounds");
@@ -232,6 +251,30 @@ where
     } else {
         out.chunks_mut(m * n).enumerate().for_each(one_product);
     }
+}
+
+/// For matrices of `len` values one after another in `b`, where each one's only nonzero value
+/// is, when every one has at most one nonzero value and it is one; else `None`, found as soon
+/// as a value is neither zero nor one or a matrix has a second one.
+fn one_hot<T: ndarray::LinalgScalar + PartialEq>(
+    b: &[T],
+    len: usize,
+) -> Option<Vec<Option<usize>>> {
+    b.chunks_exact(len.max(1))
+        .map(|item| {
+            let mut hot = None;
+            for (p, &v) in item.iter().enumerate() {
+                if v == T::zero() {
+                    continue;
+                }
+                if v != T::one() || hot.is_some() {
+                    return None;
+                }
+                hot = Some(p);
+            }
+            Some(hot)
+        })
+        .collect()
 }
 
 /// `total += a^T @ b` for row-major `a` (`[rows, x]`), `b` (`[rows, y]`) and `total`
@@ -426,6 +469,51 @@ fn short_rows<T: ndarray::LinalgScalar>(rows: &[T], x: &[T], y: &mut [T]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn products_with_a_batch_of_one_hot_matrices_put_columns_into_zeros() {
+        // `x @ basis` for a chunk of the identity basis of a [3, 4] input, the last two
+        // directions past its end (zero); then the same with an infinity in `x`, which the
+        // matrix kernel multiplies by the zeros (NaN), as JAX does.
+        let x = ndarray::Array::from_shape_fn((5, 3), |(i, j)| (i * 3 + j) as f64 - 4.5);
+        let basis = ndarray::Array::from_shape_fn((6, 3, 4), |(d, i, j)| {
+            f64::from(u8::from(d + 8 == i * 4 + j))
+        });
+        let slow = |x: &ndarray::Array2<f64>| {
+            let mut want = ndarray::Array3::<f64>::zeros((6, 5, 4));
+            for d in 0..6 {
+                let product = x.dot(&basis.index_axis(ndarray::Axis(0), d));
+                want.index_axis_mut(ndarray::Axis(0), d).assign(&product);
+            }
+            want.into_dyn()
+        };
+        let got = batched_matmul(
+            x.view()
+                .into_shape_with_order((1, 5, 3))
+                .unwrap()
+                .into_dyn(),
+            basis.view().into_dyn(),
+        );
+        assert_eq!(got, slow(&x));
+        assert_eq!(got[[1, 2, 1]], x[[2, 2]]); // direction 9: element (2, 1)
+        let mut infinite = x.clone();
+        infinite[[0, 0]] = f64::INFINITY;
+        let got = batched_matmul(
+            infinite
+                .view()
+                .into_shape_with_order((1, 5, 3))
+                .unwrap()
+                .into_dyn(),
+            basis.view().into_dyn(),
+        );
+        let want = slow(&infinite);
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(g, w)| g == w || (g.is_nan() && w.is_nan()))
+        );
+        assert!(got[[0, 0, 1]].is_nan()); // 0 * inf
+    }
 
     #[test]
     fn batched_products_broadcast_their_leading_axes() {
