@@ -189,9 +189,8 @@ pub(super) fn split_at_seeds(
             eqn.prim,
             Prim::Structural(Structural::Transpose(_) | Structural::Reshape(_))
         );
-        let source = eqn.inputs[0];
         if view && !linear.contains(&eqn.outputs[0]) {
-            let root = roots(&source, &views);
+            let root = roots(&eqn.inputs[0], &views);
             if full.inputs[..n_primal_inputs].contains(&root) {
                 views.insert(eqn.outputs[0], root);
             }

@@ -253,9 +253,9 @@ where
     }
 }
 
-/// For matrices of `len` values one after another in `b`, where each one's only nonzero value
-/// is, when every one has at most one nonzero value and it is one; else `None`, found as soon
-/// as a value is neither zero nor one or a matrix has a second one.
+/// For the matrices of `len` values one after another in `b`: where each one's single one is
+/// (`None` for a matrix of zeros), when every value is zero or one and no matrix has two
+/// ones; else `None`, as soon as a value breaks that.
 fn one_hot<T: ndarray::LinalgScalar + PartialEq>(
     b: &[T],
     len: usize,

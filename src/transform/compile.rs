@@ -597,9 +597,12 @@ fn dense_hessian(
         .iter()
         .map(|&i| program.aval(program.inputs[i]))
         .collect();
-    let n = coloring.pattern.size();
-    let bytes = (n.saturating_mul(n)).saturating_mul(wrt_avals[0].dtype.size_bytes());
-    if n.saturating_mul(n) < MAP_BESIDE_MIN || !memory::Kept::would_keep(bytes, spec.memory_limit) {
+    let entries = coloring
+        .pattern
+        .size()
+        .saturating_mul(coloring.pattern.size());
+    let bytes = entries.saturating_mul(wrt_avals[0].dtype.size_bytes());
+    if entries < MAP_BESIDE_MIN || !memory::Kept::would_keep(bytes, spec.memory_limit) {
         return compressed(spec, program, wrt, coloring, Recover::Dense);
     }
     // The pages of a large result (one per row of a band) take longer to map than its plan
