@@ -236,13 +236,24 @@ where
     let (a, b) = (in_memory_order(&a), in_memory_order(&b));
     let (sa, sb) = (strides(a.strides()), strides(b.strides()));
     let (a_data, b_data) = (memory(&a), memory(&b));
+    let small = Small::for_product(
+        (m, k, n),
+        (sa[ra - 2], sa[ra - 1]),
+        (sb[rb - 2], sb[rb - 1]),
+    )
+    .filter(|_| is_real::<T>());
     let one_product = |(i, c): (usize, &mut [T])| {
         let a0 = broadcast_offset(i, &batch, a_batch, &sa);
         let b0 = broadcast_offset(i, &batch, b_batch, &sb);
+        let (a, b) = (&a_data[a0..], &b_data[b0..]);
+        if let Some(small) = small {
+            small.run(a, b, c);
+            return;
+        }
         let c = ArrayViewMut2::from_shape((m, n), c).expect("in bounds");
         product(
-            view(&a_data[a0..], m, k, (sa[ra - 2], sa[ra - 1])),
-            view(&b_data[b0..], k, n, (sb[rb - 2], sb[rb - 1])),
+            view(a, m, k, (sa[ra - 2], sa[ra - 1])),
+            view(b, k, n, (sb[rb - 2], sb[rb - 1])),
             c,
         );
     };
@@ -299,6 +310,132 @@ multiversion! {
                 *d = x * y;
             }
         }
+    }
+}
+
+/// Whether `T` is `f64` or `f32`, whose small products [`Small`] computes faster than the
+/// matrix kernel (complex ones stay with the kernel's vectorised complex arithmetic).
+fn is_real<T: 'static>() -> bool {
+    use std::any::TypeId;
+    [TypeId::of::<f64>(), TypeId::of::<f32>()].contains(&TypeId::of::<T>())
+}
+
+/// Products of a batch with at most this many multiply-adds each take [`Small`]: below it
+/// the matrix kernel's fixed cost per call (about 0.3 µs) outweighs its faster inner loop.
+const SMALL_PRODUCT: usize = 1 << 13;
+
+/// One small product `c = a @ b` (`c` row-major, `m x n`) computed in registers: blocks of
+/// four rows by [`LANES`] columns of `c` summed over `k` at once, reading rows of `b` where
+/// they are contiguous. When only the columns of `a` are (a transposed operand) and `c` is a
+/// column, it computes `c^T = b^T @ a^T` the same way. A sweep's tangent batch makes hundreds
+/// of such products per call (`[8, 32] @ [32, 16]` in mlp_177), one matrix-kernel call each.
+#[derive(Clone, Copy, Debug)]
+struct Small {
+    /// `m, k, n` of the product as computed (of the transposed one when `swapped`).
+    shape: (usize, usize, usize),
+    /// Strides of the left operand as computed (rows, columns).
+    left: (usize, usize),
+    /// Row stride of the right operand as computed (its columns are contiguous).
+    right: usize,
+    /// Whether the product computed is `b^T @ a^T`.
+    swapped: bool,
+}
+
+impl Small {
+    /// How to compute `a @ b` of `shape` with operands of strides `sa` and `sb`, when it is
+    /// small and an operand's layout allows it.
+    fn for_product(
+        (m, k, n): (usize, usize, usize),
+        sa: (usize, usize),
+        sb: (usize, usize),
+    ) -> Option<Small> {
+        if m * k * n > SMALL_PRODUCT {
+            return None;
+        }
+        let rows_of_b = sb.1 == 1 || n == 1;
+        let columns_of_a = sa.0 == 1 || m == 1;
+        if rows_of_b && (n >= LANES || !(columns_of_a && n == 1)) {
+            return Some(Small {
+                shape: (m, k, n),
+                left: sa,
+                right: sb.0,
+                swapped: false,
+            });
+        }
+        (columns_of_a && n == 1).then_some(Small {
+            shape: (1, k, m),
+            left: (sb.1, sb.0),
+            right: sa.1,
+            swapped: true,
+        })
+    }
+
+    /// `c = a @ b`, `a` and `b` read from their first elements through the strides given.
+    fn run<T: ndarray::LinalgScalar>(&self, a: &[T], b: &[T], c: &mut [T]) {
+        let (left, right) = if self.swapped { (b, a) } else { (a, b) };
+        small_product(left, self.left, right, self.right, c, self.shape);
+    }
+}
+
+/// Columns of `c` a block of [`Small`] sums at once: a vector register of `f64` with AVX-512.
+const LANES: usize = 8;
+
+multiversion! {
+    /// `c = a @ b` for `c` row-major `m x n` and rows of `b` contiguous, `a` read through
+    /// `sa` and rows of `b` `sb` apart: see [`Small`].
+    fn small_product<T: ndarray::LinalgScalar>(
+        a: &[T],
+        sa: (usize, usize),
+        b: &[T],
+        sb: usize,
+        c: &mut [T],
+        shape: (usize, usize, usize),
+    ) {
+        let (m, _, n) = shape;
+        let (rows, columns) = (m / 4 * 4, n / LANES * LANES);
+        for j in (0..columns).step_by(LANES) {
+            for i in (0..rows).step_by(4) {
+                block::<T, 4, LANES>(a, sa, b, sb, c, shape, (i, j));
+            }
+            for i in rows..m {
+                block::<T, 1, LANES>(a, sa, b, sb, c, shape, (i, j));
+            }
+        }
+        for j in columns..n {
+            for i in (0..rows).step_by(4) {
+                block::<T, 4, 1>(a, sa, b, sb, c, shape, (i, j));
+            }
+            for i in rows..m {
+                block::<T, 1, 1>(a, sa, b, sb, c, shape, (i, j));
+            }
+        }
+    }
+}
+
+/// Rows `i..i + R` and columns `j..j + W` of `c = a @ b` (see [`small_product`]), summed in
+/// `R x W` values that stay in registers.
+#[inline(always)]
+fn block<T: ndarray::LinalgScalar, const R: usize, const W: usize>(
+    a: &[T],
+    sa: (usize, usize),
+    b: &[T],
+    sb: usize,
+    c: &mut [T],
+    (_, k, n): (usize, usize, usize),
+    (i, j): (usize, usize),
+) {
+    let mut sums = [[T::zero(); W]; R];
+    for p in 0..k {
+        let row: &[T; W] = (b[p * sb + j..][..W]).try_into().expect("W values");
+        for (r, sums) in sums.iter_mut().enumerate() {
+            let x = a[(i + r) * sa.0 + p * sa.1];
+            for (sum, &y) in sums.iter_mut().zip(row) {
+                *sum = *sum + x * y;
+            }
+        }
+    }
+    for (r, sums) in sums.iter().enumerate() {
+        c[(i + r) * n + j..][..W].copy_from_slice(sums);
     }
 }
 
@@ -651,6 +788,69 @@ mod tests {
             |re, im| Complex::new(re as f32, im as f32),
             |x: Complex<f32>, y| (x - y).norm() <= 1e-4,
         );
+    }
+
+    /// Batches of small products, through [`Small`] where the layouts allow it (rows of `b`,
+    /// or a column result of a transposed `a`) and the matrix kernel where not, against sums
+    /// of products: remainders of the row and column blocks, shared and batched operands.
+    #[test]
+    fn batches_of_small_products_agree_with_sums_of_products_in_every_layout() {
+        use ndarray::{Array, ArrayView3, Axis};
+        fn check<T: ndarray::LinalgScalar + Send + Sync + PartialEq + std::fmt::Debug>(
+            make: impl Fn(f64) -> T,
+            close: impl Fn(T, T) -> bool,
+        ) {
+            for (m, k, n) in [(8, 32, 16), (16, 32, 1), (32, 16, 1), (7, 5, 11), (1, 9, 1)] {
+                assert!(m * k * n <= SMALL_PRODUCT);
+                let a = Array::from_shape_fn((3, m, k), |(b, i, j)| {
+                    make(((b * 31 + i * 7 + j) as f64 * 0.37).sin())
+                });
+                let at = Array::from_shape_fn((3, k, m), |(q, j, i)| a[[q, i, j]]);
+                let b = Array::from_shape_fn((3, k, n), |(b, i, j)| {
+                    make(((b * 17 + i * 3 + j) as f64 * 0.23).cos())
+                });
+                let bt = Array::from_shape_fn((3, n, k), |(q, j, i)| b[[q, i, j]]);
+                let a_layouts = [a.view(), at.view().permuted_axes([0, 2, 1])];
+                let b_layouts = [b.view(), bt.view().permuted_axes([0, 2, 1])];
+                for (x, y) in a_layouts
+                    .iter()
+                    .flat_map(|x| b_layouts.iter().map(move |y| (x, y)))
+                {
+                    let check_batch = |x: ArrayView3<T>, y: ArrayView3<T>, shared: &str| {
+                        let out = batched_matmul(x.into_dyn(), y.into_dyn());
+                        for batch in 0..3 {
+                            let (xi, yi) = (
+                                x.index_axis(Axis(0), batch.min(x.len_of(Axis(0)) - 1)),
+                                y.index_axis(Axis(0), batch.min(y.len_of(Axis(0)) - 1)),
+                            );
+                            for i in 0..m {
+                                for j in 0..n {
+                                    let want =
+                                        (0..k).fold(T::zero(), |s, l| s + xi[[i, l]] * yi[[l, j]]);
+                                    let got = out[[batch, i, j]];
+                                    assert!(
+                                        close(got, want),
+                                        "{m}x{k}x{n} {shared} {:?} {:?}: {got:?}",
+                                        x.strides(),
+                                        y.strides()
+                                    );
+                                }
+                            }
+                        }
+                    };
+                    check_batch(x.view(), y.view(), "batched");
+                    check_batch(x.slice(ndarray::s![..1, .., ..]), y.view(), "shared a");
+                    check_batch(x.view(), y.slice(ndarray::s![..1, .., ..]), "shared b");
+                }
+            }
+        }
+        check(|x| x, |x: f64, y| (x - y).abs() <= 1e-12);
+        check(|x| x as f32, |x: f32, y| (x - y).abs() <= 1e-4);
+        // The layouts that take it: rows of `b`, or a column result of a transposed `a`.
+        assert!(Small::for_product((8, 32, 16), (1, 8), (16, 1)).is_some_and(|s| !s.swapped));
+        assert!(Small::for_product((16, 32, 1), (1, 16), (1, 1)).is_some_and(|s| s.swapped));
+        assert!(Small::for_product((16, 32, 4), (1, 16), (1, 32)).is_none());
+        assert!(Small::for_product((64, 64, 64), (64, 1), (64, 1)).is_none());
     }
 
     #[test]
