@@ -14,6 +14,7 @@ use std::ops::Range;
 use ndarray::{ArrayD, Axis, IxDyn};
 use num_complex::{Complex32, Complex64};
 
+use crate::simd::multiversion;
 use crate::storage::pool;
 
 /// Values that can be summed: `+` for floating-point and complex numbers, wrapping `+` for
@@ -26,6 +27,7 @@ pub(crate) trait Summand: Copy + num_traits::Zero + 'static {
 macro_rules! summand {
     ($($t:ty),*) => {$(
         impl Summand for $t {
+            #[inline(always)]
             fn plus(self, other: Self) -> Self {
                 self + other
             }
@@ -35,6 +37,7 @@ macro_rules! summand {
 summand!(f32, f64, Complex32, Complex64);
 
 impl Summand for i64 {
+    #[inline(always)]
     fn plus(self, other: Self) -> Self {
         self.wrapping_add(other)
     }
@@ -84,19 +87,51 @@ fn sum_rows<T: Summand>(src: &[T], rows: usize, out: &mut [T]) {
     let width = out.len();
     if rows <= ROWS {
         out.fill(T::zero());
-        for row in src.chunks_exact(width.max(1)).take(rows) {
-            for (acc, &v) in out.iter_mut().zip(row) {
-                *acc = acc.plus(v);
-            }
-        }
+        add_rows(src, rows, out);
         return;
     }
     let half = rows / 2;
     sum_rows(&src[..half * width], half, out);
-    let mut rest = vec![T::zero(); width];
-    sum_rows(&src[half * width..], rows - half, &mut rest);
-    for (acc, v) in out.iter_mut().zip(rest) {
-        *acc = acc.plus(v);
+    // The second half's sums: on the stack when short (the rows of a tangent batch's
+    // [batch, n, units] sums are a few units wide, summed once per batch element).
+    let mut short = [T::zero(); SHORT_ROW];
+    let mut long = Vec::new();
+    let rest = if width <= SHORT_ROW {
+        &mut short[..width]
+    } else {
+        long.resize(width, T::zero());
+        &mut long[..]
+    };
+    sum_rows(&src[half * width..], rows - half, rest);
+    add_rows(rest, 1, out);
+}
+
+/// Rows at most this long are summed in a buffer on the stack by [`sum_rows`].
+const SHORT_ROW: usize = 64;
+
+multiversion! {
+    /// Adds the first `rows` rows of `src` (each `out.len()` long) to `out`, one after
+    /// another.
+    fn add_rows<T: Summand>(src: &[T], rows: usize, out: &mut [T]) {
+        // Blocks of `BLOCK_WIDTH` columns are summed in registers over all rows, rather than
+        // loaded from `out` and stored back at each row.
+        const BLOCK_WIDTH: usize = 8;
+        let width = out.len().max(1);
+        let whole = out.len() / BLOCK_WIDTH * BLOCK_WIDTH;
+        for j in (0..whole).step_by(BLOCK_WIDTH) {
+            let mut sums: [T; BLOCK_WIDTH] = out[j..j + BLOCK_WIDTH].try_into().expect("a block");
+            for row in src.chunks_exact(width).take(rows) {
+                for (acc, &v) in sums.iter_mut().zip(&row[j..j + BLOCK_WIDTH]) {
+                    *acc = acc.plus(v);
+                }
+            }
+            out[j..j + BLOCK_WIDTH].copy_from_slice(&sums);
+        }
+        for row in src.chunks_exact(width).take(rows) {
+            for (acc, &v) in out[whole..].iter_mut().zip(&row[whole..]) {
+                *acc = acc.plus(v);
+            }
+        }
     }
 }
 
@@ -209,6 +244,29 @@ mod tests {
         assert_eq!(sum_axes(&t, &[1, 2]), t.sum_axis(Axis(2)).sum_axis(Axis(1)));
         let empty = ArrayD::<f64>::zeros(IxDyn(&[2, 0, 3]));
         assert_eq!(sum_axes(&empty, &[1]), ArrayD::zeros(IxDyn(&[2, 3])));
+    }
+
+    /// Rows of every width around the blocks of `add_rows` and the stack buffer of
+    /// `sum_rows`, in more rows than one block of rows, against a plain loop (exact on small
+    /// integers), for each summand type.
+    #[test]
+    fn sums_over_a_middle_axis_match_a_plain_loop_for_every_width() {
+        for inner in [1, 3, 8, 13, 16, 64, 70] {
+            for n in [1, 5, 16, 17, 40] {
+                let a = ArrayD::from_shape_fn(IxDyn(&[2, n, inner]), |i| {
+                    (i[0] * 1000 + i[1] * 7 + i[2]) as f64
+                });
+                let want = a.sum_axis(Axis(1));
+                assert_eq!(sum_axes(&a, &[1]), want, "[2, {n}, {inner}]");
+                let as_i64 = a.mapv(|x| x as i64);
+                assert_eq!(sum_axes(&as_i64, &[1]), want.mapv(|x| x as i64));
+                let as_c64 = a.mapv(|x| Complex64::new(x, -x));
+                assert_eq!(
+                    sum_axes(&as_c64, &[1]),
+                    want.mapv(|x| Complex64::new(x, -x))
+                );
+            }
+        }
     }
 
     #[test]
