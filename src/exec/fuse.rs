@@ -1144,6 +1144,70 @@ mod tests {
         assert_eq!(out[..16], [&run[8..], &run[..8]].concat()[..]);
     }
 
+    /// Tiles of several rows of a [3, 4, 16] iteration space: a [4, 16] matrix broadcast over
+    /// the first axis is read in place, a [3, 1, 16] batch of vectors broadcast over the
+    /// middle axis is each vector repeated, a [3, 1, 1] one a number; each against the copy
+    /// `load` makes when the tile crosses the block of the axes it spans.
+    #[test]
+    fn tiles_across_rows_of_broadcast_operands_are_read_without_copies() {
+        let data: Vec<f64> = (0..64).map(|k| k as f64).collect();
+        let shape = [3, 4, 16];
+        let view = |from: &[usize]| {
+            let var = Program::default().new_var(Aval::new(from, DType::F64));
+            View::of(var, from).broadcast(&shape)
+        };
+        let read = |view: &View, first: usize, len: usize| {
+            let mut out = vec![f64::NAN; len];
+            let (mut at, mut coords) = ([0; 3], [0; 3]);
+            super::super::tile::coordinates(&shape, first, &mut at);
+            let held = super::super::tile::load(view, &data, &at, &mut out, &mut coords);
+            let values = match held {
+                Held::InPlace(values) => values.to_vec(),
+                Held::Uniform(value) => vec![value; len],
+                Held::Repeated(run) => run.repeat(len / run.len()),
+                Held::Own => out,
+            };
+            (held, values)
+        };
+        let expect = |view: &View, first: usize, len: usize| -> Vec<f64> {
+            (first..first + len)
+                .map(|k| {
+                    let mut at = [0; 3];
+                    super::super::tile::coordinates(&shape, k, &mut at);
+                    let offset: isize = (at.iter().zip(&view.strides))
+                        .map(|(&c, &s)| c as isize * s)
+                        .sum();
+                    data[(view.offset + offset) as usize]
+                })
+                .collect()
+        };
+        let (matrix, vectors, numbers) = (view(&[4, 16]), view(&[3, 1, 16]), view(&[3, 1, 1]));
+        for (view, first, len, kind) in [
+            (&matrix, 64, 64, "in place"),
+            (&matrix, 80, 32, "in place"),
+            (&vectors, 64, 64, "repeated"),
+            (&vectors, 128, 32, "repeated"),
+            (&numbers, 64, 64, "uniform"),
+            (&matrix, 48, 32, "copied"),
+            (&vectors, 56, 16, "copied"),
+        ] {
+            let (held, values) = read(view, first, len);
+            let got = match held {
+                Held::InPlace(_) => "in place",
+                Held::Repeated(_) => "repeated",
+                Held::Uniform(_) => "uniform",
+                Held::Own => "copied",
+            };
+            assert_eq!(got, kind, "{:?} from {first}", view.strides);
+            assert_eq!(
+                values,
+                expect(view, first, len),
+                "{:?} from {first}",
+                view.strides
+            );
+        }
+    }
+
     #[test]
     fn vectors_repeated_along_a_batch_meet_every_kind_of_operand() {
         // A bias of 16 broadcast over 40 rows, against a tile, a number, another bias and

@@ -641,20 +641,8 @@ pub(super) fn load<'a>(
     if one_element {
         return Held::Uniform(data[view.offset as usize]);
     }
-    // A run of at least this many elements repeated along the tile is read row by row.
-    const SHORTEST_REPEATED: usize = 16;
-    let repeated_rows =
-        (0..inner).all(|d| view.strides[d] == 0 && view.valid[d] == (0, view.shape[d]));
-    if stride == 1
-        && (a, b) == (0, width)
-        && j == 0
-        && len > width
-        && len % width == 0
-        && width >= SHORTEST_REPEATED
-        && repeated_rows
-    {
-        let base = view.offset as usize;
-        return Held::Repeated(&data[base..base + width]);
+    if let Some(held) = across_rows(view, data, start, len) {
+        return held;
     }
     if matches!(stride, 0 | 1) && a <= j && j + len <= b && row_valid(coords) {
         let base = (view.offset + j as isize * stride + outer_offset(view, coords)) as usize;
@@ -699,6 +687,52 @@ pub(super) fn load<'a>(
         }
     }
     Held::Own
+}
+
+/// A tile of `len` elements from multi-index `start` that spans several rows, when it reads
+/// its view without a copy: the tile lies in one block of the trailing axes it spans (the
+/// axes before them are fixed in it), and over those axes the view is its buffer in order
+/// (read in place), one run repeated row after row (a vector broadcast over a batch's rows),
+/// or one element.
+fn across_rows<'a>(view: &View, data: &'a [f64], start: &[usize], len: usize) -> Option<Held<'a>> {
+    // A run shorter than this repeated along the tile is copied: a tile of such short rows
+    // reads faster from one buffer.
+    const SHORTEST_REPEATED: usize = 16;
+    let inner = view.shape.len() - 1;
+    // The first axis the tile spans: the tile ends inside the block of axes `first..` that
+    // it starts in.
+    let (mut at, mut block) = (0, 1);
+    let first = (0..=inner).rev().find(|&d| {
+        at += start[d] * block;
+        block *= view.shape[d];
+        at + len <= block
+    })?;
+    let spanned = first..inner + 1;
+    let whole = |d: usize| view.valid[d] == (0, view.shape[d]);
+    let fixed_valid = (0..first).all(|d| view.valid[d].0 <= start[d] && start[d] < view.valid[d].1);
+    if first == inner || !fixed_valid || !spanned.clone().all(whole) {
+        return None;
+    }
+    let base = view.offset
+        + (start.iter().zip(&view.strides))
+            .map(|(&c, &s)| c as isize * s)
+            .sum::<isize>();
+    let strides = &view.strides;
+    let width = view.shape[inner];
+    if spanned.clone().all(|d| strides[d] == 0) {
+        return Some(Held::Uniform(data[base as usize]));
+    }
+    let in_order = strides[inner] == 1
+        && (first..inner).all(|d| strides[d] == strides[d + 1] * view.shape[d + 1] as isize);
+    if in_order {
+        return Some(Held::InPlace(&data[base as usize..base as usize + len]));
+    }
+    let repeated = strides[inner] == 1
+        && start[inner] == 0
+        && len % width == 0
+        && width >= SHORTEST_REPEATED
+        && (first..inner).all(|d| strides[d] == 0);
+    repeated.then(|| Held::Repeated(&data[base as usize..base as usize + width]))
 }
 
 /// The offset in `view`'s buffer of the row at `coords` (every axis but the last).
