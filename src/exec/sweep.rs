@@ -183,15 +183,29 @@ fn place(out: &Data, block: &mut Data, start: usize, valid: usize, n: usize) -> 
         let src = out.as_slice().expect("standard layout");
         let dst = block.as_slice_mut().expect("a fresh block is contiguous");
         let rows = dst.len() / n.max(1);
-        // Tiles keep both the reads and the strided writes in cache.
-        const TILE: usize = 64;
-        for a0 in (0..rows).step_by(TILE) {
-            let a1 = (a0 + TILE).min(rows);
-            for k in 0..valid {
-                let from = &src[k * rows + a0..k * rows + a1];
-                for (a, &value) in (a0..a1).zip(from) {
-                    dst[a * n + start + k] = value;
+        // Squares of `SIDE` x `SIDE` values are transposed through a copy on the stack, so
+        // that each is read and written a row of `SIDE` at a time.
+        const SIDE: usize = 8;
+        let (whole_rows, whole_columns) = (rows / SIDE * SIDE, valid / SIDE * SIDE);
+        for a0 in (0..whole_rows).step_by(SIDE) {
+            for k0 in (0..whole_columns).step_by(SIDE) {
+                let mut square = [[src[0]; SIDE]; SIDE];
+                for (k, row) in square.iter_mut().enumerate() {
+                    row.copy_from_slice(&src[(k0 + k) * rows + a0..][..SIDE]);
                 }
+                for a in 0..SIDE {
+                    let to = &mut dst[(a0 + a) * n + start + k0..][..SIDE];
+                    for (value, row) in to.iter_mut().zip(&square) {
+                        *value = row[a];
+                    }
+                }
+            }
+        }
+        // The rest: the rows past the last square, and the columns past it in every row.
+        for a in 0..rows {
+            let columns = if a < whole_rows { whole_columns } else { 0 };
+            for k in columns..valid {
+                dst[a * n + start + k] = src[k * rows + a];
             }
         }
     }
@@ -209,4 +223,37 @@ fn place(out: &Data, block: &mut Data, start: usize, valid: usize, n: usize) -> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chunk's output `[valid, rows]` lands in columns `start..start + valid` of a
+    /// `[rows, n]` block, and nowhere else: shapes around the transposed squares.
+    #[test]
+    fn a_chunk_is_placed_in_its_columns_of_the_block() {
+        for (rows, n, start, valid) in
+            [(19, 21, 3, 13), (16, 16, 8, 8), (5, 9, 0, 9), (40, 7, 6, 1)]
+        {
+            let out: Vec<f64> = (0..valid * rows).map(|v| v as f64).collect();
+            let out = Data::F64(ArrayD::from_shape_vec(vec![valid, rows], out).unwrap());
+            let mut block = Data::F64(ArrayD::from_elem(vec![rows, n], f64::NAN));
+            place(&out, &mut block, start, valid, n).unwrap();
+            let Data::F64(block) = block else {
+                unreachable!()
+            };
+            for ((a, k), &value) in block.indexed_iter().map(|(i, v)| ((i[0], i[1]), v)) {
+                if (start..start + valid).contains(&k) {
+                    assert_eq!(
+                        value,
+                        ((k - start) * rows + a) as f64,
+                        "{rows}x{n} ({a}, {k})"
+                    );
+                } else {
+                    assert!(value.is_nan(), "{rows}x{n} ({a}, {k}) written");
+                }
+            }
+        }
+    }
 }
