@@ -330,7 +330,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout> GradientTransform<F, Sig, C, L, 
     /// ```
     pub fn call(&self, args: impl Args<Sig>) -> Result<SparsityPattern> {
         let (signature, _) = super::function::signature(&args.flatten_args())?;
-        match &self.compiled(&signature)?.exec {
+        match &self.compiled(&signature, false)?.exec {
             Executable::Pattern(pattern) => Ok(SparsityPattern::clone(pattern)),
             _ => Err(Error::Trace(
                 "internal: a sparsity pattern without a pattern".into(),

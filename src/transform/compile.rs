@@ -45,6 +45,10 @@ pub(crate) struct Spec<'a> {
     pub chunk_size: Option<usize>,
     /// The memory limit in bytes that a call must fit.
     pub memory_limit: usize,
+    /// Whether the plan is built for a call about to run it (not to print its program or to
+    /// inline it into another trace): only then are the pages of a large dense Hessian from
+    /// sparsity mapped while the plan is built (see [`dense_hessian`]).
+    pub for_a_call: bool,
 }
 
 /// How a compiled transform computes a call's outputs.
@@ -602,7 +606,10 @@ fn dense_hessian(
         .size()
         .saturating_mul(coloring.pattern.size());
     let bytes = entries.saturating_mul(wrt_avals[0].dtype.size_bytes());
-    if entries < MAP_BESIDE_MIN || !memory::Kept::would_keep(bytes, spec.memory_limit) {
+    if !spec.for_a_call
+        || entries < MAP_BESIDE_MIN
+        || !memory::Kept::would_keep(bytes, spec.memory_limit)
+    {
         return compressed(spec, program, wrt, coloring, Recover::Dense);
     }
     // The pages of a large result (one per row of a band) take longer to map than its plan

@@ -583,6 +583,28 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout, M: Mode> GradientTransform<F, Si
         self.cache().len()
     }
 
+    /// Drops every plan the transform holds, and with them the results it keeps to write
+    /// the next call into (a large dense Hessian from sparsity, see the README's Memory
+    /// section): their memory goes back once the caller lets go of them too. The next call
+    /// of each signature builds its plan again. As `clear_cache` on a function compiled by
+    /// `jax.jit`.
+    ///
+    /// ```
+    /// use brainstate::{hessian, Tensor};
+    /// let h = hessian(|x: &Tensor| x.powi(3).sum());
+    /// h.call(&Tensor::ones(&[3])).unwrap();
+    /// assert_eq!(h.cached_plans(), 1);
+    /// h.clear_cache();
+    /// assert_eq!(h.cached_plans(), 0);
+    /// assert!(h.call(&Tensor::ones(&[3])).is_ok());
+    /// ```
+    pub fn clear_cache(&self) {
+        let capacity = self.cache_capacity();
+        let plans = std::mem::replace(&mut *self.cache(), PlanCache::new(capacity));
+        // Out of the lock: dropping the plans frees their kept results.
+        drop(plans);
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, PlanCache> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -609,14 +631,15 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout, M: Mode> GradientTransform<F, Si
     /// ```
     pub fn program(&self, args: impl Args<Sig>) -> Result<Program> {
         let (signature, _) = signature(&args.flatten_args())?;
-        let compiled = self.compiled(&signature)?;
+        let compiled = self.compiled(&signature, false)?;
         let mut program = compiled.whole()?.clone();
         program.notes = compiled.notes();
         Ok(program)
     }
 
-    /// The plan for this signature, from the cache or newly built.
-    fn compiled(&self, signature: &Signature) -> Result<Arc<Compiled>> {
+    /// The plan for this signature, from the cache or newly built (`for_a_call`: see
+    /// [`Spec::for_a_call`]).
+    fn compiled(&self, signature: &Signature, for_a_call: bool) -> Result<Arc<Compiled>> {
         if let Some(found) = self.cache().get(signature) {
             return Ok(found);
         }
@@ -634,6 +657,7 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout, M: Mode> GradientTransform<F, Si
             check_states: self.check_states,
             chunk_size: self.chunk_size,
             memory_limit: self.limit(),
+            for_a_call,
         };
         let start = Instant::now();
         let compiled = Arc::new(compile(&self.f, self.split, &spec, signature)?);
@@ -689,7 +713,8 @@ impl<F: Function<Sig>, Sig, C: Case, L: Layout, M: Mode> GradientTransform<F, Si
         build: impl FnOnce(&Arc<Compiled>, &mut Outputs) -> Result<R>,
     ) -> Result<R> {
         let (signature, leaves) = signature(&args.flatten_args())?;
-        let compiled = self.compiled(&signature)?;
+        // Traced arguments: the derivative program is inlined, its executable never runs.
+        let compiled = self.compiled(&signature, !leaves.iter().any(Tensor::is_traced))?;
         let vectors = vectors(&compiled)?;
         let start = Instant::now();
         // Read, compute and commit as one step for the states the function writes: calls

@@ -283,4 +283,46 @@ mod tests {
         assert_eq!(third, second);
         assert_eq!(address(&x).0, third);
     }
+
+    /// A large dense Hessian from sparsity (1100 x 1100, 9.7 MB) has its pages mapped while
+    /// its plan is built only when the plan is built for a call: not to print its program.
+    #[test]
+    fn pages_are_mapped_ahead_only_for_a_call() {
+        use crate::transform::compile::Executable;
+        use crate::transform::function::{Args, signature};
+        let f = |x: &Tensor| (x.slice_along(0, 1.., 1) * x.slice_along(0, ..-1, 1)).sum();
+        let x = Tensor::linspace(-1.0, 1.0, 1100);
+        let (signature, _) = signature(&(&x).flatten_args()).unwrap();
+        let kept = |for_a_call: bool| {
+            let h = hessian(f);
+            let compiled = h.compiled(&signature, for_a_call).unwrap();
+            let Executable::Compressed { last, .. } = &compiled.exec else {
+                panic!("a Hessian from its sparsity")
+            };
+            last.take_unshared().len()
+        };
+        assert_eq!(kept(true), 1);
+        assert_eq!(kept(false), 0);
+        // Printing the program leaves the first call to map its pages; its result is right.
+        let h = hessian(f);
+        assert!(h.program(&x).is_ok());
+        let hessian = h.call(&x).unwrap();
+        let hessian = hessian.tensor().unwrap().to_vec::<f64>().unwrap();
+        let expected = |i: usize, j: usize| f64::from(u8::from(i.abs_diff(j) == 1));
+        assert!((hessian.iter().enumerate()).all(|(k, &v)| v == expected(k / 1100, k % 1100)));
+    }
+
+    #[test]
+    fn a_cleared_cache_lets_go_of_the_results_it_keeps() {
+        let h = hessian(|x: &Tensor| (x.slice_along(0, 1.., 1) * x.slice_along(0, ..-1, 1)).sum());
+        let result = h.call(&Tensor::linspace(-1.0, 1.0, 64)).unwrap();
+        let held = |result: &crate::tree::Node| {
+            std::sync::Arc::strong_count(result.tensor().unwrap().data().unwrap())
+        };
+        // The caller's and the plan's, kept for the next call.
+        assert_eq!(held(&result), 2);
+        h.clear_cache();
+        assert_eq!(held(&result), 1);
+        assert_eq!(h.cached_plans(), 0);
+    }
 }
