@@ -354,6 +354,8 @@ impl Small {
         }
         let rows_of_b = sb.1 == 1 || n == 1;
         let columns_of_a = sa.0 == 1 || m == 1;
+        // A column result of a transposed `a` is summed a vector of `m` at a time swapped,
+        // one value at a time as it is.
         if rows_of_b && (n >= LANES || !(columns_of_a && n == 1)) {
             return Some(Small {
                 shape: (m, k, n),
