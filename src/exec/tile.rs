@@ -28,6 +28,8 @@ const BLOCK: usize = 8 * TILE;
 thread_local! {
     /// The registers of the group running on this thread, kept between runs.
     static REGISTERS: RefCell<Vec<Vec<f64>>> = const { RefCell::new(Vec::new()) };
+    /// The steps of the tile running on this thread, their storage kept between runs.
+    static STEPS: RefCell<Vec<Step>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Group {
@@ -46,16 +48,7 @@ impl Group {
                 return;
             }
             let (rows, cols) = self.blocks(numel);
-            let ranges = self.ranges(numel, cols);
-            if let [range] = &ranges[..] {
-                // Every row of every output, in one list (few allocations: small groups run
-                // often).
-                let mut targets: Vec<&mut [f64]> = outputs
-                    .iter_mut()
-                    .flat_map(|output| output.chunks_mut(cols))
-                    .collect();
-                self.run_columns(slices, rows, cols, range.clone(), &mut targets);
-            } else {
+            if let Some(ranges) = self.split(numel, cols) {
                 // Each range writes its columns of every row of every output.
                 let width = ranges[0].len();
                 let mut pieces: Vec<Vec<&mut [f64]>> = ranges
@@ -78,6 +71,14 @@ impl Group {
                     .for_each(|(range, mut targets)| {
                         self.run_columns(slices, rows, cols, range, &mut targets)
                     });
+            } else {
+                // Every row of every output, in one list (few allocations: small groups run
+                // often).
+                let mut targets: Vec<&mut [f64]> = outputs
+                    .iter_mut()
+                    .flat_map(|output| output.chunks_mut(cols))
+                    .collect();
+                self.run_columns(slices, rows, cols, 0..cols, &mut targets);
             }
         })?;
         Ok(outputs
@@ -173,12 +174,21 @@ impl Group {
     /// The ranges of columns run side by side: one per thread for large groups (whole tiles
     /// each), else all of them.
     fn ranges(&self, numel: usize, cols: usize) -> Vec<Range<usize>> {
+        self.split(numel, cols)
+            .unwrap_or_else(|| std::iter::once(0..cols).collect())
+    }
+
+    /// The ranges of [`Group::ranges`] when there are several; `None` (and no allocation:
+    /// small groups run often) when the columns run as one range.
+    fn split(&self, numel: usize, cols: usize) -> Option<Vec<Range<usize>>> {
         let parts = (numel / PARALLEL_MIN).clamp(1, rayon::current_num_threads());
-        let width = cols.div_ceil(parts).next_multiple_of(TILE);
-        (0..cols)
-            .step_by(width.max(1))
-            .map(|c| c..cols.min(c + width))
-            .collect()
+        let width = cols.div_ceil(parts).next_multiple_of(TILE).max(1);
+        (cols > width).then(|| {
+            (0..cols)
+                .step_by(width)
+                .map(|c| c..cols.min(c + width))
+                .collect()
+        })
     }
 
     /// The iteration space as `rows x cols`, walked a tile of columns at a time down every
@@ -253,7 +263,7 @@ impl Group {
             for (place, register) in places.iter_mut().zip(registers.iter_mut()) {
                 *place = own(register);
             }
-            let mut steps: Vec<Step> = Vec::with_capacity(arithmetic.len());
+            let mut steps = STEPS.with(|steps| std::mem::take(&mut *steps.borrow_mut()));
             for (column, row) in (start..end)
                 .step_by(tile)
                 .flat_map(|c| (0..rows).map(move |r| (c, r)))
@@ -310,6 +320,9 @@ impl Group {
                 // result the place of one of its operands.
                 unsafe { compute(&steps, len) };
             }
+            // Back for the next run, without the pointers of this one.
+            steps.clear();
+            STEPS.with(|kept| *kept.borrow_mut() = steps);
         });
     }
 }
