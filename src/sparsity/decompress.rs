@@ -35,7 +35,7 @@ impl Compression {
     ) -> Result<Cow<'a, [T]>> {
         let sizes = self.pattern.sizes();
         let mut flats = Vec::with_capacity(products.len());
-        for (product, &len) in products.iter().zip(&sizes) {
+        for (product, &len) in products.iter().zip(sizes) {
             let flat = product
                 .to_slice()
                 .ok_or_else(|| Error::shape("sparse hessian", "a product out of layout"))?;
@@ -57,7 +57,7 @@ impl Compression {
         let n: usize = sizes.iter().sum();
         let mut b = Vec::with_capacity(colors * n);
         for c in 0..colors {
-            for (flat, &len) in flats.iter().zip(&sizes) {
+            for (flat, &len) in flats.iter().zip(sizes) {
                 b.extend_from_slice(&flat[c * len..(c + 1) * len]);
             }
         }
@@ -133,7 +133,7 @@ impl Compression {
         let starts = self.pattern.starts();
         let fill = |rows: Range<usize>, out: &mut [MaybeUninit<T>]| {
             let base = self.pattern.row_start[rows.start];
-            for (leaf, (&start, &size)) in starts.iter().zip(&sizes).enumerate() {
+            for (leaf, (&start, &size)) in starts.iter().zip(sizes).enumerate() {
                 let mine = rows.start.max(start)..rows.end.min(start + size);
                 if !mine.is_empty() {
                     let arrays = &arrays[leaf * offsets..(leaf + 1) * offsets];
@@ -309,8 +309,8 @@ impl Compression {
         let large = out.iter().map(ArrayD::len).sum::<usize>() >= PARALLEL_MIN;
         let new_pages = large && out.iter().any(|b| !b.as_slice().is_some_and(pool::mapped));
         let (sizes, starts) = (self.pattern.sizes(), self.pattern.starts());
-        let pieces = pieces(&mut out, &sizes);
-        let write = |piece| write_piece(&self.pattern, &starts, &sizes, piece, |e| values[e]);
+        let pieces = pieces(&mut out, sizes);
+        let write = |piece| write_piece(&self.pattern, starts, sizes, piece, |e| values[e]);
         match new_pages {
             true => pieces.into_par_iter().for_each(write),
             false => pieces.into_iter().for_each(write),
@@ -340,7 +340,7 @@ impl Compression {
         let mut start = 0;
         shapes
             .iter()
-            .zip(&self.pattern.sizes())
+            .zip(self.pattern.sizes())
             .map(|(shape, &len)| {
                 let values = (start..start + len)
                     .map(|v| match pattern.row(v).binary_search(&v) {
@@ -504,11 +504,11 @@ pub(crate) fn map_beside<R>(
             return (meanwhile(), None);
         };
         let (sizes, starts) = (pattern.sizes(), pattern.starts());
-        let claims = Mutex::new(pieces(&mut blocks, &sizes).into_iter());
+        let claims = Mutex::new(pieces(&mut blocks, sizes).into_iter());
         let map = || loop {
             let next = claims.lock().unwrap_or_else(PoisonError::into_inner).next();
             let Some(piece) = next else { break };
-            write_piece(pattern, &starts, &sizes, piece, |_| T::zero());
+            write_piece(pattern, starts, sizes, piece, |_| T::zero());
         };
         let result = std::thread::scope(|scope| {
             // A thread of its own: the pool's threads may be building the plan. Without

@@ -37,9 +37,24 @@ pub struct SparsityPattern {
     cols: Vec<usize>,
     /// Shapes of the differentiated leaves, in order: the blocks of the flat variable.
     shapes: Vec<Vec<usize>>,
+    /// The blocks' sizes and where each starts in the flat variable, read by every call
+    /// that decompresses (kept rather than computed per call).
+    sizes: Vec<usize>,
+    starts: Vec<usize>,
 }
 
 impl SparsityPattern {
+    fn new(row_start: Vec<usize>, cols: Vec<usize>, shapes: Vec<Vec<usize>>) -> SparsityPattern {
+        let sizes: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
+        SparsityPattern {
+            row_start,
+            cols,
+            starts: crate::primitives::starts(sizes.iter().copied()),
+            sizes,
+            shapes,
+        }
+    }
+
     /// The full pattern from its upper triangle (sorted pairs `(row, col)`, `row <= col`).
     fn from_upper(n: usize, upper: &[(u32, u32)], shapes: Vec<Vec<usize>>) -> SparsityPattern {
         let mut count = vec![0usize; n + 1];
@@ -66,30 +81,23 @@ impl SparsityPattern {
                 fill[c] += 1;
             }
         }
-        SparsityPattern {
-            row_start,
-            cols,
-            shapes,
-        }
+        SparsityPattern::new(row_start, cols, shapes)
     }
 
     /// Every entry of an `n x n` matrix.
     fn dense(n: usize, shapes: Vec<Vec<usize>>) -> SparsityPattern {
-        SparsityPattern {
-            row_start: (0..=n).map(|r| r * n).collect(),
-            cols: (0..n * n).map(|k| k % n).collect(),
-            shapes,
-        }
+        let row_start = (0..=n).map(|r| r * n).collect();
+        SparsityPattern::new(row_start, (0..n * n).map(|k| k % n).collect(), shapes)
     }
 
     /// The sizes of the blocks (differentiated leaves), in order.
-    pub(crate) fn sizes(&self) -> Vec<usize> {
-        self.shapes.iter().map(|s| s.iter().product()).collect()
+    pub(crate) fn sizes(&self) -> &[usize] {
+        &self.sizes
     }
 
     /// Where each block starts in the flat variable.
-    pub(crate) fn starts(&self) -> Vec<usize> {
-        crate::primitives::starts(self.sizes())
+    pub(crate) fn starts(&self) -> &[usize] {
+        &self.starts
     }
 
     /// The number of rows (and columns): the size of the flat differentiated variable.
