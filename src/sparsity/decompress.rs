@@ -308,9 +308,8 @@ impl Compression {
         // then takes less than waking a thread (rosen_n1024: 0.11 ms one thread, 0.21 ms two).
         let large = out.iter().map(ArrayD::len).sum::<usize>() >= PARALLEL_MIN;
         let new_pages = large && out.iter().any(|b| !b.as_slice().is_some_and(pool::mapped));
-        let (sizes, starts) = (self.pattern.sizes(), self.pattern.starts());
-        let pieces = pieces(&mut out, sizes);
-        let write = |piece| write_piece(&self.pattern, starts, sizes, piece, |e| values[e]);
+        let pieces = pieces(&mut out, self.pattern.sizes());
+        let write = |piece| write_piece(&self.pattern, piece, |e| values[e]);
         match new_pages {
             true => pieces.into_par_iter().for_each(write),
             false => pieces.into_iter().for_each(write),
@@ -465,11 +464,10 @@ fn pieces<'a, T>(out: &'a mut [ArrayD<T>], sizes: &[usize]) -> Vec<Piece<'a, T>>
 /// Writes `value(e)` at the pattern's entries `e` that fall in `piece`.
 fn write_piece<T: Copy>(
     pattern: &SparsityPattern,
-    starts: &[usize],
-    sizes: &[usize],
     (b, first, rows): Piece<'_, T>,
     value: impl Fn(usize) -> T,
 ) {
+    let (sizes, starts) = (pattern.sizes(), pattern.starts());
     let k = sizes.len();
     let (i, j) = (b / k, b % k);
     let columns = starts[j]..starts[j] + sizes[j];
@@ -485,30 +483,27 @@ fn write_piece<T: Copy>(
 }
 
 /// Runs `meanwhile` on this thread while another maps the pages of zero dense blocks of
-/// `dtype` for `pattern` (over leaves of `shapes`), writing zeros where its entries fall, then
+/// `dtype` for `pattern` (over its leaves' shapes), writing zeros where its entries fall, then
 /// helps it finish. A large Hessian's pages (one per row of a band) take longer to map than
 /// its plan takes to build; [`Compression::dense`] then writes a call's entries into them.
 /// The blocks are `None` when they cannot be allocated.
 pub(crate) fn map_beside<R>(
     pattern: &SparsityPattern,
-    shapes: &[Vec<usize>],
     dtype: DType,
     meanwhile: impl FnOnce() -> R,
 ) -> (R, Option<Vec<Data>>) {
     fn map<T: Element + Copy + Default + Zero + Send + Sync, R>(
         pattern: &SparsityPattern,
-        shapes: &[Vec<usize>],
         meanwhile: impl FnOnce() -> R,
     ) -> (R, Option<Vec<Data>>) {
-        let Ok(mut blocks) = zero_blocks::<T>(shapes) else {
+        let Ok(mut blocks) = zero_blocks::<T>(pattern.block_shapes()) else {
             return (meanwhile(), None);
         };
-        let (sizes, starts) = (pattern.sizes(), pattern.starts());
-        let claims = Mutex::new(pieces(&mut blocks, sizes).into_iter());
+        let claims = Mutex::new(pieces(&mut blocks, pattern.sizes()).into_iter());
         let map = || loop {
             let next = claims.lock().unwrap_or_else(PoisonError::into_inner).next();
             let Some(piece) = next else { break };
-            write_piece(pattern, starts, sizes, piece, |_| T::zero());
+            write_piece(pattern, piece, |_| T::zero());
         };
         let result = std::thread::scope(|scope| {
             // A thread of its own: the pool's threads may be building the plan. Without
@@ -522,10 +517,10 @@ pub(crate) fn map_beside<R>(
         (result, Some(blocks.into_iter().map(Data::from).collect()))
     }
     match dtype {
-        DType::F64 => map::<f64, R>(pattern, shapes, meanwhile),
-        DType::F32 => map::<f32, R>(pattern, shapes, meanwhile),
-        DType::C128 => map::<Complex64, R>(pattern, shapes, meanwhile),
-        DType::C64 => map::<Complex32, R>(pattern, shapes, meanwhile),
+        DType::F64 => map::<f64, R>(pattern, meanwhile),
+        DType::F32 => map::<f32, R>(pattern, meanwhile),
+        DType::C128 => map::<Complex64, R>(pattern, meanwhile),
+        DType::C64 => map::<Complex32, R>(pattern, meanwhile),
         DType::Bool | DType::I64 => (meanwhile(), None),
     }
 }

@@ -597,15 +597,12 @@ fn dense_hessian(
     let Some(coloring) = sparse else {
         return dense.unwrap_or_else(sweeps);
     };
-    let wrt_avals: Vec<&Aval> = wrt
-        .iter()
-        .map(|&i| program.aval(program.inputs[i]))
-        .collect();
+    let dtype = program.aval(program.inputs[wrt[0]]).dtype;
     let entries = coloring
         .pattern
         .size()
         .saturating_mul(coloring.pattern.size());
-    let bytes = entries.saturating_mul(wrt_avals[0].dtype.size_bytes());
+    let bytes = entries.saturating_mul(dtype.size_bytes());
     if !spec.for_a_call
         || entries < MAP_BESIDE_MIN
         || !memory::Kept::would_keep(bytes, spec.memory_limit)
@@ -615,9 +612,8 @@ fn dense_hessian(
     // The pages of a large result (one per row of a band) take longer to map than its plan
     // takes to build (rosen_n4096: 4113 page faults, about 8 ms of one thread, against about
     // 1 ms): another thread maps them meanwhile, and the first call writes into them.
-    let shapes: Vec<Vec<usize>> = wrt_avals.iter().map(|a| a.shape.clone()).collect();
     let pattern = coloring.pattern.clone();
-    let (built, zeros) = map_beside(&pattern, &shapes, wrt_avals[0].dtype, || {
+    let (built, zeros) = map_beside(&pattern, dtype, || {
         compressed(spec, program, wrt, coloring, Recover::Dense)
     });
     let (exec, order) = built?;
