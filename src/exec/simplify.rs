@@ -257,10 +257,13 @@ fn fold_negations(mut program: Program) -> Program {
 /// of one loop storing each unpadded cotangent and another reading them back.
 ///
 /// It pays for values beyond the caches ([`SINK_MIN`] elements), whose stores and reloads
-/// cost more than arithmetic: where the value padded is read elsewhere too (or padded in
-/// two ways), its arithmetic runs twice. The equations added are bounded by the program's
-/// size. Padded elements may come out as `-0.0` (from a negation) where the pad wrote
-/// `0.0`: equal as numbers.
+/// cost more than arithmetic, and for values of at most a tile ([`SINK_SMALL_MAX`]), where
+/// it turns a loop, a pad and another loop (or a pad the result keeps, as a Hessian's
+/// stencil coefficients) into one loop: a step costs more there than the little arithmetic
+/// it may repeat. Where the value padded is read elsewhere too (or padded in two ways), its
+/// arithmetic runs twice. The equations added are bounded by the program's size. Padded
+/// elements may come out as `-0.0` (from a negation) where the pad wrote `0.0`: equal as
+/// numbers.
 fn sink_pads(mut program: Program) -> Program {
     let original = std::mem::take(&mut program.eqns);
     let mut sink = PadSink {
@@ -282,7 +285,7 @@ fn sink_pads(mut program: Program) -> Program {
         match (&eqn.prim, input) {
             (Prim::Structural(Structural::Pad { lo, hi, interior }), Some(input))
                 if interior.iter().all(|&i| i == 0)
-                    && sink.program.aval(eqn.outputs[0]).numel() >= SINK_MIN
+                    && sinks(sink.program.aval(eqn.outputs[0]).numel())
                     && sink.keeps_zeros(input) =>
             {
                 let padded = sink.padded(input, lo, hi);
@@ -319,6 +322,15 @@ fn keeps_zeros(prim: &Prim) -> bool {
 /// Smallest padded value (in elements) whose pad [`sink_pads`] moves: a few times the
 /// second-level cache of a core, in `f64`.
 const SINK_MIN: usize = 1 << 18;
+
+/// Largest padded value (in elements) whose pad [`sink_pads`] moves for want of a step: one
+/// tile of a fused loop (rosen_n16's Hessian: 3.58 -> 2.92 µs a call, four steps to one).
+const SINK_SMALL_MAX: usize = 512;
+
+/// Whether [`sink_pads`] moves a pad to a value of `numel` elements.
+fn sinks(numel: usize) -> bool {
+    numel <= SINK_SMALL_MAX || numel >= SINK_MIN
+}
 
 /// The state of [`sink_pads`]: the equations emitted so far, and the padded values made.
 struct PadSink<'a> {
@@ -391,8 +403,9 @@ impl PadSink<'_> {
             let eqn = &self.original[self.producer[&v]];
             let (prim, source, operands) = (eqn.prim.clone(), eqn.source, eqn.inputs.clone());
             // A product's factor of one element scales the padded zeros to zeros: it stays a
-            // number, which a fused loop holds in a register (and the other factor is large).
-            let product = prim == Prim::from(BinaryOp::Mul);
+            // number, which a fused loop holds in a register, when the other factor (of more
+            // elements) is padded.
+            let product = prim == Prim::from(BinaryOp::Mul) && aval.numel() > 1;
             let inputs = operands
                 .into_iter()
                 .map(|u| {
@@ -581,6 +594,7 @@ fn uniform_constants(mut program: Program) -> Program {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::fuse::Step;
     use crate::ir::Eqn;
     use crate::primitives::{BinaryOp, Creation, UnaryOp};
     use crate::storage::{Aval, DType};
@@ -826,31 +840,46 @@ mod tests {
             });
             (sinkable.count(), pads.len())
         };
-        // Small values stay as they are, in cache either way.
-        let small = simplify(g.program(&Tensor::linspace(-1.0, 1.5, 7)).unwrap());
-        assert_eq!(pads_of_arithmetic(&small), (2, 2), "{small}");
-        // Large ones: every pad reads a value that does not keep zeros, so nothing is
-        // computed unpadded just to be padded.
-        let n = SINK_MIN + 3;
-        let x = Tensor::linspace(-1.0, 1.5, n);
-        let p = simplify(g.program(&x).unwrap());
-        let (sinkable, pads) = pads_of_arithmetic(&p);
-        assert!(sinkable == 0 && pads > 0, "{p}");
+        // Values between a tile and the caches stay as they are.
+        let middle = simplify(g.program(&Tensor::linspace(-1.0, 1.5, 1000)).unwrap());
+        assert_eq!(pads_of_arithmetic(&middle), (2, 2), "{middle}");
+        // Small and large ones: every pad reads a value that does not keep zeros, so
+        // nothing is computed unpadded just to be padded.
+        for n in [7, SINK_SMALL_MAX, SINK_MIN + 3] {
+            let p = simplify(g.program(&Tensor::linspace(-1.0, 1.5, n)).unwrap());
+            let (sinkable, pads) = pads_of_arithmetic(&p);
+            assert!(sinkable == 0 && pads > 0, "{p}");
+        }
+        // A small one: the gradient is one loop (the value's terms another, and their sum).
+        let x = Tensor::linspace(-1.0, 1.5, 7);
+        let small = crate::exec::Plan::new(g.program(&x).unwrap());
+        let steps: Vec<String> = small
+            .steps
+            .iter()
+            .map(|(step, _)| match step {
+                Step::Group(g) => format!("group {:?}", g.shape),
+                Step::Eqn(i) => small.program.eqns[*i].prim.to_string(),
+            })
+            .collect();
+        assert_eq!(steps, ["group [6]", "reduce_sum[axes=(0,)]", "group [7]"]);
         // The gradient, against its closed form.
-        let plan = crate::exec::Plan::new(p);
-        let out = plan.run(&[x.data().unwrap().clone()], false).unwrap();
-        // The function's value, then its gradient.
-        let got = Tensor::from_shared(out[1].clone()).to_vec::<f64>().unwrap();
-        let x = x.to_vec::<f64>().unwrap();
-        for i in 0..n {
-            let mut want = 0.0;
-            if i + 1 < n {
-                want += -400.0 * x[i] * (x[i + 1] - x[i] * x[i]) - 2.0 * (1.0 - x[i]);
+        for n in [7, SINK_MIN + 3] {
+            let x = Tensor::linspace(-1.0, 1.5, n);
+            let plan = crate::exec::Plan::new(g.program(&x).unwrap());
+            let out = plan.run(&[x.data().unwrap().clone()], false).unwrap();
+            // The function's value, then its gradient.
+            let got = Tensor::from_shared(out[1].clone()).to_vec::<f64>().unwrap();
+            let x = x.to_vec::<f64>().unwrap();
+            for i in 0..n {
+                let mut want = 0.0;
+                if i + 1 < n {
+                    want += -400.0 * x[i] * (x[i + 1] - x[i] * x[i]) - 2.0 * (1.0 - x[i]);
+                }
+                if i > 0 {
+                    want += 200.0 * (x[i] - x[i - 1] * x[i - 1]);
+                }
+                assert!((got[i] - want).abs() <= 1e-12 * want.abs().max(1.0), "{i}");
             }
-            if i > 0 {
-                want += 200.0 * (x[i] - x[i - 1] * x[i - 1]);
-            }
-            assert!((got[i] - want).abs() <= 1e-12 * want.abs().max(1.0), "{i}");
         }
     }
 
@@ -888,6 +917,20 @@ mod tests {
         let prims: Vec<&Prim> = p.eqns.iter().map(|e| &e.prim).collect();
         assert_eq!(prims, [&pad.into(), &BinaryOp::Mul.into()], "{p}");
         assert_eq!(p.eqns[1].inputs[1], p.consts[0].0, "{p}");
+    }
+
+    #[test]
+    fn a_padded_product_of_two_numbers_pads_one_of_them() {
+        // pad(x * y) for x, y of one element each: one factor must carry the padding.
+        use crate::{Tensor, make_program};
+        let f = |x: &Tensor, y: &Tensor| (x * y).pad_axis(0, 1, 2);
+        let (x, y) = (Tensor::from([3.0]), Tensor::from([-2.0]));
+        let p = simplify(make_program(f, (&x, &y)).unwrap());
+        let plan = crate::exec::Plan::new(p);
+        let inputs = [x.data().unwrap().clone(), y.data().unwrap().clone()];
+        let out = plan.run(&inputs, false).unwrap();
+        let got = Tensor::from_shared(out[0].clone()).to_vec::<f64>().unwrap();
+        assert_eq!(got, [0.0, -6.0, 0.0, 0.0]);
     }
 
     #[test]
