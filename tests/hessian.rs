@@ -1111,6 +1111,17 @@ fn sweeps_of_many_chunks_run_side_by_side() {
     if common::side_by_side_threads() {
         assert!(text.contains("runs its sweeps side by side"), "{text}");
     }
+    // On one thread they run one after the other, on the calling thread: handed to the
+    // pool, they would only add a wake-up of its thread to every call.
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let text = one_thread.install(|| {
+        let chunked = hessian(f).argnums([0, 1]).chunk_size(4);
+        chunked.program((&w, &b)).unwrap().to_string()
+    });
+    assert!(!text.contains("side by side"), "{text}");
     let flat = |node: &brainstate::Node| node.leaves().iter().flat_map(vals).collect::<Vec<_>>();
     let together = flat(&chunked.call((&w, &b)).unwrap());
     let one_chunk = flat(
