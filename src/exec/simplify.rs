@@ -18,9 +18,9 @@ const FOLD_LIMIT: usize = 4096;
 /// read them, moves loop-invariant work out of loops, turns products that only regroup an
 /// operand (by a tangent basis) into reshapes and transposes, moves sums of matrix products
 /// out of loop bodies (the loops sum them a block of steps at a time), takes per-step outputs
-/// that restate a per-step input from its stack, moves pads of large values onto what they
-/// are computed from, merges duplicates, composes chains of transposes and of reshapes, drops
-/// dead code and renumbers variables.
+/// that restate a per-step input from its stack, moves pads of large and of small values onto
+/// what they are computed from, merges duplicates, composes chains of transposes and of
+/// reshapes, drops dead code and renumbers variables.
 pub(crate) fn simplify(program: Program) -> Program {
     let program = uniform_constants(fold_constants(program));
     let program = fold_scalar_factors(merge_scalar_constants(program));
