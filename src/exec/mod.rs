@@ -8,6 +8,7 @@
 
 mod accumulate;
 mod batch;
+mod coefficients;
 mod flat_body;
 mod fuse;
 mod hoist;

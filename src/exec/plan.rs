@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 
+use super::coefficients::factor_coefficients;
 use super::fuse::{Step, fuse};
 use super::loops::LoopPlan;
 use crate::ir::Var;
@@ -52,6 +53,15 @@ impl Plan {
             loops,
             read_by_matmul_only,
         }
+    }
+
+    /// The plan of `program`, whose values are derivatives linear in its last input (a
+    /// sweep's seed): as [`Plan::new`], with the arithmetic linear in one large value done as
+    /// one product by a small coefficient ([`factor_coefficients`]). That regrouping may change
+    /// the last bits of a derivative; the plans of functions' own values keep every bit of an
+    /// evaluation one operation at a time.
+    pub fn linear(program: Program) -> Plan {
+        Plan::new(factor_coefficients(program))
     }
 
     /// The most bytes the plan's intermediates (equation outputs) hold at once while it runs.

@@ -187,7 +187,7 @@ fn fold_scalar_factors(mut program: Program) -> Program {
 }
 
 /// `the_loop` with `pass` applied to its body (which is then cleaned).
-fn in_body(the_loop: &Loop, pass: fn(Program) -> Program) -> Prim {
+pub(super) fn in_body(the_loop: &Loop, pass: fn(Program) -> Program) -> Prim {
     let mut changed = the_loop.clone();
     changed.body = Arc::new(clean(pass((*the_loop.body).clone())));
     Prim::Loop(changed)

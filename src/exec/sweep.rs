@@ -63,7 +63,7 @@ impl Sweep {
             );
         }
         Sweep {
-            plan: Plan::new(program),
+            plan: Plan::linear(program),
             input,
             chunk,
             side_by_side: side_by_side.max(1),
