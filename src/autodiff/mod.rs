@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 
 pub(crate) use self::directional::{hessian_products, hvp_program, jvp_program_of, vjp_split};
 pub(crate) use self::jvp::jvp_program;
-pub(crate) use self::sweep::{Columns, Sweeps};
+pub(crate) use self::sweep::Sweeps;
 pub(crate) use self::transpose::vjp_program;
 use crate::error::Result;
 use crate::ir::passes::clean;

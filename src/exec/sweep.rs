@@ -71,13 +71,6 @@ impl Sweep {
         }
     }
 
-    /// Whether the identity basis the plan generates is still computed with after planning
-    /// (in a product, or added to a batch), rather than only regrouping other values.
-    pub fn keeps_basis(&self) -> bool {
-        let eye = |e: &Eqn| matches!(e.prim, Prim::Creation(Creation::Eye { .. }));
-        self.own_seed && self.plan.program.eqns.iter().any(eye)
-    }
-
     /// Runs the plan over the whole basis of the input and returns the blocks, in the order
     /// of the plan's outputs.
     pub fn run(&self, residuals: &[Arc<Data>], check_finite: bool) -> Result<Vec<Data>> {

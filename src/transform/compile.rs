@@ -13,8 +13,8 @@ use super::function::{Function, Signature, Split, trace_function};
 use super::mode::Evaluation;
 use super::{Argnums, Kind};
 use crate::autodiff::{
-    Columns, Output, Sweeps, hessian_products, hessian_program, hessian_sweeps, hvp_program,
-    jacfwd_program, jacfwd_sweeps, jacrev_program, jvp_program_of, vjp_split,
+    Output, Sweeps, hessian_products, hessian_program, hessian_sweeps, hvp_program, jacfwd_program,
+    jacfwd_sweeps, jacrev_program, jvp_program_of, vjp_split,
 };
 use crate::error::{Error, Result};
 use crate::exec::{BatchSplit, Mirror, Plan, Sweep};
@@ -1006,33 +1006,14 @@ fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result
             }
         })
         .unzip();
+    // A sweep without loops whose directions fit one chunk (at most `CHUNK_BYTES`) runs on
+    // the calling thread: split between two, its halves took 0.19-0.32 ms on this 2-core
+    // machine, one thread 0.23 ms, as waking the other thread and waiting for the slower half
+    // cost as much as the half they save (mlp_177's first-layer sweep).
     let mut sweeps = if chunks == probe {
         probed
     } else {
         build(&chunks)?
-    };
-    // A sweep without loops whose directions fit one chunk runs on one thread. When its
-    // identity basis is still computed with after planning (it does not only regroup other
-    // values, see `exec::one_hot`), every direction costs the same work, and the threads
-    // share them.
-    let shares = |columns: &Columns| {
-        let n = columns.input.numel();
-        (!loops && threads > 1 && columns.chunk == n && n >= threads * SIDE_BY_SIDE_DIRECTIONS)
-            && Sweep::new(columns.program.clone(), columns.input.clone(), n, 1).keeps_basis()
-    };
-    let shared: Vec<bool> = sweeps.columns.iter().map(shares).collect();
-    let side_by_side = if shared.contains(&true) {
-        let (chunks, parts): (Vec<usize>, Vec<usize>) =
-            (sweeps.columns.iter().zip(&shared).zip(side_by_side))
-                .map(|((columns, &shared), parts)| match shared {
-                    true => (columns.chunk.div_ceil(threads), threads),
-                    false => (columns.chunk, parts),
-                })
-                .unzip();
-        sweeps = build(&chunks)?;
-        parts
-    } else {
-        side_by_side
     };
     for (columns, parts) in sweeps.columns.iter_mut().zip(side_by_side) {
         columns.side_by_side = parts;
@@ -1097,10 +1078,10 @@ fn swept(spec: &Spec, sweeps: Sweeps, n_value: usize) -> (Executable, Vec<Output
     order.extend(sweeps.mirrors.iter().map(|&(block, _)| block));
     // Side by side, the threads wake once per call rather than once per sweep, and small
     // sweeps fill the threads' idle time: when the chunks are many enough to share evenly
-    // (mlp_1089: 32.4 -> 27.0 ms; mlp_177, whose largest sweep is two chunks, gains nothing)
-    // and fit the sweeps' memory budget together. Never on one thread, where the pool's
-    // thread would only take the work from the calling one, waking up for it on every call
-    // (mlp_177 on one thread: 0.378 -> 0.260 ms).
+    // (mlp_1089: 32.4 -> 27.0 ms; mlp_177's four sweeps, one chunk each, are not) and fit
+    // the sweeps' memory budget together. Never on one thread, where the pool's thread would
+    // only take the work from the calling one, waking up for it on every call (mlp_177 on one
+    // thread: 0.378 -> 0.260 ms).
     let running: usize = (runs.iter())
         .map(|(sweep, _)| footprint::sweep_bytes(sweep))
         .fold(0, usize::saturating_add);
