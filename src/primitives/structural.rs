@@ -636,7 +636,7 @@ pub(crate) fn transposed_matrices(x: &Data, rows: usize, cols: usize) -> Data {
 }
 
 /// A standard-layout copy of a view. Fixed-rank iteration is much faster than dynamic-rank,
-/// and 2-d transposes are copied in cache-sized tiles.
+/// and 2-d transposes are copied in blocks of 4 x 4.
 fn owned<T: Copy + 'static>(view: ArrayViewD<'_, T>) -> ArrayD<T> {
     let shape = view.shape().to_vec();
     let collect = |values: &mut dyn Iterator<Item = T>| {
@@ -682,31 +682,53 @@ fn owned<T: Copy + 'static>(view: ArrayViewD<'_, T>) -> ArrayD<T> {
     }
 }
 
-/// Copies a column-major 2-d view into row-major order, tile by tile. Tiles of 8 x 8 (a cache
-/// line of `f64` each way) keep both the reads and the writes within a few cache lines: with
-/// larger tiles, rows or columns a power of two apart fall into the same cache set and evict
-/// each other (a 64 x 512 transpose took 4.5x longer with 32 x 32 tiles).
+/// A standard-layout copy of `v`, a transpose of a standard layout (unit row stride), in
+/// blocks of 4 x 4: four runs of four values read, four rows of four written, a stripe of
+/// four output rows at a time so that writes go along the rows. About twice as fast as
+/// 8 x 8 tiles copied value by value (logreg's `X^T`, 64 x 512: 20 -> 10 us).
 fn transpose_tiled<T: Copy + 'static>(v: ArrayView2<'_, T>) -> Array2<T> {
-    const TILE: usize = 8;
+    const B: usize = 4;
     let (rows, cols) = v.dim();
     let stride = v.strides()[1] as usize;
     // SAFETY: `v` is non-empty with unit row stride and a column stride of at least `rows`
     // (checked by the caller): its elements lie in the `(cols - 1) * stride + rows` values
     // from its first, which it borrows.
     let source = unsafe { std::slice::from_raw_parts(v.as_ptr(), (cols - 1) * stride + rows) };
+    let at = |r: usize, c: usize| source[c * stride + r];
     let mut out = pool::take(rows * cols);
     let spare = &mut out.spare_capacity_mut()[..rows * cols];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                let row = &mut spare[r * cols..][..cols];
-                for c in c0..(c0 + TILE).min(cols) {
-                    row[c].write(source[c * stride + r]);
+    let (full_rows, full_cols) = (rows / B * B, cols / B * B);
+    for (stripe, r0) in spare[..full_rows * cols]
+        .chunks_exact_mut(B * cols)
+        .zip((0..).step_by(B))
+    {
+        let mut lines = stripe.chunks_exact_mut(cols);
+        let mut out_rows: [_; B] = std::array::from_fn(|_| lines.next().expect("B rows"));
+        for c0 in (0..full_cols).step_by(B) {
+            let column = |c: usize| -> [T; B] {
+                let run = &source[c * stride + r0..][..B];
+                [run[0], run[1], run[2], run[3]]
+            };
+            let (a0, a1, a2, a3) = (column(c0), column(c0 + 1), column(c0 + 2), column(c0 + 3));
+            for (k, row) in out_rows.iter_mut().enumerate() {
+                for (slot, value) in row[c0..c0 + B].iter_mut().zip([a0[k], a1[k], a2[k], a3[k]]) {
+                    slot.write(value);
                 }
             }
         }
+        for (row, r) in out_rows.iter_mut().zip(r0..) {
+            for (c, slot) in row.iter_mut().enumerate().skip(full_cols) {
+                slot.write(at(r, c));
+            }
+        }
     }
-    // SAFETY: the loops above wrote every one of the rows * cols elements.
+    for (r, row) in spare.chunks_exact_mut(cols).enumerate().skip(full_rows) {
+        for (c, slot) in row.iter_mut().enumerate() {
+            slot.write(at(r, c));
+        }
+    }
+    // SAFETY: the stripes wrote their full blocks and the columns after them, and the rows
+    // after the stripes were written whole: every one of the rows * cols elements.
     unsafe { out.set_len(rows * cols) };
     Array2::from_shape_vec((rows, cols), out).expect("rows * cols values")
 }
@@ -750,7 +772,16 @@ mod tests {
     #[test]
     fn standard_copies_of_transposes_keep_every_element() {
         // Shapes that are multiples of the tile and shapes that are not.
-        for (rows, cols) in [(64, 512), (512, 64), (13, 21), (1, 9), (9, 1)] {
+        for (rows, cols) in [
+            (64, 512),
+            (512, 64),
+            (13, 21),
+            (7, 6),
+            (4, 4),
+            (3, 3),
+            (1, 9),
+            (9, 1),
+        ] {
             let a = ndarray::Array::from_shape_fn((rows, cols), |(i, j)| (i * cols + j) as f64);
             let t = a.t().into_dyn();
             let copy = owned(t.clone());
