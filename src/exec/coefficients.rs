@@ -37,53 +37,37 @@ pub(super) fn factor_coefficients(mut program: Program) -> Program {
             eqns.push(eqn);
             continue;
         };
-        let y = eqn.outputs[0];
-        let aval = program.aval(y).clone();
+        let dtype = program.aval(eqn.outputs[0]).dtype;
         // The coefficient: an operation on the operands' coefficients (a plain `t` has none,
-        // that is one) and the small operands, where the result stays smaller than `y`.
-        let coefficient = |v: Var| linear.get(&v).map(|&(_, k)| k);
-        let (op, operands) = match form {
-            Form::Scaled { large, small, op } => match (coefficient(large), op) {
-                (Some(k), op) => (Some(op), vec![k, small]),
-                (None, BinaryOp::Mul) => (None, vec![small]),
-                (None, op) => {
-                    let one = *ones.entry(aval.dtype).or_insert_with(|| {
-                        let one = program.new_var(Aval::new(&[], aval.dtype));
-                        let data = Arc::new(Data::scalar(1.0, aval.dtype));
-                        program.consts.push((one, data));
-                        one
-                    });
-                    (Some(op), vec![one, small])
+        // that is one) and the small operands, or the small operand of a first product.
+        let known = |v: Var| linear.get(&v).map(|&(_, k)| k);
+        let (prim, operands) = match form {
+            Form::Scaled { large, small, op } => match known(large) {
+                Some(k) => (Some(Elementwise::Binary(op)), vec![k, small]),
+                None if op == BinaryOp::Mul => (None, vec![small]),
+                None => {
+                    let one = one(&mut program, &mut ones, dtype);
+                    (Some(Elementwise::Binary(op)), vec![one, small])
                 }
             },
-            Form::Negated(x) => (None, vec![linear[&x].1]),
-            Form::Summed { op, a, b } => (Some(op), vec![linear[&a].1, linear[&b].1]),
+            Form::Negated(x) => (Some(Elementwise::Unary(UnaryOp::Neg)), vec![linear[&x].1]),
+            Form::Summed { op, a, b } => (
+                Some(Elementwise::Binary(op)),
+                vec![linear[&a].1, linear[&b].1],
+            ),
         };
-        let shape = match *operands.as_slice() {
-            [k] => program.aval(k).shape.clone(),
-            [a, b] => {
-                let (a, b) = (&program.aval(a).shape, &program.aval(b).shape);
-                match broadcast_shapes("coefficient", a, b) {
-                    Ok(shape) => shape,
-                    Err(_) => unreachable!("internal: operands of one result broadcast together"),
-                }
-            }
-            _ => unreachable!("internal: a coefficient has one or two operands"),
-        };
-        if shape.iter().product::<usize>() >= aval.numel() {
+        let shape = operands.iter().try_fold(Vec::new(), |shape, &v| {
+            broadcast_shapes("coefficient", &shape, &program.aval(v).shape)
+        });
+        // Only while it stays smaller than the values it scales.
+        let numel = program.aval(eqn.outputs[0]).numel();
+        let Some(shape) = shape.ok().filter(|s| s.iter().product::<usize>() < numel) else {
             eqns.push(eqn);
             continue;
-        }
-        let k = match (op, form) {
-            (Some(op), _) => {
-                let op = Elementwise::Binary(op);
-                emit(&mut program, &mut eqns, &eqn, op, operands, &shape)
-            }
-            (None, Form::Negated(_)) => {
-                let neg = Elementwise::Unary(UnaryOp::Neg);
-                emit(&mut program, &mut eqns, &eqn, neg, operands, &shape)
-            }
-            (None, _) => operands[0],
+        };
+        let k = match prim {
+            Some(prim) => emit(&mut program, &mut eqns, &eqn, prim, operands, &shape),
+            None => operands[0],
         };
         let t = form.source(&linear);
         // The first operation of a chain is `t * k` or `t / k` already: kept to the bit.
@@ -92,7 +76,7 @@ pub(super) fn factor_coefficients(mut program: Program) -> Program {
             eqn.prim = Prim::Elementwise(Elementwise::Binary(BinaryOp::Mul));
             eqn.inputs = vec![t, k];
         }
-        linear.insert(y, (t, k));
+        linear.insert(eqn.outputs[0], (t, k));
         eqns.push(eqn);
     }
     program.eqns = eqns;
@@ -175,6 +159,17 @@ impl Form {
             Form::Negated(x) | Form::Summed { a: x, .. } => of(x),
         }
     }
+}
+
+/// The constant one of `dtype`, made once per program.
+fn one(program: &mut Program, ones: &mut HashMap<DType, Var>, dtype: DType) -> Var {
+    *ones.entry(dtype).or_insert_with(|| {
+        let one = program.new_var(Aval::new(&[], dtype));
+        program
+            .consts
+            .push((one, Arc::new(Data::scalar(1.0, dtype))));
+        one
+    })
 }
 
 /// Appends `out = prim(inputs)` of `shape` (and the dtype of `like`'s result) to `eqns`, as
