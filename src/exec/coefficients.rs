@@ -99,6 +99,7 @@ enum Form {
 }
 
 impl Form {
+    /// How `eqn`'s result is linear in a larger value, given the values found linear so far.
     fn of(program: &Program, eqn: &Eqn<Prim>, linear: &HashMap<Var, (Var, Var)>) -> Option<Form> {
         let [y] = *eqn.outputs.as_slice() else {
             return None;
@@ -107,40 +108,26 @@ impl Form {
         let Prim::Elementwise(op) = &eqn.prim else {
             return None;
         };
-        let fits = eqn
-            .inputs
-            .iter()
-            .all(|&v| program.aval(v).dtype == out.dtype);
-        if !out.dtype.is_inexact() || !fits {
+        let same_dtype = (eqn.inputs.iter()).all(|&v| program.aval(v).dtype == out.dtype);
+        if !out.dtype.is_inexact() || !same_dtype {
             return None;
         }
         let large = |v: Var| program.aval(v).shape == out.shape;
         let small = |v: Var| program.aval(v).numel() < out.numel();
         let source = |v: Var| linear.get(&v).map(|&(t, _)| t);
+        let scaled = |large, small, op| Some(Form::Scaled { large, small, op });
         match (op, eqn.inputs.as_slice()) {
             (Elementwise::Unary(UnaryOp::Neg), &[x]) if source(x).is_some() => {
                 Some(Form::Negated(x))
             }
-            (Elementwise::Binary(op @ BinaryOp::Mul), &[a, b]) if large(a) && small(b) => {
-                Some(Form::Scaled {
-                    large: a,
-                    small: b,
-                    op: *op,
-                })
+            (Elementwise::Binary(BinaryOp::Mul), &[a, b]) if large(a) && small(b) => {
+                scaled(a, b, BinaryOp::Mul)
             }
-            (Elementwise::Binary(op @ BinaryOp::Mul), &[a, b]) if small(a) && large(b) => {
-                Some(Form::Scaled {
-                    large: b,
-                    small: a,
-                    op: *op,
-                })
+            (Elementwise::Binary(BinaryOp::Mul), &[a, b]) if small(a) && large(b) => {
+                scaled(b, a, BinaryOp::Mul)
             }
-            (Elementwise::Binary(op @ BinaryOp::Div), &[a, b]) if large(a) && small(b) => {
-                Some(Form::Scaled {
-                    large: a,
-                    small: b,
-                    op: *op,
-                })
+            (Elementwise::Binary(BinaryOp::Div), &[a, b]) if large(a) && small(b) => {
+                scaled(a, b, BinaryOp::Div)
             }
             (Elementwise::Binary(op @ (BinaryOp::Add | BinaryOp::Sub)), &[a, b])
                 if source(a).is_some() && source(a) == source(b) =>
