@@ -112,13 +112,13 @@ fn main() {
         } else {
             format!("{:?}", m.checksum.re)
         };
-        if let Some((_, nnz)) = cases::NNZ.iter().find(|r| r.0 == case) {
-            if m.nnz != Some(*nnz) {
-                eprintln!(
-                    "warning: {case} stores {:?} entries, the reference {nnz}",
-                    m.nnz
-                );
-            }
+        if let Some((_, nnz)) = cases::NNZ.iter().find(|r| r.0 == case)
+            && m.nnz != Some(*nnz)
+        {
+            eprintln!(
+                "warning: {case} stores {:?} entries, the reference {nnz}",
+                m.nnz
+            );
         }
         let nnz_json = m.nnz.map(|n| format!(", \"nnz\": {n}")).unwrap_or_default();
         if json {
@@ -133,9 +133,7 @@ fn main() {
             );
         }
     }
-    if json {
-        if let Some(mb) = maxrss_mb() {
-            println!("{{\"engine\": \"{ENGINE}\", \"maxrss_mb\": {mb:.1}}}");
-        }
+    if json && let Some(mb) = maxrss_mb() {
+        println!("{{\"engine\": \"{ENGINE}\", \"maxrss_mb\": {mb:.1}}}");
     }
 }

@@ -575,10 +575,11 @@ pub(crate) fn write_state(state: &Arc<dyn TracedState>, leaves: &[Tensor]) -> bo
 /// where the state would not outlive its step, that fails the loop.
 pub(crate) fn note_new_state(describe: impl FnOnce() -> String) {
     FRAMES.with(|frames| {
-        if let Some(frame) = frames.borrow_mut().last_mut() {
-            if frame.captures.is_some() && frame.new_state.is_none() {
-                frame.new_state = Some(describe());
-            }
+        if let Some(frame) = frames.borrow_mut().last_mut()
+            && frame.captures.is_some()
+            && frame.new_state.is_none()
+        {
+            frame.new_state = Some(describe());
         }
     });
 }

@@ -170,10 +170,10 @@ impl Node {
         let path = path.as_ref();
         let mut entries = Vec::new();
         named_leaves(self, "", &mut entries);
-        if let [(name, _)] = entries.as_mut_slice() {
-            if name.is_empty() {
-                *name = "arr_0".to_string();
-            }
+        if let [(name, _)] = entries.as_mut_slice()
+            && name.is_empty()
+        {
+            *name = "arr_0".to_string();
         }
         let file = File::create(path).map_err(|e| io_error("save_npz", path, e))?;
         let mut npz = NpzWriter::new(file);

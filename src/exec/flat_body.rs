@@ -410,11 +410,11 @@ impl FlatBody {
             })
             .collect();
         for (i, added) in self.added.iter().enumerate() {
-            if let Some((product, other)) = *added {
-                if let Run::Select(selection, b) = runs[product] {
-                    runs[i] = Run::AddSelected(other, selection, b);
-                    runs[product] = Run::Skip;
-                }
+            if let Some((product, other)) = *added
+                && let Run::Select(selection, b) = runs[product]
+            {
+                runs[i] = Run::AddSelected(other, selection, b);
+                runs[product] = Run::Skip;
             }
         }
         runs

@@ -502,12 +502,12 @@ fn build(
             Dst::Register(allocate(&mut free, &mut group))
         };
         for &v in &eqn.inputs {
-            if last.get(&v) == Some(&k) {
-                if let Some(Src::Register(r)) = location.remove(&v) {
-                    if !free.contains(&r) && !loaded.contains(&r) {
-                        free.push(r);
-                    }
-                }
+            if last.get(&v) == Some(&k)
+                && let Some(Src::Register(r)) = location.remove(&v)
+                && !free.contains(&r)
+                && !loaded.contains(&r)
+            {
+                free.push(r);
             }
         }
         group.ops.push(match &eqn.prim {

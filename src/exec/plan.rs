@@ -304,10 +304,10 @@ fn dies_at(eqn: &Eqn, frees: &[Var], v: Var) -> bool {
 /// Drops dead values, returning their storage to the pool.
 fn release(frees: &[Var], env: &mut [Option<Arc<Data>>]) {
     for v in frees {
-        if let Some(dead) = env[v.index()].take() {
-            if let Ok(data) = Arc::try_unwrap(dead) {
-                pool::recycle(data);
-            }
+        if let Some(dead) = env[v.index()].take()
+            && let Ok(data) = Arc::try_unwrap(dead)
+        {
+            pool::recycle(data);
         }
     }
 }

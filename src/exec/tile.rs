@@ -332,10 +332,10 @@ impl Group {
 /// divides it, otherwise from a copy spread over the tile (`scratch`, the register's space).
 fn repeated(run: &[f64], scratch: &mut [f64]) -> Operand {
     let period = run.len();
-    if period % CHUNK == 0 {
+    if period.is_multiple_of(CHUNK) {
         return Operand::Repeated(run.as_ptr(), period);
     }
-    let spread = if CHUNK % period == 0 {
+    let spread = if CHUNK.is_multiple_of(period) {
         &mut scratch[..CHUNK]
     } else {
         &mut *scratch
@@ -420,7 +420,7 @@ unsafe fn whole(step: &Step, len: usize) {
     };
     // A run repeated along the whole tile.
     let run = |place: Operand| match place {
-        Operand::Repeated(p, period) if len % period == 0 => {
+        Operand::Repeated(p, period) if len.is_multiple_of(period) => {
             Some(unsafe { std::slice::from_raw_parts(p, period) })
         }
         _ => None,
@@ -742,7 +742,7 @@ fn across_rows<'a>(view: &View, data: &'a [f64], start: &[usize], len: usize) ->
     }
     let repeated = strides[inner] == 1
         && start[inner] == 0
-        && len % width == 0
+        && len.is_multiple_of(width)
         && width >= SHORTEST_REPEATED
         && (first..inner).all(|d| strides[d] == 0);
     repeated.then(|| Held::Repeated(&data[base as usize..base as usize + width]))

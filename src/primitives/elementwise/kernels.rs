@@ -408,11 +408,11 @@ fn binary_in_place<F: Float>(op: BinaryOp, a: &mut ArrayD<F>, b: &ArrayD<F>, slo
 
 /// `a[i] = f(a[i], b[i])` with `b` broadcast to `a`'s shape.
 fn update<F: Copy>(a: &mut ArrayD<F>, b: &ArrayD<F>, f: impl Fn(F, F) -> F) {
-    if a.shape() == b.shape() {
-        if let (Some(xs), Some(ys)) = (a.as_slice_mut(), b.as_slice()) {
-            xs.iter_mut().zip(ys).for_each(|(x, &y)| *x = f(*x, y));
-            return;
-        }
+    if a.shape() == b.shape()
+        && let (Some(xs), Some(ys)) = (a.as_slice_mut(), b.as_slice())
+    {
+        xs.iter_mut().zip(ys).for_each(|(x, &y)| *x = f(*x, y));
+        return;
     }
     if let Some(&[y]) = b.as_slice() {
         a.mapv_inplace(|x| f(x, y));
