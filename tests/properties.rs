@@ -576,7 +576,7 @@ fn batches_split_among_threads_give_the_whole_programs_results() {
     let splits = AtomicUsize::new(0);
     let mut runner = TestRunner::new(config(24));
     let strategy = (
-        prop::sample::select(vec![128usize, 200, 400]),
+        prop::sample::select(vec![128usize, 400, 1000]),
         prop::collection::vec(layer(), 1..7),
     );
     let result = runner.run(&strategy, |(rows, layers)| {

@@ -46,9 +46,11 @@ pub(crate) struct BatchSplit {
 /// Fewest rows per part: fewer leave each operation too little work for its fixed costs.
 const PART_ROWS: usize = 32;
 
-/// Least work (elements computed, multiply-adds of products) for a split: less gains less
-/// than the fork costs (a few microseconds, and a sleeping thread's wake-up).
-const LEAST_WORK: usize = 1 << 17;
+/// Least work (elements computed, multiply-adds of products) for a split, as for a product's
+/// parts: less gains less than the fork costs, a sleeping thread's wake-up and a wait for a
+/// half whose core is busy (hvp_mlp_1089, 1.5 million: 0.14 ms on one thread, 0.11-0.21 ms
+/// in two parts on a 2-core VM).
+const LEAST_WORK: usize = 1 << 21;
 
 /// The elements a program computes, and the multiply-adds of its products.
 fn work(program: &Program) -> usize {
@@ -500,14 +502,14 @@ mod tests {
 
     #[test]
     fn an_hvp_of_a_batch_mean_loss_runs_in_parts() {
-        let x = matrix(512, 16, 1.0);
+        let x = matrix(4096, 16, 1.0);
         let loss = |w: &Tensor| (x.matmul(w).tanh().powi(2)).mean();
         let w = matrix(16, 16, 0.3);
         let v = matrix(16, 16, 1.0);
         let h = hvp(loss);
         let text = h.program(&w).unwrap().to_string();
         if rayon::current_num_threads() > 1 {
-            assert!(text.contains("parts of its batch of 512 rows"), "{text}");
+            assert!(text.contains("parts of its batch of 4096 rows"), "{text}");
         }
         let split = h
             .call(&w, &v)
