@@ -10,7 +10,9 @@ use rayon::prelude::*;
 use super::Plan;
 use crate::error::{Error, Result};
 use crate::ir::Var;
-use crate::primitives::{Creation, Eqn, Prim, Program, Structural, transposed_matrices};
+use crate::primitives::{
+    Creation, Eqn, Prim, Program, Structural, transpose_into, transposed_matrices,
+};
 use crate::storage::{Aval, DType, Data, Element, pool};
 
 /// A linear plan over the residuals and a seed of `chunk` directions of `input` (shape
@@ -176,30 +178,10 @@ fn place(out: &Data, block: &mut Data, start: usize, valid: usize, n: usize) -> 
         let src = out.as_slice().expect("standard layout");
         let dst = block.as_slice_mut().expect("a fresh block is contiguous");
         let rows = dst.len() / n.max(1);
-        // Squares of `SIDE` x `SIDE` values are transposed through a copy on the stack, so
-        // that each is read and written a row of `SIDE` at a time.
-        const SIDE: usize = 8;
-        let (whole_rows, whole_columns) = (rows / SIDE * SIDE, valid / SIDE * SIDE);
-        for a0 in (0..whole_rows).step_by(SIDE) {
-            for k0 in (0..whole_columns).step_by(SIDE) {
-                let mut square = [[src[0]; SIDE]; SIDE];
-                for (k, row) in square.iter_mut().enumerate() {
-                    row.copy_from_slice(&src[(k0 + k) * rows + a0..][..SIDE]);
-                }
-                for a in 0..SIDE {
-                    let to = &mut dst[(a0 + a) * n + start + k0..][..SIDE];
-                    for (value, row) in to.iter_mut().zip(&square) {
-                        *value = row[a];
-                    }
-                }
-            }
-        }
-        // The rest: the rows past the last square, and the columns past it in every row.
-        for a in 0..rows {
-            let columns = if a < whole_rows { whole_columns } else { 0 };
-            for k in columns..valid {
-                dst[a * n + start + k] = src[k * rows + a];
-            }
+        // `src` is `[valid, rows]`: the block's columns `start..start + valid`, stored by
+        // columns. (A block without rows has no values past its start.)
+        if let Some(columns) = dst.get_mut(start..) {
+            transpose_into(src, rows, rows, valid, columns, n);
         }
     }
     match (out, block) {

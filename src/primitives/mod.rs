@@ -36,7 +36,7 @@ pub use self::loops::{Loop, Progress, ProgressReport};
 pub use self::matmul::MatMul;
 pub use self::reduce::{Reduce, ReduceOp, keepdims_shape};
 pub use self::structural::Structural;
-pub(crate) use self::structural::transposed_matrices;
+pub(crate) use self::structural::{transpose_into, transposed_matrices};
 use crate::error::{Error, Result};
 use crate::storage::{Aval, DType, Data};
 use crate::tensor::Tensor;

@@ -16,7 +16,7 @@ use super::{
     tuple,
 };
 use crate::error::{Error, Result};
-use crate::storage::{Aval, Data, pool, with_array};
+use crate::storage::{Aval, Data, Slot, pool, with_array};
 use crate::tensor::Tensor;
 use crate::unit::Unit;
 
@@ -682,27 +682,49 @@ fn owned<T: Copy + 'static>(view: ArrayViewD<'_, T>) -> ArrayD<T> {
     }
 }
 
-/// A standard-layout copy of `v`, a transpose of a standard layout (unit row stride), in
-/// blocks of 4 x 4: four runs of four values read, four rows of four written, a stripe of
-/// four output rows at a time so that writes go along the rows. About twice as fast as
-/// 8 x 8 tiles copied value by value (logreg's `X^T`, 64 x 512: 20 -> 10 us).
+/// A standard-layout copy of `v`, a transpose of a standard layout (unit row stride).
 fn transpose_tiled<T: Copy + 'static>(v: ArrayView2<'_, T>) -> Array2<T> {
-    const B: usize = 4;
     let (rows, cols) = v.dim();
     let stride = v.strides()[1] as usize;
     // SAFETY: `v` is non-empty with unit row stride and a column stride of at least `rows`
     // (checked by the caller): its elements lie in the `(cols - 1) * stride + rows` values
     // from its first, which it borrows.
     let source = unsafe { std::slice::from_raw_parts(v.as_ptr(), (cols - 1) * stride + rows) };
-    let at = |r: usize, c: usize| source[c * stride + r];
     let mut out = pool::take(rows * cols);
-    let spare = &mut out.spare_capacity_mut()[..rows * cols];
-    let (full_rows, full_cols) = (rows / B * B, cols / B * B);
-    for (stripe, r0) in spare[..full_rows * cols]
-        .chunks_exact_mut(B * cols)
-        .zip((0..).step_by(B))
-    {
-        let mut lines = stripe.chunks_exact_mut(cols);
+    transpose_into(
+        source,
+        stride,
+        rows,
+        cols,
+        &mut out.spare_capacity_mut()[..rows * cols],
+        cols,
+    );
+    // SAFETY: `transpose_into` wrote every one of the rows * cols elements.
+    unsafe { out.set_len(rows * cols) };
+    Array2::from_shape_vec((rows, cols), out).expect("rows * cols values")
+}
+
+/// Writes `out[r * out_stride + c] = source[c * stride + r]` for `r < rows`, `c < cols`: a
+/// matrix stored by columns (`stride` apart) copied into rows (`out_stride` apart), in
+/// blocks of 4 x 4: four runs of four values read, four rows of four written, a stripe of
+/// four output rows at a time so that writes go along the rows. About twice as fast as
+/// 8 x 8 tiles copied value by value (logreg's `X^T`, 64 x 512: 20 -> 10 us).
+pub(crate) fn transpose_into<T: Copy, S: Slot<T>>(
+    source: &[T],
+    stride: usize,
+    rows: usize,
+    cols: usize,
+    out: &mut [S],
+    out_stride: usize,
+) {
+    const B: usize = 4;
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let at = |r: usize, c: usize| source[c * stride + r];
+    let full_cols = cols / B * B;
+    let mut lines = out.chunks_mut(out_stride).map(|line| &mut line[..cols]);
+    for r0 in (0..rows / B * B).step_by(B) {
         let mut out_rows: [_; B] = std::array::from_fn(|_| lines.next().expect("B rows"));
         for c0 in (0..full_cols).step_by(B) {
             let column = |c: usize| -> [T; B] {
@@ -712,25 +734,21 @@ fn transpose_tiled<T: Copy + 'static>(v: ArrayView2<'_, T>) -> Array2<T> {
             let (a0, a1, a2, a3) = (column(c0), column(c0 + 1), column(c0 + 2), column(c0 + 3));
             for (k, row) in out_rows.iter_mut().enumerate() {
                 for (slot, value) in row[c0..c0 + B].iter_mut().zip([a0[k], a1[k], a2[k], a3[k]]) {
-                    slot.write(value);
+                    slot.set(value);
                 }
             }
         }
         for (row, r) in out_rows.iter_mut().zip(r0..) {
             for (c, slot) in row.iter_mut().enumerate().skip(full_cols) {
-                slot.write(at(r, c));
+                slot.set(at(r, c));
             }
         }
     }
-    for (r, row) in spare.chunks_exact_mut(cols).enumerate().skip(full_rows) {
+    for (row, r) in lines.zip(rows / B * B..rows) {
         for (c, slot) in row.iter_mut().enumerate() {
-            slot.write(at(r, c));
+            slot.set(at(r, c));
         }
     }
-    // SAFETY: the stripes wrote their full blocks and the columns after them, and the rows
-    // after the stripes were written whole: every one of the rows * cols elements.
-    unsafe { out.set_len(rows * cols) };
-    Array2::from_shape_vec((rows, cols), out).expect("rows * cols values")
 }
 
 /// The zero of an array's element type, found from the array itself.

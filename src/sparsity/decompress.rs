@@ -14,7 +14,7 @@ use super::{Compression, Reading, SparsityPattern};
 use crate::error::{Error, Result};
 use crate::exec::Plan;
 use crate::simd;
-use crate::storage::{DType, Data, Element, pool};
+use crate::storage::{DType, Data, Element, Slot, pool};
 
 /// Gathers of at least this many entries, and dense blocks of new pages of at least this many
 /// elements, run on the thread pool.
@@ -571,22 +571,5 @@ fn interleave<T: Copy, S: Slot<T>>(arrays: &[&[T]], ks: Range<usize>, out: &mut 
                 }
             }
         }
-    }
-}
-
-/// Where entries are written: values, or the entries of a result not written yet.
-trait Slot<T> {
-    fn set(&mut self, value: T);
-}
-
-impl<T> Slot<T> for T {
-    fn set(&mut self, value: T) {
-        *self = value;
-    }
-}
-
-impl<T> Slot<T> for MaybeUninit<T> {
-    fn set(&mut self, value: T) {
-        self.write(value);
     }
 }
