@@ -1006,10 +1006,6 @@ fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result
             }
         })
         .unzip();
-    // A sweep without loops whose directions fit one chunk (at most `CHUNK_BYTES`) runs on
-    // the calling thread: split between two, its halves took 0.19-0.32 ms on this 2-core
-    // machine, one thread 0.23 ms, as waking the other thread and waiting for the slower half
-    // cost as much as the half they save (mlp_177's first-layer sweep).
     let mut sweeps = if chunks == probe {
         probed
     } else {
@@ -1023,7 +1019,10 @@ fn sweeps(spec: &Spec, program: &Program, wrt: &[usize], of: &[usize]) -> Result
 
 /// The chunk size and how many chunks run side by side, for a sweep without loops of `n`
 /// directions of `per_direction` bytes each: chunks that fit [`CHUNK_BYTES`], one per thread
-/// while the chunks together fit [`SWEEP_BYTES`].
+/// while the chunks together fit [`SWEEP_BYTES`]. Directions that fit one chunk run as one,
+/// on the calling thread: split between two, mlp_177's first-layer sweep took 0.19-0.32 ms
+/// against 0.23 ms on one, as waking the other thread and waiting for the slower half cost as
+/// much as the half saves.
 fn cached_chunks(n: usize, per_direction: usize, threads: usize) -> (usize, usize) {
     let per_direction = per_direction.max(1);
     let chunk = even_chunk(n, CHUNK_BYTES / per_direction);
