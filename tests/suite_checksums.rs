@@ -60,8 +60,14 @@ fn minor_faults() -> Option<u64> {
     after_name.split_whitespace().nth(7)?.parse().ok()
 }
 
+/// Windows of steady calls counted per case: a call that maps fresh pages does so in every
+/// window, while the allocator now and then giving memory back to the system (gemm takes
+/// its packing scratch from it on every product; a part run by another thread than last
+/// time, under load, takes its buffers from that thread's pool) shows in some only.
+const WINDOWS: usize = 5;
+
 /// The entry point of the child process (a no-op in the parent): each case's page faults per
-/// steady call, after warm-up calls.
+/// steady call in each window, after warm-up calls.
 #[test]
 fn faults_child_entry() {
     if std::env::var(FAULTS_CHILD).is_err() {
@@ -73,12 +79,14 @@ fn faults_child_entry() {
         for _ in 0..100 {
             drop(case());
         }
-        let (before, calls) = (minor_faults(), 100);
-        for _ in 0..calls {
-            drop(case());
-        }
-        if let (Some(before), Some(after)) = (before, minor_faults()) {
-            println!("FAULTS {name} {}", (after - before) as f64 / calls as f64);
+        for _ in 0..WINDOWS {
+            let (before, calls) = (minor_faults(), 20);
+            for _ in 0..calls {
+                drop(case());
+            }
+            if let (Some(before), Some(after)) = (before, minor_faults()) {
+                println!("FAULTS {name} {}", (after - before) as f64 / calls as f64);
+            }
         }
     }
 }
@@ -92,13 +100,24 @@ fn steady_calls_of_the_suite_cases_map_no_new_pages() {
     if minor_faults().is_none() {
         return; // no /proc to count with
     }
-    let counts: Vec<(&str, f64)> = (output.lines())
-        .filter_map(|l| l.split_once("FAULTS ").and_then(|(_, l)| l.split_once(' ')))
-        .map(|(name, per_call)| (name, per_call.parse().expect("a number")))
-        .collect();
-    assert_eq!(counts.len(), counted().count(), "{output}");
-    for (name, per_call) in counts {
-        // A stray fault (the allocator giving back memory now and then) is allowed.
-        assert!(per_call < 1.0, "{name}: {per_call} page faults per call");
+    let mut quietest = std::collections::BTreeMap::<&str, Vec<f64>>::new();
+    for line in output.lines() {
+        if let Some((name, per_call)) = line
+            .split_once("FAULTS ")
+            .and_then(|(_, l)| l.split_once(' '))
+        {
+            let per_call: f64 = per_call.parse().expect("a number");
+            quietest.entry(name).or_default().push(per_call);
+        }
+    }
+    assert_eq!(quietest.len(), counted().count(), "{output}");
+    for (name, windows) in quietest {
+        assert_eq!(windows.len(), WINDOWS, "{output}");
+        let least = windows.iter().copied().fold(f64::INFINITY, f64::min);
+        // A stray fault in the quietest window is allowed.
+        assert!(
+            least < 1.0,
+            "{name}: page faults per call in each window: {windows:?}"
+        );
     }
 }
