@@ -466,6 +466,26 @@ fn dense_hessians_from_sparsity_match_the_closed_form() {
 }
 
 #[test]
+fn a_large_hessian_with_a_dense_block_is_swept_though_its_pattern_was_mapped_meanwhile() {
+    // f = (sum of the first m values)^2 + sum(x^2): an m x m block of 2s plus 2 on the
+    // diagonal. Its pattern has under n^2 / 8 entries, so its pages are mapped while it is
+    // colored; m = n / 3 colors are more than n / 4, so sweeps compute it instead.
+    let (n, m) = (1050, 350);
+    let x = Tensor::linspace(-1.0, 1.0, n);
+    let f = move |x: &Tensor| x.slice_along(0, ..m as isize, 1).sum().powi(2) + x.powi(2).sum();
+    let printed = hessian(f).program(&x).unwrap().to_string();
+    assert!(!printed.contains("from its sparsity"), "{printed}");
+    let got = vals(leaf(&hessian(f).call(&x).unwrap()));
+    let mut want = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            want[i * n + j] = 2.0 * f64::from(u8::from(i < m && j < m) + u8::from(i == j));
+        }
+    }
+    assert_close(&got, &want, 1e-12);
+}
+
+#[test]
 fn large_complex_and_single_precision_hessians_from_sparsity_match_their_closed_forms() {
     // 1100 x 1100 entries: mapped while the plan is built, then written by the first call.
     let n = 1100;

@@ -484,43 +484,54 @@ fn write_piece<T: Copy>(
 
 /// Runs `meanwhile` on this thread while another maps the pages of zero dense blocks of
 /// `dtype` for `pattern` (over its leaves' shapes), writing zeros where its entries fall, then
-/// helps it finish. A large Hessian's pages (one per row of a band) take longer to map than
-/// its plan takes to build; [`Compression::dense`] then writes a call's entries into them.
-/// The blocks are `None` when they cannot be allocated.
+/// helps it finish when `wanted` says its result uses them (else stops it). A large
+/// Hessian's pages (one per row of a band) take longer to map than its plan takes to build;
+/// [`Compression::dense`] then writes a call's entries into them. The blocks are `None` when
+/// they cannot be allocated or are not wanted.
 pub(crate) fn map_beside<R>(
     pattern: &SparsityPattern,
     dtype: DType,
     meanwhile: impl FnOnce() -> R,
+    wanted: impl FnOnce(&R) -> bool,
 ) -> (R, Option<Vec<Data>>) {
     fn map<T: Element + Copy + Default + Zero + Send + Sync, R>(
         pattern: &SparsityPattern,
         meanwhile: impl FnOnce() -> R,
+        wanted: impl FnOnce(&R) -> bool,
     ) -> (R, Option<Vec<Data>>) {
         let Ok(mut blocks) = zero_blocks::<T>(pattern.block_shapes()) else {
             return (meanwhile(), None);
         };
         let claims = Mutex::new(pieces(&mut blocks, pattern.sizes()).into_iter());
+        let claim = || claims.lock().unwrap_or_else(PoisonError::into_inner);
         let map = || loop {
-            let next = claims.lock().unwrap_or_else(PoisonError::into_inner).next();
+            // The lock is held while claiming only, not while writing.
+            let next = claim().next();
             let Some(piece) = next else { break };
             write_piece(pattern, piece, |_| T::zero());
         };
-        let result = std::thread::scope(|scope| {
-            // A thread of its own: the pool's threads may be building the plan. Without
-            // one, this thread maps every page after `meanwhile`.
-            let _ = std::thread::Builder::new().spawn_scoped(scope, map);
+        // A job of the pool, whose threads are started already (a new thread takes up to
+        // half a millisecond to start here); when they are all busy, this thread maps every
+        // page after `meanwhile`.
+        let (result, used) = rayon::in_place_scope(|scope| {
+            scope.spawn(|_| map());
             let result = meanwhile();
-            map();
-            result
+            let used = wanted(&result);
+            match used {
+                true => map(),
+                false => claim().by_ref().for_each(drop),
+            }
+            (result, used)
         });
         drop(claims);
-        (result, Some(blocks.into_iter().map(Data::from).collect()))
+        let blocks = used.then(|| blocks.into_iter().map(Data::from).collect());
+        (result, blocks)
     }
     match dtype {
-        DType::F64 => map::<f64, R>(pattern, meanwhile),
-        DType::F32 => map::<f32, R>(pattern, meanwhile),
-        DType::C128 => map::<Complex64, R>(pattern, meanwhile),
-        DType::C64 => map::<Complex32, R>(pattern, meanwhile),
+        DType::F64 => map::<f64, R>(pattern, meanwhile, wanted),
+        DType::F32 => map::<f32, R>(pattern, meanwhile, wanted),
+        DType::C128 => map::<Complex64, R>(pattern, meanwhile, wanted),
+        DType::C64 => map::<Complex32, R>(pattern, meanwhile, wanted),
         DType::Bool | DType::I64 => (meanwhile(), None),
     }
 }

@@ -425,7 +425,7 @@ pub(crate) struct Coloring {
 
 impl Coloring {
     /// A star coloring of `pattern`.
-    pub fn new(pattern: SparsityPattern) -> Result<Coloring> {
+    pub fn new(pattern: Arc<SparsityPattern>) -> Result<Coloring> {
         let n = pattern.size();
         let upper: Vec<(u32, u32)> = (0..n)
             .flat_map(|r| {
@@ -445,7 +445,7 @@ impl Coloring {
             ));
         }
         Ok(Coloring {
-            pattern: Arc::new(pattern),
+            pattern,
             color,
             colors,
         })

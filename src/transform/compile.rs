@@ -556,11 +556,11 @@ fn executable(
             (Executable::Pattern(Arc::new(pattern)), HashMap::new())
         }
         Evaluation::Sparse => {
-            let coloring = Coloring::new(full_pattern(spec, program, wrt)?)?;
+            let coloring = Coloring::new(Arc::new(full_pattern(spec, program, wrt)?))?;
             compressed(spec, program, wrt, coloring, Recover::Entries)?
         }
         Evaluation::Diagonal => {
-            let coloring = Coloring::new(full_pattern(spec, program, wrt)?)?;
+            let coloring = Coloring::new(Arc::new(full_pattern(spec, program, wrt)?))?;
             compressed(spec, program, wrt, coloring, Recover::Diagonal)?
         }
         Evaluation::Dense => match spec.kind {
@@ -588,35 +588,40 @@ fn dense_hessian(
     of: &[usize],
 ) -> Result<(Executable, HashMap<Output, usize>)> {
     let sweeps = || forward(spec, program, wrt, of);
-    let (sparse, dense) = if multiplies_matrices(program) && rayon::current_num_threads() > 1 {
-        let (sparse, dense) = rayon::join(|| sparse_enough(spec, program, wrt, of), sweeps);
-        (sparse?, Some(dense))
+    let (pattern, dense) = if multiplies_matrices(program) && rayon::current_num_threads() > 1 {
+        let (pattern, dense) = rayon::join(|| sparse_candidate(spec, program, wrt, of), sweeps);
+        (pattern?, Some(dense))
     } else {
-        (sparse_enough(spec, program, wrt, of)?, None)
+        (sparse_candidate(spec, program, wrt, of)?, None)
     };
-    let Some(coloring) = sparse else {
-        return dense.unwrap_or_else(sweeps);
+    let otherwise = || dense.unwrap_or_else(sweeps);
+    let Some(pattern) = pattern else {
+        return otherwise();
+    };
+    let pattern = Arc::new(pattern);
+    let from_products = || match sparse_enough(pattern.clone())? {
+        Some(coloring) => compressed(spec, program, wrt, coloring, Recover::Dense).map(Some),
+        None => Ok(None),
     };
     let dtype = program.aval(program.inputs[wrt[0]]).dtype;
-    let entries = coloring
-        .pattern
-        .size()
-        .saturating_mul(coloring.pattern.size());
+    let entries = pattern.size().saturating_mul(pattern.size());
     let bytes = entries.saturating_mul(dtype.size_bytes());
     if !spec.for_a_call
         || entries < MAP_BESIDE_MIN
         || !memory::Kept::would_keep(bytes, spec.memory_limit)
     {
-        return compressed(spec, program, wrt, coloring, Recover::Dense);
+        return from_products()?.map_or_else(otherwise, Ok);
     }
     // The pages of a large result (one per row of a band) take longer to map than its plan
     // takes to build (rosen_n4096: 4113 page faults, about 8 ms of one thread, against about
-    // 1 ms): another thread maps them meanwhile, and the first call writes into them.
-    let pattern = coloring.pattern.clone();
-    let (built, zeros) = map_beside(&pattern, dtype, || {
-        compressed(spec, program, wrt, coloring, Recover::Dense)
+    // 1 ms): another thread maps them as soon as the pattern is known, while this one colors
+    // it and builds the plan, and the first call writes into them.
+    let (built, zeros) = map_beside(&pattern, dtype, from_products, |built| {
+        matches!(built, Ok(Some(_)))
     });
-    let (exec, order) = built?;
+    let Some((exec, order)) = built? else {
+        return otherwise();
+    };
     if let (Executable::Compressed { last, .. }, Some(zeros)) = (&exec, zeros) {
         last.keep(
             &zeros.into_iter().map(Arc::new).collect::<Vec<_>>(),
@@ -689,14 +694,14 @@ fn full_pattern(spec: &Spec, program: &Program, wrt: &[usize]) -> Result<Sparsit
     })
 }
 
-/// A dense Hessian is computed from its sparsity when its pattern, detected at plan time,
-/// takes at most a quarter as many colors (Hessian-vector products) as it has columns.
-fn sparse_enough(
+/// The pattern of a scalar function's Hessian, when it may be sparse enough for
+/// [`sparse_enough`]: detection stops as soon as it has too many entries.
+fn sparse_candidate(
     spec: &Spec,
     program: &Program,
     wrt: &[usize],
     of: &[usize],
-) -> Result<Option<Coloring>> {
+) -> Result<Option<SparsityPattern>> {
     let scalar = of.len() == 1 && program.aval(program.outputs[of[0]]).shape.is_empty();
     let n: usize = wrt
         .iter()
@@ -708,9 +713,13 @@ fn sparse_enough(
     // With more than n^2 / 8 entries in the upper triangle, some row has more than n / 4
     // entries, and a coloring needs more colors than that: stop detecting there.
     let most = (n.saturating_mul(n) / 8).min(pattern_entries(spec));
-    let Some(pattern) = hessian_pattern(program, wrt, Some(most))? else {
-        return Ok(None);
-    };
+    hessian_pattern(program, wrt, Some(most))
+}
+
+/// A dense Hessian is computed from its sparsity when its pattern takes at most a quarter as
+/// many colors (Hessian-vector products) as it has columns.
+fn sparse_enough(pattern: Arc<SparsityPattern>) -> Result<Option<Coloring>> {
+    let n = pattern.size();
     let coloring = Coloring::new(pattern)?;
     Ok((coloring.colors * 4 <= n).then_some(coloring))
 }
