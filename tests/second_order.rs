@@ -466,6 +466,24 @@ fn dense_hessians_from_sparsity_match_the_closed_form() {
 }
 
 #[test]
+fn a_large_hessian_without_a_diagonal_is_read_from_its_sparsity() {
+    // f = sum(x[i] x[i+1]): ones beside the diagonal and zeros on it, whose pages were
+    // mapped (written with zeros) while the pattern was detected.
+    let n = 1100;
+    let x = Tensor::linspace(-1.0, 1.0, n);
+    let f = |x: &Tensor| (x.slice_along(0, ..-1, 1) * x.slice_along(0, 1.., 1)).sum();
+    let printed = hessian(f).program(&x).unwrap().to_string();
+    assert!(printed.contains("from its sparsity"), "{printed}");
+    let got = vals(leaf(&hessian(f).call(&x).unwrap()));
+    let mut want = vec![0.0; n * n];
+    for i in 0..n - 1 {
+        want[i * n + i + 1] = 1.0;
+        want[(i + 1) * n + i] = 1.0;
+    }
+    assert_eq!(got, want);
+}
+
+#[test]
 fn a_large_hessian_with_a_dense_block_is_swept_though_its_pattern_was_mapped_meanwhile() {
     // f = (sum of the first m values)^2 + sum(x^2): an m x m block of 2s plus 2 on the
     // diagonal. Its pattern has under n^2 / 8 entries, so its pages are mapped while it is

@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use ndarray::{ArrayD, ArrayViewD};
@@ -482,40 +483,57 @@ fn write_piece<T: Copy>(
     }
 }
 
-/// Runs `meanwhile` on this thread while another maps the pages of zero dense blocks of
-/// `dtype` for `pattern` (over its leaves' shapes), writing zeros where its entries fall, then
-/// helps it finish when `wanted` says its result uses them (else stops it). A large
-/// Hessian's pages (one per row of a band) take longer to map than its plan takes to build;
-/// [`Compression::dense`] then writes a call's entries into them. The blocks are `None` when
-/// they cannot be allocated or are not wanted.
+/// Zero dense blocks of a Hessian over leaves of `shapes`, their pages mapped by another
+/// thread while this one runs `detect` and then `build` on the pattern detected (`None` when
+/// there is none): a large Hessian's pages (one per row of a band) take longer to map than
+/// its pattern and plan take to find and build; [`Compression::dense`] then writes a call's
+/// entries into them. Until the pattern is known, the other thread maps the pages of the
+/// diagonal, which is in a Hessian's pattern as a rule; then those of the pattern's
+/// entries, and this thread helps it once `build` is done, when `wanted` says its result uses
+/// the blocks (else both stop). The blocks are `None` when they cannot be allocated or are
+/// not wanted.
 pub(crate) fn map_beside<R>(
-    pattern: &SparsityPattern,
+    shapes: &[Vec<usize>],
     dtype: DType,
-    meanwhile: impl FnOnce() -> R,
+    detect: impl FnOnce() -> Result<Option<SparsityPattern>>,
+    build: impl FnOnce(&Arc<SparsityPattern>) -> R,
     wanted: impl FnOnce(&R) -> bool,
-) -> (R, Option<Vec<Data>>) {
+) -> Result<Option<(R, Option<Vec<Data>>)>> {
     fn map<T: Element + Copy + Default + Zero + Send + Sync, R>(
-        pattern: &SparsityPattern,
-        meanwhile: impl FnOnce() -> R,
+        shapes: &[Vec<usize>],
+        detect: impl FnOnce() -> Result<Option<SparsityPattern>>,
+        build: impl FnOnce(&Arc<SparsityPattern>) -> R,
         wanted: impl FnOnce(&R) -> bool,
-    ) -> (R, Option<Vec<Data>>) {
-        let Ok(mut blocks) = zero_blocks::<T>(pattern.block_shapes()) else {
-            return (meanwhile(), None);
+    ) -> Result<Option<(R, Option<Vec<Data>>)>> {
+        let Ok(mut blocks) = zero_blocks::<T>(shapes) else {
+            return Ok(detect()?.map(|pattern| (build(&Arc::new(pattern)), None)));
         };
-        let claims = Mutex::new(pieces(&mut blocks, pattern.sizes()).into_iter());
+        let sizes: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
+        let detected = AtomicBool::new(false);
+        // Jobs of the pool, whose threads are started already (a new thread takes up to half
+        // a millisecond to start here); when they are all busy, this thread maps every page
+        // after `build`.
+        let pattern = rayon::in_place_scope(|scope| {
+            scope.spawn(|_| map_diagonals(&mut blocks, &sizes, &detected));
+            let pattern = detect();
+            detected.store(true, Ordering::Relaxed);
+            pattern
+        })?;
+        let Some(pattern) = pattern else {
+            return Ok(None);
+        };
+        let pattern = Arc::new(pattern);
+        let claims = Mutex::new(pieces(&mut blocks, &sizes).into_iter());
         let claim = || claims.lock().unwrap_or_else(PoisonError::into_inner);
         let map = || loop {
             // The lock is held while claiming only, not while writing.
             let next = claim().next();
             let Some(piece) = next else { break };
-            write_piece(pattern, piece, |_| T::zero());
+            write_piece(&pattern, piece, |_| T::zero());
         };
-        // A job of the pool, whose threads are started already (a new thread takes up to
-        // half a millisecond to start here); when they are all busy, this thread maps every
-        // page after `meanwhile`.
         let (result, used) = rayon::in_place_scope(|scope| {
             scope.spawn(|_| map());
-            let result = meanwhile();
+            let result = build(&pattern);
             let used = wanted(&result);
             match used {
                 true => map(),
@@ -525,14 +543,31 @@ pub(crate) fn map_beside<R>(
         });
         drop(claims);
         let blocks = used.then(|| blocks.into_iter().map(Data::from).collect());
-        (result, blocks)
+        Ok(Some((result, blocks)))
     }
     match dtype {
-        DType::F64 => map::<f64, R>(pattern, meanwhile, wanted),
-        DType::F32 => map::<f32, R>(pattern, meanwhile, wanted),
-        DType::C128 => map::<Complex64, R>(pattern, meanwhile, wanted),
-        DType::C64 => map::<Complex32, R>(pattern, meanwhile, wanted),
-        DType::Bool | DType::I64 => (meanwhile(), None),
+        DType::F64 => map::<f64, R>(shapes, detect, build, wanted),
+        DType::F32 => map::<f32, R>(shapes, detect, build, wanted),
+        DType::C128 => map::<Complex64, R>(shapes, detect, build, wanted),
+        DType::C64 => map::<Complex32, R>(shapes, detect, build, wanted),
+        DType::Bool | DType::I64 => Ok(detect()?.map(|pattern| (build(&Arc::new(pattern)), None))),
+    }
+}
+
+/// Writes zeros on the diagonals of the diagonal blocks (over leaves of `sizes` values), row
+/// after row, until `stop`: mapping their pages, most of a banded Hessian's.
+fn map_diagonals<T: Zero + Copy>(blocks: &mut [ArrayD<T>], sizes: &[usize], stop: &AtomicBool) {
+    let k = sizes.len();
+    for (i, &n) in sizes.iter().enumerate() {
+        let Some(block) = blocks[i * k + i].as_slice_mut() else {
+            continue;
+        };
+        for r in 0..n {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            block[r * n + r] = T::zero();
+        }
     }
 }
 

@@ -588,37 +588,46 @@ fn dense_hessian(
     of: &[usize],
 ) -> Result<(Executable, HashMap<Output, usize>)> {
     let sweeps = || forward(spec, program, wrt, of);
-    let (pattern, dense) = if multiplies_matrices(program) && rayon::current_num_threads() > 1 {
+    let (detected, dense) = if multiplies_matrices(program) && rayon::current_num_threads() > 1 {
         let (pattern, dense) = rayon::join(|| sparse_candidate(spec, program, wrt, of), sweeps);
-        (pattern?, Some(dense))
+        (Some(pattern?), Some(dense))
     } else {
-        (sparse_candidate(spec, program, wrt, of)?, None)
+        (None, None)
     };
     let otherwise = || dense.unwrap_or_else(sweeps);
-    let Some(pattern) = pattern else {
+    if let Some(None) = detected {
         return otherwise();
-    };
-    let pattern = Arc::new(pattern);
-    let from_products = || match sparse_enough(pattern.clone())? {
+    }
+    let detect = || detected.map_or_else(|| sparse_candidate(spec, program, wrt, of), Ok);
+    let from_products = |pattern: &Arc<SparsityPattern>| match sparse_enough(pattern.clone())? {
         Some(coloring) => compressed(spec, program, wrt, coloring, Recover::Dense).map(Some),
         None => Ok(None),
     };
-    let dtype = program.aval(program.inputs[wrt[0]]).dtype;
-    let entries = pattern.size().saturating_mul(pattern.size());
-    let bytes = entries.saturating_mul(dtype.size_bytes());
-    if !spec.for_a_call
-        || entries < MAP_BESIDE_MIN
-        || !memory::Kept::would_keep(bytes, spec.memory_limit)
+    let leaves: Vec<&Aval> = wrt
+        .iter()
+        .map(|&i| program.aval(program.inputs[i]))
+        .collect();
+    let n: usize = leaves.iter().map(|aval| aval.numel()).sum();
+    let entries = n.saturating_mul(n);
+    let bytes = entries.saturating_mul(leaves[0].dtype.size_bytes());
+    let built = if spec.for_a_call
+        && entries >= MAP_BESIDE_MIN
+        && memory::Kept::would_keep(bytes, spec.memory_limit)
     {
-        return from_products()?.map_or_else(otherwise, Ok);
-    }
-    // The pages of a large result (one per row of a band) take longer to map than its plan
-    // takes to build (rosen_n4096: 4113 page faults, about 8 ms of one thread, against about
-    // 1 ms): another thread maps them as soon as the pattern is known, while this one colors
-    // it and builds the plan, and the first call writes into them.
-    let (built, zeros) = map_beside(&pattern, dtype, from_products, |built| {
-        matches!(built, Ok(Some(_)))
-    });
+        // The pages of a large result (one per row of a band) take longer to map than its
+        // plan takes to build (rosen_n4096: 4113 page faults, about 8 ms of one thread,
+        // against about 2 ms): another thread maps them while this one detects the pattern,
+        // colors it and builds the plan, and the first call writes into them.
+        let shapes: Vec<Vec<usize>> = leaves.iter().map(|aval| aval.shape.clone()).collect();
+        map_beside(&shapes, leaves[0].dtype, detect, from_products, |built| {
+            matches!(built, Ok(Some(_)))
+        })?
+    } else {
+        detect()?.map(|pattern| (from_products(&Arc::new(pattern)), None))
+    };
+    let Some((built, zeros)) = built else {
+        return otherwise();
+    };
     let Some((exec, order)) = built? else {
         return otherwise();
     };
