@@ -506,7 +506,7 @@ pub(crate) fn map_beside<R>(
         wanted: impl FnOnce(&R) -> bool,
     ) -> Result<Option<(R, Option<Vec<Data>>)>> {
         let Ok(mut blocks) = zero_blocks::<T>(shapes) else {
-            return Ok(detect()?.map(|pattern| (build(&Arc::new(pattern)), None)));
+            return unmapped(detect, build);
         };
         let sizes: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
         let detected = AtomicBool::new(false);
@@ -550,8 +550,16 @@ pub(crate) fn map_beside<R>(
         DType::F32 => map::<f32, R>(shapes, detect, build, wanted),
         DType::C128 => map::<Complex64, R>(shapes, detect, build, wanted),
         DType::C64 => map::<Complex32, R>(shapes, detect, build, wanted),
-        DType::Bool | DType::I64 => Ok(detect()?.map(|pattern| (build(&Arc::new(pattern)), None))),
+        DType::Bool | DType::I64 => unmapped(detect, build),
     }
+}
+
+/// [`map_beside`] without blocks: `build` on the pattern `detect` finds.
+fn unmapped<R>(
+    detect: impl FnOnce() -> Result<Option<SparsityPattern>>,
+    build: impl FnOnce(&Arc<SparsityPattern>) -> R,
+) -> Result<Option<(R, Option<Vec<Data>>)>> {
+    Ok(detect()?.map(|pattern| (build(&Arc::new(pattern)), None)))
 }
 
 /// Writes zeros on the diagonals of the diagonal blocks (over leaves of `sizes` values), row
