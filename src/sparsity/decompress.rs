@@ -555,7 +555,7 @@ pub(crate) fn map_beside<R>(
 }
 
 /// [`map_beside`] without blocks: `build` on the pattern `detect` finds.
-fn unmapped<R>(
+pub(crate) fn unmapped<R>(
     detect: impl FnOnce() -> Result<Option<SparsityPattern>>,
     build: impl FnOnce(&Arc<SparsityPattern>) -> R,
 ) -> Result<Option<(R, Option<Vec<Data>>)>> {

@@ -14,7 +14,7 @@ pub(crate) mod stencil;
 use std::fmt;
 use std::sync::Arc;
 
-pub(crate) use self::decompress::{Recover, map_beside};
+pub(crate) use self::decompress::{Recover, map_beside, unmapped};
 use crate::error::{Error, Result};
 use crate::primitives::Program;
 use crate::storage::Data;

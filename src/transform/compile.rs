@@ -22,6 +22,7 @@ use crate::memory;
 use crate::primitives::{Prim, Program};
 use crate::sparsity::{
     Coloring, Compression, Reading, Recover, SparsityPattern, hessian_pattern, map_beside, stencil,
+    unmapped,
 };
 use crate::state::GradStates;
 use crate::storage::{Aval, Data};
@@ -623,7 +624,7 @@ fn dense_hessian(
             matches!(built, Ok(Some(_)))
         })?
     } else {
-        detect()?.map(|pattern| (from_products(&Arc::new(pattern)), None))
+        unmapped(detect, from_products)?
     };
     let Some((built, zeros)) = built else {
         return otherwise();
