@@ -1198,13 +1198,6 @@ fn blocks_an_input_does_not_reach_are_zero() {
 /// Set in the child process of [`a_dense_hessian_of_2145_parameters_needs_little_more_memory_than_its_output`].
 const MLP_MEMORY_CHILD: &str = "BRAINSTATE_MLP_MEMORY_CHILD";
 
-/// The resident memory the process has peaked at so far, in kB (Linux), from `/proc`.
-fn peak_kb() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// The child process (a no-op in the parent): the dense Hessian of an MLP with 2,145
 /// parameters (16 -> 64 -> 16 -> 1, tanh, over a batch of 256) in its parameter states,
 /// printed with the process's peak memory before and after the call.
@@ -1233,9 +1226,9 @@ fn mlp_memory_child_entry() {
         (h2.matmul(&w3.value()) + b3.value() - y).powi(2).mean()
     };
     let h = hessian(loss).grad_states(layers.iter().collect::<Vec<_>>());
-    let before = peak_kb().unwrap_or(0);
+    let before = common::peak_kb().unwrap_or(0);
     let got = h.call((&x, &y)).unwrap();
-    let after = peak_kb().unwrap_or(0);
+    let after = common::peak_kb().unwrap_or(0);
     let (n, values) = symmetric_matrix(&got);
     assert!(values.iter().all(|v| v.is_finite()) && values.iter().any(|v| v.abs() > 1e-3));
     println!("MEMORY {n} {before} {after}");

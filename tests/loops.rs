@@ -672,13 +672,7 @@ fn long_run_child_entry() {
     };
     let params = brainstate::GradStates::from([("C", &c), ("E_L", &e_l), ("g_L", &g_l)]);
     let h = hessian(model).grad_states(params).call(&input).unwrap();
-    let peak_kb = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_string();
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .unwrap_or(0);
+    let peak_kb = common::peak_kb().unwrap_or(0);
     let values: Vec<String> = node_vals(&h).iter().map(|v| format!("{v:e}")).collect();
     println!("PEAK_KB {peak_kb}");
     println!("HESSIAN {}", values.join(" "));

@@ -85,6 +85,13 @@ pub fn child_output(entry: &str, var: &str, value: &str) -> String {
     stdout
 }
 
+/// The resident memory this process has peaked at so far, in kB (Linux), from `/proc`.
+pub fn peak_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The rest of the first line of `output` that holds `key`.
 #[track_caller]
 pub fn printed<'a>(output: &'a str, key: &str) -> &'a str {
